@@ -1,0 +1,3 @@
+"""Bedside mesh-nebuliser controller service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""structlog set-up: JSON lines when not on a terminal, pretty console on a terminal.
+
+Device and session ids are bound as context variables (`bind_device`,
+`bind_session`) so that every log line from a task carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["bind_device", "bind_session", "configure_logging", "get_logger", "unbind_session"]
+
+
+def configure_logging(
+    *, level: str = "info", stream: TextIO | None = None, json: bool | None = None
+) -> None:
+    """Configure structlog once per process.
+
+    `json=None` chooses JSON when `stream` is not a terminal (services, pipes, CI)
+    and a readable console renderer on a terminal.
+    """
+    out = stream if stream is not None else sys.stderr
+    use_json = (not out.isatty()) if json is None else json
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A bound structlog logger named after its module."""
+    return structlog.get_logger(name)
+
+
+def bind_device(device_id: str) -> None:
+    """Attach the device id to every log line of the current context."""
+    structlog.contextvars.bind_contextvars(device_id=device_id)
+
+
+def bind_session(session_id: int) -> None:
+    """Attach the session id to every log line of the current context."""
+    structlog.contextvars.bind_contextvars(session_id=session_id)
+
+
+def unbind_session() -> None:
+    """Remove the session id once the session has ended."""
+    structlog.contextvars.unbind_contextvars("session_id")

@@ -1,0 +1,1 @@
+"""Device drivers. `drivers.mn1` speaks the MN-1 serial ICD."""
