@@ -1,0 +1,236 @@
+"""Shared value types of the dose engine: time stamps, ledger history, requests, decisions.
+
+These names are a contract with `controller.ledger` (which builds `SessionRecord`
+from its rows) and `controller.session` (which builds `DoseRequest` and reads
+`Decision`). Keep them stable.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+__all__ = [
+    "ConstraintCode",
+    "ConstraintResult",
+    "Decision",
+    "DoseRequest",
+    "Instant",
+    "Override",
+    "SessionRecord",
+    "SessionStatus",
+    "StorageStatus",
+    "TrustedTime",
+    "elapsed_s",
+]
+
+_NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Instant:
+    """A moment as the controller saw it: wall clock (UTC) plus the boot's monotonic clock.
+
+    `boot_id` identifies one boot of the machine (Linux: /proc/sys/kernel/random/boot_id);
+    `monotonic_ns` is `time.monotonic_ns()` in that boot. Two instants of the same boot
+    are compared by their monotonic values, which do not move when the wall clock steps.
+    """
+
+    utc: datetime
+    boot_id: str
+    monotonic_ns: int
+
+    def __post_init__(self) -> None:
+        if self.utc.tzinfo is None or self.utc.utcoffset() != timedelta(0):
+            raise ValueError(
+                f"Instant.utc must be an aware UTC datetime, got {self.utc!r}; "
+                "use datetime.now(UTC) or .astimezone(UTC)"
+            )
+        if not self.boot_id:
+            raise ValueError("Instant.boot_id must be a non-empty boot identifier")
+
+    @classmethod
+    def from_parts(cls, *, utc: datetime, boot_id: str, monotonic_ns: int) -> Instant:
+        """Build an instant, converting any aware datetime to UTC first."""
+        return cls(utc=utc.astimezone(UTC), boot_id=boot_id, monotonic_ns=monotonic_ns)
+
+
+def elapsed_s(earlier: Instant, now: Instant) -> float:
+    """Seconds from `earlier` to `now`, never negative.
+
+    Same boot: the monotonic difference (immune to wall-clock steps). Different boots:
+    the UTC difference. A record stamped after `now` (clock stepped back, or a future
+    stamp) counts as happening now (0 s), so rolling windows and intervals never shrink.
+    """
+    if earlier.boot_id == now.boot_id:
+        delta_s = (now.monotonic_ns - earlier.monotonic_ns) / _NS_PER_S
+    else:
+        delta_s = (now.utc - earlier.utc).total_seconds()
+    return max(0.0, delta_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustedTime:
+    """The present moment plus whether the controller trusts its wall clock.
+
+    Built by `controller.clock` (NTP sync and step detection). When `trusted` is false,
+    `decide()` refuses every new start with `reason`.
+    """
+
+    instant: Instant
+    trusted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageStatus:
+    """Whether the ledger's storage is above its floor (supplied by `controller.ledger`)."""
+
+    ok: bool
+    reason: str = ""
+
+
+class SessionStatus(enum.StrEnum):
+    """Life cycle of one dosing session as recorded in the ledger."""
+
+    OPEN = "open"
+    """Intent written (and maybe started); no end recorded yet."""
+    COMPLETED = "completed"
+    """The device reported the end and the delivered volume."""
+    UNCERTAIN = "uncertain"
+    """Outcome unknown (restart mid-session, lost link); counts its full planned cap."""
+    RECONCILED = "reconciled"
+    """Was uncertain; the device's own figures later gave the delivered volume."""
+    REFUSED_BY_DEVICE = "refused_by_device"
+    """The device NAKed the START: nothing was delivered and no session ran."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRecord:
+    """One session from the ledger, as the dose rules need it."""
+
+    session_id: int
+    subject_id: str
+    started: Instant
+    """Time of the intent (written before START), so the interval counts from it."""
+    planned_cap_ul: int
+    delivered_ul: int | None
+    status: SessionStatus
+
+    @property
+    def counted_ul(self) -> int:
+        """Volume (µL) that counts against every limit.
+
+        OPEN and UNCERTAIN count the full planned cap until reconciled; COMPLETED and
+        RECONCILED count what was delivered; a session refused by the device counts 0.
+        """
+        match self.status:
+            case SessionStatus.OPEN | SessionStatus.UNCERTAIN:
+                return max(self.planned_cap_ul, self.delivered_ul or 0)
+            case SessionStatus.COMPLETED | SessionStatus.RECONCILED:
+                if self.delivered_ul is None:
+                    # A completed record without a figure is a ledger defect: count the cap.
+                    return self.planned_cap_ul
+                return self.delivered_ul
+            case SessionStatus.REFUSED_BY_DEVICE:
+                return 0
+
+    @property
+    def counts_as_session(self) -> bool:
+        """True if this record counts as a session start (interval, session counts)."""
+        return self.status is not SessionStatus.REFUSED_BY_DEVICE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Override:
+    """A request to override soft limits: who (role), why, and which constraint codes."""
+
+    role: str
+    reason: str
+    constraint_codes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DoseRequest:
+    """What the controller asks for: a session for `subject_id`.
+
+    `requested_ul` lowers the cap below the prescribed session volume (never raises
+    it). `storage` comes from the ledger's storage-floor check.
+    """
+
+    subject_id: str
+    storage: StorageStatus
+    requested_ul: int | None = None
+    requested_output_pct: int | None = None
+    override: Override | None = None
+
+
+class ConstraintCode(enum.StrEnum):
+    """Stable machine-readable codes of every constraint `decide()` evaluates."""
+
+    TIME_TRUSTED = "time_trusted"
+    STORAGE = "storage"
+    SUBJECT = "subject"
+    OVERRIDE = "override"
+    COURSE_START = "course_start"
+    COURSE_END = "course_end"
+    OPEN_SESSION = "open_session"
+    INTERVAL = "interval"
+    SESSION_UL = "session_ul"
+    SESSION_DOSE = "session_dose"
+    REQUESTED_UL = "requested_ul"
+    ROLLING_24H_SESSIONS = "rolling_24h_sessions"
+    ROLLING_24H_UL = "rolling_24h_ul"
+    ROLLING_24H_DOSE = "rolling_24h_dose"
+    COURSE_SESSIONS = "course_sessions"
+    COURSE_UL = "course_ul"
+    COURSE_DOSE = "course_dose"
+    CEILING_SESSION_UL = "ceiling_session_ul"
+    CEILING_24H_UL = "ceiling_24h_ul"
+    OUTPUT_PCT = "output_pct"
+    CAP = "cap"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConstraintResult:
+    """One evaluated constraint: its limit, the current value and what remains.
+
+    Values are in `unit` (µL, s, sessions, or the drug unit). `remaining_ul` is the
+    allowance this constraint leaves for the next session in whole µL (None when the
+    constraint does not bound volume).
+    """
+
+    code: str
+    passed: bool
+    reason: str
+    unit: str = ""
+    limit: float | None = None
+    current: float | None = None
+    remaining: float | None = None
+    remaining_ul: int | None = None
+    soft: bool = False
+    overridden: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """The answer of `decide()`: allowed or not, the device parameters, and the full trace."""
+
+    allowed: bool
+    session_cap_ul: int
+    max_duration_s: int
+    output_pct: int
+    constraints: tuple[ConstraintResult, ...]
+    evaluated_at: Instant | None = None
+    override: Override | None = None
+
+    @property
+    def refusal_reasons(self) -> tuple[str, ...]:
+        """Human reasons of every failed constraint (empty when allowed)."""
+        return tuple(c.reason for c in self.constraints if not c.passed)
+
+    @property
+    def refusal_codes(self) -> tuple[str, ...]:
+        """Codes of every failed constraint (empty when allowed)."""
+        return tuple(c.code for c in self.constraints if not c.passed)
