@@ -14,7 +14,9 @@ from controller.logging import configure_logging
 __all__ = ["main"]
 
 # Module names (in this package) that register subcommands, in --help order.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = (
+    "config",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

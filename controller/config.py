@@ -1,0 +1,269 @@
+"""The controller's configuration: one TOML file plus `NEBULISER_` environment variables.
+
+Precedence (highest first): command-line flags (applied by the CLI as overrides),
+environment variables (`NEBULISER_DEVICE__PORT=/dev/ttyACM0`: sections joined by
+a double underscore), the TOML file, then the defaults below. Unknown keys are
+errors, never silently ignored: a typo in a limit must not fall back to a default.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "ControlSettings",
+    "DeviceSettings",
+    "NebuliserConfig",
+    "SessionSettings",
+    "StorageSettings",
+    "load_config",
+]
+
+_SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSettings(_Section):
+    """Which nebuliser head, and where it stands on the ward."""
+
+    port: str = Field(
+        default="/dev/nebuliser",
+        description="pyserial URL of the head: a device path (/dev/ttyACM0, /dev/nebuliser, "
+        "a pty) or socket://host:port for a simulator on TCP.",
+    )
+    device_id: str = Field(
+        default="neb-0001",
+        pattern=_SAFE_ID,
+        description="Stable id of this bedside controller (letters, digits, _ and -).",
+    )
+    ward: str = Field(default="ward-a", pattern=_SAFE_ID, description="Ward id (MQTT topic).")
+    bed: str = Field(default="bed-01", pattern=_SAFE_ID, description="Bed id (MQTT topic).")
+    expected_serial: str | None = Field(
+        default=None,
+        max_length=12,
+        description="If set, refuse any head whose IDENT serial differs (wrong device).",
+    )
+
+
+class StorageSettings(_Section):
+    """Where the ledger lives and how much free space it needs."""
+
+    data_dir: Path = Field(
+        default=Path("data"), description="Directory for ledger, audit log and control socket."
+    )
+    free_space_floor_mb: int = Field(
+        default=200,
+        ge=1,
+        description="Below this much free space new sessions are refused and an alarm raised.",
+    )
+    outbox_budget_mb: int = Field(
+        default=64,
+        ge=1,
+        description="Disk budget of the MQTT outbox; above it the oldest telemetry is dropped "
+        "(counted and alarmed). Session, alarm and decision messages are never dropped.",
+    )
+
+
+class SessionSettings(_Section):
+    """Host-side session supervision."""
+
+    stop_latency_ms: int = Field(
+        default=150,
+        ge=20,
+        le=1000,
+        description="Worst-case time from the host's decision to stop until aerosol is off: "
+        "the predictive stop uses delivered + flow × this latency.",
+    )
+    output_low_pct: int = Field(
+        default=60,
+        ge=10,
+        le=95,
+        description="Output-low alarm when measured flow stays below this % of expected.",
+    )
+    output_low_s: int = Field(default=10, ge=1, le=600, description="…for this many seconds.")
+    confirm_timeout_s: int = Field(
+        default=60,
+        ge=5,
+        le=600,
+        description="How long a start request waits for the bedside CONFIRM before expiring.",
+    )
+    progress_sample_s: float = Field(
+        default=5.0,
+        ge=0.5,
+        le=60,
+        description="How often a progress sample (delivered, flow, reservoir) enters the ledger.",
+    )
+
+
+class ControlSettings(_Section):
+    """The local control interface (a Unix socket; no network port)."""
+
+    socket_path: Path | None = Field(
+        default=None,
+        description="Unix socket of the local control interface; default <data_dir>/control.sock.",
+    )
+    socket_mode: int = Field(
+        default=0o660,
+        ge=0,
+        le=0o777,
+        description="File permissions of the socket (octal in TOML: 0o660).",
+    )
+
+
+class NebuliserConfig(BaseSettings):
+    """The whole configuration of one bedside controller."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NEBULISER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    device: DeviceSettings = DeviceSettings()
+    storage: StorageSettings = StorageSettings()
+    session: SessionSettings = SessionSettings()
+    control: ControlSettings = ControlSettings()
+
+    @property
+    def control_socket(self) -> Path:
+        """Path of the control socket."""
+        return self.control.socket_path or self.storage.data_dir / "control.sock"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest first: command-line overrides (init kwargs), environment, the TOML file.
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+_FILE_DATA: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "nebuliser_config_file_data", default=None
+)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The parsed TOML file handed over by `load_config` (already read and decoded)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_FILE_DATA.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_DATA.get() or {})
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a configuration: the dotted key, the bad value, and what is allowed."""
+
+    key: str
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        shown = "(missing)" if self.value is _MISSING else repr(self.value)
+        return f"{self.key}: {self.message} (got {shown})"
+
+
+_MISSING: Any = object()
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `issues` lists every problem."""
+
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        lines = "\n".join(f"  - {issue}" for issue in issues)
+        super().__init__(f"{source}: {len(issues)} problem(s) in the configuration:\n{lines}")
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _lookup(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> Any:
+    node: Any = data
+    for part in loc:
+        in_mapping = isinstance(node, Mapping) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_mapping or in_list:
+            node = node[part]
+        else:
+            return _MISSING
+    return node
+
+
+def _issues_from(error: ValidationError, data: Mapping[str, Any]) -> list[ConfigIssue]:
+    issues = []
+    for item in error.errors(include_url=False):
+        loc = tuple(item["loc"])
+        key = ".".join(str(part) for part in loc) or "(root)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = (
+                "unknown key; remove it or check its spelling against `nebuliser config example`"
+            )
+        value = item.get("input", _MISSING) if item["type"] != "missing" else _MISSING
+        if value is _MISSING:
+            value = _lookup(data, loc)
+        issues.append(ConfigIssue(key=key, value=value, message=message))
+    return issues
+
+
+def load_config(
+    path: Path | None = None, *, overrides: Mapping[str, Any] | None = None
+) -> NebuliserConfig:
+    """Load and validate a configuration.
+
+    `overrides` are nested dicts from command-line flags and win over everything.
+    Raises ConfigError listing every problem (key, bad value, what is allowed).
+    """
+    source = str(path) if path is not None else "(defaults)"
+    file_data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            file_data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                source, [ConfigIssue("(file)", str(path), "file not found; pass --config FILE")]
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                source, [ConfigIssue("(file)", str(path), f"not valid TOML: {exc}")]
+            ) from None
+    token = _FILE_DATA.set(file_data)
+    try:
+        return NebuliserConfig(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(
+            source, _issues_from(exc, _deep_merge(file_data, overrides or {}))
+        ) from None
+    finally:
+        _FILE_DATA.reset(token)

@@ -1,0 +1,119 @@
+"""asyncio Unix-socket server for the control interface."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from controller.logging import get_logger
+
+from ._protocol import MAX_LINE_BYTES, ControlError, ControlRequest, decode_line, encode_line
+
+__all__ = ["ControlServer", "Handler", "Reply"]
+
+_log = get_logger(__name__)
+
+
+class Reply:
+    """What a handler uses to answer: progress lines, further request lines, the final line."""
+
+    def __init__(self, *, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def progress(self, message: dict[str, Any]) -> None:
+        """Send a non-final line (e.g. 'awaiting confirm')."""
+        self._writer.write(encode_line({**message, "final": False}))
+        await self._writer.drain()
+
+    async def next_request(self) -> ControlRequest | None:
+        """Read the client's next line on this connection (None when it hung up)."""
+        line = await self._reader.readline()
+        if not line:
+            return None
+        return decode_line(line.strip())
+
+
+Handler = Callable[[ControlRequest, Reply], Awaitable[dict[str, Any]]]
+
+
+class ControlServer:
+    """Serves `handlers` (op name → async handler returning the final reply)."""
+
+    def __init__(self, *, path: Path, handlers: Mapping[str, Handler], mode: int = 0o660) -> None:
+        self._path = path
+        self._handlers = dict(handlers)
+        self._mode = mode
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[Path]:
+        """Listen on the socket for the duration of the context."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        if self._path.is_socket():
+            await self._refuse_if_live()
+            self._path.unlink()
+        old_umask = os.umask(0o177)  # the socket is born private, then opened to the group
+        try:
+            server = await asyncio.start_unix_server(
+                self._serve_client, path=str(self._path), limit=MAX_LINE_BYTES + 2
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self._path, self._mode)
+        try:
+            async with server:
+                yield self._path
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+
+    async def _refuse_if_live(self) -> None:
+        try:
+            _reader, writer = await asyncio.open_unix_connection(str(self._path))
+        except OSError:
+            return  # stale socket file from a crash: safe to replace
+        writer.close()
+        raise RuntimeError(
+            f"another controller is already serving {self._path}; stop it first or use "
+            "a different --data-dir"
+        )
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        reply = Reply(reader=reader, writer=writer)
+        try:
+            while True:
+                try:
+                    request = await reply.next_request()
+                except ControlError as exc:
+                    writer.write(encode_line({"ok": False, "error": str(exc), "final": True}))
+                    continue
+                except ValueError:  # line longer than the stream limit
+                    writer.write(
+                        encode_line({"ok": False, "error": "request line too long", "final": True})
+                    )
+                    break
+                if request is None:
+                    break
+                handler = self._handlers.get(request.op)
+                if handler is None:
+                    known = ", ".join(sorted(self._handlers))
+                    final = {"ok": False, "error": f"unknown op {request.op!r}; known: {known}"}
+                else:
+                    try:
+                        final = await handler(request, reply)
+                    except ControlError as exc:
+                        final = {"ok": False, "error": str(exc)}
+                writer.write(encode_line({**final, "final": True}))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            _log.info("control client disconnected")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
