@@ -1,5 +1,27 @@
 """Dose rules as pure functions: prescriptions, hard ceilings, the time model, `decide()`."""
 
+from controller.dosing._ceilings import (
+    CEILING_24H_UL,
+    CEILING_MAX_DURATION_S,
+    CEILING_OUTPUT_PCT_MAX,
+    CEILING_OUTPUT_PCT_MIN,
+    CEILING_SESSION_UL,
+    ICD_MAX_TARGET_UL,
+    RESERVOIR_CAPACITY_UL,
+    ROLLING_WINDOW_S,
+)
+from controller.dosing._decide import decide, format_duration
+from controller.dosing._prescription import (
+    OVERRIDABLE_CODES,
+    PLAUSIBLE_CONCENTRATION_PER_ML,
+    PLAUSIBLE_RATIO,
+    Arm,
+    DrugUnit,
+    Lot,
+    Prescription,
+    PrescriptionLimits,
+    load_prescription,
+)
 from controller.dosing._types import (
     ConstraintCode,
     ConstraintResult,
@@ -15,15 +37,34 @@ from controller.dosing._types import (
 )
 
 __all__ = [
+    "CEILING_24H_UL",
+    "CEILING_MAX_DURATION_S",
+    "CEILING_OUTPUT_PCT_MAX",
+    "CEILING_OUTPUT_PCT_MIN",
+    "CEILING_SESSION_UL",
+    "ICD_MAX_TARGET_UL",
+    "OVERRIDABLE_CODES",
+    "PLAUSIBLE_CONCENTRATION_PER_ML",
+    "PLAUSIBLE_RATIO",
+    "RESERVOIR_CAPACITY_UL",
+    "ROLLING_WINDOW_S",
+    "Arm",
     "ConstraintCode",
     "ConstraintResult",
     "Decision",
     "DoseRequest",
+    "DrugUnit",
     "Instant",
+    "Lot",
     "Override",
+    "Prescription",
+    "PrescriptionLimits",
     "SessionRecord",
     "SessionStatus",
     "StorageStatus",
     "TrustedTime",
+    "decide",
     "elapsed_s",
+    "format_duration",
+    "load_prescription",
 ]

@@ -1,0 +1,307 @@
+"""The prescription (protocol) model: who gets what, from which lot, within which limits.
+
+Strict pydantic: unknown keys are errors, numbers are not coerced from strings, and a
+limit above a hard ceiling is an error that names the ceiling. Dose conversions use
+exact fractions so that rounding can never push a dose over its limit.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from datetime import date
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+
+from controller.dosing._ceilings import (
+    CEILING_24H_UL,
+    CEILING_MAX_DURATION_S,
+    CEILING_OUTPUT_PCT_MAX,
+    CEILING_OUTPUT_PCT_MIN,
+    CEILING_SESSION_UL,
+)
+
+__all__ = [
+    "OVERRIDABLE_CODES",
+    "PLAUSIBLE_CONCENTRATION_PER_ML",
+    "PLAUSIBLE_RATIO",
+    "Arm",
+    "DrugUnit",
+    "Lot",
+    "Prescription",
+    "PrescriptionLimits",
+    "load_prescription",
+]
+
+DrugUnit = Literal["vesicles", "mg", "ug"]
+"""Unit of drug amount; a concentration is this unit per millilitre."""
+
+SoftCode = Literal["interval", "rolling_24h_sessions", "course_start", "course_end"]
+OVERRIDABLE_CODES: Final[frozenset[str]] = frozenset(
+    {"interval", "rolling_24h_sessions", "course_start", "course_end"}
+)
+"""Constraint codes a prescription may declare soft. Volume and dose limits, ceilings,
+time trust and storage are never overridable."""
+
+PLAUSIBLE_CONCENTRATION_PER_ML: Final[dict[str, tuple[float, float]]] = {
+    "vesicles": (1e6, 1e12),
+    "mg": (1e-3, 500.0),
+    "ug": (1e-3, 5e5),
+}
+"""Coarse sanity range of a lot concentration per drug unit (per mL)."""
+
+PLAUSIBLE_RATIO: Final = (0.5, 2.0)
+"""Allowed ratio of (session_ul × concentration) to the prescribed session_dose."""
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_UL_PER_ML = 1000
+# Strict mode refuses lists for tuples; TOML arrays arrive as lists, so relax only that.
+_StrTuple = Annotated[tuple[str, ...], Strict(strict=False)]
+_SoftTuple = Annotated[tuple[SoftCode, ...], Strict(strict=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Lot(_Model):
+    """One manufactured lot: `amount` drug units per `per_volume_ml` mL.
+
+    Stating the label exactly (2.0e8 vesicles per 3 mL) avoids rounding the
+    concentration to a decimal (6.67e7/mL) that would shave a µL off every dose.
+    """
+
+    lot_id: str = Field(pattern=_ID_PATTERN)
+    amount: float = Field(gt=0, description="drug units in `per_volume_ml` millilitres")
+    unit: DrugUnit
+    per_volume_ml: float = Field(default=1.0, gt=0)
+
+    def concentration_per_ml(self) -> Fraction:
+        """Exact drug units per mL."""
+        return Fraction(self.amount) / Fraction(self.per_volume_ml)
+
+    def concentration_per_ul(self) -> Fraction:
+        """Exact drug units per µL."""
+        return self.concentration_per_ml() / _UL_PER_ML
+
+    @model_validator(mode="after")
+    def _plausible_concentration(self) -> Self:
+        low, high = PLAUSIBLE_CONCENTRATION_PER_ML[self.unit]
+        per_ml = float(self.concentration_per_ml())
+        if not low <= per_ml <= high:
+            raise ValueError(
+                f"lot.amount/per_volume_ml = {per_ml:.4g} {self.unit}/mL is outside the "
+                f"plausible range {low:.4g}..{high:.4g} {self.unit}/mL for unit "
+                f"'{self.unit}'; check the lot label for a typo or a wrong unit"
+            )
+        return self
+
+
+class Arm(_Model):
+    """Study arm / cohort. When `blinded`, nothing published may name it."""
+
+    arm_id: str = Field(pattern=_ID_PATTERN)
+    cohort: str | None = Field(default=None, pattern=_ID_PATTERN)
+    blinded: bool
+
+
+def _check_ceiling(name: str, value: int | None, ceiling: int, why: str) -> int | None:
+    if value is not None and value > ceiling:
+        raise ValueError(
+            f"limits.{name} = {value} is above the hard ceiling {ceiling} ({why}); "
+            "configuration can lower a ceiling, never raise it"
+        )
+    return value
+
+
+class PrescriptionLimits(_Model):
+    """Every limit is optional; where a hard ceiling exists it applies when unset."""
+
+    session_ul: int | None = Field(default=None, ge=1)
+    session_dose: float | None = Field(default=None, gt=0)
+    min_interval_s: int | None = Field(default=None, ge=1)
+    rolling_24h_max_sessions: int | None = Field(default=None, ge=1)
+    rolling_24h_max_ul: int | None = Field(default=None, ge=1)
+    rolling_24h_max_dose: float | None = Field(default=None, gt=0)
+    course_max_sessions: int | None = Field(default=None, ge=1)
+    course_max_ul: int | None = Field(default=None, ge=1)
+    course_max_dose: float | None = Field(default=None, gt=0)
+    course_start: date | None = None
+    course_end: date | None = None
+    max_session_duration_s: int | None = Field(default=None, ge=1)
+    output_pct: int = 100
+    output_pct_min: int = CEILING_OUTPUT_PCT_MIN
+    output_pct_max: int = CEILING_OUTPUT_PCT_MAX
+    soft_limits: _SoftTuple = ()
+    override_roles: _StrTuple = ()
+
+    @field_validator("session_ul")
+    @classmethod
+    def _session_ceiling(cls, value: int | None) -> int | None:
+        return _check_ceiling(
+            "session_ul", value, CEILING_SESSION_UL, "reservoir capacity / ICD target"
+        )
+
+    @field_validator("rolling_24h_max_ul")
+    @classmethod
+    def _daily_ceiling(cls, value: int | None) -> int | None:
+        return _check_ceiling("rolling_24h_max_ul", value, CEILING_24H_UL, "code daily maximum")
+
+    @field_validator("max_session_duration_s")
+    @classmethod
+    def _duration_ceiling(cls, value: int | None) -> int | None:
+        return _check_ceiling(
+            "max_session_duration_s", value, CEILING_MAX_DURATION_S, "ICD max_duration_s"
+        )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        for name in ("output_pct_min", "output_pct", "output_pct_max"):
+            value = getattr(self, name)
+            if not CEILING_OUTPUT_PCT_MIN <= value <= CEILING_OUTPUT_PCT_MAX:
+                raise ValueError(
+                    f"limits.{name} = {value} is outside the hard range "
+                    f"{CEILING_OUTPUT_PCT_MIN}..{CEILING_OUTPUT_PCT_MAX} % (ICD output_pct); "
+                    "configuration can narrow it, never widen it"
+                )
+        if not self.output_pct_min <= self.output_pct <= self.output_pct_max:
+            raise ValueError(
+                f"limits.output_pct = {self.output_pct} is outside "
+                f"limits.output_pct_min..output_pct_max = "
+                f"{self.output_pct_min}..{self.output_pct_max}"
+            )
+        if self.session_dose is not None and self.session_ul is None:
+            raise ValueError(
+                "limits.session_dose needs limits.session_ul (the prescribed nebulised "
+                "volume) so the lot concentration can be cross-checked"
+            )
+        if (
+            self.course_start is not None
+            and self.course_end is not None
+            and self.course_end < self.course_start
+        ):
+            raise ValueError(
+                f"limits.course_end {self.course_end} is before limits.course_start "
+                f"{self.course_start}"
+            )
+        if self.soft_limits and not self.override_roles:
+            raise ValueError(
+                "limits.soft_limits is set but limits.override_roles is empty: name the "
+                "roles allowed to override (e.g. ['investigator'])"
+            )
+        return self
+
+
+class Prescription(_Model):
+    """One subject's prescription under a protocol."""
+
+    subject_id: str = Field(pattern=_ID_PATTERN)
+    protocol_id: str = Field(pattern=_ID_PATTERN)
+    drug: str = Field(min_length=1, max_length=100)
+    lot: Lot
+    arm: Arm
+    timezone: str = Field(
+        default="UTC", description="IANA zone in which course dates are evaluated"
+    )
+    limits: PrescriptionLimits
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"timezone = {value!r} is not a known IANA zone (e.g. 'Europe/London')"
+            ) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _plausible_against_dose(self) -> Self:
+        """Catch a 10x/100x concentration typo: volume x concentration vs prescribed dose."""
+        limits = self.limits
+        if limits.session_dose is None or limits.session_ul is None:
+            return self
+        implied = float(limits.session_ul * self.lot.concentration_per_ul())
+        ratio = implied / limits.session_dose
+        low, high = PLAUSIBLE_RATIO
+        if not low <= ratio <= high:
+            per_ml = float(self.lot.concentration_per_ml())
+            ok_low = low * limits.session_dose / limits.session_ul * _UL_PER_ML
+            ok_high = high * limits.session_dose / limits.session_ul * _UL_PER_ML
+            raise ValueError(
+                f"lot concentration {per_ml:.4g} {self.lot.unit}/mL (lot.amount "
+                f"{self.lot.amount:.4g} per {self.lot.per_volume_ml:g} mL) implies "
+                f"{implied:.4g} {self.lot.unit} in limits.session_ul = {limits.session_ul} µL, "
+                f"{ratio:.3g}x the prescribed limits.session_dose = {limits.session_dose:.4g}; "
+                f"the plausible concentration for this prescription is "
+                f"{ok_low:.4g}..{ok_high:.4g} {self.lot.unit}/mL: check for a 10x typo"
+            )
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The zone of course dates."""
+        return ZoneInfo(self.timezone)
+
+    def ul_to_dose(self, volume_ul: int) -> Fraction:
+        """Exact drug amount in `volume_ul` of this lot."""
+        return volume_ul * self.lot.concentration_per_ul()
+
+    def dose_to_ul_floor(self, dose: Fraction | float) -> int:
+        """Whole µL holding at most `dose` (rounded down, never over)."""
+        exact = Fraction(dose) / self.lot.concentration_per_ul()
+        return max(0, math.floor(exact))
+
+    def public_summary(self) -> dict[str, Any]:
+        """What telemetry may publish. For a blinded arm: no arm, cohort, lot or dose figures.
+
+        The lot and the dose figures are withheld too because in a blinded study the
+        lot (active/placebo) or the dose level (escalation cohort) would name the arm.
+        """
+        limits = self.limits
+        summary: dict[str, Any] = {
+            "subject_id": self.subject_id,
+            "protocol_id": self.protocol_id,
+            "drug": self.drug,
+            "blinded": self.arm.blinded,
+            "session_ul": limits.session_ul,
+            "min_interval_s": limits.min_interval_s,
+            "rolling_24h_max_sessions": limits.rolling_24h_max_sessions,
+            "rolling_24h_max_ul": limits.rolling_24h_max_ul,
+            "course_max_sessions": limits.course_max_sessions,
+            "course_max_ul": limits.course_max_ul,
+            "course_start": limits.course_start.isoformat() if limits.course_start else None,
+            "course_end": limits.course_end.isoformat() if limits.course_end else None,
+            "max_session_duration_s": limits.max_session_duration_s,
+            "timezone": self.timezone,
+        }
+        if not self.arm.blinded:
+            summary |= {
+                "arm_id": self.arm.arm_id,
+                "cohort": self.arm.cohort,
+                "lot_id": self.lot.lot_id,
+                "drug_unit": self.lot.unit,
+                "concentration_per_ml": float(self.lot.concentration_per_ml()),
+                "session_dose": limits.session_dose,
+                "rolling_24h_max_dose": limits.rolling_24h_max_dose,
+                "course_max_dose": limits.course_max_dose,
+            }
+        return summary
+
+
+def load_prescription(path: Path) -> Prescription:
+    """Read the `[prescription]` table of a TOML file and validate it.
+
+    Raises `ValueError` naming the file if the table is missing; pydantic's
+    `ValidationError` (a `ValueError`) names the bad field otherwise.
+    """
+    with path.open("rb") as stream:
+        document = tomllib.load(stream)
+    if "prescription" not in document:
+        raise ValueError(f"{path}: no [prescription] table; see config/example.toml")
+    return Prescription.model_validate(document["prescription"])
