@@ -1,0 +1,581 @@
+"""Host side of the MN-1 link (ICD §5–§6), sans-IO: no asyncio, no clock, no port.
+
+Physical failure modes this layer turns into events (the codec already drops
+corrupted frames):
+
+- a lost command or a lost answer → the command is retransmitted after 50 ms with
+  the SAME seq (the device answers a repeat without acting twice, ICD §5.6), up to
+  5 times, then `CommandFailed`;
+- a silent device (cable pulled, firmware hung) → 300 ms without a valid STATUS
+  is `LinkLost`; the next valid STATUS is `LinkRestored`;
+- the port vanishing (USB unplug, pty hang-up) → `PortClosed`, every outstanding
+  command fails, and after the transport reopens the port, a new handshake;
+- a device that rebooted (its `uptime_ms` dropped) → `DeviceRebooted`; a different
+  device on the same port (IDENT serial changed) → `DeviceSwapped`;
+- a device that speaks another protocol version → its frames fail to decode
+  (`VersionError`), HELLO gets no IDENT, and `HandshakeFailed` says why.
+
+Time is passed in as `now_ms` (any monotonic millisecond counter). Timers are
+data: the caller asks `next_deadline_ms()` and calls `handle_timers(now_ms)` then.
+Every input method queues bytes to write (`take_writes()`) and events
+(`take_events()`); the caller writes the bytes, in order, as soon as it can.
+
+Host obligations implemented (ICD §6 and §5.5, §5.7):
+
+| obligation | where |
+|---|---|
+| HELLO first, IDENT before any START or CLEAR_FAULTS | `connection_made`, `send_command` |
+| seq +1 per new frame, wraps 255 → 0 | `_new_frame` |
+| retransmit after 50 ms, same seq, ≤ 5 times, then failed | `handle_timers` |
+| answers matched by `ack_seq` | `_on_answer` |
+| a frame at least every 250 ms (HEARTBEAT if nothing else) | `handle_timers` |
+| ACK_END for every SESSION_END (each repeat, with its seq) | `_on_session_end` |
+| 300 ms without STATUS → link lost; next STATUS → restored | `handle_timers`, `_on_status` |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from ._codec import FrameError, VersionError, encode_frame
+from ._deframer import Deframer
+from ._messages import (
+    Ack,
+    AckEnd,
+    ClearFaults,
+    Frame,
+    Heartbeat,
+    Hello,
+    Ident,
+    Nak,
+    SessionEnd,
+    Start,
+    Status,
+    Stop,
+)
+
+__all__ = [
+    "HEARTBEAT_INTERVAL_MAX_MS",
+    "MAX_RETRANSMITS",
+    "RETRANSMIT_AFTER_MS",
+    "STATUS_TIMEOUT_MS",
+    "Command",
+    "CommandAnswered",
+    "CommandFailed",
+    "CommandOutcome",
+    "DeviceRebooted",
+    "DeviceSwapped",
+    "HandshakeFailed",
+    "HostLink",
+    "Identified",
+    "LinkEvent",
+    "LinkLost",
+    "LinkNotReadyError",
+    "LinkPhase",
+    "LinkRestored",
+    "PortClosed",
+    "PortOpened",
+    "SessionEndReceived",
+    "StatusReceived",
+]
+
+#: ICD §6: an unanswered command is sent again after this long.
+RETRANSMIT_AFTER_MS: Final = 50
+#: ICD §6: retransmissions after the first transmission, then the command has failed.
+MAX_RETRANSMITS: Final = 5
+#: ICD §5.5: the host sends some frame at least this often (device watchdog is 1000 ms).
+HEARTBEAT_INTERVAL_MAX_MS: Final = 250
+#: ICD §6: this long without a valid STATUS is link loss.
+STATUS_TIMEOUT_MS: Final = 300
+
+# A drop of uptime_ms from within this distance of 2**32 to a small value is the
+# counter wrapping (every 49.7 days), not a reboot.
+_UPTIME_MODULUS: Final = 1 << 32
+_UPTIME_WRAP_WINDOW_MS: Final = 60_000
+# Remember this many (seq, session_id) SESSION_ENDs to drop repeats (a device sends
+# at most 50 repeats of one, and sessions are minutes apart).
+_SESSION_END_MEMORY: Final = 16
+
+#: Commands that expect an answer and are retransmitted until they get one.
+Command = Hello | Start | Stop | ClearFaults
+
+
+class LinkNotReadyError(RuntimeError):
+    """A command cannot be sent now (port closed, or device not identified yet)."""
+
+
+class LinkPhase(Enum):
+    """Where the host link is in its life cycle."""
+
+    PORT_CLOSED = "port_closed"
+    HANDSHAKING = "handshaking"
+    IDENTIFIED = "identified"
+
+
+# --- events --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortOpened:
+    """The transport opened the port; a handshake (HELLO) has been queued."""
+
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortClosed:
+    """The port closed or failed (unplug, hang-up, I/O error); the transport reopens it."""
+
+    at_ms: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Identified:
+    """IDENT answered our HELLO: commands other than STOP may now be sent."""
+
+    at_ms: int
+    ident: Ident
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandshakeFailed:
+    """HELLO got no IDENT after all retransmissions; another HELLO follows later."""
+
+    at_ms: int
+    reason: str
+    version_errors: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceSwapped:
+    """The device on the port now reports a different serial than before."""
+
+    at_ms: int
+    previous: Ident
+    current: Ident
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceRebooted:
+    """STATUS `uptime_ms` dropped: the device restarted and kept nothing (ICD §5.8)."""
+
+    at_ms: int
+    previous_uptime_ms: int
+    uptime_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusReceived:
+    """A valid STATUS frame."""
+
+    at_ms: int
+    seq: int
+    status: Status
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionEndReceived:
+    """A SESSION_END (repeats of the same seq and session are reported once)."""
+
+    at_ms: int
+    seq: int
+    session_end: SessionEnd
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandAnswered:
+    """The device answered a command (ACK, NAK or, for HELLO, IDENT)."""
+
+    at_ms: int
+    seq: int
+    command: Command
+    answer: Ack | Nak | Ident
+    transmissions: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandFailed:
+    """A command got no answer: outcome unknown (ICD §6; resolve by reading STATUS)."""
+
+    at_ms: int
+    seq: int | None
+    command: Command
+    reason: str
+    transmissions: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkLost:
+    """No valid STATUS for `STATUS_TIMEOUT_MS`, or the port closed: device state is unknown."""
+
+    at_ms: int
+    reason: str
+    last_status_ms: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkRestored:
+    """A valid STATUS arrived while the link was down (also the first one after opening)."""
+
+    at_ms: int
+
+
+CommandOutcome = CommandAnswered | CommandFailed
+LinkEvent = (
+    PortOpened
+    | PortClosed
+    | Identified
+    | HandshakeFailed
+    | DeviceSwapped
+    | DeviceRebooted
+    | StatusReceived
+    | SessionEndReceived
+    | CommandAnswered
+    | CommandFailed
+    | LinkLost
+    | LinkRestored
+)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Outstanding:
+    command: Command
+    frame: bytes
+    transmissions: int
+    due_ms: int  # next retransmission, or failure once transmissions > MAX_RETRANSMITS
+
+
+class HostLink:
+    """The host's link state machine. Feed it bytes and time; take bytes and events."""
+
+    def __init__(
+        self,
+        *,
+        retransmit_after_ms: int = RETRANSMIT_AFTER_MS,
+        max_retransmits: int = MAX_RETRANSMITS,
+        heartbeat_interval_ms: int = 200,
+        status_timeout_ms: int = STATUS_TIMEOUT_MS,
+        handshake_retry_ms: int = 1000,
+        first_seq: int = 0,
+    ) -> None:
+        """Create a link in phase PORT_CLOSED.
+
+        `heartbeat_interval_ms` defaults to 200 so that a late event-loop timer
+        still keeps the gap under the ICD's 250 ms; it may not exceed 250.
+        """
+        if not 0 < heartbeat_interval_ms <= HEARTBEAT_INTERVAL_MAX_MS:
+            raise ValueError(
+                f"heartbeat_interval_ms={heartbeat_interval_ms}: the ICD needs a frame at "
+                f"least every {HEARTBEAT_INTERVAL_MAX_MS} ms; use 1..{HEARTBEAT_INTERVAL_MAX_MS}"
+            )
+        if not 0 <= first_seq <= 0xFF:
+            raise ValueError(f"first_seq={first_seq} does not fit in u8; use 0..255")
+        self._retransmit_after_ms = retransmit_after_ms
+        self._max_retransmits = max_retransmits
+        self._heartbeat_interval_ms = heartbeat_interval_ms
+        self._status_timeout_ms = status_timeout_ms
+        self._handshake_retry_ms = handshake_retry_ms
+        self._next_seq = first_seq
+
+        self.deframer = Deframer()
+        self._phase = LinkPhase.PORT_CLOSED
+        self._writes: list[bytes] = []
+        self._events: list[LinkEvent] = []
+        self._outstanding: dict[int, _Outstanding] = {}
+        self._last_tx_ms: int | None = None
+        self._hello_seq: int | None = None
+        self._hello_due_ms: int | None = None  # handshake retry after a failed HELLO
+        self._version_errors = 0
+        self._link_up = False
+        self._last_status_ms: int | None = None
+        self._last_uptime_ms: int | None = None
+        self._ident: Ident | None = None
+        self._session_ends_seen: list[tuple[int, int]] = []
+
+    # --- read-only state ---------------------------------------------------------
+
+    @property
+    def phase(self) -> LinkPhase:
+        """PORT_CLOSED, HANDSHAKING or IDENTIFIED."""
+        return self._phase
+
+    @property
+    def link_up(self) -> bool:
+        """True while valid STATUS frames arrive within `status_timeout_ms`."""
+        return self._link_up
+
+    @property
+    def ident(self) -> Ident | None:
+        """The last IDENT received (kept across port loss, to detect a swapped device)."""
+        return self._ident
+
+    @property
+    def outstanding_seqs(self) -> tuple[int, ...]:
+        """Seqs of commands still waiting for an answer."""
+        return tuple(self._outstanding)
+
+    # --- outputs -----------------------------------------------------------------
+
+    def take_writes(self) -> list[bytes]:
+        """Frames to write to the port, oldest first; the queue is emptied."""
+        writes, self._writes = self._writes, []
+        return writes
+
+    def take_events(self) -> list[LinkEvent]:
+        """Events since the last call, oldest first; the queue is emptied."""
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline_ms(self) -> int | None:
+        """The earliest time `handle_timers` has work to do, or None if none is pending."""
+        deadlines = [entry.due_ms for entry in self._outstanding.values()]
+        if self._phase is not LinkPhase.PORT_CLOSED:
+            last_tx = self._last_tx_ms if self._last_tx_ms is not None else 0
+            deadlines.append(last_tx + self._heartbeat_interval_ms)
+            if self._hello_due_ms is not None:
+                deadlines.append(self._hello_due_ms)
+        if self._link_up and self._last_status_ms is not None:
+            deadlines.append(self._last_status_ms + self._status_timeout_ms)
+        return min(deadlines, default=None)
+
+    # --- inputs ------------------------------------------------------------------
+
+    def connection_made(self, now_ms: int) -> None:
+        """The port is open: start the handshake (HELLO)."""
+        self.deframer = Deframer()
+        self._phase = LinkPhase.HANDSHAKING
+        self._events.append(PortOpened(at_ms=now_ms))
+        self._send_hello(now_ms)
+
+    def connection_lost(self, now_ms: int, *, reason: str) -> None:
+        """The port closed or failed: fail what is outstanding, report link loss."""
+        if self._phase is LinkPhase.PORT_CLOSED:
+            return
+        self._phase = LinkPhase.PORT_CLOSED
+        self._writes.clear()  # nothing can be written to a closed port
+        self._events.append(PortClosed(at_ms=now_ms, reason=reason))
+        self._fail_all(now_ms, reason=f"port closed: {reason}")
+        self._hello_seq = None
+        self._hello_due_ms = None
+        self._last_tx_ms = None
+        if self._link_up:
+            self._link_up = False
+            self._events.append(
+                LinkLost(
+                    at_ms=now_ms,
+                    reason=f"port closed: {reason}",
+                    last_status_ms=self._last_status_ms,
+                )
+            )
+
+    def send_command(self, command: Command, now_ms: int) -> int:
+        """Queue `command` (HELLO, START, STOP, CLEAR_FAULTS); returns the seq it carries.
+
+        STOP may be sent as soon as the port is open (safe state first); START and
+        CLEAR_FAULTS only after IDENT. Raises LinkNotReadyError otherwise.
+        """
+        if self._phase is LinkPhase.PORT_CLOSED:
+            raise LinkNotReadyError(
+                f"cannot send {type(command).__name__}: the port is closed "
+                "(the transport reopens it; wait for Identified)"
+            )
+        if isinstance(command, Start | ClearFaults) and self._phase is not LinkPhase.IDENTIFIED:
+            raise LinkNotReadyError(
+                f"cannot send {type(command).__name__} before the device answered HELLO "
+                "with IDENT (ICD §6); wait for Identified"
+            )
+        if isinstance(command, Hello):
+            return self._send_hello(now_ms)
+        return self._send_tracked(command, now_ms)
+
+    def receive_data(self, data: bytes, now_ms: int) -> None:
+        """Bytes read from the port, in any chunking."""
+        for item in self.deframer.feed(data):
+            if isinstance(item, FrameError):
+                if isinstance(item, VersionError):
+                    self._version_errors += 1
+                continue
+            self._on_frame(item, now_ms)
+
+    def handle_timers(self, now_ms: int) -> None:
+        """Run every timer due at or before `now_ms` (retransmit, heartbeat, link loss)."""
+        for seq, entry in list(self._outstanding.items()):
+            if entry.due_ms > now_ms:
+                continue
+            if entry.transmissions > self._max_retransmits:
+                del self._outstanding[seq]
+                self._on_command_failed(
+                    seq,
+                    entry,
+                    now_ms,
+                    reason=f"no answer after {entry.transmissions} transmissions "
+                    f"{self._retransmit_after_ms} ms apart",
+                )
+                continue
+            self._write(entry.frame, now_ms)
+            entry.transmissions += 1
+            entry.due_ms = now_ms + self._retransmit_after_ms
+        if self._hello_due_ms is not None and self._hello_due_ms <= now_ms:
+            self._send_hello(now_ms)
+        if (
+            self._link_up
+            and self._last_status_ms is not None
+            and now_ms - self._last_status_ms >= self._status_timeout_ms
+        ):
+            self._link_up = False
+            self._events.append(
+                LinkLost(
+                    at_ms=now_ms,
+                    reason=f"no valid STATUS for {now_ms - self._last_status_ms} ms",
+                    last_status_ms=self._last_status_ms,
+                )
+            )
+        if (
+            self._phase is not LinkPhase.PORT_CLOSED
+            and self._last_tx_ms is not None
+            and now_ms - self._last_tx_ms >= self._heartbeat_interval_ms
+        ):
+            self._write(encode_frame(Heartbeat(), seq=self._new_seq()), now_ms)
+
+    # --- internals ---------------------------------------------------------------
+
+    def _new_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq = (seq + 1) & 0xFF
+        return seq
+
+    def _write(self, frame: bytes, now_ms: int) -> None:
+        self._writes.append(frame)
+        self._last_tx_ms = now_ms
+
+    def _send_tracked(self, command: Command, now_ms: int) -> int:
+        seq = self._new_seq()
+        frame = encode_frame(command, seq=seq)
+        self._write(frame, now_ms)
+        self._outstanding[seq] = _Outstanding(
+            command=command,
+            frame=frame,
+            transmissions=1,
+            due_ms=now_ms + self._retransmit_after_ms,
+        )
+        return seq
+
+    def _send_hello(self, now_ms: int) -> int:
+        self._hello_due_ms = None
+        self._version_errors = 0
+        seq = self._send_tracked(Hello(), now_ms)
+        self._hello_seq = seq
+        return seq
+
+    def _fail_all(self, now_ms: int, *, reason: str) -> None:
+        outstanding, self._outstanding = self._outstanding, {}
+        for seq, entry in outstanding.items():
+            self._events.append(
+                CommandFailed(
+                    at_ms=now_ms,
+                    seq=seq,
+                    command=entry.command,
+                    reason=reason,
+                    transmissions=entry.transmissions,
+                )
+            )
+
+    def _on_command_failed(
+        self, seq: int, entry: _Outstanding, now_ms: int, *, reason: str
+    ) -> None:
+        self._events.append(
+            CommandFailed(
+                at_ms=now_ms,
+                seq=seq,
+                command=entry.command,
+                reason=reason,
+                transmissions=entry.transmissions,
+            )
+        )
+        if seq == self._hello_seq and self._phase is LinkPhase.HANDSHAKING:
+            self._hello_seq = None
+            why = (
+                f"{self._version_errors} frames carried another protocol version; "
+                "this host speaks MN-1 ICD version 1"
+                if self._version_errors
+                else "no IDENT answered HELLO"
+            )
+            self._events.append(
+                HandshakeFailed(at_ms=now_ms, reason=why, version_errors=self._version_errors)
+            )
+            self._hello_due_ms = now_ms + self._handshake_retry_ms
+
+    def _on_frame(self, frame: Frame, now_ms: int) -> None:
+        message = frame.message
+        if isinstance(message, Status):
+            self._on_status(frame.seq, message, now_ms)
+        elif isinstance(message, SessionEnd):
+            self._on_session_end(frame.seq, message, now_ms)
+        elif isinstance(message, Ack | Nak | Ident):
+            self._on_answer(message, now_ms)
+        # Host-to-device types arriving here (a loopback or a crossed cable) are ignored.
+
+    def _on_status(self, seq: int, status: Status, now_ms: int) -> None:
+        previous = self._last_uptime_ms
+        if previous is not None and status.uptime_ms < previous:
+            wrapped = (
+                previous >= _UPTIME_MODULUS - _UPTIME_WRAP_WINDOW_MS
+                and status.uptime_ms < _UPTIME_WRAP_WINDOW_MS
+            )
+            if not wrapped:
+                self._events.append(
+                    DeviceRebooted(
+                        at_ms=now_ms, previous_uptime_ms=previous, uptime_ms=status.uptime_ms
+                    )
+                )
+        self._last_uptime_ms = status.uptime_ms
+        self._last_status_ms = now_ms
+        if not self._link_up:
+            self._link_up = True
+            self._events.append(LinkRestored(at_ms=now_ms))
+        self._events.append(StatusReceived(at_ms=now_ms, seq=seq, status=status))
+
+    def _on_session_end(self, seq: int, session_end: SessionEnd, now_ms: int) -> None:
+        # Every repeat is answered: our previous ACK_END may have been lost.
+        self._write(encode_frame(AckEnd(end_seq=seq), seq=self._new_seq()), now_ms)
+        key = (seq, session_end.session_id)
+        if key in self._session_ends_seen:
+            return
+        self._session_ends_seen.append(key)
+        del self._session_ends_seen[:-_SESSION_END_MEMORY]
+        self._events.append(SessionEndReceived(at_ms=now_ms, seq=seq, session_end=session_end))
+
+    def _on_answer(self, answer: Ack | Nak | Ident, now_ms: int) -> None:
+        entry = self._outstanding.get(answer.ack_seq)
+        if entry is None:
+            return  # a late answer to a retransmission we already matched, or noise
+        if isinstance(entry.command, Hello) != isinstance(answer, Ident):
+            return  # IDENT answers only HELLO; ACK/NAK never do
+        del self._outstanding[answer.ack_seq]
+        self._events.append(
+            CommandAnswered(
+                at_ms=now_ms,
+                seq=answer.ack_seq,
+                command=entry.command,
+                answer=answer,
+                transmissions=entry.transmissions,
+            )
+        )
+        if isinstance(answer, Ident):
+            self._on_ident(answer, now_ms)
+
+    def _on_ident(self, ident: Ident, now_ms: int) -> None:
+        previous = self._ident
+        self._ident = ident
+        self._hello_seq = None
+        self._hello_due_ms = None
+        if self._phase is LinkPhase.HANDSHAKING:
+            self._phase = LinkPhase.IDENTIFIED
+        if previous is not None and previous.serial != ident.serial:
+            # Another head: its uptime has nothing to do with the previous one's.
+            self._last_uptime_ms = None
+            self._events.append(DeviceSwapped(at_ms=now_ms, previous=previous, current=ident))
+        self._events.append(Identified(at_ms=now_ms, ident=ident))
