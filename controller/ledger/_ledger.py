@@ -1,0 +1,731 @@
+"""The durable dose ledger: append-only session events, alarms, decisions and commands.
+
+Synchronous on purpose (stdlib sqlite3): the asyncio controller calls it from one writer
+task or through `asyncio.to_thread`; an internal lock serialises calls. The STOP path
+never waits on it (safe state first, record third).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from controller.dosing import Instant, Override, SessionRecord, SessionStatus
+from controller.ledger._database import (
+    Database,
+    instant_from_row,
+    utc_text,
+)
+from controller.ledger._errors import SessionStateError, UnknownSessionError
+from controller.ledger._model import (
+    AlarmAction,
+    AlarmEntry,
+    EndSource,
+    EventKind,
+    LedgerEvent,
+    OutboxMessage,
+    ReconcileSource,
+    SessionSummary,
+    SubjectTotals,
+    override_to_json,
+)
+from controller.ledger._outbox import Outbox
+from controller.ledger._schema import SCHEMA_VERSION
+
+__all__ = ["DEFAULT_OUTBOX_BUDGET_BYTES", "LEDGER_FILE_NAME", "Ledger"]
+
+LEDGER_FILE_NAME = "ledger.sqlite3"
+"""File name of the ledger inside the data directory."""
+
+DEFAULT_OUTBOX_BUDGET_BYTES = 64 * 1024 * 1024
+_NS_PER_MS = 1_000_000
+_U32_MAX = 0xFFFF_FFFF
+
+_SELECT_EVENTS = (
+    "SELECT event_id, kind, session_id, subject_id, utc, boot_id, monotonic_ns,"
+    " delivered_ul, json(body) FROM events"
+)
+_STATUS_COLUMNS = (
+    "session_id, subject_id, intent_utc, intent_boot_id, intent_monotonic_ns,"
+    " planned_cap_ul, status, delivered_ul, started"
+)
+
+
+def _non_negative(name: str, value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _select_status(
+    connection: sqlite3.Connection, where: str, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = connection.execute(
+        # Only fixed clause text is interpolated; every value is a ? parameter.
+        f"SELECT {_STATUS_COLUMNS} FROM session_status {where} ORDER BY session_id",  # noqa: S608
+        params,
+    ).fetchall()
+    return rows
+
+
+def _record_from_row(row: sqlite3.Row | tuple[Any, ...]) -> SessionRecord:
+    session_id, subject_id, utc, boot_id, mono, cap, status, delivered, _started = row
+    return SessionRecord(
+        session_id=int(session_id),
+        subject_id=str(subject_id),
+        started=instant_from_row(utc, boot_id, int(mono)),
+        planned_cap_ul=int(cap),
+        delivered_ul=None if delivered is None else int(delivered),
+        status=SessionStatus(status),
+    )
+
+
+class Ledger:
+    """One open ledger database. Use `Ledger.open(path)`; close it (or use `with`)."""
+
+    def __init__(self, *, database: Database, progress_interval_ms: int) -> None:
+        self._db = database
+        self._progress_interval_ns = progress_interval_ms * _NS_PER_MS
+        self._last_progress: dict[int, Instant] = {}
+        self.outbox = Outbox(database=database)
+        """The MQTT outbox in the same database (see `Outbox`)."""
+
+    # ----------------------------------------------------------------- life cycle
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        outbox_budget_bytes: int = DEFAULT_OUTBOX_BUDGET_BYTES,
+        progress_interval_ms: int = 1000,
+        read_only: bool = False,
+    ) -> Ledger:
+        """Open the ledger at `path`, creating and migrating it if needed.
+
+        Runs `PRAGMA integrity_check` (read-only: `quick_check`). Raises
+        `LedgerCorruptError` (the file and its -wal/-shm are moved aside to
+        `<name>.corrupt-<utc>` unless read-only), `LedgerSchemaTooNewError`, or
+        `LedgerQuarantinedError` when a corrupt ledger was moved aside and nothing
+        replaced it. The controller treats each as "stop delivery + alarm".
+        """
+        if outbox_budget_bytes < 1:
+            raise ValueError(f"outbox_budget_bytes must be >= 1, got {outbox_budget_bytes}")
+        if progress_interval_ms < 0:
+            raise ValueError(f"progress_interval_ms must be >= 0, got {progress_interval_ms}")
+        database = Database.open(path, read_only=read_only, budget_bytes=outbox_budget_bytes)
+        return cls(database=database, progress_interval_ms=progress_interval_ms)
+
+    def close(self) -> None:
+        """Close the database (checkpoints the WAL into the main file)."""
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._db.path
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open file (equals the code's after migration)."""
+        return SCHEMA_VERSION
+
+    @property
+    def ledger_id(self) -> str:
+        """Random id of this database file; changes if the file is ever replaced."""
+        with self._db.reading() as connection:
+            row = connection.execute(
+                "SELECT value FROM ledger_meta WHERE key = 'ledger_id'"
+            ).fetchone()
+        return str(row[0])
+
+    def backup(self, destination: Path) -> None:
+        """Copy the live database to `destination` with SQLite's online backup API.
+
+        Safe while the controller runs (a consistent snapshot). The copy is written to
+        a temporary name, integrity-checked, then renamed into place.
+        """
+        partial = destination.with_name(destination.name + ".partial")
+        partial.unlink(missing_ok=True)
+        target = sqlite3.connect(partial)
+        try:
+            with self._db.lock:
+                self._db.connection.backup(target)
+            rows = target.execute("PRAGMA integrity_check").fetchall()
+            if rows != [("ok",)]:
+                raise OSError(f"backup copy {partial} failed its integrity check: {rows[:3]}")
+        finally:
+            target.close()
+        partial.replace(destination)
+
+    # ----------------------------------------------------------------- session events
+
+    def record_intent(
+        self,
+        *,
+        subject_id: str,
+        planned_cap_ul: int,
+        device_target_ul: int,
+        device_max_duration_s: int,
+        output_pct: int,
+        decision_trace: Mapping[str, Any],
+        at: Instant,
+        drug: str | None = None,
+        concentration_mg_per_ml: float | None = None,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """Allocate a new session id and commit the intent; returns the session id.
+
+        Returns only after COMMIT (WAL fsynced): call it before the START bytes go out.
+        The device target must not exceed the planned cap, because an uncertain session
+        counts exactly its planned cap.
+        """
+        if not subject_id:
+            raise ValueError("subject_id must not be empty")
+        if planned_cap_ul < 1:
+            raise ValueError(f"planned_cap_ul must be >= 1, got {planned_cap_ul}")
+        if not 1 <= device_target_ul <= planned_cap_ul:
+            raise ValueError(
+                f"device_target_ul {device_target_ul} must be within 1..planned_cap_ul "
+                f"({planned_cap_ul}): the device cap may never exceed what the ledger counts"
+            )
+        _non_negative("device_max_duration_s", device_max_duration_s)
+        if concentration_mg_per_ml is not None and not concentration_mg_per_ml > 0:
+            raise ValueError(f"concentration_mg_per_ml must be > 0, got {concentration_mg_per_ml}")
+        body = {
+            "planned_cap_ul": planned_cap_ul,
+            "device_target_ul": device_target_ul,
+            "device_max_duration_s": device_max_duration_s,
+            "output_pct": output_pct,
+            "drug": drug,
+            "concentration_mg_per_ml": concentration_mg_per_ml,
+            "decision": dict(decision_trace),
+        }
+        with self._db.writing() as connection:
+            cursor = connection.execute(
+                "INSERT INTO sessions (subject_id, allocated_utc) VALUES (?, ?)",
+                (subject_id, utc_text(at.utc)),
+            )
+            session_id = cursor.lastrowid
+            assert session_id is not None
+            if session_id > _U32_MAX:
+                raise ValueError("session ids are exhausted (u32); archive and start a new ledger")
+            event_id = self._db.insert_event(
+                connection,
+                kind=EventKind.INTENT,
+                at=at,
+                session_id=session_id,
+                subject_id=subject_id,
+                body=body,
+            )
+            self._db.insert_outbox(
+                connection, publish, at=at, event_id=event_id, session_id=session_id
+            )
+        return session_id
+
+    def record_started(
+        self, session_id: int, *, at: Instant, publish: Sequence[OutboxMessage] = ()
+    ) -> int:
+        """The device ACKed START. Returns the event id."""
+        return self._session_event(
+            session_id,
+            kind=EventKind.STARTED,
+            at=at,
+            body={},
+            allowed=(SessionStatus.OPEN,),
+            publish=publish,
+            once=True,
+        )
+
+    def record_start_refused(
+        self,
+        session_id: int,
+        *,
+        nak_reason: str,
+        at: Instant,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """The device NAKed START: nothing was delivered (status REFUSED_BY_DEVICE)."""
+        return self._session_event(
+            session_id,
+            kind=EventKind.START_REFUSED,
+            at=at,
+            body={"nak_reason": nak_reason},
+            allowed=(SessionStatus.OPEN,),
+            publish=publish,
+            forbid_started=True,
+        )
+
+    def record_progress(
+        self,
+        session_id: int,
+        *,
+        delivered_ul: int,
+        flow_ul_min: int,
+        reservoir_ul: int,
+        at: Instant,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int | None:
+        """A progress sample, kept at most once per `progress_interval_ms` per session.
+
+        Returns the event id, or None when the sample was skipped by the rate bound
+        (its `publish` messages are then skipped too).
+        """
+        _non_negative("delivered_ul", delivered_ul)
+        last = self._last_progress.get(session_id)
+        if (
+            last is not None
+            and last.boot_id == at.boot_id
+            and 0 <= at.monotonic_ns - last.monotonic_ns < self._progress_interval_ns
+        ):
+            return None
+        event_id = self._session_event(
+            session_id,
+            kind=EventKind.PROGRESS,
+            at=at,
+            body={
+                "delivered_ul": delivered_ul,
+                "flow_ul_min": flow_ul_min,
+                "reservoir_ul": reservoir_ul,
+            },
+            delivered_ul=delivered_ul,
+            allowed=(SessionStatus.OPEN,),
+            publish=publish,
+        )
+        self._last_progress[session_id] = at
+        return event_id
+
+    def record_ended(
+        self,
+        session_id: int,
+        *,
+        delivered_ul: int,
+        duration_ms: int,
+        reason: str,
+        source: EndSource,
+        at: Instant,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """The session ended: delivered volume, duration, reason code and who reported it.
+
+        `reason` is a machine code: the ICD stop reason name (`StopReason.X.name`) for
+        device ends, or the host's own code for host ends.
+        """
+        _non_negative("delivered_ul", delivered_ul)
+        _non_negative("duration_ms", duration_ms)
+        if not reason:
+            raise ValueError("reason must be a non-empty code")
+        event_id = self._session_event(
+            session_id,
+            kind=EventKind.ENDED,
+            at=at,
+            body={
+                "delivered_ul": delivered_ul,
+                "duration_ms": duration_ms,
+                "reason": reason,
+                "source": str(EndSource(source)),
+            },
+            delivered_ul=delivered_ul,
+            allowed=(SessionStatus.OPEN,),
+            publish=publish,
+        )
+        self._last_progress.pop(session_id, None)
+        return event_id
+
+    def mark_uncertain(
+        self,
+        session_id: int,
+        *,
+        reason: str,
+        at: Instant,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """The outcome of an open session is unknown (restart, lost link).
+
+        From now on it counts its full planned cap until `reconcile` records the
+        device's own figure.
+        """
+        if not reason:
+            raise ValueError("reason must be a non-empty code")
+        event_id = self._session_event(
+            session_id,
+            kind=EventKind.UNCERTAIN,
+            at=at,
+            body={"reason": reason},
+            allowed=(SessionStatus.OPEN,),
+            publish=publish,
+        )
+        self._last_progress.pop(session_id, None)
+        return event_id
+
+    def reconcile(
+        self,
+        session_id: int,
+        *,
+        delivered_ul: int,
+        source: ReconcileSource,
+        at: Instant,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """Record the device's figure for an UNCERTAIN session (STATUS or SESSION_END)."""
+        _non_negative("delivered_ul", delivered_ul)
+        return self._session_event(
+            session_id,
+            kind=EventKind.RECONCILED,
+            at=at,
+            body={"delivered_ul": delivered_ul, "source": str(ReconcileSource(source))},
+            delivered_ul=delivered_ul,
+            allowed=(SessionStatus.UNCERTAIN,),
+            publish=publish,
+        )
+
+    # ----------------------------------------------------------------- other events
+
+    def record_decision(
+        self,
+        *,
+        subject_id: str,
+        allowed: bool,
+        trace: Mapping[str, Any],
+        at: Instant,
+        session_id: int | None = None,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """Every allow/refuse/stop decision with its full trace (see `decision_to_json`)."""
+        return self._free_event(
+            kind=EventKind.DECISION,
+            at=at,
+            session_id=session_id,
+            subject_id=subject_id,
+            body={"allowed": allowed, "trace": dict(trace)},
+            publish=publish,
+        )
+
+    def record_override(
+        self,
+        override: Override,
+        *,
+        subject_id: str,
+        at: Instant,
+        session_id: int | None = None,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """A soft-limit override: role, reason and the constraint codes it lifts."""
+        if not override.role or not override.reason:
+            raise ValueError("an override needs a named role and a reason")
+        return self._free_event(
+            kind=EventKind.OVERRIDE,
+            at=at,
+            session_id=session_id,
+            subject_id=subject_id,
+            body=override_to_json(override),
+            publish=publish,
+        )
+
+    def record_alarm(
+        self,
+        *,
+        alarm_code: str,
+        action: AlarmAction,
+        actor: str,
+        at: Instant,
+        priority: str = "",
+        message: str = "",
+        session_id: int | None = None,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """An alarm raised, acknowledged or cleared, with who (`actor`) and when (`at`)."""
+        if not alarm_code or not actor:
+            raise ValueError("an alarm event needs an alarm_code and an actor")
+        return self._free_event(
+            kind=EventKind.ALARM,
+            at=at,
+            session_id=session_id,
+            subject_id=None,
+            body={
+                "alarm_code": alarm_code,
+                "action": str(AlarmAction(action)),
+                "actor": actor,
+                "priority": priority,
+                "message": message,
+            },
+            publish=publish,
+        )
+
+    def record_command(
+        self,
+        *,
+        command: str,
+        origin: str,
+        body: Mapping[str, Any],
+        at: Instant,
+        session_id: int | None = None,
+        publish: Sequence[OutboxMessage] = (),
+    ) -> int:
+        """A command received (which, from whom, its parameters and outcome)."""
+        return self._free_event(
+            kind=EventKind.COMMAND,
+            at=at,
+            session_id=session_id,
+            subject_id=None,
+            body={"command": command, "origin": origin, **dict(body)},
+            publish=publish,
+        )
+
+    # ----------------------------------------------------------------- reading
+
+    def open_sessions(self) -> list[SessionRecord]:
+        """Sessions with an intent but no end, refusal or uncertain record (restart check)."""
+        with self._db.reading() as connection:
+            rows = _select_status(connection, "WHERE status = 'open'", ())
+        return [_record_from_row(row) for row in rows]
+
+    def uncertain_sessions(self) -> list[SessionRecord]:
+        """Sessions waiting for reconciliation (they count their full planned cap)."""
+        with self._db.reading() as connection:
+            rows = _select_status(connection, "WHERE status = 'uncertain'", ())
+        return [_record_from_row(row) for row in rows]
+
+    def history(self, subject_id: str) -> list[SessionRecord]:
+        """Every session of `subject_id`, oldest first, status derived from its events."""
+        with self._db.reading() as connection:
+            rows = _select_status(connection, "WHERE subject_id = ?", (subject_id,))
+        return [_record_from_row(row) for row in rows]
+
+    def totals(self, subject_id: str) -> SubjectTotals:
+        """Totals of one subject: sessions, known delivered volume, volume that counts."""
+        records = self.history(subject_id)
+        counted = [r for r in records if r.counts_as_session]
+        return SubjectTotals(
+            subject_id=subject_id,
+            sessions=len(counted),
+            delivered_ul=sum(r.delivered_ul or 0 for r in records),
+            counted_ul=sum(r.counted_ul for r in records),
+            uncertain_sessions=sum(r.status is SessionStatus.UNCERTAIN for r in records),
+            open_sessions=sum(r.status is SessionStatus.OPEN for r in records),
+        )
+
+    def session_status(self, session_id: int) -> SessionStatus:
+        """The derived status of one session."""
+        with self._db.reading() as connection:
+            return self._status(connection, session_id)[0]
+
+    def events(
+        self,
+        *,
+        session_id: int | None = None,
+        kinds: Iterable[EventKind] | None = None,
+        since: datetime | None = None,
+    ) -> list[LedgerEvent]:
+        """Stored events in order, optionally for one session, some kinds, or since a time."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if session_id is not None:
+            clauses.append("session_id = ?")
+            params.append(session_id)
+        if kinds is not None:
+            wanted = [str(EventKind(k)) for k in kinds]
+            clauses.append(f"kind IN ({', '.join('?' for _ in wanted)})")
+            params.extend(wanted)
+        if since is not None:
+            clauses.append("utc >= ?")
+            params.append(utc_text(since))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._db.reading() as connection:
+            rows = connection.execute(
+                # Only fixed clause text is interpolated; every value is a ? parameter.
+                f"{_SELECT_EVENTS}{where} ORDER BY event_id",
+                params,
+            ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    def summaries(
+        self, *, since: datetime | None = None, subject_id: str | None = None
+    ) -> list[SessionSummary]:
+        """Sessions (intent at or after `since`, of `subject_id`) with ends, reasons, alarms."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            clauses.append("intent_utc >= ?")
+            params.append(utc_text(since))
+        if subject_id is not None:
+            clauses.append("subject_id = ?")
+            params.append(subject_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._db.reading() as connection:
+            rows = _select_status(connection, where, params)
+            event_rows = {
+                int(row[0]): connection.execute(
+                    f"{_SELECT_EVENTS} WHERE session_id = ? AND kind <> ? ORDER BY event_id",
+                    (int(row[0]), str(EventKind.PROGRESS)),
+                ).fetchall()
+                for row in rows
+            }
+        return [
+            _summary(_record_from_row(row), bool(row[8]), [_event_from_row(e) for e in ev])
+            for row in rows
+            for ev in (event_rows[int(row[0])],)
+        ]
+
+    # ----------------------------------------------------------------- internals
+
+    @staticmethod
+    def _status(connection: sqlite3.Connection, session_id: int) -> tuple[SessionStatus, bool]:
+        row = connection.execute(
+            "SELECT status, started FROM session_status WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        if row is None:
+            raise UnknownSessionError(
+                f"no intent is recorded for session {session_id}; record_intent allocates ids"
+            )
+        return SessionStatus(row[0]), bool(row[1])
+
+    def _session_event(
+        self,
+        session_id: int,
+        *,
+        kind: EventKind,
+        at: Instant,
+        body: Mapping[str, Any],
+        allowed: tuple[SessionStatus, ...],
+        publish: Sequence[OutboxMessage],
+        delivered_ul: int | None = None,
+        once: bool = False,
+        forbid_started: bool = False,
+    ) -> int:
+        with self._db.writing() as connection:
+            status, started = self._status(connection, session_id)
+            if status not in allowed:
+                raise SessionStateError(
+                    f"cannot record {kind} for session {session_id}: its status is {status}, "
+                    f"expected {' or '.join(str(s) for s in allowed)}"
+                )
+            if (once or forbid_started) and started:
+                raise SessionStateError(
+                    f"cannot record {kind} for session {session_id}: it has already started"
+                )
+            subject = connection.execute(
+                "SELECT subject_id FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()[0]
+            event_id = self._db.insert_event(
+                connection,
+                kind=kind,
+                at=at,
+                session_id=session_id,
+                subject_id=str(subject),
+                delivered_ul=delivered_ul,
+                body=body,
+            )
+            self._db.insert_outbox(
+                connection, publish, at=at, event_id=event_id, session_id=session_id
+            )
+        return event_id
+
+    def _free_event(
+        self,
+        *,
+        kind: EventKind,
+        at: Instant,
+        session_id: int | None,
+        subject_id: str | None,
+        body: Mapping[str, Any],
+        publish: Sequence[OutboxMessage],
+    ) -> int:
+        with self._db.writing() as connection:
+            if session_id is not None:
+                self._status(connection, session_id)  # must exist
+            event_id = self._db.insert_event(
+                connection,
+                kind=kind,
+                at=at,
+                session_id=session_id,
+                subject_id=subject_id,
+                body=body,
+            )
+            self._db.insert_outbox(
+                connection, publish, at=at, event_id=event_id, session_id=session_id
+            )
+        return event_id
+
+
+def _event_from_row(row: tuple[Any, ...]) -> LedgerEvent:
+    event_id, kind, session_id, subject_id, utc, boot_id, mono, delivered, body = row
+    return LedgerEvent(
+        event_id=int(event_id),
+        kind=EventKind(kind),
+        session_id=None if session_id is None else int(session_id),
+        subject_id=None if subject_id is None else str(subject_id),
+        at=instant_from_row(utc, boot_id, int(mono)),
+        delivered_ul=None if delivered is None else int(delivered),
+        body=json.loads(body),
+    )
+
+
+def _summary(record: SessionRecord, started: bool, events: list[LedgerEvent]) -> SessionSummary:
+    by_kind: dict[EventKind, LedgerEvent] = {}
+    overrides: list[Mapping[str, Any]] = []
+    alarms: list[AlarmEntry] = []
+    for event in events:
+        if event.kind is EventKind.OVERRIDE:
+            overrides.append(event.body)
+        elif event.kind is EventKind.ALARM:
+            alarms.append(
+                AlarmEntry(
+                    alarm_code=str(event.body["alarm_code"]),
+                    action=AlarmAction(event.body["action"]),
+                    actor=str(event.body["actor"]),
+                    utc=event.at.utc,
+                    priority=str(event.body.get("priority", "")),
+                    message=str(event.body.get("message", "")),
+                )
+            )
+        else:
+            by_kind.setdefault(event.kind, event)
+    intent = by_kind[EventKind.INTENT].body
+    ended = by_kind.get(EventKind.ENDED)
+    uncertain = by_kind.get(EventKind.UNCERTAIN)
+    reconciled = by_kind.get(EventKind.RECONCILED)
+    refused = by_kind.get(EventKind.START_REFUSED)
+    end_reason: str | None = None
+    end_source: str | None = None
+    if ended is not None:
+        end_reason, end_source = str(ended.body["reason"]), str(ended.body["source"])
+    elif refused is not None:
+        end_reason, end_source = f"START_NAK:{refused.body['nak_reason']}", "device"
+    concentration = intent.get("concentration_mg_per_ml")
+    return SessionSummary(
+        session_id=record.session_id,
+        subject_id=record.subject_id,
+        status=record.status,
+        intent_at=record.started,
+        planned_cap_ul=record.planned_cap_ul,
+        device_target_ul=int(intent["device_target_ul"]),
+        device_max_duration_s=int(intent["device_max_duration_s"]),
+        output_pct=int(intent["output_pct"]),
+        drug=intent.get("drug"),
+        concentration_mg_per_ml=None if concentration is None else float(concentration),
+        started=started,
+        delivered_ul=record.delivered_ul,
+        duration_ms=None if ended is None else int(ended.body["duration_ms"]),
+        end_reason=end_reason,
+        end_source=end_source,
+        uncertain_reason=None if uncertain is None else str(uncertain.body["reason"]),
+        reconcile_source=None if reconciled is None else str(reconciled.body["source"]),
+        overrides=tuple(overrides),
+        alarms=tuple(alarms),
+    )

@@ -1,0 +1,99 @@
+"""The MQTT outbox: messages waiting for PUBACK, in the ledger's own database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from controller.dosing import Instant
+from controller.ledger._database import Database, parse_utc
+from controller.ledger._model import OutboxKind, OutboxMessage, OutboxRow
+
+__all__ = ["Outbox"]
+
+
+class Outbox:
+    """Pending messages in seq order. Rows are deleted only after PUBACK (or by the budget).
+
+    `seq` is allocated by the ledger, increases strictly and is never reused, even after
+    deletes and restarts (SQLite AUTOINCREMENT keeps the high-water mark).
+    """
+
+    def __init__(self, *, database: Database) -> None:
+        self._db = database
+
+    def append(self, message: OutboxMessage, *, at: Instant) -> int:
+        """Commit one message on its own (telemetry samples); returns its seq.
+
+        When the outbox exceeds its byte budget, the oldest telemetry rows are dropped in
+        the same transaction and an `outbox_drop` event records how many.
+        """
+        with self._db.writing() as connection:
+            (seq,) = self._db.insert_outbox(
+                connection, (message,), at=at, event_id=None, session_id=None
+            )
+        return seq
+
+    def pending(self, *, limit: int = 100, after_seq: int = 0) -> list[OutboxRow]:
+        """Up to `limit` rows with seq > `after_seq`, oldest first."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        with self._db.reading() as connection:
+            rows = connection.execute(
+                "SELECT seq, kind, topic, payload, qos, retain, created_utc FROM outbox"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [
+            OutboxRow(
+                seq=int(seq),
+                kind=OutboxKind(kind),
+                topic=str(topic),
+                payload=bytes(payload),
+                qos=int(qos),
+                retain=bool(retain),
+                created_utc=parse_utc(str(created_utc)),
+            )
+            for seq, kind, topic, payload, qos, retain, created_utc in rows
+        ]
+
+    def delete(self, seqs: Iterable[int]) -> int:
+        """Delete acknowledged rows (after PUBACK); returns how many existed."""
+        keys = [(int(seq),) for seq in seqs]
+        if not keys:
+            return 0
+        with self._db.writing() as connection:
+            cursor = connection.executemany("DELETE FROM outbox WHERE seq = ?", keys)
+            deleted = cursor.rowcount  # summed over the batch; trigger rows not counted
+        return deleted
+
+    def count(self) -> int:
+        """Number of rows waiting."""
+        with self._db.reading() as connection:
+            return int(connection.execute("SELECT row_count FROM outbox_stats").fetchone()[0])
+
+    def bytes(self) -> int:
+        """Payload plus topic bytes waiting (the figure the budget is applied to)."""
+        with self._db.reading() as connection:
+            return int(connection.execute("SELECT byte_count FROM outbox_stats").fetchone()[0])
+
+    @property
+    def budget_bytes(self) -> int:
+        """The byte budget above which the oldest telemetry is dropped."""
+        return self._db.budget_bytes
+
+    def dropped_total(self) -> int:
+        """Telemetry messages dropped by the budget since the ledger was created."""
+        with self._db.reading() as connection:
+            row = connection.execute(
+                "SELECT coalesce(sum(json_extract(body, '$.count')), 0) FROM events"
+                " WHERE kind = 'outbox_drop'"
+            ).fetchone()
+        return int(row[0])
+
+    def last_seq(self) -> int:
+        """The highest seq ever allocated (0 if none); survives deletes and restarts."""
+        with self._db.reading() as connection:
+            row = connection.execute(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)"
+            ).fetchone()
+        return int(row[0])
