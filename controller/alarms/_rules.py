@@ -1,0 +1,367 @@
+"""The alarm rules as data: one row per alarm condition.
+
+Priorities follow IEC 60601-1-8:
+
+* HIGH — immediate response: a risk of harm now (over-delivery, a device that may
+  still be nebulising out of the host's control, a hot mesh at the patient).
+* MEDIUM — prompt response: therapy interrupted or the dose record is in doubt;
+  the device is already in a safe state.
+* LOW — awareness: nothing unsafe is happening, but something needs attention
+  before it becomes a problem.
+
+Category says who is affected: CLINICAL (physiological/treatment: the dose the
+patient receives) or TECHNICAL (the equipment). Latching alarms stay on the list
+after their condition is gone until a named person acknowledges them, so that an
+event that came and went (a dropped link, an over-delivery) cannot be missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+
+__all__ = [
+    "ALARM_RULES",
+    "AlarmCategory",
+    "AlarmCode",
+    "AlarmPriority",
+    "AlarmRule",
+]
+
+
+class AlarmPriority(StrEnum):
+    """IEC 60601-1-8 alarm priority."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class AlarmCategory(StrEnum):
+    """Whether the alarm concerns the treatment (clinical) or the equipment (technical)."""
+
+    CLINICAL = "clinical"
+    TECHNICAL = "technical"
+
+
+class AlarmCode(StrEnum):
+    """Machine-readable alarm condition codes (stable: they appear in the ledger and MQTT)."""
+
+    # Device fault bits (ICD §4), one alarm per bit.
+    DEVICE_RESERVOIR_EMPTY = "device_reservoir_empty"
+    DEVICE_HEAD_DISCONNECTED = "device_head_disconnected"
+    DEVICE_MESH_CLOGGED = "device_mesh_clogged"
+    DEVICE_OVER_TEMPERATURE = "device_over_temperature"
+    DEVICE_WATCHDOG = "device_watchdog"
+    DEVICE_SUPPLY_LOW = "device_supply_low"
+    DEVICE_INTERNAL = "device_internal"
+    DEVICE_UNKNOWN_FAULT = "device_unknown_fault"
+    # Link.
+    LINK_LOST_DURING_SESSION = "link_lost_during_session"
+    LINK_LOST = "link_lost"
+    # Treatment.
+    OUTPUT_LOW = "output_low"
+    DOSE_REACHED_EARLY = "dose_reached_early"
+    DOSE_LATE = "dose_late"
+    DELIVERY_ABOVE_CAP = "delivery_above_cap"
+    SESSION_STOPPED_BY_WATCHDOG = "session_stopped_by_watchdog"
+    DEVICE_IGNORED_STOP = "device_ignored_stop"
+    DELIVERY_UNCERTAIN = "delivery_uncertain"
+    DEVICE_SWAPPED = "device_swapped"
+    DEVICE_REBOOTED = "device_rebooted"
+    # Controller.
+    CLOCK_UNTRUSTED = "clock_untrusted"
+    STORAGE_LOW = "storage_low"
+    LEDGER_UNAVAILABLE = "ledger_unavailable"
+    TELEMETRY_DROPPED = "telemetry_dropped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmRule:
+    """One row of the alarm table.
+
+    `message` is a `str.format` template; the evaluator supplies the named fields
+    (see `controller.alarms.evaluate`). `action` tells the nurse what to do.
+    `why` justifies the priority (shown in the docs, not to the nurse).
+    """
+
+    code: AlarmCode
+    priority: AlarmPriority
+    category: AlarmCategory
+    latching: bool
+    message: str
+    action: str
+    why: str
+
+
+_H = AlarmPriority.HIGH
+_M = AlarmPriority.MEDIUM
+_L = AlarmPriority.LOW
+_CLIN = AlarmCategory.CLINICAL
+_TECH = AlarmCategory.TECHNICAL
+
+_RULES: tuple[AlarmRule, ...] = (
+    AlarmRule(
+        code=AlarmCode.DELIVERY_ABOVE_CAP,
+        priority=_H,
+        category=_CLIN,
+        latching=True,
+        message=(
+            "Over-delivery: {delivered_ul} µL delivered against a session cap of "
+            "{session_cap_ul} µL (allowed overshoot {overshoot_budget_ul} µL)"
+        ),
+        action=(
+            "Check the patient now and inform the prescriber; take the head out of "
+            "service and call clinical engineering."
+        ),
+        why="The patient received more drug than prescribed: direct risk of harm.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_IGNORED_STOP,
+        priority=_H,
+        category=_CLIN,
+        latching=True,
+        message="Nebuliser still running {stop_pending_ms} ms after the controller sent STOP",
+        action=(
+            "Press the STOP button on the nebuliser head now; if the mist continues, "
+            "remove the mask and unplug the head. Call clinical engineering."
+        ),
+        why="Delivery continues outside the controller's control: over-delivery risk.",
+    ),
+    AlarmRule(
+        code=AlarmCode.LINK_LOST_DURING_SESSION,
+        priority=_H,
+        category=_TECH,
+        latching=True,
+        message="Lost contact with the nebuliser during a session",
+        action=(
+            "Go to the bedside; press STOP on the head if mist is still coming out; "
+            "check the head's cable to the controller."
+        ),
+        why=(
+            "The controller cannot see or stop delivery; only the device's own cap "
+            "and 1 s watchdog protect the patient."
+        ),
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_OVER_TEMPERATURE,
+        priority=_H,
+        category=_TECH,
+        latching=True,
+        message="Nebuliser mesh over temperature (above 45 °C); nebulising stopped",
+        action=(
+            "Remove the mask from the patient, check the skin near the mouthpiece, "
+            "let the head cool; call clinical engineering before reuse."
+        ),
+        why="A hot mesh at the patient interface risks a burn; act at once.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DELIVERY_UNCERTAIN,
+        priority=_M,
+        category=_CLIN,
+        latching=True,
+        message=(
+            "Delivered volume of session {session_id} is unknown; its full planned cap "
+            "counts against the dose limits until reconciled"
+        ),
+        action=(
+            "Check the nebuliser cup and the patient; record the observed dose in the "
+            "reconciliation screen or inform the prescriber."
+        ),
+        why=(
+            "The dose record is in doubt but further doses are already limited "
+            "conservatively; a prompt review is needed, not an emergency."
+        ),
+    ),
+    AlarmRule(
+        code=AlarmCode.SESSION_STOPPED_BY_WATCHDOG,
+        priority=_M,
+        category=_CLIN,
+        latching=True,
+        message="Session stopped by the nebuliser's watchdog: the controller went silent",
+        action="Check the patient received the dose shown; call clinical engineering.",
+        why="Therapy interrupted; the device reached its safe state by itself.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_SWAPPED,
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message="A different nebuliser head ({serial}) was connected during a session",
+        action=(
+            "Confirm the right head is on the right patient; the interrupted session "
+            "must be reconciled before a new start."
+        ),
+        why="The session's device figures are lost; further doses are already blocked.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_REBOOTED,
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message="The nebuliser restarted during a session; its delivery record was lost",
+        action=(
+            "Check the power and cable of the head; reconcile the interrupted session; "
+            "call clinical engineering if it happens again."
+        ),
+        why="Therapy interrupted and the dose record is lost; the device is safe (idle).",
+    ),
+    AlarmRule(
+        code=AlarmCode.LEDGER_UNAVAILABLE,
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message="The dose record (ledger) is unavailable or damaged; new starts are refused",
+        action="Call clinical engineering; give doses by another device meanwhile.",
+        why=(
+            "Dose history cannot be trusted, so starts are refused (no over-delivery) "
+            "but therapy is blocked."
+        ),
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_HEAD_DISCONNECTED,
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message="Nebuliser head disconnected",
+        action="Reconnect the head, then clear the fault at the controller.",
+        why="Therapy interrupted; no aerosol is produced.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_MESH_CLOGGED,
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message="Nebuliser mesh clogged (output below half of expected)",
+        action="Clean or replace the mesh as per the instructions for use, then clear the fault.",
+        why="Therapy interrupted or under-delivered; device stopped.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_WATCHDOG,
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message="Nebuliser watchdog fault: the controller stopped talking to it",
+        action="Clear the fault; call clinical engineering if it repeats.",
+        why="The device stopped itself safely; the controller or cable misbehaved.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_SUPPLY_LOW,
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message="Nebuliser supply voltage low",
+        action="Check the power supply and cable of the head, then clear the fault.",
+        why="Therapy interrupted; device stopped.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_INTERNAL,
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message="Nebuliser internal self-test failure",
+        action="Take the head out of service and call clinical engineering.",
+        why="The device refuses to nebulise (safe) but cannot be used.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_UNKNOWN_FAULT,
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message="Nebuliser reports an unknown fault (bits {fault_bits})",
+        action="Take the head out of service and call clinical engineering.",
+        why="Unknown firmware state; the device refuses to nebulise while faulted.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DEVICE_RESERVOIR_EMPTY,
+        priority=_M,
+        category=_TECH,
+        latching=False,
+        message="Nebuliser cup empty",
+        action="Refill the cup with the prescribed medication if the dose is not complete.",
+        why="Therapy interrupted; clears by itself when liquid is added (ICD).",
+    ),
+    AlarmRule(
+        code=AlarmCode.DOSE_LATE,
+        priority=_M,
+        category=_CLIN,
+        latching=True,
+        message=(
+            "Dose not complete after {elapsed_s} s (expected {expected_s} s): "
+            "{delivered_ul} of {session_cap_ul} µL"
+        ),
+        action="Check the mask fit, the cup level and the mesh; consider cleaning the mesh.",
+        why="The patient is under-treated; needs a prompt look, not an emergency.",
+    ),
+    AlarmRule(
+        code=AlarmCode.DOSE_REACHED_EARLY,
+        priority=_M,
+        category=_CLIN,
+        latching=True,
+        message=(
+            "Dose reached after {elapsed_s} s, much sooner than the expected "
+            "{expected_s} s: check the delivered amount"
+        ),
+        action=(
+            "Check the patient and the cup level: a leak, a wrong medication volume or "
+            "a faulty flow sensor are possible. Inform the prescriber if in doubt."
+        ),
+        why="The device figures may be wrong (over-delivery not excluded); prompt review.",
+    ),
+    AlarmRule(
+        code=AlarmCode.STORAGE_LOW,
+        priority=_M,
+        category=_TECH,
+        latching=False,
+        message="Controller storage low ({free_mib} MiB free); records may soon be refused",
+        action="Call clinical engineering to free storage.",
+        why="Dose records are at risk soon; starts will be refused at the floor.",
+    ),
+    AlarmRule(
+        code=AlarmCode.LINK_LOST,
+        priority=_L,
+        category=_TECH,
+        latching=False,
+        message="No contact with the nebuliser (no session running); starts are refused",
+        action="Check the head's cable to the controller.",
+        why="Nothing is being delivered; only future doses are blocked.",
+    ),
+    AlarmRule(
+        code=AlarmCode.OUTPUT_LOW,
+        priority=_L,
+        category=_CLIN,
+        latching=False,
+        message=(
+            "Nebuliser output low: {flow_ul_min} µL/min against {expected_flow_ul_min} "
+            "µL/min expected for {low_for_s} s"
+        ),
+        action="Check the cup level and the mesh; the session will take longer.",
+        why="Slower treatment only; the device itself faults at 50 % (MESH_CLOGGED).",
+    ),
+    AlarmRule(
+        code=AlarmCode.CLOCK_UNTRUSTED,
+        priority=_L,
+        category=_TECH,
+        latching=False,
+        message="Controller clock not trusted; new starts are refused",
+        action="Call clinical engineering (network time / real-time clock).",
+        why="A running session is unaffected; a start attempt shows the refusal reason.",
+    ),
+    AlarmRule(
+        code=AlarmCode.TELEMETRY_DROPPED,
+        priority=_L,
+        category=_TECH,
+        latching=True,
+        message=(
+            "{dropped_now} telemetry messages dropped by the disk budget "
+            "({dropped_total} in total); dose records are kept"
+        ),
+        action="Call clinical engineering: the ward monitor is missing data.",
+        why="Only monitoring samples are lost (dose records are never dropped).",
+    ),
+)
+
+#: Alarm table, in the order alarms are evaluated and listed (HIGH first).
+ALARM_RULES: Mapping[AlarmCode, AlarmRule] = MappingProxyType({r.code: r for r in _RULES})
