@@ -253,7 +253,11 @@ def evaluate_clock_trust(
                 step_reason=f"wall clock stepped by {jump_s:+.1f} s at {instant.utc.isoformat()}",
             )
         elif previous.stepped:
-            steady_since_ns = previous.steady_since_ns or instant.monotonic_ns
+            steady_since_ns = (
+                instant.monotonic_ns
+                if previous.steady_since_ns is None
+                else previous.steady_since_ns
+            )
             steady_s = (instant.monotonic_ns - steady_since_ns) / _NS_PER_S
             ntp_ok = policy.mode != "ntp" or (ntp is not None and ntp.synchronized is True)
             still_stepped = steady_s < policy.retrust_after_s or not ntp_ok
