@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ _SQLITE_NOTADB = 26
 _CORRUPT_CODES = frozenset({_SQLITE_CORRUPT, _SQLITE_NOTADB})
 _BUSY_TIMEOUT_S = 5.0
 _INTEGRITY_DETAIL_ROWS = 5
+_SIDECARS = ("-wal", "-shm")
 
 
 class _CorruptFileError(Exception):
@@ -92,14 +94,55 @@ def quarantined_files(path: Path) -> tuple[Path, ...]:
     )
 
 
-def _quarantine(path: Path) -> Path:
+def _keep_sidecars(path: Path) -> dict[str, Path]:
+    """Give the -wal/-shm files a second name before SQLite touches them.
+
+    SQLite deletes (or checkpoints) the -wal when the last connection closes, even when
+    the main file turned out to be damaged; the extra name keeps the evidence, and the
+    WAL's committed transactions, for the quarantine.
+    """
+    kept: dict[str, Path] = {}
+    for suffix in _SIDECARS:
+        source = path.with_name(path.name + suffix)
+        if not source.exists():
+            continue
+        keeper = path.with_name(f".{path.name}{suffix}.before-open")
+        keeper.unlink(missing_ok=True)
+        if suffix == "-shm":
+            shutil.copy2(source, keeper)  # SQLite rewrites the -shm in place: copy it (small)
+        else:
+            try:
+                os.link(source, keeper)  # the -wal is only ever deleted or appended: link it
+            except OSError:
+                shutil.copy2(source, keeper)  # file systems without hard links
+        kept[suffix] = keeper
+    return kept
+
+
+def _drop_keepers(kept: dict[str, Path]) -> None:
+    for keeper in kept.values():
+        keeper.unlink(missing_ok=True)
+
+
+def _quarantine(path: Path, kept: dict[str, Path]) -> Path:
     """Move `path` and its -wal/-shm aside to `<name>.corrupt-<utc>`; never deletes."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     dest = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        source = path.with_name(path.name + suffix)
-        if source.exists():
-            source.rename(dest.with_name(dest.name + suffix))
+    if path.exists():
+        path.rename(dest)
+    for suffix in _SIDECARS:
+        target = dest.with_name(dest.name + suffix)
+        current = path.with_name(path.name + suffix)
+        keeper = kept.get(suffix)
+        if keeper is not None:
+            keeper.rename(target)
+            if current.exists():
+                if current.samefile(target):
+                    current.unlink()  # the same file under its old name: keep one name
+                else:
+                    current.rename(target.with_name(target.name + "-after-open"))
+        elif current.exists():
+            current.rename(target)
     _fsync_dir(path.parent)
     return dest
 
@@ -128,18 +171,23 @@ class Database:
     @classmethod
     def open(cls, path: Path, *, read_only: bool, budget_bytes: int) -> Database:
         """Open (creating and migrating unless `read_only`) and check the file."""
+        kept: dict[str, Path] = {}
+        created = False
         if read_only:
             if not path.exists():
                 raise LedgerError(f"no ledger database at {path}; check --data-dir")
-            uri = f"{path.resolve().as_uri()}?mode=ro"
             connection = sqlite3.connect(
-                uri, uri=True, isolation_level=None, check_same_thread=False
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
             )
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             created = not path.exists()
             if created and (earlier := quarantined_files(path)):
                 raise LedgerQuarantinedError(path=path, quarantined=earlier)
+            kept = _keep_sidecars(path)
             connection = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
             )
@@ -147,17 +195,20 @@ class Database:
             cls._prepare(connection, path=path, read_only=read_only)
         except _CorruptFileError as exc:
             connection.close()
-            moved = None if read_only else _quarantine(path)
+            moved = None if read_only else _quarantine(path, kept)
             raise LedgerCorruptError(path=path, detail=str(exc), quarantined_to=moved) from None
         except sqlite3.Error as exc:
             connection.close()
             if _is_corrupt(exc):
-                moved = None if read_only else _quarantine(path)
+                moved = None if read_only else _quarantine(path, kept)
                 raise LedgerCorruptError(path=path, detail=str(exc), quarantined_to=moved) from exc
+            _drop_keepers(kept)
             raise LedgerError(f"cannot open ledger database {path}: {exc}") from exc
         except BaseException:
             connection.close()
+            _drop_keepers(kept)
             raise
+        _drop_keepers(kept)
         if not read_only and created:
             _fsync_dir(path.parent)
         return cls(connection=connection, path=path, read_only=read_only, budget_bytes=budget_bytes)
