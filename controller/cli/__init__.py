@@ -17,6 +17,11 @@ __all__ = ["main"]
 _COMMAND_MODULES: tuple[str, ...] = (
     "config",
     "simulate",
+    "ledger",
+    "keys",
+    "command",
+    "prescription",
+    "audit",
 )
 
 

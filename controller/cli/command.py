@@ -1,0 +1,235 @@
+"""`nebuliser command sign|send`: signed remote commands for one bed.
+
+    nebuliser command sign --key K --sender S --device D --counter-file F stop --reason "..."
+    nebuliser command send --broker mqtts://broker:8883 --ward 3west --bed 07 \\
+        --tls-ca ca.crt --tls-cert ward.crt --tls-key ward.key \\
+        --key K --sender S --device D --counter-file F alarm.ack dry_cup
+
+`send` publishes on ``<root>/<ward>/<bed>/command`` (QoS 1, never retained), waits
+for the matching reply on ``.../command/reply`` and prints it. Exit codes: 0
+accepted, 1 refused, 2 bad arguments or key, 3 no reply in time or broker error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from controller.security import (
+    DEFAULT_TOPIC_ROOT,
+    AlarmAckBody,
+    CommandBody,
+    CommandName,
+    KeyFileError,
+    PrescriptionSignature,
+    PrescriptionSignatureError,
+    PrescriptionUpdateBody,
+    RequestStartBody,
+    StopBody,
+    command_topic,
+    load_private_key,
+    new_command_id,
+    reply_topic,
+    sign_command,
+    signature_path_for,
+)
+
+__all__ = ["next_counter", "register"]
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_NO_REPLY = 3
+
+
+def next_counter(path: Path) -> int:
+    """Read the last counter from `path`, add one, store it durably, return it.
+
+    A missing file starts at 1. Use one counter file per sender key.
+    """
+    try:
+        last = int(path.read_text(encoding="ascii").strip() or "0")
+    except FileNotFoundError:
+        last = 0
+    except ValueError as exc:
+        raise KeyFileError(f"counter file {path} does not hold an integer: {exc}") from exc
+    value = last + 1
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="ascii") as handle:
+        handle.write(f"{value}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return value
+
+
+def _body(args: argparse.Namespace) -> tuple[CommandName, CommandBody]:
+    command = CommandName(args.command_name)
+    if command is CommandName.STOP:
+        return command, StopBody(reason=args.reason)
+    if command is CommandName.ALARM_ACK:
+        return command, AlarmAckBody(alarm_code=args.alarm_code)
+    if command is CommandName.SESSION_REQUEST_START:
+        return command, RequestStartBody(note=args.note)
+    rx_path = Path(args.prescription)
+    rx_bytes = rx_path.read_bytes()
+    sig = PrescriptionSignature.model_validate_json(signature_path_for(rx_path).read_bytes())
+    if hashlib.sha256(rx_bytes).hexdigest() != sig.sha256:
+        raise PrescriptionSignatureError(
+            f"{rx_path} was changed after it was signed; have the pharmacy sign it again"
+        )
+    toml_text = rx_bytes.decode("utf-8")
+    return command, PrescriptionUpdateBody(
+        prescription_toml=toml_text,
+        pharmacy_key_id=sig.key_id,
+        prescription_sha256=sig.sha256,
+        prescription_signature=sig.signature,
+    )
+
+
+def _signed_envelope(args: argparse.Namespace) -> bytes:
+    key = load_private_key(Path(args.key))
+    command, body = _body(args)
+    counter = args.counter if args.counter is not None else next_counter(Path(args.counter_file))
+    return sign_command(
+        key=key,
+        sender_id=args.sender,
+        device_id=args.device,
+        counter=counter,
+        command=command,
+        body=body,
+        issued_at_ms=int(time.time() * 1000),
+        validity_s=args.validity_s,
+        command_id=args.command_id or new_command_id(),
+    )
+
+
+def _sign(args: argparse.Namespace) -> int:
+    try:
+        envelope = _signed_envelope(args)
+    except (KeyFileError, PrescriptionSignatureError, OSError, ValueError) as exc:
+        print(f"command sign: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(envelope.decode("utf-8") + "\n")
+    return 0
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=args.tls_ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if args.tls_cert:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
+
+
+async def _send_and_wait(args: argparse.Namespace, envelope: bytes) -> dict[str, Any] | None:
+    url = urlsplit(args.broker)
+    secure = url.scheme == "mqtts"
+    host = url.hostname or "localhost"
+    port = url.port or (8883 if secure else 1883)
+    command_id = json.loads(envelope)["command_id"]
+    out_topic = command_topic(ward=args.ward, bed=args.bed, root=args.root)
+    in_topic = reply_topic(ward=args.ward, bed=args.bed, root=args.root)
+    async with aiomqtt.Client(
+        host,
+        port,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=_tls_context(args) if secure else None,
+        timeout=args.timeout_s,
+    ) as client:
+        await client.subscribe(in_topic, qos=1)
+        await client.publish(out_topic, envelope, qos=1, retain=False)
+        async with asyncio.timeout(args.timeout_s):
+            async for message in client.messages:
+                if message.retain or not isinstance(message.payload, bytes | bytearray):
+                    continue
+                try:
+                    reply = json.loads(message.payload)
+                except ValueError:
+                    continue
+                if isinstance(reply, dict) and reply.get("command_id") == command_id:
+                    return reply
+    return None
+
+
+def _send(args: argparse.Namespace) -> int:
+    if urlsplit(args.broker).scheme not in {"mqtt", "mqtts"}:
+        print(
+            "command send: --broker must be mqtt://HOST:PORT or mqtts://HOST:PORT", file=sys.stderr
+        )
+        return EXIT_USAGE
+    try:
+        envelope = _signed_envelope(args)
+    except (KeyFileError, PrescriptionSignatureError, OSError, ValueError) as exc:
+        print(f"command send: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        reply = asyncio.run(_send_and_wait(args, envelope))
+    except TimeoutError:
+        reply = None
+    except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+        print(f"command send: broker {args.broker}: {exc}", file=sys.stderr)
+        return EXIT_NO_REPLY
+    if reply is None:
+        print(f"command send: no reply within {args.timeout_s} s", file=sys.stderr)
+        return EXIT_NO_REPLY
+    print(json.dumps(reply, indent=2, sort_keys=True))
+    return 0 if reply.get("status") == "accepted" else EXIT_REFUSED
+
+
+def _add_signing_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key", required=True, help="sender's private key file (NAME.key)")
+    parser.add_argument("--sender", required=True, help="sender id configured on the controller")
+    parser.add_argument("--device", required=True, help="device id of the target controller")
+    counter = parser.add_mutually_exclusive_group(required=True)
+    counter.add_argument("--counter", type=int, help="explicit counter (must exceed the last)")
+    counter.add_argument(
+        "--counter-file", help="file holding this sender's last counter; incremented durably"
+    )
+    parser.add_argument(
+        "--validity-s", type=int, default=30, help="seconds until the command expires (max 60)"
+    )
+    parser.add_argument("--command-id", help="command id (default: a random UUID)")
+    commands = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+    stop = commands.add_parser("stop", help="stop any running dose")
+    stop.add_argument("--reason", default="", help="free text for the record")
+    ack = commands.add_parser("alarm.ack", help="acknowledge an alarm")
+    ack.add_argument("alarm_code", help="alarm code, e.g. dry_cup")
+    start = commands.add_parser(
+        "session.request_start", help="request a start (bedside CONFIRM needed)"
+    )
+    start.add_argument("--note", default="", help="free text for the record")
+    rx = commands.add_parser("prescription.update", help="send a pharmacy-signed prescription")
+    rx.add_argument("prescription", help="prescription TOML file with its .sig next to it")
+
+
+def register(subparsers: Any) -> None:
+    """Add `command sign` and `command send`."""
+    parser = subparsers.add_parser("command", help="sign or send remote commands")
+    sub = parser.add_subparsers(dest="command_action", metavar="ACTION", required=True)
+    sign = sub.add_parser("sign", help="print a signed command envelope (JSON)")
+    _add_signing_options(sign)
+    sign.set_defaults(handler=_sign)
+    send = sub.add_parser("send", help="publish a signed command and print the bed's reply")
+    send.add_argument("--broker", required=True, help="mqtts://HOST:8883 (or mqtt:// for dev)")
+    send.add_argument("--ward", required=True, help="ward id")
+    send.add_argument("--bed", required=True, help="bed id")
+    send.add_argument("--root", default=DEFAULT_TOPIC_ROOT, help="MQTT topic root")
+    send.add_argument("--tls-ca", help="CA certificate that signed the broker's certificate")
+    send.add_argument("--tls-cert", help="this station's client certificate")
+    send.add_argument("--tls-key", help="this station's client certificate key")
+    send.add_argument(
+        "--timeout-s", type=float, default=10.0, help="how long to wait for the reply"
+    )
+    _add_signing_options(send)
+    send.set_defaults(handler=_send)
