@@ -56,6 +56,7 @@ class SimulatedHost:
         self._deframer = Deframer()
         self._seq = first_seq & 0xFF
         self._next_heartbeat_ms = self.model.now_ms + (heartbeat_ms or 0)
+        self.model.advance(self.model.now_ms)  # whatever is due at the start (first STATUS)
         self._collect()
 
     @property
@@ -121,6 +122,10 @@ class SimulatedHost:
     def statuses(self) -> list[Status]:
         """Every STATUS received, oldest first."""
         return [r.message for r in self.received if isinstance(r.message, Status)]
+
+    def timed_statuses(self) -> list[tuple[int, Status]]:
+        """Every STATUS received with the simulated time it left the device."""
+        return [(r.at_ms, r.message) for r in self.received if isinstance(r.message, Status)]
 
     def last_status(self) -> Status:
         """The latest STATUS (AssertionError if none yet)."""

@@ -321,9 +321,10 @@ class DeviceModel:
                 "pass a monotonic clock"
             )
         while True:
-            step_end = min(self._next_event_ms(), now_ms)
-            self._integrate(self._now_ms, step_end)
+            step_start, step_end = self._now_ms, min(self._next_event_ms(), now_ms)
+            # What the step causes (a session end) is sent at its end, never before.
             self._now_ms = step_end
+            self._integrate(step_start, step_end)
             self._fire_due()
             if step_end >= now_ms:
                 return
