@@ -28,6 +28,7 @@ from controller.ledger._model import (
     SessionSummary,
     SubjectTotals,
     decision_to_json,
+    summary_to_json,
 )
 from controller.ledger._outbox import Outbox
 from controller.ledger._schema import SCHEMA_VERSION
@@ -62,4 +63,5 @@ __all__ = [
     "UnknownSessionError",
     "check_storage_floor",
     "decision_to_json",
+    "summary_to_json",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "SubjectTotals",
     "decision_to_json",
     "override_to_json",
+    "summary_to_json",
 ]
 
 
@@ -235,4 +236,11 @@ def decision_to_json(decision: Decision) -> dict[str, Any]:
 def override_to_json(override: Override) -> dict[str, Any]:
     """An override request as JSON-ready data."""
     result: dict[str, Any] = _jsonable(override)
+    return result
+
+
+def summary_to_json(summary: SessionSummary) -> dict[str, Any]:
+    """A session summary as JSON-ready data (times as ISO 8601 UTC), dose included."""
+    result: dict[str, Any] = _jsonable(summary)
+    result["dose_mg"] = summary.dose_mg
     return result

@@ -1,0 +1,183 @@
+"""`nebuliser ledger show` and `nebuliser ledger backup`: read the dose ledger safely.
+
+Both open the database read-only, so they are safe while the controller runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from controller.config import ConfigError, load_config
+from controller.ledger import (
+    LEDGER_FILE_NAME,
+    Ledger,
+    LedgerError,
+    SessionSummary,
+    summary_to_json,
+)
+
+__all__ = ["register"]
+
+EXIT_CONFIG = 2
+EXIT_LEDGER = 3
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data_dir is not None:
+        return Path(args.data_dir)
+    config = load_config(Path(args.config) if args.config else None)
+    return config.storage.data_dir
+
+
+def _parse_since(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since {text!r} is not an ISO 8601 date or time (e.g. 2026-11-25 or "
+            "2026-11-25T08:00Z)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _clock(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _session_lines(s: SessionSummary) -> list[str]:
+    delivered = "?" if s.delivered_ul is None else f"{s.delivered_ul}"
+    head = (
+        f"#{s.session_id:<6} {s.subject_id:<14} {s.status.value:<17} {_clock(s.intent_at.utc)}"
+        f"  planned {s.planned_cap_ul} uL  delivered {delivered} uL"
+    )
+    if s.dose_mg is not None:
+        head += f"  dose {s.dose_mg:.3f} mg"
+    if s.drug:
+        head += f" {s.drug}"
+    lines = [head]
+    if s.end_reason is not None:
+        duration = "" if s.duration_ms is None else f" after {s.duration_ms / 1000:.1f} s"
+        lines.append(f"        end: {s.end_reason} (reported by {s.end_source}){duration}")
+    if s.uncertain_reason is not None:
+        outcome = (
+            f"reconciled from {s.reconcile_source}"
+            if s.reconcile_source
+            else f"NOT reconciled: counts its full planned cap of {s.planned_cap_ul} uL"
+        )
+        lines.append(f"        uncertain: {s.uncertain_reason}; {outcome}")
+    lines.extend(
+        f"        override: {o.get('role')} - {o.get('reason')} "
+        f"({', '.join(str(c) for c in o.get('constraint_codes', []))})"
+        for o in s.overrides
+    )
+    lines.extend(
+        f"        alarm {_clock(a.utc)}: {a.alarm_code} {a.action.value} by {a.actor}"
+        + (f" [{a.priority}]" if a.priority else "")
+        + (f" - {a.message}" if a.message else "")
+        for a in s.alarms
+    )
+    return lines
+
+
+def _totals_lines(summaries: list[SessionSummary]) -> list[str]:
+    by_subject: dict[str, list[SessionSummary]] = {}
+    for s in summaries:
+        by_subject.setdefault(s.subject_id, []).append(s)
+    lines = []
+    for subject, rows in sorted(by_subject.items()):
+        delivered = sum(r.delivered_ul or 0 for r in rows)
+        unknown = sum(1 for r in rows if r.status.value in ("open", "uncertain"))
+        dose = [r.dose_mg for r in rows if r.dose_mg is not None]
+        line = f"{subject}: {len(rows)} session(s), {delivered} uL delivered"
+        if dose:
+            line += f", {sum(dose):.3f} mg"
+        if unknown:
+            line += f", {unknown} open or uncertain (their planned caps count against limits)"
+        lines.append(line)
+    return lines
+
+
+def _show(args: argparse.Namespace) -> int:
+    try:
+        data_dir = _data_dir(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIG
+    try:
+        with Ledger.open(data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+            summaries = ledger.summaries(since=args.since, subject_id=args.subject)
+    except LedgerError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_LEDGER
+    if args.json:
+        payload: list[dict[str, Any]] = [summary_to_json(s) for s in summaries]
+        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        return 0
+    if not summaries:
+        sys.stdout.write("no sessions recorded for this selection\n")
+        return 0
+    out: list[str] = []
+    for s in summaries:
+        out.extend(_session_lines(s))
+    out.append("")
+    out.extend(_totals_lines(summaries))
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    try:
+        data_dir = _data_dir(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIG
+    destination = Path(args.destination)
+    try:
+        with Ledger.open(data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+            ledger.backup(destination)
+    except (LedgerError, OSError) as exc:
+        sys.stderr.write(f"backup failed: {exc}\n")
+        return EXIT_LEDGER
+    sys.stdout.write(f"backed up {data_dir / LEDGER_FILE_NAME} to {destination} (verified)\n")
+    return 0
+
+
+def _add_location(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="controller configuration (TOML)")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data directory holding ledger.sqlite3 (default: from --config, else ./data)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    """Add `ledger show` and `ledger backup`."""
+    parser = subparsers.add_parser("ledger", help="show or back up the dose ledger")
+    sub = parser.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    show = sub.add_parser(
+        "show",
+        help="print sessions with delivered volume, dose, end reasons, overrides and alarms",
+    )
+    show.add_argument(
+        "--since",
+        type=_parse_since,
+        metavar="ISO_DATE",
+        help="only sessions whose intent is at or after this UTC date/time",
+    )
+    show.add_argument("--subject", metavar="S", help="only this subject id")
+    show.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    _add_location(show)
+    show.set_defaults(handler=_show)
+    backup = sub.add_parser(
+        "backup",
+        help="copy the live ledger to DEST with SQLite's online backup API (safe while running)",
+    )
+    backup.add_argument("destination", metavar="DEST", help="file to write the copy to")
+    _add_location(backup)
+    backup.set_defaults(handler=_backup)
