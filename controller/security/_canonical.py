@@ -9,9 +9,11 @@ any language produce the same bytes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 
-__all__ = ["COMMAND_DOMAIN", "PRESCRIPTION_DOMAIN", "canonical_json"]
+__all__ = ["COMMAND_DOMAIN", "PRESCRIPTION_DOMAIN", "canonical_json", "decode_signature_b64"]
 
 # Domain-separation prefixes: a signature made for one purpose can never be
 # presented as valid for the other (a pharmacy's prescription signature is not a
@@ -29,3 +31,16 @@ def canonical_json(value: object) -> bytes:
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
     return text.encode("utf-8")
+
+
+def decode_signature_b64(text: str) -> bytes:
+    """Strict standard base64 (with padding) that has exactly one spelling per value.
+
+    A lenient decoder ignores the unused low bits of the last character before
+    ``=``, so several strings decode to the same signature; those are refused
+    (binascii.Error) so that one signed envelope has exactly one accepted form.
+    """
+    raw = base64.b64decode(text, validate=True)
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise binascii.Error("non-canonical base64 (unused bits set or wrong padding)")
+    return raw

@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller.security._canonical import PRESCRIPTION_DOMAIN
+from controller.security._canonical import PRESCRIPTION_DOMAIN, decode_signature_b64
 
 __all__ = [
     "MAX_PRESCRIPTION_BYTES",
@@ -102,7 +102,7 @@ def verify_prescription_signature(
             "after the pharmacy signed it; have it signed again"
         )
     try:
-        raw_signature = base64.b64decode(signature.signature, validate=True)
+        raw_signature = decode_signature_b64(signature.signature)
         key.verify(raw_signature, PRESCRIPTION_DOMAIN + data)
     except (binascii.Error, InvalidSignature) as exc:
         raise PrescriptionSignatureError(

@@ -19,7 +19,6 @@ Checks, in order (the first failure is the reason given):
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -32,7 +31,7 @@ from typing import Final, NoReturn
 from cryptography.exceptions import InvalidSignature
 from pydantic import ValidationError
 
-from controller.security._canonical import canonical_json
+from controller.security._canonical import canonical_json, decode_signature_b64
 from controller.security._counters import CounterCommit, CounterStore
 from controller.security._envelope import (
     BODY_MODELS,
@@ -265,7 +264,7 @@ def _check_signature(
         _refuse(RefusalCode.UNKNOWN_SENDER, f"sender {envelope.sender_id!r} is not configured")
     unsigned = {k: v for k, v in parsed.items() if k != "signature"}
     try:
-        signature = base64.b64decode(envelope.signature, validate=True)
+        signature = decode_signature_b64(envelope.signature)
         sender.public_key.verify(signature, signing_input(unsigned))
     except (binascii.Error, ValueError, InvalidSignature):
         # ValueError includes UnicodeEncodeError: lone surrogates cannot have been signed.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def test_any_single_bit_flip_of_a_signed_command_is_refused(
 ) -> None:
     raw = bytearray(make_command(keys.ward, command=CommandName.STOP, body=StopBody(reason="r")))
     raw[flip % len(raw)] ^= 1 << bit
-    store = SqliteCounterStore(path=tmp_path / f"c-{flip}-{bit}.sqlite3")
+    store = SqliteCounterStore(path=tmp_path / f"c-{uuid.uuid4().hex}.sqlite3")
     try:
         _check(bytes(raw), registry, store)
     finally:

@@ -348,3 +348,18 @@ def test_naive_now_is_a_programming_error(
             registry=registry,
             counters=counters,
         )
+
+
+def test_non_canonical_base64_signature_spelling_is_refused(
+    keys: Keys, registry: SenderRegistry, counters: SqliteCounterStore
+) -> None:
+    # Found by the bit-flip fuzzer: the last base64 character before "==" carries
+    # 4 unused bits; a lenient decoder maps several spellings to one signature.
+    envelope = json.loads(_stop(keys))
+    sig: str = envelope["signature"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(sig[-3])
+    envelope["signature"] = sig[:-3] + alphabet[last ^ 1] + "=="
+    assert base64.b64decode(envelope["signature"]) == base64.b64decode(sig)
+    outcome = _verify(canonical_json(envelope), registry, counters)
+    assert _refusal(outcome) is RefusalCode.BAD_SIGNATURE
