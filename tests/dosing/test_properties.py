@@ -46,7 +46,7 @@ def prescriptions(draw: st.DrawFn) -> Prescription:
         "course_max_dose": draw(_optional(st.floats(0.001, 40.0))),
     }
     if session_ul is not None and draw(st.booleans()):
-        limits["session_dose"] = session_ul * 0.001 * draw(st.floats(0.5, 2.0))
+        limits["session_dose"] = session_ul * 0.001 * draw(st.floats(0.51, 1.99))
     return make_prescription(
         amount=1.0,
         per_volume_ml=1.0,
