@@ -5,7 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.session import (
@@ -24,6 +24,7 @@ from controller.session import (
 from drivers.mn1 import FaultBits
 
 NOMINAL_UL_MIN = 400  # IDENT nominal_ul_min in the ICD vectors
+MIN_FLOW_UL_MIN = 10  # output_pct 10 % of a 100 µL/min head; slower flows only take longer
 NO_LIMIT_MS = 10**12
 
 
@@ -44,6 +45,13 @@ def reason(**changes: int) -> StopReasonCode | None:
 def test_latency_arithmetic_matches_the_icd() -> None:
     assert STOP_FRAME_TX_MS >= 11 * 10 / 115_200 * 1000  # 11 bytes, 10 bits each
     assert ASSUMED_STOP_LATENCY_MS == 100 + 10 + 25 + 1 + 10 + 50 == 196
+
+
+@pytest.mark.parametrize(("cap_ul", "fires"), [(3, True), (4, False)])
+def test_a_cap_too_small_to_guarantee_fires_before_start(cap_ul: int, fires: bool) -> None:
+    # 1 µL resolution + 800 µL/min × 196 ms = 3.61 µL: the runtime checks before START.
+    got = reason(delivered_ul=0, flow_ul_min=800, session_cap_ul=cap_ul)
+    assert (got is StopReasonCode.CAP_PREDICTED) is fires
 
 
 def test_every_reason_has_a_sentence() -> None:
@@ -192,21 +200,18 @@ def _simulate(
     def true_ul(t_ms: int) -> Fraction:
         return Fraction(flow_ul_min * t_ms, 60_000)
 
-    # Start 1 s of flow (plus 5 µL) before the cap: earlier checks cannot fire.
-    lead_ms = 1000 + 5 * 60_000 // flow_ul_min
+    # Start where the rule cannot fire yet: its reach is at most 1 µL resolution + 1 µL
+    # rounding + flow × (110 ms STATUS age + 196 ms latency); start 2 µL + 400 ms out.
+    lead_ms = -(-2 * 60_000 // flow_ul_min) + 400
     t_cap_ms = cap_ul * 60_000 // flow_ul_min
     t_ms = max(0, t_cap_ms - lead_ms)
     status_t_ms = t_ms - status_phase_ms
     status_ul = int(true_ul(max(status_t_ms, 0)))
     next_status_ms = status_t_ms + STATUS_PERIOD_MS + jitters_ms[0]
     n = 1
-    while t_ms <= t_cap_ms + 2000:
-        t_ms = min(t_ms + tick_ms, next_status_ms) if timer_mode else next_status_ms
-        if t_ms == next_status_ms:
-            status_t_ms, status_ul = t_ms, int(true_ul(t_ms))
-            next_status_ms = t_ms + STATUS_PERIOD_MS + jitters_ms[n % len(jitters_ms)]
-            n += 1
-        got = host_stop_reason(
+
+    def check(t_ms: int) -> StopReasonCode | None:
+        return host_stop_reason(
             delivered_ul=status_ul,
             flow_ul_min=flow_ul_min,
             session_cap_ul=cap_ul,
@@ -215,6 +220,19 @@ def _simulate(
             max_duration_ms=NO_LIMIT_MS,
             faults=0,
         )
+
+    # The runtime runs the rule before START too: a cap too small for the host to
+    # guarantee (it fires at 0 µL) is refused, nothing is delivered.
+    if t_ms == 0 and check(0) is not None:
+        return Fraction(0), 0
+    assert check(t_ms) is None, "simulation started too close to the cap"
+    while t_ms <= t_cap_ms + 2000:
+        t_ms = min(t_ms + tick_ms, next_status_ms) if timer_mode else next_status_ms
+        if t_ms == next_status_ms:
+            status_t_ms, status_ul = t_ms, int(true_ul(t_ms))
+            next_status_ms = t_ms + STATUS_PERIOD_MS + jitters_ms[n % len(jitters_ms)]
+            n += 1
+        got = check(t_ms)
         if got is not None:
             assert got in {StopReasonCode.CAP_PREDICTED, StopReasonCode.CAP_REACHED}
             off_ms = t_ms + STOP_FRAME_TX_MS + DEVICE_STOP_REACTION_MS
@@ -224,12 +242,13 @@ def _simulate(
     raise AssertionError("the host never stopped a device that ignores its cap")
 
 
+@settings(deadline=None)  # slow flows take a few thousand simulated checks
 @given(
     cap_ul=st.integers(1, 20_000),
-    flow_ul_min=st.integers(1, 2 * NOMINAL_UL_MIN),
+    flow_ul_min=st.integers(MIN_FLOW_UL_MIN, 2 * NOMINAL_UL_MIN),
     tick_ms=st.integers(1, HOST_CHECK_PERIOD_MS),
     timer_mode=st.booleans(),
-    status_phase_ms=st.integers(0, STATUS_PERIOD_MS - 1),
+    status_phase_ms=st.integers(0, STATUS_PERIOD_MS - STATUS_JITTER_MS - 1),
     jitters_ms=st.lists(st.integers(-STATUS_JITTER_MS, STATUS_JITTER_MS), min_size=1, max_size=20),
     stop_lost=st.booleans(),
 )
@@ -257,9 +276,10 @@ def test_stopping_when_the_rule_fires_never_passes_the_cap(
     )
 
 
+@settings(deadline=None)
 @given(
     cap_ul=st.integers(100, 20_000),
-    flow_ul_min=st.integers(1, 2 * NOMINAL_UL_MIN),
+    flow_ul_min=st.integers(MIN_FLOW_UL_MIN, 2 * NOMINAL_UL_MIN),
 )
 def test_the_price_of_the_prediction_is_small(cap_ul: int, flow_ul_min: int) -> None:
     # Checking every ms, the rule stops no more than 1 µL resolution + flow × (latency
