@@ -1,0 +1,113 @@
+"""Ward telemetry over MQTT: message schemas, the topic tree, the store-and-forward
+publisher that drains the ledger's outbox, backfill, and the ward monitor's model.
+See docs/mqtt.md."""
+
+from controller.telemetry._archive import ArchivedMessage, SentArchive
+from controller.telemetry._backfill import (
+    MAX_BACKFILL_MESSAGES,
+    MAX_BACKFILL_SPAN,
+    build_backfill_reply,
+)
+from controller.telemetry._builders import (
+    DeviceIdentity,
+    OutboxEntry,
+    encode_alarm_ack,
+    encode_backfill_request,
+    encode_presence,
+    mark_historical,
+    outbox_entry,
+)
+from controller.telemetry._export import json_schema_documents, write_json_schemas
+from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel
+from controller.telemetry._monitor_client import AckRequest, WardMonitor
+from controller.telemetry._outbox import (
+    OUTBOX_DDL,
+    OutboxReader,
+    OutboxRow,
+    OutboxWriter,
+    SqliteOutbox,
+)
+from controller.telemetry._publisher import (
+    AlarmAckHandler,
+    OutboxPublisher,
+    PublisherStats,
+    mqtt_client,
+)
+from controller.telemetry._remote import publish_alarm_ack, publish_backfill_ask
+from controller.telemetry._schemas import (
+    ALL_SCHEMAS,
+    DEVICE_SCHEMAS,
+    ActiveAlarm,
+    ActiveAlarmsMessage,
+    AlarmAckCommand,
+    AlarmMessage,
+    BackfillReplyMessage,
+    BackfillRequest,
+    ConstraintResult,
+    DecisionMessage,
+    PrescriptionSummary,
+    PresenceMessage,
+    Reason,
+    SessionMessage,
+    StateMessage,
+    TelemetryMessage,
+)
+from controller.telemetry._settings import MqttSettings, TlsSettings, require_safe_level
+from controller.telemetry._topics import SCHEMA_ROUTES, BedTopics, Route, parse_bed_topic
+
+__all__ = [
+    "ALL_SCHEMAS",
+    "DEVICE_SCHEMAS",
+    "MAX_BACKFILL_MESSAGES",
+    "MAX_BACKFILL_SPAN",
+    "OUTBOX_DDL",
+    "SCHEMA_ROUTES",
+    "AckRequest",
+    "ActiveAlarm",
+    "ActiveAlarmsMessage",
+    "AlarmAckCommand",
+    "AlarmAckHandler",
+    "AlarmMessage",
+    "ArchivedMessage",
+    "BackfillAsk",
+    "BackfillReplyMessage",
+    "BackfillRequest",
+    "BedRow",
+    "BedTopics",
+    "ConstraintResult",
+    "DecisionMessage",
+    "DeviceIdentity",
+    "MqttSettings",
+    "OutboxEntry",
+    "OutboxPublisher",
+    "OutboxReader",
+    "OutboxRow",
+    "OutboxWriter",
+    "PrescriptionSummary",
+    "PresenceMessage",
+    "PublisherStats",
+    "Reason",
+    "Route",
+    "SentArchive",
+    "SeqTracker",
+    "SessionMessage",
+    "SqliteOutbox",
+    "StateMessage",
+    "TelemetryMessage",
+    "TlsSettings",
+    "WardModel",
+    "WardMonitor",
+    "build_backfill_reply",
+    "encode_alarm_ack",
+    "encode_backfill_request",
+    "encode_presence",
+    "json_schema_documents",
+    "mark_historical",
+    "mqtt_client",
+    "outbox_entry",
+    "parse_bed_topic",
+    "publish_alarm_ack",
+    "publish_backfill_ask",
+    "require_safe_level",
+    "write_json_schemas",
+]

@@ -1,0 +1,333 @@
+"""The ward monitor's model: feed it MQTT messages, read a table of beds.
+
+Pure and clock-free (the caller passes `now_s`, a monotonic time in seconds), so
+it is tested without a terminal or a broker; the rich view is a thin layer on top.
+
+Sequence tracking is per device (`seq` never repeats for a device, across boots).
+The first live (non-retained) message of a device sets its baseline; a later seq
+that jumps ahead opens a gap; a seq seen before is a duplicate (counted, then
+ignored). Missing seqs are asked for again with a backfill request after
+`gap_grace_s` (QoS 1 can reorder slightly) and again every `backfill_retry_s`;
+seqs the controller reports unavailable are counted as unrecoverable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.telemetry._schemas import (
+    DEVICE_SCHEMAS,
+    ActiveAlarm,
+    ActiveAlarmsMessage,
+    AlarmMessage,
+    BackfillReplyMessage,
+    PresenceMessage,
+    SessionMessage,
+    StateMessage,
+    TelemetryMessage,
+)
+from controller.telemetry._topics import parse_bed_topic
+
+__all__ = ["BackfillAsk", "BedRow", "SeqTracker", "WardModel"]
+
+_PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
+
+
+@dataclass(kw_only=True)
+class SeqTracker:
+    """Gap and duplicate bookkeeping for one device."""
+
+    baseline_seq: int | None = None
+    high_seq: int = 0
+    seen: set[int] = field(default_factory=set)
+    missing_since_s: dict[int, float] = field(default_factory=dict)
+    duplicates: int = 0
+    unrecoverable: int = 0
+    last_ask_s: float | None = None
+
+    def observe(self, seq: int, *, now_s: float, retained: bool) -> tuple[bool, list[int]]:
+        """Record one seq; returns (is_duplicate, newly missing seqs)."""
+        if seq in self.seen:
+            self.duplicates += 1
+            return True, []
+        self.seen.add(seq)
+        if seq in self.missing_since_s:
+            del self.missing_since_s[seq]
+            return False, []
+        if retained and (self.baseline_seq is None or seq > self.high_seq):
+            # A retained copy may be far older than the live stream: it sets nothing.
+            return False, []
+        if self.baseline_seq is None:
+            self.baseline_seq = seq
+            self.high_seq = seq
+            return False, []
+        if seq <= self.high_seq:
+            return False, []  # older than the baseline, or a backfilled one
+        newly_missing = list(range(self.high_seq + 1, seq))
+        for missing in newly_missing:
+            self.missing_since_s[missing] = now_s
+        self.high_seq = seq
+        return False, newly_missing
+
+    def give_up(self, seqs: list[int]) -> None:
+        """The controller cannot provide these seqs any more."""
+        for seq in seqs:
+            if self.missing_since_s.pop(seq, None) is not None:
+                self.unrecoverable += 1
+            self.seen.add(seq)
+
+    def ranges_to_ask(self, *, now_s: float, grace_s: float) -> list[tuple[int, int]]:
+        """Contiguous ranges of seqs missing for at least `grace_s`."""
+        due = sorted(s for s, since in self.missing_since_s.items() if now_s - since >= grace_s)
+        ranges: list[tuple[int, int]] = []
+        for seq in due:
+            if ranges and ranges[-1][1] == seq - 1:
+                ranges[-1] = (ranges[-1][0], seq)
+            else:
+                ranges.append((seq, seq))
+        return ranges
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackfillAsk:
+    """A backfill request the monitor should publish."""
+
+    ward: str
+    bed: str
+    device_id: str
+    from_seq: int
+    to_seq: int
+
+
+@dataclass(kw_only=True)
+class BedRow:
+    """What the table shows for one bed."""
+
+    ward: str
+    bed: str
+    device_id: str | None = None
+    online: bool | None = None
+    session_state: str | None = None
+    prescription_label: str | None = None
+    running: bool = False
+    delivered_ul: int | None = None
+    cap_ul: int | None = None
+    flow_ul_min: int | None = None
+    reservoir_ul: int | None = None
+    link_quality_pct: int | None = None
+    faults: list[str] = field(default_factory=list)
+    alarms: list[ActiveAlarm] = field(default_factory=list)
+    telemetry_hz: int = 1
+    last_seen_s: float | None = None
+    stale: bool = False
+    gaps: int = 0
+    duplicates: int = 0
+    unrecoverable: int = 0
+    applied_seq: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def time_left_s(self) -> float | None:
+        """Seconds to reach the cap at the current flow (None if not running)."""
+        if (
+            not self.running
+            or self.delivered_ul is None
+            or self.cap_ul is None
+            or not self.flow_ul_min
+        ):
+            return None
+        return max(0, self.cap_ul - self.delivered_ul) * 60.0 / self.flow_ul_min
+
+
+class WardModel:
+    """Feed messages in, read `rows()` out. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        root_topic: str,
+        gap_grace_s: float = 1.0,
+        backfill_retry_s: float = 5.0,
+        stale_factor: float = 2.0,
+    ) -> None:
+        self._root = root_topic
+        self._gap_grace_s = gap_grace_s
+        self._backfill_retry_s = backfill_retry_s
+        self._stale_factor = stale_factor
+        self._beds: dict[tuple[str, str], BedRow] = {}
+        self._trackers: dict[str, SeqTracker] = {}
+        self._device_bed: dict[str, tuple[str, str]] = {}
+        self.invalid = 0
+
+    def tracker(self, device_id: str) -> SeqTracker:
+        """The sequence tracker of one device (created on first use)."""
+        return self._trackers.setdefault(device_id, SeqTracker())
+
+    def _bed(self, ward: str, bed: str) -> BedRow:
+        return self._beds.setdefault((ward, bed), BedRow(ward=ward, bed=bed))
+
+    def feed(
+        self, topic: str, payload: bytes, *, now_s: float, retained: bool = False
+    ) -> list[dict[str, Any]]:
+        """Apply one MQTT message; returns normalised events (one JSON object each)."""
+        where = parse_bed_topic(self._root, topic)
+        if where is None:
+            return []
+        _ward, _bed, suffix = where
+        if suffix in ("backfill/request", "cmd/ack"):
+            return []  # monitor -> controller traffic; not part of the device stream
+        try:
+            body = json.loads(payload)
+            schema = body.get("schema") if isinstance(body, dict) else None
+            if schema == PresenceMessage.SCHEMA:
+                presence = PresenceMessage.model_validate(body)
+                return [self._apply_presence(presence, now_s=now_s, topic=topic)]
+            model = DEVICE_SCHEMAS[str(schema)]
+            message = model.model_validate(body)
+        except (ValueError, KeyError, ValidationError) as exc:
+            self.invalid += 1
+            return [{"event": "invalid", "topic": topic, "error": str(exc)[:200]}]
+        return self._apply_device(message, topic=topic, now_s=now_s, retained=retained)
+
+    def _apply_presence(
+        self, presence: PresenceMessage, *, now_s: float, topic: str
+    ) -> dict[str, Any]:
+        row = self._bed(presence.ward, presence.bed)
+        row.online = presence.online
+        row.device_id = presence.device_id
+        row.telemetry_hz = presence.telemetry_hz
+        row.last_seen_s = now_s
+        return {
+            "event": "presence",
+            "topic": topic,
+            **presence.model_dump(mode="json", by_alias=True),
+        }
+
+    def _apply_device(
+        self, message: Any, *, topic: str, now_s: float, retained: bool
+    ) -> list[dict[str, Any]]:
+        tracker = self.tracker(message.device_id)
+        self._device_bed[message.device_id] = (message.ward, message.bed)
+        row = self._bed(message.ward, message.bed)
+        row.device_id = message.device_id
+        if not retained and not message.historical:
+            row.last_seen_s = now_s
+        duplicate, newly_missing = tracker.observe(message.seq, now_s=now_s, retained=retained)
+        events: list[dict[str, Any]] = []
+        base = {"ward": message.ward, "bed": message.bed, "device_id": message.device_id}
+        if newly_missing:
+            events.append(
+                {
+                    "event": "gap",
+                    **base,
+                    "from_seq": newly_missing[0],
+                    "to_seq": newly_missing[-1],
+                }
+            )
+        if duplicate:
+            events.append({"event": "duplicate", **base, "seq": message.seq})
+        else:
+            events.append(
+                {
+                    "event": message.SCHEMA.removeprefix("nebuliser."),
+                    "topic": topic,
+                    "retained": retained,
+                    **message.model_dump(mode="json", by_alias=True, exclude={"messages"}),
+                }
+            )
+            self._update_view(row, message)
+            if isinstance(message, BackfillReplyMessage):
+                tracker.give_up(list(message.unavailable))
+                for embedded in message.messages:
+                    inner = json.dumps(embedded).encode()
+                    events.extend(self.feed(self._topic_of(embedded), inner, now_s=now_s))
+        row.gaps = len(tracker.missing_since_s)
+        row.duplicates = tracker.duplicates
+        row.unrecoverable = tracker.unrecoverable
+        return events
+
+    def _topic_of(self, embedded: dict[str, Any]) -> str:
+        # Embedded messages are routed by their own envelope, not the reply topic.
+        return f"{self._root}/{embedded.get('ward')}/{embedded.get('bed')}/backfilled"
+
+    @staticmethod
+    def _newer(row: BedRow, key: str, seq: int) -> bool:
+        if seq <= row.applied_seq.get(key, 0):
+            return False
+        row.applied_seq[key] = seq
+        return True
+
+    def _update_view(self, row: BedRow, message: Any) -> None:
+        if isinstance(message, StateMessage) and self._newer(row, "state", message.seq):
+            row.session_state = message.session_state
+            row.telemetry_hz = message.telemetry_hz
+            row.prescription_label = message.prescription.label if message.prescription else None
+        elif isinstance(message, TelemetryMessage) and self._newer(row, "telemetry", message.seq):
+            row.running = message.running
+            row.delivered_ul = message.delivered_ul
+            row.cap_ul = message.cap_ul
+            row.flow_ul_min = message.flow_ul_min
+            row.reservoir_ul = message.reservoir_ul
+            row.link_quality_pct = message.link_quality_pct
+            row.faults = list(message.faults)
+        elif isinstance(message, SessionMessage) and self._newer(row, "session", message.seq):
+            row.running = message.event == "started"
+            row.cap_ul = message.dose_cap_ul
+        elif isinstance(message, ActiveAlarmsMessage) and self._newer(row, "alarms", message.seq):
+            row.alarms = _sorted_alarms(message.alarms)
+        elif isinstance(message, AlarmMessage) and self._newer(row, "alarms", message.seq):
+            row.alarms = _sorted_alarms(_apply_alarm_event(row.alarms, message))
+
+    def rows(self, *, now_s: float) -> list[BedRow]:
+        """Every bed, sorted by ward and bed, with staleness evaluated at `now_s`."""
+        for row in self._beds.values():
+            interval_s = 1.0 / max(1, row.telemetry_hz)
+            row.stale = row.online is not False and (
+                row.last_seen_s is None or now_s - row.last_seen_s > self._stale_factor * interval_s
+            )
+        return [self._beds[key] for key in sorted(self._beds)]
+
+    def backfill_asks(self, *, now_s: float) -> list[BackfillAsk]:
+        """Backfill requests due now (each device asks at most every `backfill_retry_s`)."""
+        asks: list[BackfillAsk] = []
+        for device_id, tracker in self._trackers.items():
+            if (
+                tracker.last_ask_s is not None
+                and now_s - tracker.last_ask_s < self._backfill_retry_s
+            ):
+                continue
+            ranges = tracker.ranges_to_ask(now_s=now_s, grace_s=self._gap_grace_s)
+            if not ranges:
+                continue
+            tracker.last_ask_s = now_s
+            ward, bed = self._device_bed[device_id]
+            asks.extend(
+                BackfillAsk(ward=ward, bed=bed, device_id=device_id, from_seq=lo, to_seq=hi)
+                for lo, hi in ranges
+            )
+        return asks
+
+
+def _apply_alarm_event(alarms: list[ActiveAlarm], event: AlarmMessage) -> list[ActiveAlarm]:
+    others = [a for a in alarms if a.alarm_code != event.alarm_code]
+    if event.event == "cleared":
+        return others
+    previous = next((a for a in alarms if a.alarm_code == event.alarm_code), None)
+    return [
+        *others,
+        ActiveAlarm(
+            alarm_code=event.alarm_code,
+            priority=event.priority,
+            text=event.text,
+            raised_utc=previous.raised_utc if previous else event.utc,
+            acknowledged=event.event == "acknowledged",
+            acknowledged_by=event.acknowledged_by,
+        ),
+    ]
+
+
+def _sorted_alarms(alarms: list[ActiveAlarm]) -> list[ActiveAlarm]:
+    return sorted(alarms, key=lambda a: (_PRIORITY_RANK[a.priority], a.raised_utc))

@@ -1,0 +1,315 @@
+"""Store-and-forward publisher: drains the outbox to the broker, QoS 1, deleting a
+row only after its PUBACK; listens for backfill requests and alarm acks.
+
+Historical policy (documented in docs/mqtt.md): on every (re)connect the highest
+seq already waiting is the *backlog ceiling*; every row at or below it was queued
+while no broker took it and is published with `historical: true`. A row above it
+is live, unless it waited longer than `historical_age_s` (then historical too).
+Each drain step publishes all waiting live rows first (up to `live_batch`), then at
+most `backlog_batch` backlog rows, so a long backlog never starves live telemetry.
+A retained topic is published with retain only when its seq is the newest seen on
+that topic, so replaying an old `state` never overwrites the current one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiomqtt
+from pydantic import ValidationError
+
+from controller.logging import get_logger
+from controller.telemetry._archive import SentArchive
+from controller.telemetry._backfill import build_backfill_reply
+from controller.telemetry._builders import DeviceIdentity, encode_presence, mark_historical
+from controller.telemetry._outbox import OutboxReader, OutboxRow, OutboxWriter
+from controller.telemetry._schemas import AlarmAckCommand, BackfillRequest
+from controller.telemetry._settings import MqttSettings
+
+__all__ = ["AlarmAckHandler", "OutboxPublisher", "PublisherStats", "mqtt_client"]
+
+_log = get_logger(__name__)
+
+AlarmAckHandler = Callable[[AlarmAckCommand], Awaitable[None]]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parse_utc(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def mqtt_client(
+    settings: MqttSettings, *, client_id: str, will: aiomqtt.Will | None = None
+) -> aiomqtt.Client:
+    """An aiomqtt client (MQTT v5) configured from settings; not yet connected."""
+    tls_params = None
+    if settings.tls is not None:
+        tls_params = aiomqtt.TLSParameters(
+            ca_certs=str(settings.tls.ca_file),
+            certfile=str(settings.tls.cert_file) if settings.tls.cert_file else None,
+            keyfile=str(settings.tls.key_file) if settings.tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    return aiomqtt.Client(
+        settings.host,
+        settings.port,
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        identifier=client_id,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        will=will,
+        keepalive=settings.keepalive_s,
+        timeout=settings.publish_timeout_s,
+        tls_params=tls_params,
+    )
+
+
+@dataclass(kw_only=True)
+class PublisherStats:
+    """Counters a health page or a test can read."""
+
+    connected: bool = False
+    connections: int = 0
+    published: int = 0
+    published_historical: int = 0
+    rejected_commands: int = 0
+    backfill_replies: int = 0
+
+
+class OutboxPublisher:
+    """Publishes outbox rows in seq order; see the module docstring for the policy.
+
+    Run it with `await publisher.run()` inside the runtime's TaskGroup; call
+    `notify()` after inserting outbox rows (it also polls every `poll_interval_s`)
+    and `request_stop()` for a graceful shutdown (presence goes offline first).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: MqttSettings,
+        identity: DeviceIdentity,
+        outbox: OutboxReader,
+        archive: SentArchive | None = None,
+        reply_writer: OutboxWriter | None = None,
+        on_alarm_ack: AlarmAckHandler | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        historical_age_s: float = 10.0,
+        live_batch: int = 100,
+        backlog_batch: int = 200,
+        poll_interval_s: float = 0.1,
+        archive_retention_s: float = 24 * 3600.0,
+    ) -> None:
+        if live_batch < 1 or backlog_batch < 1:
+            raise ValueError("live_batch and backlog_batch must be >= 1")
+        self._settings = settings
+        self._identity = identity
+        self._topics = identity.topics(settings.root_topic)
+        self._outbox = outbox
+        self._archive = archive
+        self._reply_writer = reply_writer
+        self._on_alarm_ack = on_alarm_ack
+        self._clock = clock
+        self._historical_age_s = historical_age_s
+        self._live_batch = live_batch
+        self._backlog_batch = backlog_batch
+        self._poll_interval_s = poll_interval_s
+        self._archive_retention_s = archive_retention_s
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._retained_high_seq: dict[str, int] = {}
+        self.stats = PublisherStats()
+
+    def notify(self) -> None:
+        """Wake the drain loop now (new outbox rows were committed)."""
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Ask `run()` to publish presence offline, disconnect and return."""
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Connect, drain, reconnect with exponential back-off; returns after
+        `request_stop()`. Never gives up while the broker is unreachable."""
+        backoff_s = self._settings.reconnect_initial_s
+        while not self._stop.is_set():
+            try:
+                await self._one_connection()
+                backoff_s = self._settings.reconnect_initial_s
+            except aiomqtt.MqttError as exc:
+                _log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(backoff_s, 2))
+            finally:
+                self.stats.connected = False
+            if self._stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=backoff_s)
+            backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
+
+    def _presence(self, *, online: bool, reason: str) -> bytes:
+        return encode_presence(
+            self._identity,
+            online=online,
+            reason=reason,
+            utc=self._clock(),
+            telemetry_hz=self._settings.telemetry_hz,
+        )
+
+    async def _one_connection(self) -> None:
+        will = aiomqtt.Will(
+            topic=self._topics.presence,
+            payload=self._presence(online=False, reason="last_will"),
+            qos=1,
+            retain=True,
+        )
+        client = mqtt_client(self._settings, client_id=self._settings.client_id, will=will)
+        # A whole drain step is in flight at once; that is expected, not a warning.
+        client.pending_calls_threshold = self._live_batch + self._backlog_batch + 10
+        async with client:
+            self.stats.connected = True
+            self.stats.connections += 1
+            ceiling = self._backlog_ceiling()
+            _log.info("mqtt_connected", backlog_ceiling_seq=ceiling)
+            await client.publish(
+                self._topics.presence,
+                self._presence(online=True, reason="connected"),
+                qos=1,
+                retain=True,
+            )
+            await client.subscribe(self._topics.backfill_request, qos=1)
+            await client.subscribe(self._topics.cmd_ack, qos=1)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    intake = tasks.create_task(self._intake(client))
+                    await self._drain(client, ceiling)
+                    # Graceful stop: say so before the Last Will could.
+                    await client.publish(
+                        self._topics.presence,
+                        self._presence(online=False, reason="shutdown"),
+                        qos=1,
+                        retain=True,
+                    )
+                    intake.cancel()
+            except* aiomqtt.MqttError as group:
+                # One broken connection shows up in both tasks; report it once.
+                raise group.exceptions[0] from None
+
+    def _backlog_ceiling(self) -> int:
+        ceiling = 0
+        while True:
+            page = self._outbox.pending(1000, ceiling)
+            if not page:
+                return ceiling
+            ceiling = page[-1].seq
+
+    async def _drain(self, client: aiomqtt.Client, ceiling: int) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            live = list(self._outbox.pending(self._live_batch, ceiling))
+            backlog = [r for r in self._outbox.pending(self._backlog_batch, 0) if r.seq <= ceiling]
+            if not live and not backlog:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
+                continue
+            now = self._clock()
+            batch = [(row, self._is_old(row, now)) for row in live]
+            batch += [(row, True) for row in backlog]
+            await self._publish_batch(client, batch)
+
+    def _is_old(self, row: OutboxRow, now: datetime) -> bool:
+        created = _parse_utc(row.created_utc)
+        return created is not None and (now - created).total_seconds() > self._historical_age_s
+
+    async def _publish_batch(
+        self, client: aiomqtt.Client, batch: Sequence[tuple[OutboxRow, bool]]
+    ) -> None:
+        acked: list[OutboxRow] = []
+
+        async def publish_one(row: OutboxRow, historical: bool) -> None:
+            payload = mark_historical(row.payload) if historical else row.payload
+            retain = row.retain and row.seq >= self._retained_high_seq.get(row.topic, 0)
+            if retain:
+                self._retained_high_seq[row.topic] = row.seq
+            # QoS 1 always: aiomqtt returns only after the PUBACK.
+            await client.publish(row.topic, payload, qos=1, retain=retain)
+            acked.append(row)
+            self.stats.published += 1
+            if historical:
+                self.stats.published_historical += 1
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for row, historical in batch:
+                    tasks.create_task(publish_one(row, historical))
+        except* aiomqtt.MqttError as group:
+            raise group.exceptions[0] from None
+        finally:
+            self._settle(acked)
+
+    def _settle(self, acked: Sequence[OutboxRow]) -> None:
+        if not acked:
+            return
+        if self._archive is not None:
+            now = self._clock()
+            self._archive.record(acked, sent_utc=_iso(now))
+            cutoff = datetime.fromtimestamp(now.timestamp() - self._archive_retention_s, UTC)
+            self._archive.prune(sent_before_utc=_iso(cutoff))
+        self._outbox.delete([row.seq for row in acked])
+
+    async def _intake(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            try:
+                if topic == self._topics.backfill_request:
+                    await self._answer_backfill(BackfillRequest.model_validate_json(payload))
+                elif topic == self._topics.cmd_ack:
+                    command = self._parse_ack(payload)
+                    if self._on_alarm_ack is not None:
+                        await self._on_alarm_ack(command)
+            except (ValidationError, ValueError) as exc:
+                self.stats.rejected_commands += 1
+                _log.warning("mqtt_command_rejected", topic=topic, error=str(exc))
+
+    def _parse_ack(self, payload: bytes) -> AlarmAckCommand:
+        command = AlarmAckCommand.model_validate_json(payload)
+        if command.device_id != self._identity.device_id:
+            raise ValueError(
+                f"alarm ack names device {command.device_id!r} but this bed's device is "
+                f"{self._identity.device_id!r}; publish it on that device's bed topic"
+            )
+        return command
+
+    async def _answer_backfill(self, request: BackfillRequest) -> None:
+        if self._archive is None or self._reply_writer is None:
+            _log.info("backfill_unavailable", request_id=request.request_id)
+            return
+        entry = build_backfill_reply(
+            request,
+            identity=self._identity,
+            root_topic=self._settings.root_topic,
+            archive=self._archive,
+            utc=self._clock(),
+        )
+        if entry is not None:
+            self._reply_writer.append(entry)
+            self.stats.backfill_replies += 1
+            self.notify()
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,285 @@
+"""Payload schemas of every MQTT message (pydantic v2).
+
+Device messages (published by a controller, one per outbox row) share an envelope:
+schema name and version, device id, ward, bed, boot id, the per-device `seq` taken
+from the outbox, a UTC timestamp and `historical`. Presence and the messages that
+monitors send (backfill requests, alarm acknowledgements) carry no device `seq`:
+see docs/mqtt.md for why.
+
+The JSON Schemas in docs/schemas/ are generated from these models by
+`scripts/export-schemas`; a test fails when they are out of date.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+
+__all__ = [
+    "ALL_SCHEMAS",
+    "DEVICE_SCHEMAS",
+    "ActiveAlarm",
+    "ActiveAlarmsMessage",
+    "AlarmAckCommand",
+    "AlarmMessage",
+    "BackfillReplyMessage",
+    "BackfillRequest",
+    "ConstraintResult",
+    "DecisionMessage",
+    "DeviceMessage",
+    "PrescriptionSummary",
+    "PresenceMessage",
+    "Reason",
+    "SessionMessage",
+    "StateMessage",
+    "TelemetryMessage",
+    "UtcTime",
+]
+
+_Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+_Code = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+_Text = Annotated[str, Field(max_length=500)]
+Priority = Literal["high", "medium", "low"]
+
+
+def _to_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+def _utc_text(moment: datetime) -> str:
+    # One spelling for every consumer: UTC, milliseconds, "Z".
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+UtcTime = Annotated[
+    AwareDatetime, AfterValidator(_to_utc), PlainSerializer(_utc_text, return_type=str)
+]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    SCHEMA: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+    schema_name: str = Field(alias="schema")
+    schema_version: int = 1
+    utc: UtcTime
+
+
+class _DeviceFields(_Message):
+    device_id: _Name
+    ward: _Name
+    bed: _Name
+    boot_id: _Name
+    seq: Annotated[int, Field(ge=1)]
+    historical: bool = False
+
+
+class Reason(BaseModel):
+    """A machine-readable reason: a stable code and a sentence for people."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    code: _Code
+    text: _Text = ""
+
+
+class PrescriptionSummary(BaseModel):
+    """What a ward monitor may show about the prescription (never blinded details)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    prescription_id: _Name
+    label: _Text
+    blinded: bool = False
+    dose_cap_ul: Annotated[int, Field(ge=0)]
+    daily_cap_ul: Annotated[int, Field(ge=0)] | None = None
+
+
+class StateMessage(_DeviceFields):
+    """Retained bed state: identity, prescription summary, current session state."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.state"
+    schema_name: Literal["nebuliser.state"] = Field(default="nebuliser.state", alias="schema")
+    firmware: _Text = ""
+    prescription: PrescriptionSummary | None = None
+    session_state: _Code
+    session_id: Annotated[int, Field(ge=0)] | None = None
+    telemetry_hz: Annotated[int, Field(ge=1, le=10)] = 1
+
+
+class TelemetryMessage(_DeviceFields):
+    """One sample of the running device."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.telemetry"
+    schema_name: Literal["nebuliser.telemetry"] = Field(
+        default="nebuliser.telemetry", alias="schema"
+    )
+    session_id: Annotated[int, Field(ge=0)] | None = None
+    running: bool
+    delivered_ul: Annotated[int, Field(ge=0)]
+    cap_ul: Annotated[int, Field(ge=0)]
+    flow_ul_min: Annotated[int, Field(ge=0)]
+    reservoir_ul: Annotated[int, Field(ge=0)] | None = None
+    temperature_cC: int | None = None  # noqa: N815 (centi-degrees Celsius; unit in name)
+    faults: list[_Code] = Field(default_factory=list)
+    link_quality_pct: Annotated[int, Field(ge=0, le=100)] | None = None
+
+
+class SessionMessage(_DeviceFields):
+    """A dose session started or ended."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.session"
+    schema_name: Literal["nebuliser.session"] = Field(default="nebuliser.session", alias="schema")
+    event: Literal["started", "ended"]
+    session_id: Annotated[int, Field(ge=0)]
+    dose_cap_ul: Annotated[int, Field(ge=0)]
+    delivered_ul: Annotated[int, Field(ge=0)] | None = None
+    outcome: _Code | None = None
+    reasons: list[Reason] = Field(default_factory=list)
+
+
+class AlarmMessage(_DeviceFields):
+    """An alarm was raised, acknowledged or cleared."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.alarm"
+    schema_name: Literal["nebuliser.alarm"] = Field(default="nebuliser.alarm", alias="schema")
+    event: Literal["raised", "acknowledged", "cleared"]
+    alarm_code: _Code
+    priority: Priority
+    text: _Text = ""
+    acknowledged_by: _Name | None = None
+    session_id: Annotated[int, Field(ge=0)] | None = None
+
+
+class ActiveAlarm(BaseModel):
+    """One entry of the active alarm set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    alarm_code: _Code
+    priority: Priority
+    text: _Text = ""
+    raised_utc: UtcTime
+    acknowledged: bool = False
+    acknowledged_by: _Name | None = None
+
+
+class ActiveAlarmsMessage(_DeviceFields):
+    """The whole set of active alarms (retained), highest priority first."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.alarms_active"
+    schema_name: Literal["nebuliser.alarms_active"] = Field(
+        default="nebuliser.alarms_active", alias="schema"
+    )
+    alarms: list[ActiveAlarm] = Field(default_factory=list)
+
+
+class ConstraintResult(BaseModel):
+    """One constraint the dose rules checked, with its limit and the value seen."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    code: _Code
+    ok: bool
+    limit: float | int | None = None
+    value: float | int | None = None
+    text: _Text = ""
+
+
+class DecisionMessage(_DeviceFields):
+    """Every allow / refuse / stop decision with its full constraint trace."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.decision"
+    schema_name: Literal["nebuliser.decision"] = Field(default="nebuliser.decision", alias="schema")
+    decision: Literal["allow", "refuse", "stop"]
+    request: _Code
+    granted_cap_ul: Annotated[int, Field(ge=0)] | None = None
+    constraints: list[ConstraintResult] = Field(default_factory=list)
+    reasons: list[Reason] = Field(default_factory=list)
+
+
+class BackfillReplyMessage(_DeviceFields):
+    """The controller's answer to a backfill request: the archived messages of the
+    asked range (each flagged historical) and the seqs it can no longer provide."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.backfill_reply"
+    schema_name: Literal["nebuliser.backfill_reply"] = Field(
+        default="nebuliser.backfill_reply", alias="schema"
+    )
+    request_id: _Name
+    from_seq: Annotated[int, Field(ge=1)]
+    to_seq: Annotated[int, Field(ge=1)]
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    unavailable: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    truncated: bool = False
+
+
+class PresenceMessage(_Message):
+    """Connection presence (retained; the offline one is the MQTT Last Will)."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.presence"
+    schema_name: Literal["nebuliser.presence"] = Field(default="nebuliser.presence", alias="schema")
+    device_id: _Name
+    ward: _Name
+    bed: _Name
+    boot_id: _Name
+    online: bool
+    reason: Literal["connected", "shutdown", "last_will"]
+    telemetry_hz: Annotated[int, Field(ge=1, le=10)] = 1
+
+
+class BackfillRequest(_Message):
+    """Monitor -> controller: please re-send seqs `from_seq`..`to_seq` (inclusive)."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.backfill_request"
+    schema_name: Literal["nebuliser.backfill_request"] = Field(
+        default="nebuliser.backfill_request", alias="schema"
+    )
+    request_id: _Name
+    requester: _Name
+    device_id: _Name
+    from_seq: Annotated[int, Field(ge=1)]
+    to_seq: Annotated[int, Field(ge=1)]
+
+
+class AlarmAckCommand(_Message):
+    """Monitor -> controller: acknowledge an alarm (PROVISIONAL: unsigned; the
+    security layer will wrap commands in signed envelopes)."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.cmd_ack"
+    schema_name: Literal["nebuliser.cmd_ack"] = Field(default="nebuliser.cmd_ack", alias="schema")
+    command_id: _Name
+    sender: _Name
+    device_id: _Name
+    alarm_code: _Code
+
+
+DeviceMessage = (
+    StateMessage
+    | TelemetryMessage
+    | SessionMessage
+    | AlarmMessage
+    | ActiveAlarmsMessage
+    | DecisionMessage
+    | BackfillReplyMessage
+)
+
+DEVICE_SCHEMAS: dict[str, type[_DeviceFields]] = {
+    model.SCHEMA: model
+    for model in (
+        StateMessage,
+        TelemetryMessage,
+        SessionMessage,
+        AlarmMessage,
+        ActiveAlarmsMessage,
+        DecisionMessage,
+        BackfillReplyMessage,
+    )
+}
+
+ALL_SCHEMAS: dict[str, type[_Message]] = {
+    **DEVICE_SCHEMAS,
+    PresenceMessage.SCHEMA: PresenceMessage,
+    BackfillRequest.SCHEMA: BackfillRequest,
+    AlarmAckCommand.SCHEMA: AlarmAckCommand,
+}

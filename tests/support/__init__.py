@@ -1,0 +1,1 @@
+"""Shared test support: a private Mosquitto broker and pytest fixtures."""
