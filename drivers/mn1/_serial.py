@@ -362,8 +362,11 @@ class SerialLink:
                 await self._wake.wait()
             else:
                 delay_s = max(0.0, (deadline_ms - self._now_ms()) / 1000)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                # cancellation that arrives as the event is set.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay_s)
+                    async with asyncio.timeout(delay_s):
+                        await self._wake.wait()
             self._link.handle_timers(self._now_ms())
             self._flush_writes()
             self._dispatch()

@@ -50,10 +50,14 @@ class Pty:
         link_path.symlink_to(os.ttyname(slave_fd))
         return cls(master_fd=master_fd, slave_fd=slave_fd, link_path=link_path)
 
+    closed: bool = False
+
     def hang_up(self) -> None:
-        """Close both ends: the host's reads fail with EIO, the device node goes away."""
-        os.close(self.master_fd)
-        os.close(self.slave_fd)
+        """Close both ends (once): the host's reads fail with EIO, the node goes away."""
+        if not self.closed:
+            self.closed = True
+            os.close(self.master_fd)
+            os.close(self.slave_fd)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class FakeDevice:
     _seq: int = 0
     _fd: int | None = None
     _started_s: float = 0.0
+    _tick: asyncio.TimerHandle | None = None
 
     def attach(self, pty: Pty) -> None:
         """Start reading `pty`'s master side on the running loop."""
@@ -78,12 +83,16 @@ class FakeDevice:
         self._started_s = loop.time()
         self._deframer = Deframer()
         loop.add_reader(pty.master_fd, self._on_readable)
+        self._tick = loop.call_later(0.1, self._send_status)
 
     def detach(self) -> None:
-        """Stop reading (before the pty is closed)."""
+        """Stop reading and sending (before the pty is closed)."""
         if self._fd is not None:
             asyncio.get_running_loop().remove_reader(self._fd)
             self._fd = None
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
 
     def _next_seq(self) -> int:
         seq = self._seq
@@ -115,13 +124,14 @@ class FakeDevice:
             confirm_count=0,
         )
 
-    async def run_status(self) -> None:
+    def _send_status(self) -> None:
         """STATUS every 100 ms while attached and `send_status` (ICD §5.1)."""
-        while True:
-            if self._fd is not None and self.send_status:
-                with contextlib.suppress(OSError):
-                    self.send(self.status())
-            await asyncio.sleep(0.1)
+        if self._fd is None:
+            return
+        if self.send_status:
+            with contextlib.suppress(OSError):
+                self.send(self.status())
+        self._tick = asyncio.get_running_loop().call_later(0.1, self._send_status)
 
     def _on_readable(self) -> None:
         assert self._fd is not None
