@@ -57,8 +57,11 @@ def _session_lines(s: SessionSummary) -> list[str]:
     )
     if s.dose_mg is not None:
         head += f"  dose {s.dose_mg:.3f} mg"
-    if s.drug:
-        head += f" {s.drug}"
+    if s.drug or s.concentration_mg_per_ml is not None:
+        strength = (
+            "" if s.concentration_mg_per_ml is None else f" {s.concentration_mg_per_ml:g} mg/mL"
+        )
+        head += f"  [{s.drug or 'drug not recorded'}{strength}]"
     lines = [head]
     if s.end_reason is not None:
         duration = "" if s.duration_ms is None else f" after {s.duration_ms / 1000:.1f} s"
