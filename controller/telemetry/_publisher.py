@@ -131,7 +131,12 @@ class OutboxPublisher:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._retained_high_seq: dict[str, int] = {}
+        self._connected = asyncio.Event()
         self.stats = PublisherStats()
+
+    async def wait_connected(self) -> None:
+        """Return once the publisher is connected to the broker."""
+        await self._connected.wait()
 
     def notify(self) -> None:
         """Wake the drain loop now (new outbox rows were committed)."""
@@ -154,6 +159,7 @@ class OutboxPublisher:
                 _log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(backoff_s, 2))
             finally:
                 self.stats.connected = False
+                self._connected.clear()
             if self._stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
@@ -181,6 +187,7 @@ class OutboxPublisher:
         client.pending_calls_threshold = self._live_batch + self._backlog_batch + 10
         async with client:
             self.stats.connected = True
+            self._connected.set()
             self.stats.connections += 1
             ceiling = self._backlog_ceiling()
             _log.info("mqtt_connected", backlog_ceiling_seq=ceiling)

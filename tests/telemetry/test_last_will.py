@@ -1,0 +1,58 @@
+"""Last Will: a controller process that dies is shown offline by the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.mosquitto import MosquittoBroker
+from tests.telemetry.helpers import ROOT, validate_payload
+from tests.telemetry.test_publisher import collecting, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+async def test_sigkilled_publisher_goes_offline_within_keepalive(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.telemetry.publisher_child",
+        str(mosquitto_broker.port),
+        str(tmp_path / "ledger.sqlite3"),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), timeout=20)
+        assert line.strip() == b"connected"
+        presence_topic = f"{ROOT}/W7/B03/presence"
+        async with collecting(mosquitto_broker, presence_topic) as seen:
+            await wait_until(lambda: len(seen) >= 1, timeout_s=5, what="retained presence")
+            assert validate_payload(seen[-1].payload)["online"] is True
+            child.kill()  # SIGKILL: no chance to say goodbye
+            killed_at = time.monotonic()
+            await child.wait()
+            # keepalive is 2 s; the broker must publish the Will within 1.5x that.
+            await wait_until(
+                lambda: not seen[-1].body["online"], timeout_s=3.0, what="the Last Will"
+            )
+            elapsed_s = time.monotonic() - killed_at
+        will = validate_payload(seen[-1].payload)
+        assert will["reason"] == "last_will"
+        assert will["device_id"] == "MN1-0042"
+        assert elapsed_s < 3.0
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
