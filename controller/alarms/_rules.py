@@ -82,12 +82,14 @@ class AlarmCode(StrEnum):
 class AlarmRule:
     """One row of the alarm table.
 
-    `message` is a `str.format` template; the evaluator supplies the named fields
+    `cause` says when the condition holds (for the docs and engineers). `message`
+    is a `str.format` template; the evaluator supplies the named fields
     (see `controller.alarms.evaluate`). `action` tells the nurse what to do.
     `why` justifies the priority (shown in the docs, not to the nurse).
     """
 
     code: AlarmCode
+    cause: str
     priority: AlarmPriority
     category: AlarmCategory
     latching: bool
@@ -105,6 +107,10 @@ _TECH = AlarmCategory.TECHNICAL
 _RULES: tuple[AlarmRule, ...] = (
     AlarmRule(
         code=AlarmCode.DELIVERY_ABOVE_CAP,
+        cause=(
+            "the session's delivered volume exceeds its cap by more than the "
+            "overshoot budget (3 µL)"
+        ),
         priority=_H,
         category=_CLIN,
         latching=True,
@@ -120,6 +126,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_IGNORED_STOP,
+        cause="the device still reports NEBULISING 500 ms after the host's STOP",
         priority=_H,
         category=_CLIN,
         latching=True,
@@ -132,6 +139,9 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.LINK_LOST_DURING_SESSION,
+        cause=(
+            "no valid STATUS for 300 ms (or 5 unanswered retransmissions) while a session is open"
+        ),
         priority=_H,
         category=_TECH,
         latching=True,
@@ -147,6 +157,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_OVER_TEMPERATURE,
+        cause="fault bit 3: mesh above 45.00 °C",
         priority=_H,
         category=_TECH,
         latching=True,
@@ -159,6 +170,10 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DELIVERY_UNCERTAIN,
+        cause=(
+            "a session's delivered volume is unknown (controller restart, device "
+            "reboot or swap, device figures that do not add up)"
+        ),
         priority=_M,
         category=_CLIN,
         latching=True,
@@ -177,6 +192,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.SESSION_STOPPED_BY_WATCHDOG,
+        cause="the device ended the session with reason WATCHDOG (no host frame for 1000 ms)",
         priority=_M,
         category=_CLIN,
         latching=True,
@@ -186,6 +202,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_SWAPPED,
+        cause="IDENT reports a different serial number while a session is open",
         priority=_M,
         category=_TECH,
         latching=True,
@@ -198,6 +215,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_REBOOTED,
+        cause="STATUS uptime went backwards while a session was open",
         priority=_M,
         category=_TECH,
         latching=True,
@@ -210,6 +228,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.LEDGER_UNAVAILABLE,
+        cause="the dose ledger cannot be written or failed its integrity check",
         priority=_M,
         category=_TECH,
         latching=True,
@@ -222,6 +241,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_HEAD_DISCONNECTED,
+        cause="fault bit 1: nebuliser head unplugged",
         priority=_M,
         category=_TECH,
         latching=True,
@@ -231,6 +251,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_MESH_CLOGGED,
+        cause="fault bit 2: output below 50 % of expected for 3 s (device's own check)",
         priority=_M,
         category=_TECH,
         latching=True,
@@ -240,6 +261,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_WATCHDOG,
+        cause="fault bit 4: the device's watchdog expired while nebulising",
         priority=_M,
         category=_TECH,
         latching=True,
@@ -249,6 +271,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_SUPPLY_LOW,
+        cause="fault bit 5: supply voltage low",
         priority=_M,
         category=_TECH,
         latching=True,
@@ -258,6 +281,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_INTERNAL,
+        cause="fault bit 6: firmware self-test failure",
         priority=_M,
         category=_TECH,
         latching=True,
@@ -267,6 +291,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_UNKNOWN_FAULT,
+        cause="a fault bit this controller does not know (bits 7-15)",
         priority=_M,
         category=_TECH,
         latching=True,
@@ -276,6 +301,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DEVICE_RESERVOIR_EMPTY,
+        cause="fault bit 0: the mesh runs dry",
         priority=_M,
         category=_TECH,
         latching=False,
@@ -285,6 +311,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DOSE_LATE,
+        cause="target not reached by the expected duration + 60 s",
         priority=_M,
         category=_CLIN,
         latching=True,
@@ -297,6 +324,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.DOSE_REACHED_EARLY,
+        cause="target reached in under 50 % of the expected duration",
         priority=_M,
         category=_CLIN,
         latching=True,
@@ -312,6 +340,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.STORAGE_LOW,
+        cause="free disk space below the ledger's warning level",
         priority=_M,
         category=_TECH,
         latching=False,
@@ -321,6 +350,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.LINK_LOST,
+        cause="no valid STATUS for 300 ms while no session is open",
         priority=_L,
         category=_TECH,
         latching=False,
@@ -330,6 +360,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.OUTPUT_LOW,
+        cause="measured flow below 70 % of the expected flow for 10 s while nebulising",
         priority=_L,
         category=_CLIN,
         latching=False,
@@ -342,6 +373,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.CLOCK_UNTRUSTED,
+        cause="the clock-trust rule does not trust the wall clock",
         priority=_L,
         category=_TECH,
         latching=False,
@@ -351,6 +383,7 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.TELEMETRY_DROPPED,
+        cause="the outbox dropped telemetry samples to stay within its disk budget",
         priority=_L,
         category=_TECH,
         latching=True,
