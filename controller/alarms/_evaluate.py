@@ -50,9 +50,7 @@ FAULT_BIT_ALARMS: tuple[tuple[FaultBits, AlarmCode], ...] = (
     (FaultBits.SUPPLY_LOW, AlarmCode.DEVICE_SUPPLY_LOW),
     (FaultBits.INTERNAL, AlarmCode.DEVICE_INTERNAL),
 )
-_KNOWN_FAULT_MASK = 0
-for _bit, _ in FAULT_BIT_ALARMS:
-    _KNOWN_FAULT_MASK |= int(_bit)
+_KNOWN_FAULT_MASK = sum(int(bit) for bit, _ in FAULT_BIT_ALARMS)  # the bits are disjoint
 
 _PRIORITY_RANK = {AlarmPriority.HIGH: 0, AlarmPriority.MEDIUM: 1, AlarmPriority.LOW: 2}
 
