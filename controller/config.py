@@ -13,13 +13,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from controller.dosing import Prescription
+from controller.telemetry._settings import MqttSettings
+
 __all__ = [
+    "ClockSettings",
     "ConfigError",
     "ConfigIssue",
     "ControlSettings",
@@ -124,6 +128,22 @@ class ControlSettings(_Section):
     )
 
 
+class ClockSettings(_Section):
+    """How the controller decides that its wall clock can be trusted (docs/dosing.md)."""
+
+    mode: Literal["ntp", "system"] = Field(
+        default="ntp",
+        description="ntp: new starts wait until NTP is synchronised (a Pi has no RTC). "
+        "system: trust the system clock (simulator demo and tests only).",
+    )
+    step_threshold_s: float = Field(
+        default=2.0, gt=0, le=3600, description="A wall-clock jump larger than this is a step."
+    )
+    retrust_after_s: float = Field(
+        default=60.0, ge=0, le=86400, description="After a step, trusted again after this long."
+    )
+
+
 class NebuliserConfig(BaseSettings):
     """The whole configuration of one bedside controller."""
 
@@ -138,6 +158,13 @@ class NebuliserConfig(BaseSettings):
     storage: StorageSettings = StorageSettings()
     session: SessionSettings = SessionSettings()
     control: ControlSettings = ControlSettings()
+    clock: ClockSettings = ClockSettings()
+    prescription: Prescription | None = Field(
+        default=None, description="The prescription / trial protocol (docs/dosing.md)."
+    )
+    mqtt: MqttSettings | None = Field(
+        default=None, description="Ward telemetry broker; omit to run without MQTT."
+    )
 
     @property
     def control_socket(self) -> Path:

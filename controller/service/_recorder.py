@@ -1,0 +1,88 @@
+"""Record third: every ledger write runs, in order, on one dedicated writer thread.
+
+The session supervisor acts first (STOP bytes), raises alarms second, and hands
+the record to `Recorder.submit` third: that call never blocks the event loop and
+never waits for a disk write. Writes that must be durable *before* the next
+action (the intent row before START) use `await Recorder.call(...)`, which waits
+for the commit on the writer thread while the event loop keeps supervising.
+
+One thread means one SQLite connection, used only by that thread, and writes in
+exactly the order they were submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+from controller.logging import get_logger
+
+__all__ = ["Recorder"]
+
+_log = get_logger(__name__)
+
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+class Recorder(Generic[S]):
+    """Owns a resource `S` (the ledger) that lives on one writer thread."""
+
+    def __init__(self, *, opener: Callable[[], S], closer: Callable[[S], None]) -> None:
+        self._opener = opener
+        self._closer = closer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        self._resource: S | None = None
+        self._pending: set[Future[Any]] = set()
+        self._lock = threading.Lock()
+        self.failures = 0
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Recorder[S]]:
+        """Open the resource on the writer thread; on exit, finish every write and close."""
+        loop = asyncio.get_running_loop()
+        self._resource = await loop.run_in_executor(self._executor, self._opener)
+        try:
+            yield self
+        finally:
+            await self.drain()
+            resource = self._resource
+            self._resource = None
+            await loop.run_in_executor(self._executor, self._closer, resource)
+            self._executor.shutdown(wait=True)
+
+    def _run(self, fn: Callable[[S], R]) -> R:
+        assert self._resource is not None, "Recorder used outside `running()`"
+        return fn(self._resource)
+
+    async def call(self, fn: Callable[[S], R]) -> R:
+        """Run `fn(resource)` after every earlier write; wait for its result."""
+        return await asyncio.wrap_future(self._executor.submit(self._run, fn))
+
+    def submit(self, fn: Callable[[S], Any], *, what: str) -> None:
+        """Queue `fn(resource)` without waiting (never blocks the caller).
+
+        A failure is logged with `what` and counted; the supervisor polls
+        `failures` to raise the ledger-unavailable alarm.
+        """
+        future = self._executor.submit(self._run, fn)
+        with self._lock:
+            self._pending.add(future)
+
+        def _done(done: Future[Any]) -> None:
+            with self._lock:
+                self._pending.discard(done)
+            error = done.exception()
+            if error is not None:
+                self.failures += 1
+                _log.error("ledger write failed", what=what, error=repr(error))
+
+        future.add_done_callback(_done)
+
+    async def drain(self) -> None:
+        """Wait until every submitted write has finished."""
+        await self.call(lambda _resource: None)
