@@ -180,7 +180,9 @@ class SerialLink:
         assert self._task_group is not None
         for task in self._tasks:
             task.cancel()
-        await self._task_group.__aexit__(exc_type, exc, traceback)
+        # The body's own exception is not handed to the TaskGroup: it propagates
+        # unchanged instead of arriving wrapped in an ExceptionGroup.
+        await self._task_group.__aexit__(None, None, None)
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
