@@ -18,14 +18,17 @@ from controller.telemetry._builders import (
     outbox_entry,
 )
 from controller.telemetry._export import json_schema_documents, write_json_schemas
+from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
 from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel
 from controller.telemetry._monitor_client import AckRequest, WardMonitor
 from controller.telemetry._outbox import (
     OUTBOX_DDL,
     OutboxReader,
     OutboxRow,
-    OutboxWriter,
+    OutboxRowLike,
+    ReplyAppender,
     SqliteOutbox,
+    utc_text,
 )
 from controller.telemetry._publisher import (
     AlarmAckHandler,
@@ -82,11 +85,12 @@ __all__ = [
     "OutboxPublisher",
     "OutboxReader",
     "OutboxRow",
-    "OutboxWriter",
+    "OutboxRowLike",
     "PrescriptionSummary",
     "PresenceMessage",
     "PublisherStats",
     "Reason",
+    "ReplyAppender",
     "Route",
     "SentArchive",
     "SeqTracker",
@@ -102,6 +106,8 @@ __all__ = [
     "encode_backfill_request",
     "encode_presence",
     "json_schema_documents",
+    "ledger_appender",
+    "ledger_message",
     "mark_historical",
     "mqtt_client",
     "outbox_entry",
@@ -109,5 +115,6 @@ __all__ = [
     "publish_alarm_ack",
     "publish_backfill_ask",
     "require_safe_level",
+    "utc_text",
     "write_json_schemas",
 ]

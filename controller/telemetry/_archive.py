@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.telemetry._outbox import OutboxRow
+from controller.telemetry._outbox import OutboxRowLike, utc_text
 
 __all__ = ["ArchivedMessage", "SentArchive"]
 
@@ -62,7 +62,7 @@ class SentArchive:
         """Close the database connection."""
         self._db.close()
 
-    def record(self, rows: Sequence[OutboxRow], *, sent_utc: str) -> None:
+    def record(self, rows: Sequence[OutboxRowLike], *, sent_utc: str) -> None:
         """Keep copies of acknowledged rows (replies excepted); idempotent."""
         kept = [r for r in rows if r.kind != "reply"]
         if not kept:
@@ -71,7 +71,10 @@ class SentArchive:
             self._db.executemany(
                 "INSERT OR REPLACE INTO sent(seq, kind, topic, payload, created_utc, sent_utc) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.seq, r.kind, r.topic, r.payload, r.created_utc, sent_utc) for r in kept],
+                [
+                    (r.seq, str(r.kind), r.topic, r.payload, utc_text(r.created_utc), sent_utc)
+                    for r in kept
+                ],
             )
 
     def prune(self, *, sent_before_utc: str) -> int:

@@ -1,7 +1,9 @@
 """The small outbox contract the publisher depends on, and a plain SQLite
-implementation of it (used by tests and usable until the ledger offers its own).
+implementation of it for tests and tools.
 
-The table is the ledger's `outbox` table, byte for byte:
+The controller passes the ledger's own outbox (`Ledger.outbox`, which satisfies
+`OutboxReader`) and, for backfill replies, `append_reply` built with
+`ledger_appender`. `SqliteOutbox` uses the same table shape as the ledger:
 
     outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT CHECK(kind IN
            ('telemetry','state','session','alarm','decision','reply')),
@@ -13,7 +15,7 @@ AUTOINCREMENT makes `seq` never repeat, even after the newest rows were deleted.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,15 @@ from typing import Protocol
 
 from controller.telemetry._builders import OutboxEntry
 
-__all__ = ["OUTBOX_DDL", "OutboxReader", "OutboxRow", "OutboxWriter", "SqliteOutbox"]
+__all__ = [
+    "OUTBOX_DDL",
+    "OutboxReader",
+    "OutboxRow",
+    "OutboxRowLike",
+    "ReplyAppender",
+    "SqliteOutbox",
+    "utc_text",
+]
 
 OUTBOX_DDL = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -37,9 +47,47 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+def utc_text(moment: datetime) -> str:
+    """`2026-11-25T12:00:00.000Z`: the one spelling of a UTC time in this package."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class OutboxRowLike(Protocol):
+    """What the publisher reads from one outbox row (the ledger's `OutboxRow` fits)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def retain(self) -> bool: ...
+    @property
+    def created_utc(self) -> datetime: ...
+
+
+class OutboxReader(Protocol):
+    """What the publisher needs from the outbox (the ledger's `Outbox` fits)."""
+
+    def pending(self, *, limit: int = 100, after_seq: int = 0) -> Sequence[OutboxRowLike]:
+        """Up to `limit` rows with seq > `after_seq`, in seq order."""
+        ...
+
+    def delete(self, seqs: Iterable[int]) -> object:
+        """Delete rows (called only after their PUBACK)."""
+        ...
+
+
+# Commits one backfill reply to the outbox and returns its seq.
+ReplyAppender = Callable[[OutboxEntry], int]
+
+
 @dataclass(frozen=True, kw_only=True)
 class OutboxRow:
-    """One queued MQTT message."""
+    """One queued MQTT message (as `SqliteOutbox` returns it)."""
 
     seq: int
     kind: str
@@ -47,35 +95,11 @@ class OutboxRow:
     payload: bytes
     qos: int
     retain: bool
-    created_utc: str
-
-
-class OutboxReader(Protocol):
-    """What the publisher needs from the outbox."""
-
-    def pending(self, limit: int, after_seq: int = 0) -> Sequence[OutboxRow]:
-        """Up to `limit` rows with seq > `after_seq`, in seq order."""
-        ...
-
-    def delete(self, seqs: Iterable[int]) -> None:
-        """Delete rows (called only after their PUBACK)."""
-        ...
-
-
-class OutboxWriter(Protocol):
-    """What the backfill answerer needs: append one message, get its seq."""
-
-    def append(self, entry: OutboxEntry) -> int:
-        """Insert the entry in its own transaction and return its seq."""
-        ...
-
-
-def _utc_now_text() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    created_utc: datetime
 
 
 class SqliteOutbox:
-    """`OutboxReader` and `OutboxWriter` over the `outbox` table of a SQLite file."""
+    """`OutboxReader` over an `outbox` table in a SQLite file, plus `append`."""
 
     def __init__(self, *, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None)
@@ -88,17 +112,17 @@ class SqliteOutbox:
         """Close the database connection."""
         self._db.close()
 
-    def append(self, entry: OutboxEntry, *, created_utc: str | None = None) -> int:
+    def append(self, entry: OutboxEntry, *, created_utc: datetime | None = None) -> int:
         """Insert one message in its own transaction; the payload is built from the
         seq SQLite assigns. Returns the seq."""
         (seq,) = self.append_many([entry], created_utc=created_utc)
         return seq
 
     def append_many(
-        self, entries: Sequence[OutboxEntry], *, created_utc: str | None = None
+        self, entries: Sequence[OutboxEntry], *, created_utc: datetime | None = None
     ) -> list[int]:
         """Insert several messages in one transaction; returns their seqs in order."""
-        stamp = created_utc or _utc_now_text()
+        stamp = utc_text(created_utc or datetime.now(UTC))
         seqs: list[int] = []
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -116,7 +140,7 @@ class SqliteOutbox:
                 seqs.append(seq)
         return seqs
 
-    def pending(self, limit: int, after_seq: int = 0) -> list[OutboxRow]:
+    def pending(self, *, limit: int = 100, after_seq: int = 0) -> list[OutboxRow]:
         """Up to `limit` rows with seq > `after_seq`, in seq order."""
         rows = self._db.execute(
             "SELECT seq, kind, topic, payload, qos, retain, created_utc FROM outbox "
@@ -131,15 +155,16 @@ class SqliteOutbox:
                 payload=bytes(payload),
                 qos=qos,
                 retain=bool(retain),
-                created_utc=created_utc,
+                created_utc=datetime.fromisoformat(created_utc),
             )
             for seq, kind, topic, payload, qos, retain, created_utc in rows
         ]
 
-    def delete(self, seqs: Iterable[int]) -> None:
-        """Delete rows by seq in one transaction."""
+    def delete(self, seqs: Iterable[int]) -> int:
+        """Delete rows by seq in one transaction; returns how many existed."""
         with self._db:
-            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            cursor = self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        return int(cursor.rowcount)
 
     def count(self) -> int:
         """How many rows are waiting."""

@@ -27,7 +27,7 @@ from controller.logging import get_logger
 from controller.telemetry._archive import SentArchive
 from controller.telemetry._backfill import build_backfill_reply
 from controller.telemetry._builders import DeviceIdentity, encode_presence, mark_historical
-from controller.telemetry._outbox import OutboxReader, OutboxRow, OutboxWriter
+from controller.telemetry._outbox import OutboxReader, OutboxRowLike, ReplyAppender, utc_text
 from controller.telemetry._schemas import AlarmAckCommand, BackfillRequest
 from controller.telemetry._settings import MqttSettings
 
@@ -40,14 +40,6 @@ AlarmAckHandler = Callable[[AlarmAckCommand], Awaitable[None]]
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _parse_utc(text: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def mqtt_client(
@@ -104,7 +96,7 @@ class OutboxPublisher:
         identity: DeviceIdentity,
         outbox: OutboxReader,
         archive: SentArchive | None = None,
-        reply_writer: OutboxWriter | None = None,
+        append_reply: ReplyAppender | None = None,
         on_alarm_ack: AlarmAckHandler | None = None,
         clock: Callable[[], datetime] = _utc_now,
         historical_age_s: float = 10.0,
@@ -120,7 +112,7 @@ class OutboxPublisher:
         self._topics = identity.topics(settings.root_topic)
         self._outbox = outbox
         self._archive = archive
-        self._reply_writer = reply_writer
+        self._append_reply = append_reply
         self._on_alarm_ack = on_alarm_ack
         self._clock = clock
         self._historical_age_s = historical_age_s
@@ -218,7 +210,7 @@ class OutboxPublisher:
     def _backlog_ceiling(self) -> int:
         ceiling = 0
         while True:
-            page = self._outbox.pending(1000, ceiling)
+            page = self._outbox.pending(limit=1000, after_seq=ceiling)
             if not page:
                 return ceiling
             ceiling = page[-1].seq
@@ -226,8 +218,12 @@ class OutboxPublisher:
     async def _drain(self, client: aiomqtt.Client, ceiling: int) -> None:
         while not self._stop.is_set():
             self._wake.clear()
-            live = list(self._outbox.pending(self._live_batch, ceiling))
-            backlog = [r for r in self._outbox.pending(self._backlog_batch, 0) if r.seq <= ceiling]
+            live = list(self._outbox.pending(limit=self._live_batch, after_seq=ceiling))
+            backlog = [
+                r
+                for r in self._outbox.pending(limit=self._backlog_batch, after_seq=0)
+                if r.seq <= ceiling
+            ]
             if not live and not backlog:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
@@ -237,16 +233,15 @@ class OutboxPublisher:
             batch += [(row, True) for row in backlog]
             await self._publish_batch(client, batch)
 
-    def _is_old(self, row: OutboxRow, now: datetime) -> bool:
-        created = _parse_utc(row.created_utc)
-        return created is not None and (now - created).total_seconds() > self._historical_age_s
+    def _is_old(self, row: OutboxRowLike, now: datetime) -> bool:
+        return (now - row.created_utc).total_seconds() > self._historical_age_s
 
     async def _publish_batch(
-        self, client: aiomqtt.Client, batch: Sequence[tuple[OutboxRow, bool]]
+        self, client: aiomqtt.Client, batch: Sequence[tuple[OutboxRowLike, bool]]
     ) -> None:
-        acked: list[OutboxRow] = []
+        acked: list[OutboxRowLike] = []
 
-        async def publish_one(row: OutboxRow, historical: bool) -> None:
+        async def publish_one(row: OutboxRowLike, historical: bool) -> None:
             payload = mark_historical(row.payload) if historical else row.payload
             retain = row.retain and row.seq >= self._retained_high_seq.get(row.topic, 0)
             if retain:
@@ -267,14 +262,14 @@ class OutboxPublisher:
         finally:
             self._settle(acked)
 
-    def _settle(self, acked: Sequence[OutboxRow]) -> None:
+    def _settle(self, acked: Sequence[OutboxRowLike]) -> None:
         if not acked:
             return
         if self._archive is not None:
             now = self._clock()
-            self._archive.record(acked, sent_utc=_iso(now))
+            self._archive.record(acked, sent_utc=utc_text(now))
             cutoff = datetime.fromtimestamp(now.timestamp() - self._archive_retention_s, UTC)
-            self._archive.prune(sent_before_utc=_iso(cutoff))
+            self._archive.prune(sent_before_utc=utc_text(cutoff))
         self._outbox.delete([row.seq for row in acked])
 
     async def _intake(self, client: aiomqtt.Client) -> None:
@@ -302,7 +297,7 @@ class OutboxPublisher:
         return command
 
     async def _answer_backfill(self, request: BackfillRequest) -> None:
-        if self._archive is None or self._reply_writer is None:
+        if self._archive is None or self._append_reply is None:
             _log.info("backfill_unavailable", request_id=request.request_id)
             return
         entry = build_backfill_reply(
@@ -313,10 +308,6 @@ class OutboxPublisher:
             utc=self._clock(),
         )
         if entry is not None:
-            self._reply_writer.append(entry)
+            self._append_reply(entry)
             self.stats.backfill_replies += 1
             self.notify()
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

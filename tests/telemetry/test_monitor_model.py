@@ -94,7 +94,7 @@ def test_backfill_reply_fills_gaps_and_marks_unavailable(tmp_path: Path) -> None
             payload=telemetry(s * 10).build(s),
             qos=1,
             retain=False,
-            created_utc="2026-11-25T12:00:00.000Z",
+            created_utc=NOW,
         )
         for s in (1, 2, 4, 5)  # 3 was never archived (say it aged out)
     ]
@@ -140,7 +140,7 @@ def test_backfill_reply_is_bounded_and_says_truncated(tmp_path: Path) -> None:
             payload=telemetry(s).build(s),
             qos=1,
             retain=False,
-            created_utc="2026-11-25T12:00:00.000Z",
+            created_utc=NOW,
         )
         for s in range(1, 501)
     ]

@@ -79,7 +79,7 @@ def make_publisher(
         identity=IDENTITY,
         outbox=outbox,
         archive=archive,
-        reply_writer=outbox,
+        append_reply=outbox.append,
         **kwargs,  # type: ignore[arg-type]
     )
     return publisher, outbox, archive
@@ -349,7 +349,7 @@ async def test_monitor_ack_reaches_a_second_monitor(
 def test_payloads_stay_json(tmp_path: Path) -> None:
     outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
     seq = outbox.append(telemetry(7))
-    (row,) = outbox.pending(10, 0)
+    (row,) = outbox.pending(limit=10)
     assert row.seq == seq == 1
     assert json.loads(row.payload)["seq"] == 1
     outbox.delete([seq])
