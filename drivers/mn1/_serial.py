@@ -42,6 +42,7 @@ from ._link import (
     LinkEvent,
     LinkNotReadyError,
     LinkPhase,
+    PortClosed,
 )
 from ._messages import Ident, Stop
 
@@ -160,6 +161,9 @@ class SerialLink:
             raise
         except (OSError, serial.SerialException) as exc:
             first_error: str | None = str(exc)  # absent for now: the runner retries
+            self._queue_event_list(
+                [PortClosed(at_ms=self._now_ms(), reason=f"cannot open {self.url}: {exc}")]
+            )
         else:
             first_error = None
         self._task_group = asyncio.TaskGroup()

@@ -144,3 +144,21 @@ async def test_second_controller_on_same_port_is_refused(
         assert str(pty.link_path) in message
         assert f"{os.getpid()} (" in message  # names the process holding it
         assert link.link_up or link.phase is LinkPhase.IDENTIFIED  # first one unharmed
+
+
+async def test_absent_port_reported_then_opened_when_it_appears(tmp_path: Path) -> None:
+    path = tmp_path / "ttyLATE"
+    async with SerialLink(url=str(path), reconnect_max_ms=100) as link:
+        absent = await link.next_event()
+        assert isinstance(absent, PortClosed)
+        assert str(path) in absent.reason
+        await asyncio.sleep(0.2)
+        pty = Pty.open(path)  # the head is plugged in after the controller started
+        fake = FakeDevice()
+        fake.attach(pty)
+        try:
+            identified = await wait_for_event(link, Identified)
+            assert isinstance(identified, Identified)
+        finally:
+            fake.detach()
+            pty.hang_up()
