@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from controller.config import NebuliserConfig
-from controller.control import ControlClient
+from controller.control import ControlClient, ControlUnavailableError
 from controller.ledger import LEDGER_FILE_NAME, Ledger
 from controller.service import run_service
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
@@ -38,10 +38,14 @@ async def running_controller(config: NebuliserConfig) -> AsyncIterator[asyncio.T
 
 async def wait_status(config: NebuliserConfig, predicate: Any, timeout_s: float) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout_s
+    status: dict[str, Any] = {}
     while True:
-        async with ControlClient(path=config.control_socket) as client:
-            status = await client.call("session.status")
-        if predicate(status):
+        try:
+            async with ControlClient(path=config.control_socket) as client:
+                status = await client.call("session.status")
+        except ControlUnavailableError:
+            status = {}
+        if status and predicate(status):
             return status
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met; last status {status}")
