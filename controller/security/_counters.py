@@ -9,6 +9,7 @@ envelope is refused after a crash or restart.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -57,7 +58,12 @@ class SqliteCounterStore:
 
     def __init__(self, *, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+        # Usable from any one thread at a time (e.g. asyncio.to_thread); the lock
+        # serialises callers inside this process, BEGIN IMMEDIATE across processes.
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            path, isolation_level=None, timeout=5.0, check_same_thread=False
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
@@ -69,13 +75,18 @@ class SqliteCounterStore:
 
     def last_counter(self, sender_id: str) -> int | None:
         """The highest counter accepted from `sender_id`, or None if none yet."""
-        row = self._conn.execute(
-            "SELECT last_counter FROM sender_counter WHERE sender_id = ?", (sender_id,)
-        ).fetchone()
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT last_counter FROM sender_counter WHERE sender_id = ?", (sender_id,)
+            ).fetchone()
         return None if row is None else int(row[0])
 
     def commit(self, *, sender_id: str, counter: int, command_id: str) -> CounterCommit:
         """Advance atomically; the transaction is committed before this returns."""
+        with self._lock:
+            return self._commit_locked(sender_id=sender_id, counter=counter, command_id=command_id)
+
+    def _commit_locked(self, *, sender_id: str, counter: int, command_id: str) -> CounterCommit:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -111,4 +122,5 @@ class SqliteCounterStore:
 
     def close(self) -> None:
         """Close the database."""
-        self._conn.close()
+        with self._lock:
+            self._conn.close()

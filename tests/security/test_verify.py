@@ -363,3 +363,11 @@ def test_non_canonical_base64_signature_spelling_is_refused(
     assert base64.b64decode(envelope["signature"]) == base64.b64decode(sig)
     outcome = _verify(canonical_json(envelope), registry, counters)
     assert _refusal(outcome) is RefusalCode.BAD_SIGNATURE
+
+
+def test_counter_store_failure_fails_closed(
+    keys: Keys, registry: SenderRegistry, tmp_path: Path
+) -> None:
+    store = SqliteCounterStore(path=tmp_path / "broken.sqlite3")
+    store.close()  # any SQLite error on commit must refuse, never accept
+    assert _refusal(_verify(_stop(keys), registry, store)) is RefusalCode.COUNTER_STORE_FAILED

@@ -1,0 +1,174 @@
+"""The shipped hardened Mosquitto config, run for real on a free loopback port."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.security._broker import (
+    HARDENED_CONF,
+    Peer,
+    free_port,
+    hardened_config_for_test,
+    make_pki,
+    raw_connect,
+    running_broker,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Broker:
+    port: int
+    pki: Path
+    rogue_pki: Path
+    log: Path
+
+    def peer(self, stem: str | None, *, ca: Path | None = None, tls: bool = True) -> Peer:
+        cert = None if stem is None else self.pki / stem
+        return Peer(port=self.port, ca=ca or self.pki / "ca.crt", cert_stem=cert, tls=tls)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    base = tmp_path_factory.mktemp("broker")
+    pki = make_pki(
+        base / "pki",
+        ca_name="Nebuliser TEST CA",
+        extra=["--ward", "3west", "--beds", "07,08", "--ward", "4east", "--beds", "01"],
+    )
+    rogue = make_pki(base / "rogue", ca_name="Rogue CA", extra=["--ward", "3west", "--beds", "07"])
+    port = free_port()
+    work = base / "work"
+    work.mkdir()
+    conf = hardened_config_for_test(port=port, pki=pki, workdir=work)
+    with running_broker(conf, port):
+        yield Broker(port=port, pki=pki, rogue_pki=rogue, log=work / "mosquitto.log")
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    opened: list[Peer] = []
+    yield opened
+    for peer in opened:
+        peer.close()
+
+
+def _connected(peers: list[Peer], peer: Peer) -> Peer:
+    peers.append(peer)
+    assert peer.connect(), "a correctly certified client must be able to connect"
+    return peer
+
+
+def test_hardened_config_has_one_tls_listener_and_no_anonymous() -> None:
+    lines = [line.split("#", 1)[0].strip() for line in HARDENED_CONF.read_text().splitlines()]
+    directives = [line.split() for line in lines if line]
+    listeners = [d for d in directives if d[0] == "listener"]
+    assert listeners == [["listener", "8883"]]
+    assert not [d for d in directives if d[0] == "port"]
+    settings = {d[0]: d[1:] for d in directives}
+    assert settings["allow_anonymous"] == ["false"]
+    assert settings["require_certificate"] == ["true"]
+    assert settings["use_identity_as_username"] == ["true"]
+    assert settings["tls_version"] == ["tlsv1.2"]
+    assert settings["set_tcp_nodelay"] == ["true"]
+    assert settings["persistence"] == ["true"]
+    assert "autosave_interval" in settings
+    assert "max_packet_size" in settings
+
+
+def test_broker_opens_exactly_one_listen_socket(broker: Broker) -> None:
+    opened = [line for line in broker.log.read_text().splitlines() if "listen socket" in line]
+    assert len(opened) == 1, opened
+    assert f"port {broker.port}" in opened[0]
+
+
+def test_raw_probe_control_certified_client_gets_connack(broker: Broker) -> None:
+    assert raw_connect(
+        port=broker.port, ca=broker.pki / "ca.crt", cert_stem=broker.pki / "bed-3west-07"
+    )
+
+
+def test_plaintext_mqtt_gets_no_connack(broker: Broker) -> None:
+    assert not raw_connect(port=broker.port, ca=broker.pki / "ca.crt", cert_stem=None, tls=False)
+
+
+def test_client_without_certificate_is_refused(broker: Broker) -> None:
+    assert not raw_connect(port=broker.port, ca=broker.pki / "ca.crt", cert_stem=None)
+
+
+def test_client_certificate_from_another_ca_is_refused(broker: Broker) -> None:
+    assert not raw_connect(
+        port=broker.port, ca=broker.pki / "ca.crt", cert_stem=broker.rogue_pki / "bed-3west-07"
+    )
+
+
+def test_client_refuses_a_broker_signed_by_another_ca(broker: Broker) -> None:
+    assert not raw_connect(
+        port=broker.port, ca=broker.rogue_pki / "ca.crt", cert_stem=broker.pki / "bed-3west-07"
+    )
+
+
+def test_tls_1_3_is_negotiated(broker: Broker, peers: list[Peer]) -> None:
+    peer = _connected(peers, broker.peer("bed-3west-07"))
+    assert peer.client is not None
+    sock = peer.client.socket()
+    assert isinstance(sock, ssl.SSLSocket)
+    assert sock.version() == "TLSv1.3"
+
+
+def test_bed_7_cannot_read_bed_8(broker: Broker, peers: list[Peer]) -> None:
+    bed7 = _connected(peers, broker.peer("bed-3west-07"))
+    bed8 = _connected(peers, broker.peer("bed-3west-08"))
+    ward = _connected(peers, broker.peer("ward-station-3west"))
+    for topic in ("#", "nebuliser/v1/3west/#", "nebuliser/v1/3west/08/command"):
+        bed7.subscribe(topic)
+    bed7.subscribe("nebuliser/v1/3west/07/command")
+    bed8.publish("nebuliser/v1/3west/08/state", b"bed8-state")
+    ward.publish("nebuliser/v1/3west/08/command", b"cmd-for-8")
+    ward.publish("nebuliser/v1/3west/07/command", b"marker")  # same publisher, sent last
+    seen = bed7.wait_for("nebuliser/v1/3west/07/command")
+    assert all("/08/" not in topic for topic, _ in seen), seen
+
+
+def test_bed_7_cannot_write_bed_8(broker: Broker, peers: list[Peer]) -> None:
+    bed7 = _connected(peers, broker.peer("bed-3west-07"))
+    bed8 = _connected(peers, broker.peer("bed-3west-08"))
+    ward = _connected(peers, broker.peer("ward-station-3west"))
+    ward.subscribe("nebuliser/v1/3west/#")
+    bed8.subscribe("nebuliser/v1/3west/08/command")
+    bed7.publish("nebuliser/v1/3west/08/state", b"forged-state")
+    bed7.publish("nebuliser/v1/3west/08/command", b"forged-command")
+    bed7.publish("nebuliser/v1/3west/07/state", b"marker")
+    seen_by_ward = ward.wait_for("nebuliser/v1/3west/07/state")
+    assert all("/08/" not in topic for topic, _ in seen_by_ward), seen_by_ward
+    ward.publish("nebuliser/v1/3west/08/command", b"real-command")
+    seen_by_bed8 = bed8.wait_for("nebuliser/v1/3west/08/command")
+    assert [payload for _, payload in seen_by_bed8] == [b"real-command"]
+
+
+def test_ward_station_reads_its_ward_only_and_cannot_forge_bed_state(
+    broker: Broker, peers: list[Peer]
+) -> None:
+    ward = _connected(peers, broker.peer("ward-station-3west"))
+    bed7 = _connected(peers, broker.peer("bed-3west-07"))
+    other_ward_bed = _connected(peers, broker.peer("bed-4east-01"))
+    ward.subscribe("#")
+    ward.publish("nebuliser/v1/3west/08/state", b"forged-by-ward")
+    other_ward_bed.publish("nebuliser/v1/4east/01/state", b"other-ward")
+    bed7.publish("nebuliser/v1/3west/07/state", b"marker")
+    seen = ward.wait_for("nebuliser/v1/3west/07/state")
+    topics = [topic for topic, _ in seen]
+    assert "nebuliser/v1/4east/01/state" not in topics
+    assert (("nebuliser/v1/3west/08/state", b"forged-by-ward")) not in seen
+
+
+def test_make_test_ca_refuses_mismatched_arguments(tmp_path: Path) -> None:
+    with pytest.raises(subprocess.CalledProcessError):
+        make_pki(tmp_path, ca_name="x", extra=["--ward", "a", "--ward", "b", "--beds", "1"])
