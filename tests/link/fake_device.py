@@ -69,6 +69,7 @@ class FakeDevice:
     answer_commands: bool = True
     send_status: bool = True
     received: list[Frame] = field(default_factory=list)
+    received_at_s: list[float] = field(default_factory=list)  # loop time of each frame
     received_bytes: bytearray = field(default_factory=bytearray)
     _deframer: Deframer = field(default_factory=Deframer)
     _seq: int = 0
@@ -145,6 +146,7 @@ class FakeDevice:
         for item in self._deframer.feed(data):
             if isinstance(item, Frame):
                 self.received.append(item)
+                self.received_at_s.append(asyncio.get_running_loop().time())
                 self._answer(item)
 
     def _answer(self, frame: Frame) -> None:

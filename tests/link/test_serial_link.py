@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from drivers.mn1 import (
     CommandFailed,
     Deframer,
     Frame,
+    Heartbeat,
     Hello,
     Identified,
     LinkEvent,
@@ -162,3 +164,17 @@ async def test_absent_port_reported_then_opened_when_it_appears(tmp_path: Path) 
         finally:
             fake.detach()
             pty.hang_up()
+
+
+async def test_real_time_gaps_between_host_frames_stay_under_250ms(
+    device: tuple[Pty, FakeDevice],
+) -> None:
+    pty, fake = device
+    async with SerialLink(url=str(pty.link_path)) as link:
+        await link.wait_identified()
+        await asyncio.sleep(1.2)
+    times = fake.received_at_s
+    gaps_ms = [(b - a) * 1000 for a, b in itertools.pairwise(times)]
+    assert len(times) >= 5
+    assert max(gaps_ms) < 250, gaps_ms
+    assert any(isinstance(f.message, Heartbeat) for f in fake.received)
