@@ -20,6 +20,7 @@ import os
 import ssl
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -144,6 +145,8 @@ async def _send_and_wait(args: argparse.Namespace, envelope: bytes) -> dict[str,
         host,
         port,
         protocol=aiomqtt.ProtocolVersion.V5,
+        # An explicit id: the hardened broker refuses zero-length client ids.
+        identifier=f"nebuliser-cli-{uuid.uuid4().hex[:12]}",
         tls_context=_tls_context(args) if secure else None,
         timeout=args.timeout_s,
     ) as client:

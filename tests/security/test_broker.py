@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from controller.cli import main
 from tests.security._broker import (
     HARDENED_CONF,
     Peer,
@@ -172,3 +175,32 @@ def test_ward_station_reads_its_ward_only_and_cannot_forge_bed_state(
 def test_make_test_ca_refuses_mismatched_arguments(tmp_path: Path) -> None:
     with pytest.raises(subprocess.CalledProcessError):
         make_pki(tmp_path, ca_name="x", extra=["--ward", "a", "--ward", "b", "--beds", "1"])
+
+
+def test_command_send_over_mutual_tls_reaches_bed_and_returns_its_reply(
+    broker: Broker, peers: list[Peer], tmp_path: Path
+) -> None:
+    bed = _connected(peers, broker.peer("bed-3west-07"))
+    assert bed.client is not None
+    client = bed.client
+
+    def reply_refused(_c: object, _u: object, message: object) -> None:
+        payload = json.loads(bytes(message.payload))  # type: ignore[attr-defined]
+        reply = {"command_id": payload["command_id"], "status": "refused", "reason_code": "x"}
+        client.publish("nebuliser/v1/3west/07/command/reply", json.dumps(reply), qos=1)
+
+    client.on_message = reply_refused
+    bed.subscribe("nebuliser/v1/3west/07/command")
+    assert main(["keys", "generate", "--out", str(tmp_path), "--name", "ward-3west"]) == 0
+    station = broker.pki / "ward-station-3west"
+    argv = [
+        str(Path(sys.executable).with_name("nebuliser")), "command", "send",
+        "--broker", f"mqtts://localhost:{broker.port}", "--ward", "3west", "--bed", "07",
+        "--tls-ca", str(broker.pki / "ca.crt"), "--tls-cert", f"{station}.crt",
+        "--tls-key", f"{station}.key", "--timeout-s", "10",
+        "--key", str(tmp_path / "ward-3west.key"), "--sender", "ward-3west",
+        "--device", "neb-0001", "--counter", "1", "stop",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr  # refused by our stand-in bed
+    assert json.loads(done.stdout)["reason_code"] == "x"
