@@ -78,8 +78,10 @@ class _RealtimeDevice:
             self._wake.clear()
             delay_s = (self.model.next_deadline_ms() - self.now_ms()) / 1000
             if delay_s > 0:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay_s)
+                    async with asyncio.timeout(delay_s):
+                        await self._wake.wait()
 
 
 class _PtyPort:
