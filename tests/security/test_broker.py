@@ -204,3 +204,20 @@ def test_command_send_over_mutual_tls_reaches_bed_and_returns_its_reply(
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1, done.stdout + done.stderr  # refused by our stand-in bed
     assert json.loads(done.stdout)["reason_code"] == "x"
+
+
+def test_ward_station_backfill_request_reaches_only_that_bed_and_unsigned_ack_is_blocked(
+    broker: Broker, peers: list[Peer]
+) -> None:
+    ward = _connected(peers, broker.peer("ward-station-3west"))
+    bed7 = _connected(peers, broker.peer("bed-3west-07"))
+    bed8 = _connected(peers, broker.peer("bed-3west-08"))
+    bed7.subscribe("nebuliser/v1/3west/07/#")
+    bed8.subscribe("nebuliser/v1/3west/#")
+    ward.publish("nebuliser/v1/3west/07/cmd/ack", b"unsigned-ack")
+    ward.publish("nebuliser/v1/3west/07/backfill/request", b"req-7")
+    ward.publish("nebuliser/v1/3west/08/command", b"marker-8")
+    seen7 = bed7.wait_for("nebuliser/v1/3west/07/backfill/request")
+    assert ("nebuliser/v1/3west/07/cmd/ack", b"unsigned-ack") not in seen7
+    seen8 = bed8.wait_for("nebuliser/v1/3west/08/command")
+    assert all("/07/" not in topic for topic, _ in seen8), seen8
