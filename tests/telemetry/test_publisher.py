@@ -15,6 +15,7 @@ import aiomqtt
 from controller.telemetry import (
     AckRequest,
     AlarmAckCommand,
+    OutboxEntry,
     OutboxPublisher,
     SentArchive,
     SqliteOutbox,
@@ -354,3 +355,39 @@ def test_payloads_stay_json(tmp_path: Path) -> None:
     assert json.loads(row.payload)["seq"] == 1
     outbox.delete([seq])
     assert outbox.append(telemetry(8)) == 2, "AUTOINCREMENT: a seq is never reused"
+
+
+async def test_replayed_old_state_does_not_replace_the_retained_current_state(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
+    now = datetime.now(UTC)
+
+    def state(session_state: str) -> OutboxEntry:
+        return outbox_entry(
+            IDENTITY,
+            root_topic=ROOT,
+            schema="nebuliser.state",
+            utc=now,
+            session_state=session_state,
+        )
+
+    # A long backlog whose last row is an old state, queued while offline.
+    outbox.append_many([telemetry(n) for n in range(2000)])
+    old_state = outbox.append(state("stale_from_backlog"))
+    publisher = OutboxPublisher(
+        settings=settings_for(mosquitto_broker), identity=IDENTITY, outbox=outbox, backlog_batch=20
+    )
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(publisher.run())
+        await publisher.wait_connected()
+        current = outbox.append(state("current"))  # live: overtakes the backlog
+        publisher.notify()
+        await wait_until(lambda: outbox.count() == 0, timeout_s=20, what="drain")
+        publisher.request_stop()
+    assert current > old_state
+    async with collecting(mosquitto_broker, f"{ROOT}/W7/B03/state") as late:
+        await wait_until(lambda: len(late) >= 1, timeout_s=5, what="retained state")
+    retained = validate_payload(late[0].payload)
+    assert late[0].retain
+    assert (retained["seq"], retained["session_state"]) == (current, "current")
