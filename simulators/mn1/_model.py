@@ -568,6 +568,7 @@ class DeviceModel:
         cap = "ignore_target_cap" not in self._defects
         if cap and volume >= to_target:
             self._deliver(session, to_target)
+            session.delivered_ul = float(session.target_ul)  # exact, not a float sum
             self._end_session(
                 StopReason.TARGET_REACHED, start_ms + dt_ms * (to_target / volume if volume else 0)
             )

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -92,20 +93,22 @@ def _pty_session(path: str) -> dict[str, float]:
     """HELLO, STATUS stream, START, heartbeats, STOP, SESSION_END, ACK_END over a real pty."""
     with serial.Serial(path, 115200, timeout=0.05) as port:
         host = _SerialHost(port)
-        sent = host.send(Hello(), 1)
-        ident = host.read_until(_answer_to(1))
-        hello_latency_s = host.frames[-1][0] - sent
-        assert isinstance(ident.message, Ident)
-        assert ident.message.serial == "RT-1"
+        hello_latencies_s = []
+        for seq in (1, 2, 3, 4, 5):
+            sent = host.send(Hello(), seq)
+            ident = host.read_until(_answer_to(seq))
+            hello_latencies_s.append(host.frames[-1][0] - sent)
+            assert isinstance(ident.message, Ident)
+            assert ident.message.serial == "RT-1"
         first = len(host.frames)
         host.collect_for(0.55)
         statuses = [t for t, f in host.frames[first:] if isinstance(f.message, Status)]
         assert len(statuses) >= 4
         gaps = [b - a for a, b in itertools.pairwise(statuses)]
-        sent = host.send(Start(session_id=5, target_ul=2000, max_duration_s=60, output_pct=100), 2)
-        host.read_until(_answer_to(2))
+        sent = host.send(Start(session_id=5, target_ul=2000, max_duration_s=60, output_pct=100), 6)
+        host.read_until(_answer_to(6))
         start_latency_s = host.frames[-1][0] - sent
-        for seq in range(3, 7):  # heartbeats every 200 ms keep the watchdog fed
+        for seq in range(7, 11):  # heartbeats every 200 ms keep the watchdog fed
             time.sleep(0.2)
             host.send(Heartbeat(), seq)
         host.collect_for(0.15)
@@ -113,20 +116,19 @@ def _pty_session(path: str) -> dict[str, float]:
         assert isinstance(running, Status)
         assert running.state == DeviceState.NEBULISING
         assert running.delivered_ul >= 3
-        host.send(Stop(session_id=5), 7)
-        host.read_until(_answer_to(7))
+        host.send(Stop(session_id=5), 11)
+        host.read_until(_answer_to(11))
         end = host.read_until(lambda f: isinstance(f.message, SessionEnd))
         assert isinstance(end.message, SessionEnd)
         assert end.message.reason == StopReason.HOST_STOP
-        host.send(AckEnd(end_seq=end.seq), 8)
+        host.send(AckEnd(end_seq=end.seq), 12)
         idle = host.read_until(lambda f: isinstance(f.message, Status))
         assert isinstance(idle.message, Status)
         assert idle.message.state == DeviceState.IDLE
         return {
-            "hello_latency_s": hello_latency_s,
+            "hello_latency_s": min(hello_latencies_s),
             "start_latency_s": start_latency_s,
-            "max_status_gap_s": max(gaps),
-            "min_status_gap_s": min(gaps),
+            "median_status_gap_s": statistics.median(gaps),
         }
 
 
@@ -138,9 +140,11 @@ async def test_pty_end_to_end_with_pyserial(tmp_path: Path) -> None:
         timings = await asyncio.to_thread(_pty_session, str(link))
         truth = sim.truth()
     assert not link.exists()  # the symlink goes with the simulator
-    assert timings["hello_latency_s"] < 0.1
+    # The ICD's 20 ms is checked exactly in simulated time; here the best of five
+    # round trips shows answers are sent at once, not at the next STATUS tick.
+    assert timings["hello_latency_s"] < 0.02
     assert timings["start_latency_s"] < 0.1
-    assert 0.05 < timings["min_status_gap_s"] <= timings["max_status_gap_s"] < 0.2
+    assert 0.09 <= timings["median_status_gap_s"] <= 0.11
     assert truth.sessions[-1]["reason"] == "HOST_STOP"
     assert truth.pending_session_end_seqs == []
 
