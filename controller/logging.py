@@ -42,9 +42,25 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=(
+            structlog.PrintLoggerFactory(file=stream) if stream is not None else _StderrLogger
+        ),
         cache_logger_on_first_use=False,
     )
+
+
+class _StderrLogger:
+    """Writes each line to whatever `sys.stderr` is *now* (tests swap it; a cached
+    file object would be closed under us)."""
+
+    def __init__(self, *_args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        """Write one rendered line."""
+        print(message, file=sys.stderr, flush=True)  # noqa: T201 - this is the log sink
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
 def get_logger(name: str) -> Any:

@@ -36,7 +36,7 @@ async def test_sigkill_mid_session_then_restart(tmp_path: Path) -> None:
             process.send_signal(signal.SIGKILL)
             killed_at = asyncio.get_running_loop().time()
             await process.wait()
-            while model.truth().nebulising:
+            while model.truth().nebulising:  # noqa: ASYNC110 - polling the simulator's truth
                 await asyncio.sleep(0.01)
             stopped_after_s = asyncio.get_running_loop().time() - killed_at
             # ICD §5.5: the device's 1000 ms watchdog stops it without the host.
