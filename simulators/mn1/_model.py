@@ -80,7 +80,10 @@ CLOG_DETECT_MS: Final = 3000
 CLOG_DETECT_FRACTION: Final = 0.5
 OVER_TEMPERATURE_CC: Final = 4500
 CRC_ERRORS_MAX: Final = 0xFFFF
-_ANSWER_CACHE_SIZE: Final = 16
+# Only the last answered command counts as "repeated": a host retransmits one
+# unanswered command at a time (ICD §6), and a longer memory would wrongly swallow
+# a new command from a restarted host that happens to reuse an old seq and body.
+_ANSWER_CACHE_SIZE: Final = 1
 _AMBIENT_CC: Final = 2500
 _HEATING_AT_FULL_OUTPUT_CC: Final = 1500  # equilibrium 40.00 °C at 100 % output
 _COOLING_FAILURE_CC: Final = 3000  # an injected cooling failure settles near 55 °C

@@ -242,8 +242,8 @@ def test_repeated_start_gets_the_same_answer_and_no_second_session() -> None:
     seq = _start(host, session_id=3, target_ul=50)
     host.run_until_message(lambda r: isinstance(r.message, SessionEnd), timeout_ms=60_000)
     first = host.answers_to(seq)
-    _start(host, session_id=3, target_ul=50)  # a new seq: a genuinely new command
-    # A retransmission of the first START (same seq, type and body) after the session ended:
+    # A retransmission of the START (same seq, type and body) after the session ended;
+    # heartbeats in between do not make it a new command.
     host.send(Start(session_id=3, target_ul=50, max_duration_s=600, output_pct=100), seq=seq)
     again = host.answers_to(seq)
     assert len(again) == 2
@@ -273,6 +273,16 @@ def test_start_for_the_session_already_nebulising_is_acked_and_changes_nothing()
     assert (after.target_ul, after.output_pct) == (1000, 50)
     assert after.delivered_ul == before.delivered_ul
     assert after.nebulising
+
+
+def test_a_command_is_new_again_once_another_command_was_answered() -> None:
+    host = SimulatedHost(heartbeat_ms=250)
+    seq = host.send(Stop(session_id=0))
+    _start(host, session_id=4)
+    host.run_for(500)
+    host.send(Stop(session_id=0), seq=seq)  # same seq and body as an older STOP: acts
+    assert not host.model.truth().nebulising
+    assert len(host.answers_to(seq)) == 2
 
 
 def test_repeated_clear_faults_answers_the_same() -> None:
