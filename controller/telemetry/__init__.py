@@ -34,6 +34,7 @@ from controller.telemetry._publisher import (
     AlarmAckHandler,
     OutboxPublisher,
     PublisherStats,
+    PublishRefusedError,
     mqtt_client,
 )
 from controller.telemetry._remote import publish_alarm_ack, publish_backfill_ask
@@ -88,6 +89,7 @@ __all__ = [
     "OutboxRowLike",
     "PrescriptionSummary",
     "PresenceMessage",
+    "PublishRefusedError",
     "PublisherStats",
     "Reason",
     "ReplyAppender",

@@ -19,8 +19,10 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from controller.logging import get_logger
@@ -31,7 +33,13 @@ from controller.telemetry._outbox import OutboxReader, OutboxRowLike, ReplyAppen
 from controller.telemetry._schemas import AlarmAckCommand, BackfillRequest
 from controller.telemetry._settings import MqttSettings
 
-__all__ = ["AlarmAckHandler", "OutboxPublisher", "PublisherStats", "mqtt_client"]
+__all__ = [
+    "AlarmAckHandler",
+    "OutboxPublisher",
+    "PublishRefusedError",
+    "PublisherStats",
+    "mqtt_client",
+]
 
 _log = get_logger(__name__)
 
@@ -79,6 +87,13 @@ class PublisherStats:
     published_historical: int = 0
     rejected_commands: int = 0
     backfill_replies: int = 0
+    # PUBACKs with an MQTT v5 failure reason (e.g. "Not authorized" from an ACL).
+    refused_publishes: int = 0
+    last_refusal: str = ""
+
+
+class PublishRefusedError(aiomqtt.MqttError):
+    """The broker answered a PUBACK with a failure reason code."""
 
 
 class OutboxPublisher:
@@ -177,6 +192,7 @@ class OutboxPublisher:
         client = mqtt_client(self._settings, client_id=self._settings.client_id, will=will)
         # A whole drain step is in flight at once; that is expected, not a warning.
         client.pending_calls_threshold = self._live_batch + self._backlog_batch + 10
+        self._watch_refusals(client)
         async with client:
             self.stats.connected = True
             self._connected.set()
@@ -206,6 +222,24 @@ class OutboxPublisher:
             except* aiomqtt.MqttError as group:
                 # One broken connection shows up in both tasks; report it once.
                 raise group.exceptions[0] from None
+
+    def _watch_refusals(self, client: aiomqtt.Client) -> None:
+        # aiomqtt 2.x resolves publish() on any PUBACK, even one whose MQTT v5 reason
+        # code says the broker refused the message (an ACL denial). Deleting such a row
+        # would lose it silently, so count refusals here (aiomqtt offers no public
+        # hook) and let _publish_batch keep the whole batch when one occurred.
+        paho = client._client
+        forward = paho.on_publish
+
+        def on_publish(*args: Any) -> None:
+            reason = args[3] if len(args) > 3 else None
+            if isinstance(reason, ReasonCode) and reason.is_failure:
+                self.stats.refused_publishes += 1
+                self.stats.last_refusal = str(reason)
+            if forward is not None:
+                forward(*args)
+
+        paho.on_publish = on_publish
 
     def _backlog_ceiling(self) -> int:
         ceiling = 0
@@ -253,6 +287,7 @@ class OutboxPublisher:
             if historical:
                 self.stats.published_historical += 1
 
+        refusals_before = self.stats.refused_publishes
         try:
             async with asyncio.TaskGroup() as tasks:
                 for row, historical in batch:
@@ -260,7 +295,20 @@ class OutboxPublisher:
         except* aiomqtt.MqttError as group:
             raise group.exceptions[0] from None
         finally:
-            self._settle(acked)
+            if self.stats.refused_publishes == refusals_before:
+                self._settle(acked)
+        if self.stats.refused_publishes != refusals_before:
+            # Keep every row of the batch (we cannot tell which one was refused);
+            # re-sent ones are de-duplicated by seq. Back off and try again.
+            _log.error(
+                "mqtt_publish_refused",
+                reason=self.stats.last_refusal,
+                fix="check the broker ACL lets this controller publish under "
+                f"{self._topics.base}/#",
+            )
+            raise PublishRefusedError(
+                f"broker refused a publish ({self.stats.last_refusal}); rows kept in the outbox"
+            )
 
     def _settle(self, acked: Sequence[OutboxRowLike]) -> None:
         if not acked:

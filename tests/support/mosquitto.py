@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -35,7 +36,12 @@ class MosquittoBroker:
     """
 
     def __init__(
-        self, *, workdir: Path, port: int | None = None, max_queued_messages: int = 100_000
+        self,
+        *,
+        workdir: Path,
+        port: int | None = None,
+        max_queued_messages: int = 100_000,
+        extra_config: Sequence[str] = (),
     ) -> None:
         binary = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -52,6 +58,7 @@ class MosquittoBroker:
             raise ValueError("tests must not use port 1883 (the machine's shared broker)")
         self.host = "127.0.0.1"
         self.max_queued_messages = max_queued_messages
+        self.extra_config = tuple(extra_config)
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -79,6 +86,7 @@ class MosquittoBroker:
             # Running as root, mosquitto would switch to user 'mosquitto', which
             # cannot write the test's temporary directory.
             lines.append("user root")
+        lines.extend(self.extra_config)
         self.config_path.write_text("\n".join(lines) + "\n")
 
     @property

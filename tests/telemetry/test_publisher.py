@@ -391,3 +391,31 @@ async def test_replayed_old_state_does_not_replace_the_retained_current_state(
     retained = validate_payload(late[0].payload)
     assert late[0].retain
     assert (retained["seq"], retained["session_state"]) == (current, "current")
+
+
+async def test_broker_refusal_keeps_rows_until_the_acl_is_fixed(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    base = tmp_path / "mosquitto"
+    base.mkdir()
+    # Commissioning mistake: the controller may only publish its presence.
+    acl.write_text("topic readwrite nebuliser/v1/W7/B03/presence\ntopic read #\n")
+    broker = MosquittoBroker(workdir=base, extra_config=[f"acl_file {acl}"])
+    async with broker:
+        outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
+        seqs = outbox.append_many([telemetry(n) for n in range(5)])
+        publisher = OutboxPublisher(settings=settings_for(broker), identity=IDENTITY, outbox=outbox)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(publisher.run())
+            await wait_until(
+                lambda: publisher.stats.connections >= 2,
+                timeout_s=10,
+                what="a refused batch and a retry",
+            )
+            assert publisher.stats.refused_publishes >= 5
+            assert "Not authorized" in publisher.stats.last_refusal
+            assert [r.seq for r in outbox.pending(limit=10)] == seqs, "nothing may be lost"
+            acl.write_text("topic readwrite nebuliser/v1/W7/B03/#\n")
+            broker.stop()
+            broker.restart()
+            await wait_until(lambda: outbox.count() == 0, timeout_s=10, what="drain after fix")
+            publisher.request_stop()
