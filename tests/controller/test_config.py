@@ -1,0 +1,65 @@
+"""Configuration loading: every error named with its key; flags beat env beat file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from controller.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_is_valid_and_is_what_config_example_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = load_config(REPO / "config" / "example.toml")
+    assert config.prescription is not None
+    assert config.prescription.subject_id == "PILOT-001"
+    assert config.clock.mode == "ntp"  # a Pi has no RTC: the example requires NTP
+    assert main(["config", "example"]) == 0
+    assert capsys.readouterr().out == (REPO / "config" / "example.toml").read_text("utf-8")
+
+
+def test_every_error_is_reported_with_key_value_and_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[device]\nport = "/dev/x"\nbogus = 1\n[session]\nstop_latency_ms = 5\n'
+        '[storage]\nfree_space_floor_mb = "lots"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    keys = {issue.key for issue in caught.value.issues}
+    assert keys == {"device.bogus", "session.stop_latency_ms", "storage.free_space_floor_mb"}
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "device.bogus: unknown key" in err
+    assert "session.stop_latency_ms" in err
+    assert "(got 5)" in err
+
+
+def test_bad_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[device\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_precedence_flags_over_environment_over_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[device]\nport = "/dev/from-file"\nward = "w2"\n', encoding="utf-8")
+    assert load_config(path).device.port == "/dev/from-file"
+    monkeypatch.setenv("NEBULISER_DEVICE__PORT", "/dev/from-env")
+    assert load_config(path).device.port == "/dev/from-env"
+    assert load_config(path).device.ward == "w2"
+    flagged = load_config(path, overrides={"device": {"port": "/dev/from-flag"}})
+    assert flagged.device.port == "/dev/from-flag"
