@@ -15,6 +15,7 @@ __all__ = ["main"]
 
 # Module names (in this package) that register subcommands, in --help order.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
     "serve",
     "session",
     "config",
