@@ -3,7 +3,7 @@
 Our own ~40 lines instead of the `cobs` package: that package ships no wheels for
 every Python/arch we deploy on (it compiles a C extension, so a Raspberry Pi or a
 slim container would need a compiler), and these functions are small enough to
-read in a review. The `cobs` package stays a test-only oracle (tests/mn1/test_cobs.py).
+read in a review. The `cobs` package stays a test-only oracle (tests/mn1/test_properties.py).
 """
 
 from __future__ import annotations
