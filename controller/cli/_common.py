@@ -9,7 +9,7 @@ from typing import Any
 
 from controller.config import ConfigError, NebuliserConfig, load_config
 
-__all__ = ["add_service_options", "config_from_args"]
+__all__ = ["add_service_options", "config_from_args", "progress_bar"]
 
 EXIT_CONFIG = 2
 
@@ -37,3 +37,11 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> NebuliserConfig:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def progress_bar(
+    delivered_ul: int, cap_ul: int, *, width: int = 30, fill: str = "#", empty: str = "."
+) -> str:
+    """A text bar of `width` cells for delivered/cap (never more than full)."""
+    filled = 0 if cap_ul <= 0 else min(width, delivered_ul * width // cap_ul)
+    return fill * filled + empty * (width - filled)

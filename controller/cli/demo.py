@@ -20,6 +20,8 @@ from controller.control import ControlClient, ControlUnavailableError
 from controller.service import run_service
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
+from ._common import progress_bar
+
 __all__ = ["register"]
 
 _POLL_S = 0.2
@@ -101,11 +103,6 @@ async def _start(config: NebuliserConfig, sim: RunningSimulator) -> dict[str, An
         return message
 
 
-def _bar(delivered: int, cap: int) -> str:
-    filled = min(_BAR, delivered * _BAR // max(cap, 1))
-    return "█" * filled + "·" * (_BAR - filled)
-
-
 async def _run_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="nebuliser-demo-") as tmp:
         model = DeviceModel(
@@ -138,8 +135,11 @@ async def _scenario(config: NebuliserConfig, sim: RunningSimulator) -> int:
         if session is None and status.get("last_session"):
             break
         if session:
+            bar = progress_bar(
+                session["delivered_ul"], session["cap_ul"], width=_BAR, fill="█", empty="·"
+            )
             print(
-                f"\r  [{_bar(session['delivered_ul'], session['cap_ul'])}] "
+                f"\r  [{bar}] "
                 f"{session['delivered_ul']:5d}/{session['cap_ul']} µL "
                 f"{session['flow_ul_min']:5d} µL/min",
                 end="",

@@ -10,18 +10,12 @@ from typing import Any
 
 from controller.control import ControlClient, ControlUnavailableError
 
-from ._common import add_service_options, config_from_args
+from ._common import add_service_options, config_from_args, progress_bar
 
 __all__ = ["register"]
 
 EXIT_REFUSED = 1
 EXIT_NO_SERVICE = 3
-_BAR_WIDTH = 30
-
-
-def _bar(delivered: int, cap: int) -> str:
-    filled = 0 if cap <= 0 else min(_BAR_WIDTH, delivered * _BAR_WIDTH // cap)
-    return "[" + "#" * filled + "." * (_BAR_WIDTH - filled) + "]"
 
 
 def _print_status(reply: dict[str, Any]) -> None:
@@ -35,7 +29,7 @@ def _print_status(reply: dict[str, Any]) -> None:
     session = reply.get("session")
     status = reply.get("device_status") or {}
     if session:
-        bar = _bar(session["delivered_ul"], session["cap_ul"])
+        bar = "[" + progress_bar(session["delivered_ul"], session["cap_ul"]) + "]"
         print(
             f"session:  {session['session_id']}  {bar} "
             f"{session['delivered_ul']}/{session['cap_ul']} µL  "

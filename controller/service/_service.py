@@ -8,7 +8,6 @@ graceful SIGTERM (stop any running session, record it, then exit).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from typing import Any
 
@@ -201,8 +200,7 @@ async def run_service(
     try:
         async with recorder.running():
             try:
-                link_cm = SerialLink(url=config.device.port)
-                async with link_cm as link:
+                async with SerialLink(url=config.device.port) as link:
                     supervisor = Supervisor(
                         link=link,
                         recorder=recorder,
@@ -254,5 +252,4 @@ async def _serve(
                 await supervisor.wait_idle(_SHUTDOWN_STOP_WAIT_S)
             for worker in workers:
                 worker.cancel()
-    with contextlib.suppress(Exception):
-        _log.info("controller stopped")
+    _log.info("controller stopped")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from controller.alarms import (
@@ -97,7 +97,7 @@ STOP_REPEAT_MS: Final = 100
 CONFIRM_NEBULISING_MS: Final = 1000
 #: After an unanswered START, wait this long for a STATUS that tells the outcome.
 RESOLVE_START_MS: Final = 700
-#: After STOP, the device's final figures (STATUS idle / SESSION_END) are awaited this long.
+#: The actor named on alarm events the controller raises or clears itself.
 _HOST = "controller"
 
 
@@ -159,7 +159,6 @@ class _Facts:
     storage_free_mib: int = 0
     clock_trusted: bool = True
     telemetry_dropped_total: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -489,17 +488,17 @@ class Supervisor:
         at = self._clock.now()
         final_reason = session.host_reason or reason_code
         source = EndSource.HOST if session.host_reason else EndSource.DEVICE
-        self._recorder.submit(
-            lambda ledger: ledger.record_ended(
+        self._record_session_event(
+            body,
+            lambda ledger, publish: ledger.record_ended(
                 session_id,
                 delivered_ul=delivered_ul,
                 duration_ms=duration,
                 reason=final_reason,
                 source=source,
                 at=at,
-                publish=self._pub.session(body),
+                publish=publish,
             ),
-            what="session end",
         )
         _log.info("session ended", record=body)
         unbind_session()
@@ -523,11 +522,11 @@ class Supervisor:
             "reason": reason,
             "planned_cap_ul": session.cap_ul,
         }
-        self._recorder.submit(
-            lambda ledger: ledger.mark_uncertain(
-                sid, reason=reason, at=at, publish=self._pub.session(body)
+        self._record_session_event(
+            body,
+            lambda ledger, publish: ledger.mark_uncertain(
+                sid, reason=reason, at=at, publish=publish
             ),
-            what="mark uncertain",
         )
         self._changed.set()
 
@@ -545,15 +544,11 @@ class Supervisor:
             "delivered_ul": delivered_ul,
             "source": str(source),
         }
-        self._recorder.submit(
-            lambda ledger: ledger.reconcile(
-                session_id,
-                delivered_ul=delivered_ul,
-                source=source,
-                at=at,
-                publish=self._pub.session(body),
+        self._record_session_event(
+            body,
+            lambda ledger, publish: ledger.reconcile(
+                session_id, delivered_ul=delivered_ul, source=source, at=at, publish=publish
             ),
-            what="reconcile",
         )
         _log.info("uncertain session reconciled from device figures", record=body)
 
@@ -754,11 +749,8 @@ class Supervisor:
             "cap_ul": cap,
             "max_duration_s": decision.max_duration_s,
         }
-        self._recorder.submit(
-            lambda ledger: ledger.record_started(
-                sid, at=started_at, publish=self._pub.session(body)
-            ),
-            what="session started",
+        self._record_session_event(
+            body, lambda ledger, publish: ledger.record_started(sid, at=started_at, publish=publish)
         )
         _log.info("session started", session_id=sid, cap_ul=cap)
         return StartOutcome(started=True, session_id=sid, reasons=(), decision=decision)
@@ -885,6 +877,15 @@ class Supervisor:
             self._recorder.submit(_record, what="alarm")
 
     # ------------------------------------------------------------------ helpers
+
+    def _record_session_event(
+        self,
+        body: dict[str, Any],
+        write: Callable[[Ledger, Sequence[OutboxMessage]], object],
+    ) -> None:
+        """Queue a session ledger row with its MQTT message (built here, on the loop)."""
+        publish = self._pub.session(body)
+        self._recorder.submit(lambda ledger: write(ledger, publish), what=str(body["event"]))
 
     def _apply(self, event: SessionEvent) -> None:
         before = self.state
