@@ -1,7 +1,8 @@
 """The running controller: supervisor, ledger writer thread, wiring of `nebuliser serve`."""
 
+from ._confirm import confirm_at_bedside
 from ._recorder import Recorder
-from ._service import EXIT_LEDGER, EXIT_PORT, run_service
+from ._service import EXIT_LEDGER, EXIT_PORT, ServiceContext, run_service
 from ._supervisor import TICK_MS, Publications, StartOutcome, Supervisor
 
 __all__ = [
@@ -10,7 +11,9 @@ __all__ = [
     "TICK_MS",
     "Publications",
     "Recorder",
+    "ServiceContext",
     "StartOutcome",
     "Supervisor",
+    "confirm_at_bedside",
     "run_service",
 ]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from controller.alarms import AlarmCode, AlarmNotActiveError
-from controller.clock import ClockTrustMonitor, ClockTrustPolicy, SystemClock
+from controller.clock import Clock, ClockTrustMonitor, ClockTrustPolicy, SystemClock
 from controller.config import NebuliserConfig
 from controller.control import ControlError, ControlRequest, ControlServer, Reply
 from controller.dosing import Override
@@ -20,10 +22,11 @@ from controller.ledger import LEDGER_FILE_NAME, Ledger, LedgerError
 from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
 
+from ._confirm import confirm_at_bedside
 from ._recorder import Recorder
 from ._supervisor import TICK_MS, Supervisor
 
-__all__ = ["EXIT_LEDGER", "EXIT_PORT", "run_service"]
+__all__ = ["EXIT_LEDGER", "EXIT_PORT", "ServiceContext", "run_service"]
 
 _log = get_logger(__name__)
 
@@ -134,7 +137,6 @@ class _Handlers:
 
     async def _await_confirm(self, reply: Reply, timeout_s: float) -> str | None:
         """The head's CONFIRM button, or `{"op": "confirm"}` from the bedside terminal."""
-        self._sup.arm_confirm()
 
         async def terminal() -> str | None:
             while True:
@@ -144,21 +146,7 @@ class _Handlers:
                 if line.op == "confirm":
                     return "bedside terminal"
 
-        async def button() -> str:
-            await self._sup.wait_confirm_button()
-            return "CONFIRM button"
-
-        try:
-            async with asyncio.timeout(timeout_s), asyncio.TaskGroup() as group:
-                tasks = [group.create_task(terminal()), group.create_task(button())]
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in tasks:
-                    task.cancel()
-                return next(iter(done)).result()
-        except TimeoutError:
-            return None
-        finally:
-            self._sup.disarm_confirm()
+        return await confirm_at_bedside(self._sup, timeout_s=timeout_s, terminal=terminal)
 
 
 async def _pump_events(link: SerialLink, supervisor: Supervisor) -> None:
@@ -172,15 +160,39 @@ async def _tick(supervisor: Supervisor) -> None:
         await asyncio.sleep(TICK_MS / 1000)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceContext:
+    """What a service task (telemetry, remote commands, systemd notify) may use."""
+
+    config: NebuliserConfig
+    supervisor: Supervisor
+    link: SerialLink
+    recorder: Recorder[Ledger]
+    clock: Clock
+    stop_requested: asyncio.Event
+
+
+def _service_tasks(ctx: ServiceContext) -> list[Coroutine[Any, Any, None]]:
+    """Optional long-running parts of the service, each run in the service's TaskGroup."""
+    tasks: list[Coroutine[Any, Any, None]] = []
+    return tasks
+
+
 async def run_service(
-    config: NebuliserConfig, *, stop_requested: asyncio.Event | None = None
+    config: NebuliserConfig,
+    *,
+    stop_requested: asyncio.Event | None = None,
+    clock: Clock | None = None,
 ) -> int:
-    """Run the controller until SIGTERM/SIGINT (or `stop_requested`); returns the exit code."""
+    """Run the controller until SIGTERM/SIGINT (or `stop_requested`); returns the exit code.
+
+    `clock` is injectable so that tests step the wall clock without touching the machine's.
+    """
     prescription = config.prescription
     if prescription is None:
         raise ValueError("run_service needs a configuration with a [prescription] section")
     bind_device(config.device.device_id)
-    clock = SystemClock()
+    clock = clock if clock is not None else SystemClock()
     trust = ClockTrustMonitor(
         clock=clock,
         policy=ClockTrustPolicy(
@@ -213,7 +225,15 @@ async def run_service(
                         expected_serial=config.device.expected_serial,
                     )
                     await supervisor.recover()
-                    await _serve(config, link, supervisor, stop_requested)
+                    context = ServiceContext(
+                        config=config,
+                        supervisor=supervisor,
+                        link=link,
+                        recorder=recorder,
+                        clock=clock,
+                        stop_requested=stop_requested,
+                    )
+                    await _serve(context)
             except PortInUseError as exc:
                 _log.error("serial port in use", error=str(exc))
                 print(f"nebuliser serve: {exc}")  # noqa: T201 - the operator must see this
@@ -228,12 +248,8 @@ async def run_service(
     return 0
 
 
-async def _serve(
-    config: NebuliserConfig,
-    link: SerialLink,
-    supervisor: Supervisor,
-    stop_requested: asyncio.Event,
-) -> None:
+async def _serve(ctx: ServiceContext) -> None:
+    config, link, supervisor = ctx.config, ctx.link, ctx.supervisor
     handlers = _Handlers(supervisor=supervisor, config=config)
     server = ControlServer(
         path=config.control_socket, handlers=handlers.table(), mode=config.control.socket_mode
@@ -245,7 +261,8 @@ async def _serve(
                 group.create_task(_pump_events(link, supervisor)),
                 group.create_task(_tick(supervisor)),
             ]
-            await stop_requested.wait()
+            workers += [group.create_task(task) for task in _service_tasks(ctx)]
+            await ctx.stop_requested.wait()
             # Graceful shutdown: stop any running session first, record it, then exit.
             if supervisor.session is not None:
                 supervisor.stop_now("shutdown")
