@@ -4,6 +4,7 @@ from ._confirm import confirm_at_bedside
 from ._recorder import Recorder
 from ._service import EXIT_LEDGER, EXIT_PORT, ServiceContext, run_service
 from ._supervisor import TICK_MS, Publications, StartOutcome, Supervisor
+from ._systemd import SystemdNotifier, systemd_notify_task, watchdog_interval_s
 
 __all__ = [
     "EXIT_LEDGER",
@@ -14,6 +15,9 @@ __all__ = [
     "ServiceContext",
     "StartOutcome",
     "Supervisor",
+    "SystemdNotifier",
     "confirm_at_bedside",
     "run_service",
+    "systemd_notify_task",
+    "watchdog_interval_s",
 ]

@@ -25,6 +25,7 @@ from drivers.mn1 import PortInUseError, SerialLink
 from ._confirm import confirm_at_bedside
 from ._recorder import Recorder
 from ._supervisor import TICK_MS, Supervisor
+from ._systemd import systemd_notify_task
 
 __all__ = ["EXIT_LEDGER", "EXIT_PORT", "ServiceContext", "run_service"]
 
@@ -174,7 +175,7 @@ class ServiceContext:
 
 def _service_tasks(ctx: ServiceContext) -> list[Coroutine[Any, Any, None]]:
     """Optional long-running parts of the service, each run in the service's TaskGroup."""
-    tasks: list[Coroutine[Any, Any, None]] = []
+    tasks: list[Coroutine[Any, Any, None]] = [systemd_notify_task(ctx)]
     return tasks
 
 
