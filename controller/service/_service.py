@@ -26,6 +26,7 @@ from ._confirm import confirm_at_bedside
 from ._recorder import Recorder
 from ._supervisor import TICK_MS, Supervisor
 from ._systemd import systemd_notify_task
+from ._telemetry import run_telemetry, telemetry_publications
 
 __all__ = ["EXIT_LEDGER", "EXIT_PORT", "ServiceContext", "run_service"]
 
@@ -176,6 +177,8 @@ class ServiceContext:
 def _service_tasks(ctx: ServiceContext) -> list[Coroutine[Any, Any, None]]:
     """Optional long-running parts of the service, each run in the service's TaskGroup."""
     tasks: list[Coroutine[Any, Any, None]] = [systemd_notify_task(ctx)]
+    if ctx.config.mqtt is not None:
+        tasks.append(run_telemetry(ctx))
     return tasks
 
 
@@ -224,6 +227,7 @@ async def run_service(
                         free_space_floor_mb=config.storage.free_space_floor_mb,
                         stop_latency_ms=config.session.stop_latency_ms,
                         expected_serial=config.device.expected_serial,
+                        publications=telemetry_publications(config),
                     )
                     await supervisor.recover()
                     context = ServiceContext(
