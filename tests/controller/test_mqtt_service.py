@@ -88,10 +88,16 @@ async def capturing(broker: MosquittoBroker) -> AsyncIterator[Capture]:
 
 
 @contextlib.asynccontextmanager
-async def monitoring(broker: MosquittoBroker, *, sender: str) -> AsyncIterator[WardMonitor]:
-    """A `WardMonitor` (gap detection and backfill) running until the block ends."""
+async def monitoring(
+    broker: MosquittoBroker, *, sender: str, events: list[dict[str, Any]] | None = None
+) -> AsyncIterator[WardMonitor]:
+    """A `WardMonitor` (gap detection and backfill) running until the block ends;
+    its normalised events are appended to `events` when given."""
     monitor = WardMonitor(
-        settings=monitor_settings(broker), model=WardModel(root_topic=ROOT), sender=sender
+        settings=monitor_settings(broker),
+        model=WardModel(root_topic=ROOT),
+        sender=sender,
+        on_events=events.extend if events is not None else None,
     )
     async with asyncio.TaskGroup() as group:
         group.create_task(monitor.run())
