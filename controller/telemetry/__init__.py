@@ -8,6 +8,12 @@ from controller.telemetry._backfill import (
     MAX_BACKFILL_SPAN,
     build_backfill_reply,
 )
+from controller.telemetry._broker import (
+    MosquittoBroker,
+    MosquittoMissingError,
+    find_mosquitto,
+    free_loopback_port,
+)
 from controller.telemetry._builders import (
     DeviceIdentity,
     OutboxEntry,
@@ -81,6 +87,8 @@ __all__ = [
     "ConstraintResult",
     "DecisionMessage",
     "DeviceIdentity",
+    "MosquittoBroker",
+    "MosquittoMissingError",
     "MqttSettings",
     "OutboxEntry",
     "OutboxPublisher",
@@ -107,6 +115,8 @@ __all__ = [
     "encode_alarm_ack",
     "encode_backfill_request",
     "encode_presence",
+    "find_mosquitto",
+    "free_loopback_port",
     "json_schema_documents",
     "ledger_appender",
     "ledger_message",
