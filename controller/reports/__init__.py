@@ -1,0 +1,61 @@
+"""Clinical reports from the dose ledger: session tables (CSV/JSON), FHIR R4, plots.
+
+Everything here reads the ledger read-only and is safe while the controller runs.
+See docs/reports.md.
+"""
+
+from controller.reports._course import (
+    COMPLETED_REASONS,
+    CourseSession,
+    ProgressPoint,
+    ReportContext,
+    read_progress,
+    read_sessions,
+    report_context,
+)
+from controller.reports._fhir import (
+    METHOD_INHALE,
+    ROUTE_RESPIRATORY_TRACT,
+    SNOMED_CT,
+    administration_status,
+    fhir_bundle,
+)
+from controller.reports._plots import (
+    DEFAULT_PLOT_SIZE_PX,
+    CoursePlotData,
+    PlotsUnavailableError,
+    plot_course,
+    plot_session,
+)
+from controller.reports._tables import (
+    SessionRow,
+    render_csv,
+    render_json,
+    render_table,
+    session_rows,
+)
+
+__all__ = [
+    "COMPLETED_REASONS",
+    "DEFAULT_PLOT_SIZE_PX",
+    "METHOD_INHALE",
+    "ROUTE_RESPIRATORY_TRACT",
+    "SNOMED_CT",
+    "CoursePlotData",
+    "CourseSession",
+    "PlotsUnavailableError",
+    "ProgressPoint",
+    "ReportContext",
+    "SessionRow",
+    "administration_status",
+    "fhir_bundle",
+    "plot_course",
+    "plot_session",
+    "read_progress",
+    "read_sessions",
+    "render_csv",
+    "render_json",
+    "render_table",
+    "report_context",
+    "session_rows",
+]

@@ -1,0 +1,223 @@
+"""Reading one subject's course out of the ledger (read-only) into report records.
+
+The ledger records volumes, times, reasons, alarms and overrides. It does not record
+the drug unit or the lot: those come from the prescription in the configuration
+(`ReportContext`), which is right as long as the course used one lot. Say so in any
+report handed on (docs/reports.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from controller.config import NebuliserConfig
+from controller.dosing import SessionStatus
+from controller.ledger import EventKind, Ledger, LedgerEvent, SessionSummary
+
+__all__ = [
+    "COMPLETED_REASONS",
+    "CourseSession",
+    "ProgressPoint",
+    "ReportContext",
+    "read_progress",
+    "read_sessions",
+    "report_context",
+]
+
+COMPLETED_REASONS = frozenset({"cap_reached", "cap_predicted", "TARGET_REACHED"})
+"""End reasons that mean "the planned dose was given" (host cap stops, device target)."""
+
+_TIMES = (
+    EventKind.STARTED,
+    EventKind.ENDED,
+    EventKind.START_REFUSED,
+    EventKind.UNCERTAIN,
+    EventKind.RECONCILED,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportContext:
+    """What the ledger does not hold: the dose unit, lot, device and limits."""
+
+    dose_unit: str
+    """Unit of the lot's amount ("vesicles", "mg", "ug"), or "units" when unknown."""
+    lot_id: str | None
+    drug: str | None
+    device_id: str
+    expected_serial: str | None
+    timezone: str
+    """The prescription's time zone: "day" in the course plot is a day there."""
+    session_dose_limit: float | None
+    daily_dose_limit: float | None
+    """The rolling 24 h dose limit (or the 24 h volume limit converted), per day."""
+    course_dose_limit: float | None
+    amount_per_ml: float | None
+    """Lot concentration (dose units per mL) from the prescription, when configured."""
+
+
+def report_context(config: NebuliserConfig) -> ReportContext:
+    """The report context from a loaded configuration (its prescription, if any)."""
+    rx = config.prescription
+    if rx is None:
+        return ReportContext(
+            dose_unit="units",
+            lot_id=None,
+            drug=None,
+            device_id=config.device.device_id,
+            expected_serial=config.device.expected_serial,
+            timezone="UTC",
+            session_dose_limit=None,
+            daily_dose_limit=None,
+            course_dose_limit=None,
+            amount_per_ml=None,
+        )
+    per_ml = float(rx.lot.concentration_per_ml())
+    limits = rx.limits
+    daily = limits.rolling_24h_max_dose
+    if daily is None and limits.rolling_24h_max_ul is not None:
+        daily = limits.rolling_24h_max_ul / 1000.0 * per_ml
+    return ReportContext(
+        dose_unit=str(rx.lot.unit),
+        lot_id=rx.lot.lot_id,
+        drug=rx.drug,
+        device_id=config.device.device_id,
+        expected_serial=config.device.expected_serial,
+        timezone=rx.timezone,
+        session_dose_limit=limits.session_dose,
+        daily_dose_limit=daily,
+        course_dose_limit=limits.course_max_dose,
+        amount_per_ml=per_ml,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CourseSession:
+    """One session as reports show it: the ledger summary plus when it started and ended."""
+
+    summary: SessionSummary
+    started_utc: datetime | None
+    """When the device ACKed START (None: it never started)."""
+    ended_utc: datetime | None
+    """When the end (or refusal, or the uncertain mark) was recorded."""
+    reconciled_utc: datetime | None
+    subject_overrides: tuple[Mapping[str, Any], ...] = ()
+    """Overrides recorded for the subject (no session id) just before this session."""
+
+    @property
+    def overrides(self) -> tuple[Mapping[str, Any], ...]:
+        """Every override that admitted this session (role, reason, constraint codes)."""
+        return tuple(self.summary.overrides) + self.subject_overrides
+
+    @property
+    def session_id(self) -> int:
+        """The ledger's session id."""
+        return self.summary.session_id
+
+    @property
+    def uncertain(self) -> bool:
+        """The controller restarted mid-session; the device figures may have reconciled it."""
+        return self.summary.uncertain_reason is not None
+
+    @property
+    def reconciled(self) -> bool:
+        """An uncertain session whose delivered volume came from the device's own figures."""
+        return self.summary.reconcile_source is not None
+
+    @property
+    def completed(self) -> bool:
+        """Ended because the planned volume was reached."""
+        return self.summary.end_reason in COMPLETED_REASONS
+
+    def dose(self, context: ReportContext) -> float | None:
+        """Delivered drug in the lot's unit (from the concentration recorded at intent)."""
+        s = self.summary
+        if s.delivered_ul is None:
+            return None
+        per_ml = s.concentration_mg_per_ml  # named mg, holds the lot's unit per mL
+        if per_ml is None:
+            per_ml = context.amount_per_ml
+        return None if per_ml is None else s.delivered_ul / 1000.0 * per_ml
+
+    def local_day(self, timezone: str) -> date:
+        """The day (in the prescription's zone) the session belongs to: its intent."""
+        return self.summary.intent_at.utc.astimezone(ZoneInfo(timezone)).date()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgressPoint:
+    """One progress sample of a running session."""
+
+    utc: datetime
+    delivered_ul: int
+    flow_ul_min: int
+
+
+def _first_times(events: Iterable[LedgerEvent]) -> dict[int, dict[EventKind, datetime]]:
+    times: dict[int, dict[EventKind, datetime]] = {}
+    for event in events:
+        if event.session_id is not None:
+            times.setdefault(event.session_id, {}).setdefault(event.kind, event.at.utc)
+    return times
+
+
+def _attach_overrides(
+    summaries: Sequence[SessionSummary], overrides: Iterable[LedgerEvent]
+) -> dict[int, list[Mapping[str, Any]]]:
+    """Subject-level overrides (no session id) go to that subject's next session."""
+    attached: dict[int, list[Mapping[str, Any]]] = {}
+    for event in overrides:
+        if event.session_id is not None:
+            continue
+        following = [
+            s
+            for s in summaries
+            if s.subject_id == event.subject_id and s.intent_at.utc >= event.at.utc
+        ]
+        if following:
+            attached.setdefault(following[0].session_id, []).append(event.body)
+    return attached
+
+
+def read_sessions(
+    ledger: Ledger, *, subject_id: str | None = None, since: datetime | None = None
+) -> list[CourseSession]:
+    """Every session (of `subject_id`, intent at or after `since`), oldest first."""
+    summaries = ledger.summaries(since=since, subject_id=subject_id)
+    times = _first_times(ledger.events(kinds=_TIMES, since=since))
+    attached = _attach_overrides(summaries, ledger.events(kinds=[EventKind.OVERRIDE], since=since))
+    sessions = []
+    for s in summaries:
+        t: Mapping[EventKind, datetime] = times.get(s.session_id, {})
+        ended = t.get(EventKind.ENDED) or t.get(EventKind.START_REFUSED)
+        if ended is None and s.status is SessionStatus.UNCERTAIN:
+            ended = t.get(EventKind.UNCERTAIN)
+        sessions.append(
+            CourseSession(
+                summary=s,
+                started_utc=t.get(EventKind.STARTED),
+                ended_utc=ended,
+                reconciled_utc=t.get(EventKind.RECONCILED),
+                subject_overrides=tuple(attached.get(s.session_id, ())),
+            )
+        )
+    return sessions
+
+
+def read_progress(ledger: Ledger, session_id: int) -> list[ProgressPoint]:
+    """The session's progress samples (rate-bounded by the ledger), oldest first."""
+    points = []
+    for event in ledger.events(session_id=session_id, kinds=[EventKind.PROGRESS]):
+        body: Mapping[str, Any] = event.body
+        points.append(
+            ProgressPoint(
+                utc=event.at.utc,
+                delivered_ul=int(body["delivered_ul"]),
+                flow_ul_min=int(body["flow_ul_min"]),
+            )
+        )
+    return points

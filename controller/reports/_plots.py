@@ -1,0 +1,224 @@
+"""`nebuliser report plot`: delivery of one session, and a course overview (matplotlib).
+
+matplotlib is the optional extra `plots` so that the bedside install stays small;
+it is imported only here and only when a plot is drawn. Figures are drawn with the
+object-oriented API on the Agg canvas (no pyplot, no display, no global state).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._course import CourseSession, ProgressPoint, ReportContext
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "DEFAULT_PLOT_SIZE_PX",
+    "CoursePlotData",
+    "PlotsUnavailableError",
+    "plot_course",
+    "plot_session",
+]
+
+DEFAULT_PLOT_SIZE_PX = (1200, 700)
+_DPI = 100
+
+
+class PlotsUnavailableError(RuntimeError):
+    """matplotlib is not installed (the optional extra `plots`)."""
+
+
+def _figure(size_px: tuple[int, int]) -> Figure:
+    try:
+        figure_module = importlib.import_module("matplotlib.figure")
+    except ImportError:
+        raise PlotsUnavailableError(
+            "plots need matplotlib, which is the optional extra 'plots': run "
+            "`uv sync --extra plots` in the checkout (or `pip install 'nebuliser[plots]'`), "
+            "then try again. Reports as CSV and FHIR need no extra."
+        ) from None
+    width, height = size_px
+    figure: Figure = figure_module.Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    return figure
+
+
+def _save(figure: Figure, path: Path) -> None:
+    # No bbox_inches="tight": the PNG is exactly the requested size in pixels.
+    figure.savefig(path, format="png", dpi=_DPI)
+
+
+def _seconds(moment: datetime, origin: datetime) -> float:
+    return (moment - origin).total_seconds()
+
+
+def plot_session(
+    session: CourseSession,
+    progress: Sequence[ProgressPoint],
+    path: Path,
+    *,
+    size_px: tuple[int, int] = DEFAULT_PLOT_SIZE_PX,
+) -> None:
+    """Delivered volume and flow over time, with the cap and the alarms marked."""
+    s = session.summary
+    figure = _figure(size_px)
+    delivered_ax, flow_ax = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    origin = session.started_utc or s.intent_at.utc
+    times = [_seconds(p.utc, origin) for p in progress]
+    if progress:
+        delivered_ax.plot(times, [p.delivered_ul for p in progress], marker=".", label="delivered")
+        flow_ax.plot(times, [p.flow_ul_min for p in progress], marker=".", color="tab:green")
+    if session.ended_utc is not None and s.delivered_ul is not None:
+        end_s = _seconds(session.ended_utc, origin)
+        start_ul = progress[-1].delivered_ul if progress else 0
+        start_s = times[-1] if progress else 0.0
+        delivered_ax.plot(
+            [start_s, end_s],
+            [start_ul, s.delivered_ul],
+            linestyle="--",
+            color="tab:blue",
+            label="to recorded end" if progress else "start to end (no progress samples)",
+        )
+        delivered_ax.scatter([end_s], [s.delivered_ul], color="tab:blue", zorder=3)
+        delivered_ax.annotate(
+            f"{s.delivered_ul} µL ({s.end_reason})",
+            (end_s, s.delivered_ul),
+            textcoords="offset points",
+            xytext=(-10, -16),
+            ha="right",
+        )
+    delivered_ax.axhline(s.planned_cap_ul, color="tab:red", linestyle="-", label="planned cap")
+    if s.device_target_ul != s.planned_cap_ul:
+        delivered_ax.axhline(
+            s.device_target_ul, color="tab:orange", linestyle=":", label="device target"
+        )
+    for alarm in s.alarms:
+        if alarm.action.value != "raised":
+            continue
+        at_s = _seconds(alarm.utc, origin)
+        for ax in (delivered_ax, flow_ax):
+            ax.axvline(at_s, color="tab:purple", linestyle="-.", linewidth=1)
+        delivered_ax.annotate(
+            alarm.alarm_code,
+            (at_s, s.planned_cap_ul),
+            rotation=90,
+            va="top",
+            ha="right",
+            color="tab:purple",
+            fontsize=8,
+        )
+    flags = " — UNCERTAIN" if session.uncertain else ""
+    delivered_ax.set_title(
+        f"session {s.session_id}, subject {s.subject_id}, {s.status.value}{flags} "
+        f"(start {origin.strftime('%Y-%m-%d %H:%M:%S')} UTC)"
+    )
+    delivered_ax.set_ylabel("delivered (µL)")
+    delivered_ax.set_ylim(bottom=0, top=s.planned_cap_ul * 1.1)
+    delivered_ax.legend(loc="lower right")
+    delivered_ax.grid(visible=True, alpha=0.3)
+    flow_ax.set_ylabel("flow (µL/min)")
+    flow_ax.set_xlabel("seconds since start")
+    flow_ax.set_ylim(bottom=0)
+    flow_ax.grid(visible=True, alpha=0.3)
+    if not progress:
+        flow_ax.text(
+            0.5, 0.5, "no progress samples recorded", ha="center", transform=flow_ax.transAxes
+        )
+    _save(figure, path)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoursePlotData:
+    """Dose per day of one subject (pure; what the course plot draws)."""
+
+    days: tuple[date, ...]
+    delivered_dose: tuple[float, ...]
+    """Known delivered dose per day."""
+    unknown_dose: tuple[float, ...]
+    """Planned-cap dose of open/unreconciled sessions that day (counts against limits)."""
+
+    @classmethod
+    def from_sessions(
+        cls, sessions: Sequence[CourseSession], context: ReportContext
+    ) -> CoursePlotData:
+        """Group doses by day in the prescription's time zone."""
+        delivered: dict[date, float] = {}
+        unknown: dict[date, float] = {}
+        for cs in sessions:
+            day = cs.local_day(context.timezone)
+            delivered.setdefault(day, 0.0)
+            unknown.setdefault(day, 0.0)
+            status = cs.summary.status.value
+            if status in ("open", "uncertain"):
+                per_ml = cs.summary.concentration_mg_per_ml or context.amount_per_ml or 0.0
+                unknown[day] += cs.summary.planned_cap_ul / 1000.0 * per_ml
+            else:
+                delivered[day] += cs.dose(context) or 0.0
+        days = tuple(sorted(delivered))
+        return cls(
+            days=days,
+            delivered_dose=tuple(delivered[d] for d in days),
+            unknown_dose=tuple(unknown[d] for d in days),
+        )
+
+
+def plot_course(
+    sessions: Sequence[CourseSession],
+    context: ReportContext,
+    path: Path,
+    *,
+    size_px: tuple[int, int] = DEFAULT_PLOT_SIZE_PX,
+) -> CoursePlotData:
+    """Dose per day against the daily and per-session limits, cumulative against the course."""
+    data = CoursePlotData.from_sessions(sessions, context)
+    figure = _figure(size_px)
+    ax = figure.subplots()
+    labels = [d.isoformat() for d in data.days]
+    positions = list(range(len(labels)))
+    ax.bar(positions, data.delivered_dose, color="tab:blue", label="delivered")
+    if any(data.unknown_dose):
+        ax.bar(
+            positions,
+            data.unknown_dose,
+            bottom=data.delivered_dose,
+            color="none",
+            edgecolor="tab:red",
+            hatch="//",
+            label="open/uncertain (planned cap counts)",
+        )
+    if context.daily_dose_limit is not None:
+        ax.axhline(context.daily_dose_limit, color="tab:red", label="24 h limit")
+    if context.session_dose_limit is not None:
+        ax.axhline(
+            context.session_dose_limit, color="tab:orange", linestyle=":", label="session limit"
+        )
+    ax.set_xticks(positions, labels, rotation=30, ha="right")
+    ax.set_ylabel(f"dose per day ({context.dose_unit})")
+    ax.set_xlabel(f"day ({context.timezone})")
+    subject = sessions[0].summary.subject_id if sessions else "?"
+    ax.set_title(f"course of {subject}: dose per day against the limits")
+    ax.grid(visible=True, axis="y", alpha=0.3)
+    cumulative_ax: Any = ax.twinx()
+    running = 0.0
+    cumulative = []
+    for known, unknown in zip(data.delivered_dose, data.unknown_dose, strict=True):
+        running += known + unknown
+        cumulative.append(running)
+    cumulative_ax.plot(positions, cumulative, color="tab:gray", marker="o", label="cumulative")
+    if context.course_dose_limit is not None:
+        cumulative_ax.axhline(
+            context.course_dose_limit, color="tab:gray", linestyle="--", label="course limit"
+        )
+    cumulative_ax.set_ylabel(f"cumulative dose ({context.dose_unit})")
+    cumulative_ax.set_ylim(bottom=0)
+    handles, names = ax.get_legend_handles_labels()
+    more_handles, more_names = cumulative_ax.get_legend_handles_labels()
+    ax.legend(handles + more_handles, names + more_names, loc="upper left")
+    _save(figure, path)
+    return data

@@ -1,0 +1,146 @@
+"""`nebuliser report sessions`: one row per session as a table, CSV or JSON (pure)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from ._course import CourseSession, ReportContext
+
+__all__ = ["SessionRow", "render_csv", "render_json", "render_table", "session_rows"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRow:
+    """One session, flattened for a spreadsheet. Times are ISO 8601 UTC."""
+
+    session_id: int
+    subject_id: str
+    status: str
+    intent_utc: str
+    start_utc: str
+    end_utc: str
+    planned_cap_ul: int
+    delivered_ul: int | None
+    dose: float | None
+    dose_unit: str
+    drug: str
+    end_reason: str
+    end_source: str
+    alarms: str
+    """Raised alarm codes in order, separated by ";"."""
+    overrides: str
+    """"role: reason (codes)" for each recorded override, separated by ";"."""
+    uncertain: bool
+    reconciled: bool
+    counted_ul: int
+    """What counts against limits: delivered, or the planned cap while unknown."""
+
+
+def _iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.isoformat()
+
+
+def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> list[SessionRow]:
+    """Report rows for `sessions`, in order."""
+    rows = []
+    for cs in sessions:
+        s = cs.summary
+        unknown = s.status.value in ("open", "uncertain")
+        counted = s.planned_cap_ul if unknown else (s.delivered_ul or 0)
+        if s.status.value == "open" and s.delivered_ul is not None:
+            counted = max(counted, s.delivered_ul)
+        rows.append(
+            SessionRow(
+                session_id=s.session_id,
+                subject_id=s.subject_id,
+                status=s.status.value,
+                intent_utc=_iso(s.intent_at.utc),
+                start_utc=_iso(cs.started_utc),
+                end_utc=_iso(cs.ended_utc),
+                planned_cap_ul=s.planned_cap_ul,
+                delivered_ul=s.delivered_ul,
+                dose=cs.dose(context),
+                dose_unit=context.dose_unit,
+                drug=s.drug or context.drug or "",
+                end_reason=s.end_reason or "",
+                end_source=s.end_source or "",
+                alarms=";".join(a.alarm_code for a in s.alarms if a.action.value == "raised"),
+                overrides=";".join(
+                    f"{o.get('role')}: {o.get('reason')} "
+                    f"({','.join(str(c) for c in o.get('constraint_codes', []))})"
+                    for o in cs.overrides
+                ),
+                uncertain=cs.uncertain,
+                reconciled=cs.reconciled,
+                counted_ul=counted,
+            )
+        )
+    return rows
+
+
+_FIELDS = tuple(SessionRow.__dataclass_fields__)
+
+
+def render_csv(rows: Sequence[SessionRow]) -> str:
+    """RFC 4180 CSV with a header row (empty cells for unknown values)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=_FIELDS, lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        values: dict[str, Any] = asdict(row)
+        writer.writerow({k: "" if v is None else v for k, v in values.items()})
+    return out.getvalue()
+
+
+def render_json(rows: Sequence[SessionRow]) -> str:
+    """A JSON array of row objects (null for unknown values)."""
+    return json.dumps([asdict(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
+
+
+def _short_time(iso: str) -> str:
+    return iso[:16].replace("T", " ") if iso else "-"
+
+
+def render_table(rows: Sequence[SessionRow]) -> str:
+    """A fixed-width table for a terminal, with totals per subject underneath."""
+    if not rows:
+        return "no sessions recorded for this selection\n"
+    header = (
+        f"{'#':>5} {'subject':<12} {'status':<10} {'start (UTC)':<16} {'end (UTC)':<16} "
+        f"{'uL':>6} {'dose':>11} {'end reason':<18} flags"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        flags = []
+        if r.uncertain:
+            flags.append("UNCERTAIN" + (" reconciled" if r.reconciled else " unreconciled"))
+        if r.alarms:
+            flags.append(f"alarms {r.alarms}")
+        if r.overrides:
+            flags.append(f"override {r.overrides}")
+        delivered = "?" if r.delivered_ul is None else str(r.delivered_ul)
+        dose = "?" if r.dose is None else f"{r.dose:.4g}"
+        lines.append(
+            f"{r.session_id:>5} {r.subject_id:<12} {r.status:<10} "
+            f"{_short_time(r.start_utc or r.intent_utc):<16} {_short_time(r.end_utc):<16} "
+            f"{delivered:>6} {dose:>11} {r.end_reason or '-':<18} {'; '.join(flags)}"
+        )
+    lines.append("")
+    subjects = sorted({r.subject_id for r in rows})
+    for subject in subjects:
+        mine = [r for r in rows if r.subject_id == subject]
+        delivered_ul = sum(r.delivered_ul or 0 for r in mine)
+        doses = [r.dose for r in mine if r.dose is not None]
+        unit = mine[0].dose_unit
+        line = f"{subject}: {len(mine)} session(s), {delivered_ul} uL delivered"
+        if doses:
+            line += f" = {sum(doses):.4g} {unit}"
+        line += f"; {sum(r.counted_ul for r in mine)} uL count against limits"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
