@@ -15,7 +15,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from controller.config import NebuliserConfig
-from controller.dosing import SessionStatus
 from controller.ledger import EventKind, Ledger, LedgerEvent, SessionSummary
 
 __all__ = [
@@ -194,7 +193,8 @@ def read_sessions(
     for s in summaries:
         t: Mapping[EventKind, datetime] = times.get(s.session_id, {})
         ended = t.get(EventKind.ENDED) or t.get(EventKind.START_REFUSED)
-        if ended is None and s.status is SessionStatus.UNCERTAIN:
+        if ended is None:
+            # Uncertain (reconciled or not): the restarted controller's STOP at this time.
             ended = t.get(EventKind.UNCERTAIN)
         sessions.append(
             CourseSession(

@@ -79,7 +79,7 @@ def _dose(session: CourseSession, context: ReportContext) -> dict[str, Any] | No
     if amount is None or context.dose_unit not in _UCUM_CODES:
         return {"value": delivered / 1000, "unit": "mL", "system": UCUM, "code": "mL"}
     return {
-        "value": float(f"{amount:.6g}"),
+        "value": round(amount, 6),
         "unit": context.dose_unit,
         "system": UCUM,
         "code": _UCUM_CODES[context.dose_unit],

@@ -70,6 +70,9 @@ def plot_session(
     figure = _figure(size_px)
     delivered_ax, flow_ax = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     origin = session.started_utc or s.intent_at.utc
+    if progress and session.started_utc is not None:
+        # Nothing is delivered at the START ACK: draw from the origin.
+        progress = [ProgressPoint(utc=origin, delivered_ul=0, flow_ul_min=0), *progress]
     times = [_seconds(p.utc, origin) for p in progress]
     if progress:
         delivered_ax.plot(times, [p.delivered_ul for p in progress], marker=".", label="delivered")
@@ -115,7 +118,8 @@ def plot_session(
         )
     flags = " — UNCERTAIN" if session.uncertain else ""
     delivered_ax.set_title(
-        f"session {s.session_id}, subject {s.subject_id}, {s.status.value}{flags} "
+        f"session {s.session_id}, subject {s.subject_id}, {s.status.value}{flags}, "
+        f"end {s.end_reason or 'not recorded'} "
         f"(start {origin.strftime('%Y-%m-%d %H:%M:%S')} UTC)"
     )
     delivered_ax.set_ylabel("delivered (µL)")
@@ -216,9 +220,17 @@ def plot_course(
             context.course_dose_limit, color="tab:gray", linestyle="--", label="course limit"
         )
     cumulative_ax.set_ylabel(f"cumulative dose ({context.dose_unit})")
-    cumulative_ax.set_ylim(bottom=0)
+    tops = [*cumulative, context.course_dose_limit or 0.0]
+    cumulative_ax.set_ylim(bottom=0, top=max(tops) * 1.4 or 1.0)
+    day_tops = [
+        *(k + u for k, u in zip(data.delivered_dose, data.unknown_dose, strict=True)),
+        context.daily_dose_limit or 0.0,
+        context.session_dose_limit or 0.0,
+    ]
+    ax.set_ylim(bottom=0, top=max(day_tops) * 1.4 or 1.0)  # room for the legend
+    figure.subplots_adjust(bottom=0.18)
     handles, names = ax.get_legend_handles_labels()
     more_handles, more_names = cumulative_ax.get_legend_handles_labels()
-    ax.legend(handles + more_handles, names + more_names, loc="upper left")
+    ax.legend(handles + more_handles, names + more_names, loc="upper left", ncols=2)
     _save(figure, path)
     return data

@@ -112,7 +112,7 @@ def render_table(rows: Sequence[SessionRow]) -> str:
     if not rows:
         return "no sessions recorded for this selection\n"
     header = (
-        f"{'#':>5} {'subject':<12} {'status':<10} {'start (UTC)':<16} {'end (UTC)':<16} "
+        f"{'#':>5} {'subject':<12} {'status':<17} {'start (UTC)':<16} {'end (UTC)':<16} "
         f"{'uL':>6} {'dose':>11} {'end reason':<18} flags"
     )
     lines = [header, "-" * len(header)]
@@ -127,7 +127,7 @@ def render_table(rows: Sequence[SessionRow]) -> str:
         delivered = "?" if r.delivered_ul is None else str(r.delivered_ul)
         dose = "?" if r.dose is None else f"{r.dose:.4g}"
         lines.append(
-            f"{r.session_id:>5} {r.subject_id:<12} {r.status:<10} "
+            f"{r.session_id:>5} {r.subject_id:<12} {r.status:<17} "
             f"{_short_time(r.start_utc or r.intent_utc):<16} {_short_time(r.end_utc):<16} "
             f"{delivered:>6} {dose:>11} {r.end_reason or '-':<18} {'; '.join(flags)}"
         )
