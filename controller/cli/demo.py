@@ -1,41 +1,106 @@
-"""`nebuliser demo`: a simulated head, a controller with the pilot protocol, one full
-session with a live progress bar, a dose-limit refusal and an injected fault.
+"""`nebuliser demo`: simulated heads, controllers with the pilot protocol, a private
+Mosquitto and a ward view: one full session per bed with a live progress line read
+from MQTT, a dose-limit refusal, an injected fault whose alarm the ward station
+acknowledges over MQTT, and a summary that counts every published message and gap.
 
-Everything runs in this process on a real pty and a temporary data directory; the
-head is a fast simulated one (`--nominal-ul-min`, default 6000 µL/min) so the
-3 mL pilot dose takes about 30 s instead of 7.5 minutes.
+Everything runs in this process on real ptys, a private broker on a free loopback
+port and temporary data directories; the heads are fast simulated ones
+(`--nominal-ul-min`, default 6000 µL/min) so the 3 mL pilot dose takes about 30 s
+instead of 7.5 minutes. Without the `mosquitto` binary the demo says how to install
+it and runs without ward telemetry.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from controller.config import NebuliserConfig, load_config
 from controller.control import ControlClient, ControlUnavailableError
 from controller.service import run_service
+from controller.telemetry import (
+    AckRequest,
+    MosquittoBroker,
+    MosquittoMissingError,
+    MqttSettings,
+    WardModel,
+    WardMonitor,
+)
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
 from ._common import progress_bar
+from .monitor import render_ward
 
 __all__ = ["register"]
 
 _POLL_S = 0.2
-_BAR = 40
+_BAR = 12
+_BEDS_PER_LINE = 3
+_WARD = "demo-ward"
+_ROOT = "nebuliser/v1"
+_MAX_BEDS = 8
+# The demo's prescription is inline and unsigned: simulator bench only. (Conditional
+# while the [security] section lands; drop the condition once it is in every build.)
+_BENCH_SECURITY = (
+    "[security]\nrequire_signed_prescriptions = false\n"
+    if "security" in NebuliserConfig.model_fields
+    else ""
+)
 
 
-def _demo_config(directory: Path, port: str) -> NebuliserConfig:
+@dataclass(frozen=True, kw_only=True)
+class _Bed:
+    """One simulated bed: its head and its controller's configuration."""
+
+    number: int
+    sim: RunningSimulator
+    config: NebuliserConfig
+
+    @property
+    def name(self) -> str:
+        return f"bed-{self.number:02d}"
+
+    @property
+    def device_id(self) -> str:
+        return f"neb-demo-{self.number:02d}"
+
+
+def _mqtt_table(broker: MosquittoBroker | None, bed: str) -> str:
+    if broker is None:
+        return ""
+    return f"""
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+client_id = "ctl-{bed}"
+keepalive_s = 5
+telemetry_hz = 2
+reconnect_initial_s = 0.1
+reconnect_max_s = 1.0
+"""
+
+
+def _demo_config(
+    directory: Path, port: str, *, number: int, broker: MosquittoBroker | None
+) -> NebuliserConfig:
     today = datetime.now(UTC).date()
+    bed = f"bed-{number:02d}"
     text = f"""
 [device]
 port = "{port}"
-device_id = "neb-demo"
-ward = "demo-ward"
-bed = "bed-01"
+device_id = "neb-demo-{number:02d}"
+ward = "{_WARD}"
+bed = "{bed}"
 [storage]
 data_dir = "{directory / "data"}"
 free_space_floor_mb = 1
@@ -43,8 +108,8 @@ free_space_floor_mb = 1
 confirm_timeout_s = 30
 [clock]
 mode = "system"   # demo only: a Pi at the bedside uses "ntp"
-[prescription]
-subject_id = "PILOT-001"
+{_BENCH_SECURITY}[prescription]
+subject_id = "PILOT-{number:03d}"
 protocol_id = "EXO-PILOT-01"
 drug = "exosome vesicles (inhaled)"
 timezone = "UTC"
@@ -69,7 +134,8 @@ course_start = {today}
 course_end = {today + timedelta(days=4)}
 max_session_duration_s = 1200
 output_pct = 100
-"""
+{_mqtt_table(broker, bed)}"""
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "demo.toml"
     path.write_text(text, encoding="utf-8")
     return load_config(path)
@@ -92,96 +158,266 @@ async def _wait_ready(config: NebuliserConfig) -> None:
     raise RuntimeError("the controller did not come up within 5 s")
 
 
-async def _start(config: NebuliserConfig, sim: RunningSimulator) -> dict[str, Any]:
-    async with ControlClient(path=config.control_socket) as client:
+async def _start(bed: _Bed, *, say: bool = True) -> dict[str, Any]:
+    async with ControlClient(path=bed.config.control_socket) as client:
         await client.send("session.start")
         message = await client.receive()
         if message.get("event") == "awaiting_confirm":
-            print(f"  start {message['cap_ul']} µL requested; pressing CONFIRM on the head…")
-            sim.apply(lambda model, now: model.press_confirm_button(now_ms=now))
+            if say:
+                print(
+                    f"  {bed.name}: start {message['cap_ul']} µL requested; "
+                    "pressing CONFIRM on the head…"
+                )
+            bed.sim.apply(lambda model, now: model.press_confirm_button(now_ms=now))
             message = await client.receive()
         return message
 
 
+@contextlib.asynccontextmanager
+async def _private_broker(
+    directory: Path, *, wanted: bool
+) -> AsyncIterator[MosquittoBroker | None]:
+    """A private Mosquitto on a free loopback port, or None (not wanted / not installed)."""
+    if not wanted:
+        yield None
+        return
+    workdir = directory / "mosquitto"
+    workdir.mkdir()
+    try:
+        broker = MosquittoBroker(workdir=workdir)
+    except MosquittoMissingError as exc:
+        print(f"note: {exc}.\n      The demo runs without ward telemetry (MQTT).")
+        yield None
+        return
+    broker.start()
+    try:
+        print(f"private MQTT broker (Mosquitto) on {broker.url}")
+        yield broker
+    finally:
+        broker.stop()
+
+
+@contextlib.asynccontextmanager
+async def _ward_monitor(broker: MosquittoBroker | None) -> AsyncIterator[WardMonitor | None]:
+    """The ward station: a monitor subscribed to the demo ward (None without MQTT)."""
+    if broker is None:
+        yield None
+        return
+    settings = MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        client_id="demo-station",
+        reconnect_initial_s=0.1,
+        reconnect_max_s=1.0,
+    )
+    monitor = WardMonitor(
+        settings=settings, model=WardModel(root_topic=_ROOT), sender="ward-station", ward=_WARD
+    )
+    async with asyncio.TaskGroup() as group:
+        group.create_task(monitor.run())
+        await asyncio.wait_for(monitor.connected.wait(), 10)
+        try:
+            yield monitor
+        finally:
+            monitor.request_stop()
+
+
 async def _run_demo(args: argparse.Namespace) -> int:
+    count = args.beds
     with tempfile.TemporaryDirectory(prefix="nebuliser-demo-") as tmp:
-        model = DeviceModel(
-            nominal_ul_min=args.nominal_ul_min, fill_ul=3200, serial="SIM-DEMO", seed=1
-        )
-        async with run_pty_simulator(model) as sim:
-            config = _demo_config(Path(tmp), sim.device_path)
-            print(f"simulated MN-1 head on {sim.device_path} ({args.nominal_ul_min} µL/min)")
+        root = Path(tmp)
+        async with (
+            _private_broker(root, wanted=not args.no_mqtt) as broker,
+            _ward_monitor(broker) as monitor,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            beds = []
+            for number in range(1, count + 1):
+                model = DeviceModel(
+                    nominal_ul_min=args.nominal_ul_min,
+                    fill_ul=3200,
+                    serial=f"SIM-DEMO-{number:02d}",
+                    seed=number,
+                )
+                sim = await stack.enter_async_context(run_pty_simulator(model))
+                config = _demo_config(
+                    root / f"bed-{number:02d}", sim.device_path, number=number, broker=broker
+                )
+                beds.append(_Bed(number=number, sim=sim, config=config))
+                print(
+                    f"{_WARD}/bed-{number:02d}: simulated MN-1 head on {sim.device_path} "
+                    f"({args.nominal_ul_min} µL/min)"
+                )
             stop = asyncio.Event()
             async with asyncio.TaskGroup() as group:
-                service = group.create_task(run_service(config, stop_requested=stop))
+                services = [
+                    group.create_task(run_service(bed.config, stop_requested=stop)) for bed in beds
+                ]
                 try:
-                    await _wait_ready(config)
-                    code = await _scenario(config, sim)
+                    for bed in beds:
+                        await _wait_ready(bed.config)
+                    code = await _scenario(beds, monitor)
                 finally:
                     stop.set()
-                await service
+                for service in services:
+                    await service
+            if monitor is not None:
+                await asyncio.sleep(0.5)  # the last messages and "offline (shutdown)"
+                code = _telemetry_summary(beds, monitor) or code
         return code
 
 
-async def _scenario(config: NebuliserConfig, sim: RunningSimulator) -> int:
-    print("1. pilot session: 2.0×10⁸ vesicles in 3000 µL")
-    reply = await _start(config, sim)
-    if not reply.get("started"):
-        print(f"  not started: {reply.get('reasons')}")
-        return 1
-    while True:
-        status = await _status(config)
-        session = status.get("session")
-        if session is None and status.get("last_session"):
-            break
-        if session:
-            bar = progress_bar(
-                session["delivered_ul"], session["cap_ul"], width=_BAR, fill="█", empty="·"
-            )
-            print(
-                f"\r  [{bar}] "
-                f"{session['delivered_ul']:5d}/{session['cap_ul']} µL "
-                f"{session['flow_ul_min']:5d} µL/min",
-                end="",
-                flush=True,
-            )
+async def _run_sessions(beds: list[_Bed], monitor: WardMonitor | None) -> list[dict[str, Any]]:
+    replies = await asyncio.gather(*(_start(bed) for bed in beds))
+    for bed, reply in zip(beds, replies, strict=True):
+        if not reply.get("started"):
+            raise RuntimeError(f"{bed.name}: not started: {reply.get('reasons')}")
+    ended: dict[int, dict[str, Any]] = {}
+    # One overwritten line while it fits a terminal; with many beds a line a second.
+    overwrite = len(beds) <= _BEDS_PER_LINE
+    last_print_s = 0.0
+    while len(ended) < len(beds):
+        cells = []
+        for bed in beds:
+            status = await _status(bed.config)
+            if status.get("session") is None and status.get("last_session"):
+                ended.setdefault(bed.number, status["last_session"])
+            cells.append(_progress_cell(bed, status, monitor))
+        if overwrite:
+            print("\r  " + " | ".join(cells), end="", flush=True)
+        elif time.monotonic() - last_print_s >= 1.0:
+            last_print_s = time.monotonic()
+            print("  " + " | ".join(cells), flush=True)
         await asyncio.sleep(_POLL_S)
-    last = status["last_session"]
-    print(
-        f"\n  ended: {last['delivered_ul']} µL = {last['dose']:.3g} {last['dose_unit']}, "
-        f"device reason {last['device_reason']}, host reason {last['host_reason']}"
-    )
-    print("2. a second dose the same day (the dose engine must refuse it)")
-    refused = await _start(config, sim)
+    if overwrite:
+        print()
+    return [ended[bed.number] for bed in beds]
+
+
+def _progress_cell(bed: _Bed, status: dict[str, Any], monitor: WardMonitor | None) -> str:
+    """One bed's progress, as the ward station sees it over MQTT when there is one."""
+    delivered = cap = 0
+    rows = monitor.model.rows(now_s=time.monotonic()) if monitor is not None else []
+    row = next((r for r in rows if r.bed == bed.name), None)
+    if status.get("session") is None and status.get("last_session"):
+        delivered = cap = status["last_session"]["delivered_ul"]
+    elif row is not None and row.cap_ul:
+        delivered, cap = row.delivered_ul or 0, row.cap_ul
+    elif status.get("session"):
+        delivered, cap = status["session"]["delivered_ul"], status["session"]["cap_ul"]
+    bar = progress_bar(delivered, cap, width=_BAR, fill="█", empty="·")
+    return f"{bed.name} [{bar}] {delivered:4d}/{cap} µL"
+
+
+async def _scenario(beds: list[_Bed], monitor: WardMonitor | None) -> int:
+    first = beds[0]
+    print(f"1. pilot session on {len(beds)} bed(s): 2.0×10⁸ vesicles in 3000 µL each")
+    try:
+        endings = await _run_sessions(beds, monitor)
+    except RuntimeError as exc:
+        print(f"  {exc}")
+        return 1
+    for bed, last in zip(beds, endings, strict=True):
+        print(
+            f"  {bed.name} ended: {last['delivered_ul']} µL = {last['dose']:.3g} "
+            f"{last['dose_unit']}, device reason {last['device_reason']}, "
+            f"host reason {last['host_reason']}"
+        )
+    print(f"2. a second dose the same day on {first.name} (the dose engine must refuse it)")
+    refused = await _start(first)
     for reason in refused.get("reasons", []):
         print(f"  refused: {reason}")
-    print("3. injected fault: nebuliser head disconnected")
-    sim.apply(lambda model, now: model.set_condition("head_disconnected", True, now_ms=now))
+    print(f"3. injected fault on {first.name}: nebuliser head disconnected")
+    first.sim.apply(lambda model, now: model.set_condition("head_disconnected", True, now_ms=now))
     await asyncio.sleep(0.5)
-    for alarm in (await _status(config))["alarms"]:
+    alarms = (await _status(first.config))["alarms"]
+    for alarm in alarms:
         print(f"  ALARM {alarm['priority'].upper()} {alarm['code']}: {alarm['message']}")
-    truth = sim.truth()
+    if monitor is not None and alarms:
+        await _acknowledge_from_ward(monitor, first, alarms[0]["code"])
+        _print_ward(monitor)
+    last = endings[0]
+    truth = first.sim.truth()
     print(
         f"summary: delivered {last['delivered_ul']} µL (device truth "
         f"{truth.total_delivered_ul:.0f} µL), dose {last['dose']:.3g} vesicles, "
         f"second dose refused: {not refused.get('started')}"
     )
-    return 0 if last["delivered_ul"] <= last["cap_ul"] and not refused.get("started") else 1
+    within_cap = all(e["delivered_ul"] <= e["cap_ul"] for e in endings)
+    return 0 if within_cap and not refused.get("started") else 1
+
+
+async def _acknowledge_from_ward(monitor: WardMonitor, bed: _Bed, code: str) -> None:
+    """The ward station acknowledges over MQTT; the controller applies it and says so."""
+    print(f"  the ward station acknowledges {code} over MQTT…")
+    monitor.acknowledge(
+        AckRequest(ward=_WARD, bed=bed.name, device_id=bed.device_id, alarm_code=code)
+    )
+    for _ in range(50):
+        row = next(
+            (r for r in monitor.model.rows(now_s=time.monotonic()) if r.bed == bed.name), None
+        )
+        acked = [a for a in (row.alarms if row else []) if a.alarm_code == code and a.acknowledged]
+        if acked:
+            print(f"  {bed.name} confirms: {code} acknowledged by {acked[0].acknowledged_by}")
+            return
+        await asyncio.sleep(0.1)
+    print(f"  {bed.name} did not confirm the acknowledgement within 5 s")
+
+
+def _print_ward(monitor: WardMonitor) -> None:
+    rows = monitor.model.rows(now_s=time.monotonic())
+    Console(width=140).print(render_ward(rows, title=f"ward {_WARD} (as the ward station sees it)"))
+
+
+def _telemetry_summary(beds: list[_Bed], monitor: WardMonitor) -> int:
+    """Counted by the subscriber: messages per bed, gaps, duplicates, offline at the end."""
+    print("ward telemetry (counted by the ward station's subscriber):")
+    failed = 0
+    rows = {r.bed: r for r in monitor.model.rows(now_s=time.monotonic())}
+    for bed in beds:
+        tracker = monitor.model.tracker(bed.device_id)
+        gaps = len(tracker.missing_since_s) + tracker.unrecoverable
+        row = rows.get(bed.name)
+        online = "offline" if row is not None and row.online is False else "online?"
+        print(
+            f"  {bed.name}: {len(tracker.seen)} messages published and received, "
+            f"gaps {gaps}, duplicates dropped {tracker.duplicates}, now {online}"
+        )
+        failed |= gaps != 0 or not tracker.seen
+    return 1 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not 1 <= args.beds <= _MAX_BEDS:
+        print(f"nebuliser demo: --beds must be 1 to {_MAX_BEDS}, got {args.beds}")
+        return 2
     return asyncio.run(_run_demo(args))
 
 
 def register(subparsers: Any) -> None:
     """Add `demo`."""
     parser = subparsers.add_parser(
-        "demo", help="one-command demo: simulated head + controller + a full pilot session"
+        "demo",
+        help="one-command demo: simulated heads + controllers + a private MQTT broker "
+        "and ward view + a full pilot session",
     )
     parser.add_argument(
         "--nominal-ul-min",
         type=int,
         default=6000,
         help="simulated head output (µL/min); default 6000 = accelerated",
+    )
+    parser.add_argument(
+        "--beds",
+        type=int,
+        default=1,
+        help=f"simulated beds on the demo ward (1-{_MAX_BEDS}; each its own head, "
+        "controller and data directory)",
+    )
+    parser.add_argument(
+        "--no-mqtt",
+        action="store_true",
+        help="skip the private broker and the ward view (no 'mosquitto' needed)",
     )
     parser.set_defaults(handler=_demo)

@@ -15,25 +15,32 @@ from typing import Any
 
 from controller.alarms import AlarmCode, AlarmNotActiveError
 from controller.clock import Clock, ClockTrustMonitor, ClockTrustPolicy, SystemClock
-from controller.config import NebuliserConfig
+from controller.config import (
+    LoadedPrescription,
+    NebuliserConfig,
+    PrescriptionSourceError,
+    load_service_prescription,
+)
 from controller.control import ControlError, ControlRequest, ControlServer, Reply
 from controller.dosing import Override
 from controller.ledger import LEDGER_FILE_NAME, Ledger, LedgerError
 from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
 
+from ._commands import security_task
 from ._confirm import confirm_at_bedside
 from ._recorder import Recorder
 from ._supervisor import TICK_MS, Supervisor
 from ._systemd import systemd_notify_task
 from ._telemetry import run_telemetry, telemetry_publications
 
-__all__ = ["EXIT_LEDGER", "EXIT_PORT", "ServiceContext", "run_service"]
+__all__ = ["EXIT_LEDGER", "EXIT_PORT", "EXIT_PRESCRIPTION", "ServiceContext", "run_service"]
 
 _log = get_logger(__name__)
 
 EXIT_PORT = 3
 EXIT_LEDGER = 4
+EXIT_PRESCRIPTION = 5
 _SHUTDOWN_STOP_WAIT_S = 3.0
 
 
@@ -172,6 +179,7 @@ class ServiceContext:
     recorder: Recorder[Ledger]
     clock: Clock
     stop_requested: asyncio.Event
+    prescription_source: LoadedPrescription | None = None
 
 
 def _service_tasks(ctx: ServiceContext) -> list[Coroutine[Any, Any, None]]:
@@ -179,6 +187,7 @@ def _service_tasks(ctx: ServiceContext) -> list[Coroutine[Any, Any, None]]:
     tasks: list[Coroutine[Any, Any, None]] = [systemd_notify_task(ctx)]
     if ctx.config.mqtt is not None:
         tasks.append(run_telemetry(ctx))
+    tasks.append(security_task(ctx))  # audit log; signed commands with [mqtt] and [security]
     return tasks
 
 
@@ -192,9 +201,15 @@ async def run_service(
 
     `clock` is injectable so that tests step the wall clock without touching the machine's.
     """
-    prescription = config.prescription
-    if prescription is None:
-        raise ValueError("run_service needs a configuration with a [prescription] section")
+    try:
+        loaded = load_service_prescription(config)  # signed unless explicitly not required
+    except PrescriptionSourceError as exc:
+        _log.error("prescription refused", error=str(exc))
+        print(f"nebuliser serve: {exc}")  # noqa: T201 - the operator must see this
+        return EXIT_PRESCRIPTION
+    prescription = loaded.prescription
+    # From here on every part (supervisor, telemetry, audit) sees the verified prescription.
+    config = config.model_copy(update={"prescription": prescription})
     bind_device(config.device.device_id)
     clock = clock if clock is not None else SystemClock()
     trust = ClockTrustMonitor(
@@ -237,6 +252,7 @@ async def run_service(
                         recorder=recorder,
                         clock=clock,
                         stop_requested=stop_requested,
+                        prescription_source=loaded,
                     )
                     await _serve(context)
             except PortInUseError as exc:

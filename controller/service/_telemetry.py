@@ -364,16 +364,32 @@ class _Sampler:
         age_ms = None if status is None else int((now_s - self._status_seen_at_s) * 1000)
         session = sup.session
         running = session is not None and sup.state.value in ("nebulising", "stopping")
+        # Idle: the last session's figures, so the ward view shows how it ended.
+        last = sup.sessions_ended[-1] if session is None and sup.sessions_ended else None
+        if session is not None:
+            session_id, delivered_ul, cap_ul = (
+                session.session_id,
+                session.delivered_ul,
+                session.cap_ul,
+            )
+        elif last is not None:
+            session_id, delivered_ul, cap_ul = (
+                int(last["session_id"]),
+                int(last["delivered_ul"]),
+                int(last["cap_ul"]),
+            )
+        else:
+            session_id, delivered_ul, cap_ul = None, 0, 0
         entries = [
             outbox_entry(
                 self._identity,
                 root_topic=self._root,
                 schema="nebuliser.telemetry",
                 utc=utc,
-                session_id=session.session_id if session is not None else None,
+                session_id=session_id,
                 running=running,
-                delivered_ul=session.delivered_ul if session is not None else 0,
-                cap_ul=session.cap_ul if session is not None else 0,
+                delivered_ul=max(0, delivered_ul),
+                cap_ul=max(0, cap_ul),
                 flow_ul_min=max(0, status.flow_ul_min) if status is not None else 0,
                 reservoir_ul=max(0, status.reservoir_ul) if status is not None else None,
                 temperature_cC=status.mesh_temp_cC if status is not None else None,

@@ -8,8 +8,17 @@ from pathlib import Path
 from controller.config import NebuliserConfig, load_config
 
 
+#: Test configs carry an inline (unsigned) prescription: bench only.
+BENCH_SECURITY = "[security]\nrequire_signed_prescriptions = false"
+
+
 def write_config(
-    tmp_path: Path, *, port: str, session_ul: int = 200, extra: str = ""
+    tmp_path: Path,
+    *,
+    port: str,
+    session_ul: int = 200,
+    extra: str = "",
+    security: str = BENCH_SECURITY,
 ) -> tuple[Path, NebuliserConfig]:
     """A config with a small daily dose, system clock, data dir in tmp_path."""
     today = datetime.now(UTC).date()
@@ -25,6 +34,7 @@ free_space_floor_mb = 1
 confirm_timeout_s = 10
 [clock]
 mode = "system"
+{security}
 [prescription]
 subject_id = "TEST-001"
 protocol_id = "EXO-PILOT-01"
