@@ -9,17 +9,27 @@ errors, never silently ignored: a typo in a limit must not fall back to a defaul
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from controller.dosing import Prescription
+from controller.security import (
+    PrescriptionSignatureError,
+    SecuritySettings,
+    SenderRegistry,
+    canonical_json,
+    load_verified_prescription_bytes,
+    signature_path_for,
+)
 from controller.telemetry._settings import MqttSettings
 
 __all__ = [
@@ -28,10 +38,15 @@ __all__ = [
     "ConfigIssue",
     "ControlSettings",
     "DeviceSettings",
+    "LoadedPrescription",
     "NebuliserConfig",
+    "PrescriptionSourceError",
+    "SecuritySettings",
     "SessionSettings",
     "StorageSettings",
     "load_config",
+    "load_service_prescription",
+    "prescription_from_toml_bytes",
 ]
 
 _SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -160,11 +175,39 @@ class NebuliserConfig(BaseSettings):
     control: ControlSettings = ControlSettings()
     clock: ClockSettings = ClockSettings()
     prescription: Prescription | None = Field(
-        default=None, description="The prescription / trial protocol (docs/dosing.md)."
+        default=None,
+        description="The prescription / trial protocol inline (docs/dosing.md); "
+        "unsigned, so `nebuliser serve` refuses it unless "
+        "[security].require_signed_prescriptions = false.",
+    )
+    prescription_file: Path | None = Field(
+        default=None,
+        description="A pharmacy-signed prescription file (its [prescription] table) with "
+        "its detached signature FILE.sig next to it (docs/security.md); relative paths "
+        "are resolved against the configuration file's directory.",
     )
     mqtt: MqttSettings | None = Field(
         default=None, description="Ward telemetry broker; omit to run without MQTT."
     )
+    security: SecuritySettings | None = Field(
+        default=None,
+        description="Signed remote commands and prescription signing (docs/security.md); "
+        "omitted = defaults: signed prescriptions required, no remote commands.",
+    )
+
+    @model_validator(mode="after")
+    def _one_prescription_source(self) -> NebuliserConfig:
+        if self.prescription is not None and self.prescription_file is not None:
+            raise ValueError(
+                "give the prescription either inline ([prescription]) or as a signed file "
+                "(prescription_file = ...), not both"
+            )
+        return self
+
+    @property
+    def effective_security(self) -> SecuritySettings:
+        """The [security] section, or its defaults when the section is omitted."""
+        return self.security if self.security is not None else SecuritySettings()
 
     @property
     def control_socket(self) -> Path:
@@ -287,10 +330,110 @@ def load_config(
             ) from None
     token = _FILE_DATA.set(file_data)
     try:
-        return NebuliserConfig(**(overrides or {}))
+        config = NebuliserConfig(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(
             source, _issues_from(exc, _deep_merge(file_data, overrides or {}))
         ) from None
     finally:
         _FILE_DATA.reset(token)
+    rx_file = config.prescription_file
+    if path is not None and rx_file is not None and not rx_file.is_absolute():
+        config = config.model_copy(update={"prescription_file": path.parent / rx_file})
+    return config
+
+
+class PrescriptionSourceError(Exception):
+    """The controller may not use the configured prescription; the message says why and
+    how to fix it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedPrescription:
+    """The prescription a controller runs with, and where it came from (for the audit log)."""
+
+    prescription: Prescription
+    source: str
+    sha256: str
+    signed_by: str | None
+
+
+def prescription_from_toml_bytes(data: bytes, source: Path) -> Prescription:
+    """Parse a prescription file's bytes (exactly one [prescription] table).
+
+    Raises PrescriptionSourceError naming `source` and what is wrong.
+    """
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise PrescriptionSourceError(f"{source}: not valid UTF-8 TOML: {exc}") from None
+    table = document.get("prescription")
+    if not isinstance(table, dict) or set(document) != {"prescription"}:
+        raise PrescriptionSourceError(
+            f"{source}: a prescription file holds exactly one [prescription] table (with its "
+            "[prescription.lot], [prescription.arm] and [prescription.limits] sub-tables) "
+            f"and nothing else; found top-level keys {sorted(document)}"
+        )
+    try:
+        return Prescription.model_validate(table)
+    except ValidationError as exc:
+        raise PrescriptionSourceError(f"{source}: invalid prescription: {exc}") from None
+
+
+def load_service_prescription(config: NebuliserConfig) -> LoadedPrescription:
+    """The prescription `nebuliser serve` may run with, checked against [security].
+
+    With `require_signed_prescriptions` on (the default, also when [security] is
+    omitted) only `prescription_file` with a valid pharmacy signature (`FILE.sig`) is
+    accepted; an inline [prescription] is refused. A present but invalid signature is
+    always refused. Raises PrescriptionSourceError naming what to fix.
+    """
+    security = config.effective_security
+    require = security.require_signed_prescriptions
+    if config.prescription_file is not None:
+        path = config.prescription_file
+        registry = SenderRegistry.from_settings(security)
+        try:
+            data = load_verified_prescription_bytes(
+                path, pharmacy_keys=registry.pharmacy_keys(), require_signed=require
+            )
+        except PrescriptionSignatureError as exc:
+            raise PrescriptionSourceError(str(exc)) from None
+        signed_by = None
+        sig_path = signature_path_for(path)
+        if sig_path.exists():
+            # Verified above; the key id is read again only to name the signer in the record.
+            try:
+                signed_by = str(json.loads(sig_path.read_bytes()).get("key_id"))
+            except (OSError, ValueError, AttributeError):
+                signed_by = "(signature file changed after verification)"
+        return LoadedPrescription(
+            prescription=prescription_from_toml_bytes(data, path),
+            source=str(path),
+            sha256=hashlib.sha256(data).hexdigest(),
+            signed_by=signed_by,
+        )
+    if config.prescription is None:
+        raise PrescriptionSourceError(
+            'the configuration has no prescription: set prescription_file = "rx.toml" '
+            "(pharmacy-signed, with rx.toml.sig) or, for bench tests only, an inline "
+            "[prescription] table (see `nebuliser config example`)"
+        )
+    if require:
+        raise PrescriptionSourceError(
+            "the prescription is inline in the configuration and unsigned, but signed "
+            "prescriptions are required ([security].require_signed_prescriptions, default "
+            "on). Move the [prescription] tables to their own file, have the pharmacy sign "
+            "it (`nebuliser prescription sign --key KEY --key-id ID rx.toml`), set "
+            'prescription_file = "rx.toml" and list the pharmacy key in '
+            '[[security.senders]] (role = "pharmacy"). On a bench with the simulator '
+            "only: set [security] require_signed_prescriptions = false "
+            "(or NEBULISER_SECURITY__REQUIRE_SIGNED_PRESCRIPTIONS=false)."
+        )
+    prescription = config.prescription
+    return LoadedPrescription(
+        prescription=prescription,
+        source="inline [prescription] (unsigned)",
+        sha256=hashlib.sha256(canonical_json(prescription.model_dump(mode="json"))).hexdigest(),
+        signed_by=None,
+    )

@@ -22,10 +22,11 @@ def _serve(args: argparse.Namespace) -> int:
         host, _, port = args.broker.removeprefix("mqtt://").partition(":")
         extra["mqtt"] = {"host": host, **({"port": int(port)} if port else {})}
     config = config_from_args(args, **extra)
-    if config.prescription is None:
+    if config.prescription is None and config.prescription_file is None:
         print(
-            "nebuliser serve: the configuration has no [prescription] section; a controller "
-            "cannot admit any dose without one (see `nebuliser config example`)",
+            "nebuliser serve: the configuration has no prescription (prescription_file or "
+            "[prescription]); a controller cannot admit any dose without one "
+            "(see `nebuliser config example`)",
             file=sys.stderr,
         )
         return EXIT_CONFIG

@@ -1,0 +1,283 @@
+"""The service's audit log: what happened, hash-chained in ``<data-dir>/audit.sqlite3``.
+
+Record third: audit appends run on their own writer thread (a `Recorder`), after
+the action they describe; nothing on the STOP path waits for them.
+
+What is recorded, and from where:
+- at start-up: the configuration hash and the prescription (hash, source, signer);
+- remote commands (accepted or refused) and start-request outcomes, by the command
+  intake (`_commands.py`), right after acting;
+- decisions, overrides, alarms and acknowledgements, *mirrored* from the dose ledger
+  (the ledger is written first, by the supervisor; `mirror_ledger` copies each new
+  event once, tagged with the ledger id and event id, so a crash between the two
+  writes is caught up at the next start and nothing is audited twice);
+- anchors: every `ANCHOR_INTERVAL_S`, after each session end and at shutdown an
+  anchor record is appended and its INDEX:HASH published (docs/security.md §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from controller.clock import Clock
+from controller.config import LoadedPrescription, NebuliserConfig
+from controller.ledger import LEDGER_FILE_NAME, AlarmAction, EventKind, Ledger, LedgerEvent
+from controller.logging import get_logger
+from controller.security import AUDIT_DB_NAME, AuditHead, AuditKind, AuditLog, canonical_json
+
+from ._recorder import Recorder
+
+__all__ = [
+    "ANCHOR_INTERVAL_S",
+    "MIRRORED_LEDGER_KINDS",
+    "HeadPublisher",
+    "ServiceAudit",
+    "anchor_body",
+    "config_sha256",
+    "run_audit",
+]
+
+_log = get_logger(__name__)
+
+#: How often the audit head is anchored (recorded and published) while running.
+ANCHOR_INTERVAL_S: Final = 900.0
+#: How often new ledger events are copied into the audit log.
+MIRROR_INTERVAL_S: Final = 1.0
+#: Events written this long before the previous poll started are still looked for
+#: (the ledger writer thread may commit an event a little after stamping it).
+_MIRROR_OVERLAP: Final = timedelta(seconds=60)
+#: A full scan of the ledger every so often, whatever the clock did.
+_FULL_SCAN_EVERY: Final = 300
+
+MIRRORED_LEDGER_KINDS: Final = frozenset({EventKind.DECISION, EventKind.OVERRIDE, EventKind.ALARM})
+
+
+def config_sha256(config: NebuliserConfig) -> str:
+    """SHA-256 of the effective configuration (canonical JSON; secrets appear masked)."""
+    return hashlib.sha256(canonical_json(config.model_dump(mode="json"))).hexdigest()
+
+
+def _audit_kind(event: LedgerEvent) -> AuditKind:
+    if event.kind is EventKind.ALARM:
+        if event.body.get("action") == str(AlarmAction.ACKNOWLEDGED):
+            return AuditKind.ACKNOWLEDGEMENT
+        return AuditKind.ALARM
+    if event.kind is EventKind.OVERRIDE:
+        return AuditKind.OVERRIDE
+    return AuditKind.DECISION
+
+
+class _Stores:
+    """Lives on the audit writer thread: the audit log and a read-only ledger view."""
+
+    def __init__(self, *, data_dir: Path, hmac_key: bytes | None) -> None:
+        self.data_dir = data_dir
+        self.log = AuditLog.in_data_dir(data_dir, hmac_key=hmac_key)
+        self._reader: Ledger | None = None
+        self._watermark: dict[str, int] = {}
+        self._last_poll_utc: datetime | None = None
+        self._polls = 0
+
+    def close(self) -> None:
+        self.log.close()
+        if self._reader is not None:
+            self._reader.close()
+
+    def _mirrored_up_to(self, ledger_id: str) -> int:
+        if ledger_id not in self._watermark:
+            with contextlib.closing(sqlite3.connect(self.data_dir / AUDIT_DB_NAME)) as conn:
+                row = conn.execute(
+                    "SELECT max(json_extract(body_json, '$.ledger_event_id')) FROM audit_log "
+                    "WHERE json_extract(body_json, '$.ledger_id') = ?",
+                    (ledger_id,),
+                ).fetchone()
+            self._watermark[ledger_id] = int(row[0]) if row and row[0] is not None else 0
+        return self._watermark[ledger_id]
+
+    def mirror(self, now: datetime) -> int:
+        """Copy ledger events not yet in the audit log; returns how many were copied."""
+        if self._reader is None:
+            path = self.data_dir / LEDGER_FILE_NAME
+            if not path.exists():
+                return 0
+            self._reader = Ledger.open(path, read_only=True)
+        ledger_id = self._reader.ledger_id
+        after = self._mirrored_up_to(ledger_id)
+        # Normally only recent events are read; a full scan at start, now and then, and
+        # whenever the wall clock went backwards (events could carry older stamps).
+        last = self._last_poll_utc
+        full = last is None or now < last or self._polls % _FULL_SCAN_EVERY == 0
+        since = None if full or last is None else last - _MIRROR_OVERLAP
+        self._last_poll_utc = now
+        self._polls += 1
+        events = self._reader.events(kinds=MIRRORED_LEDGER_KINDS, since=since)
+        copied = 0
+        for event in events:
+            if event.event_id <= after:
+                continue
+            body = {
+                "ledger_id": ledger_id,
+                "ledger_event_id": event.event_id,
+                "ledger_utc": event.at.utc.isoformat(),
+                "session_id": event.session_id,
+                "subject_id": event.subject_id,
+                "event": dict(event.body),
+            }
+            self.log.append(_audit_kind(event), body, now=now)
+            self._watermark[ledger_id] = event.event_id
+            copied += 1
+        return copied
+
+
+class ServiceAudit:
+    """The running service's audit log (one writer thread; appends in submission order)."""
+
+    def __init__(self, *, data_dir: Path, clock: Clock, hmac_key: bytes | None = None) -> None:
+        self._clock = clock
+        self._recorder: Recorder[_Stores] = Recorder(
+            opener=lambda: _Stores(data_dir=data_dir, hmac_key=hmac_key),
+            closer=lambda stores: stores.close(),
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ServiceAudit]:
+        """Open the audit log; on exit, finish every append and close it."""
+        async with self._recorder.running():
+            yield self
+
+    @property
+    def failures(self) -> int:
+        """Appends that failed (logged); a health page or test can read this."""
+        return self._recorder.failures
+
+    def record(self, kind: AuditKind, body: Mapping[str, object]) -> None:
+        """Queue one record (never blocks; the time is taken now, on the event loop)."""
+        now = self._clock.now().utc
+        record = dict(body)
+        self._recorder.submit(
+            lambda stores: stores.log.append(kind, record, now=now), what=f"audit {kind}"
+        )
+
+    async def append(self, kind: AuditKind, body: Mapping[str, object]) -> AuditHead:
+        """Append one record and wait until it is committed; returns its INDEX:HASH."""
+        now = self._clock.now().utc
+        record = dict(body)
+        stored = await self._recorder.call(lambda stores: stores.log.append(kind, record, now=now))
+        return AuditHead(index=stored.index, hash=stored.hash)
+
+    async def mirror_ledger(self) -> int:
+        """Copy new decision/override/alarm events from the ledger; returns the count."""
+        now = self._clock.now().utc
+        return await self._recorder.call(lambda stores: stores.mirror(now))
+
+    async def anchor(self, reason: str) -> AuditHead:
+        """Mirror the ledger, then append an anchor record; its INDEX:HASH is the new head."""
+        await self.mirror_ledger()
+        previous = await self._recorder.call(lambda stores: stores.log.head())
+        return await self.append(
+            AuditKind.ANCHOR,
+            {"reason": reason, "previous_head": None if previous is None else str(previous)},
+        )
+
+    async def record_startup(
+        self, config: NebuliserConfig, prescription: LoadedPrescription | None
+    ) -> None:
+        """The configuration hash and the prescription in force, at start-up."""
+        security = config.effective_security
+        await self.append(
+            AuditKind.CONFIG,
+            {
+                "config_sha256": config_sha256(config),
+                "device_id": config.device.device_id,
+                "ward": config.device.ward,
+                "bed": config.device.bed,
+                "require_signed_prescriptions": security.require_signed_prescriptions,
+                "senders": sorted(f"{s.id}:{s.role.value}" for s in security.senders),
+                "remote_commands": config.mqtt is not None and config.security is not None,
+            },
+        )
+        if prescription is not None:
+            await self.append(
+                AuditKind.PRESCRIPTION,
+                {
+                    "event": "in_force",
+                    "sha256": prescription.sha256,
+                    "source": prescription.source,
+                    "signed_by": prescription.signed_by,
+                    "subject_id": prescription.prescription.subject_id,
+                    "protocol_id": prescription.prescription.protocol_id,
+                },
+            )
+
+
+HeadPublisher = Callable[[AuditHead, str], Awaitable[None]]
+
+
+@dataclass(kw_only=True)
+class _AnchorState:
+    sessions_ended: int
+    next_anchor_s: float
+    reason: str = "startup"
+
+
+async def run_audit(
+    audit: ServiceAudit,
+    *,
+    sessions_ended: Callable[[], int],
+    publish_head: HeadPublisher | None = None,
+    anchor_interval_s: float = ANCHOR_INTERVAL_S,
+    mirror_interval_s: float = MIRROR_INTERVAL_S,
+) -> None:
+    """Mirror the ledger every `mirror_interval_s`; anchor on a timer and after each
+    session end (published through `publish_head` when given). Runs until cancelled;
+    at cancellation (shutdown) a last anchor is recorded. Never raises for a failed
+    append: it is logged and retried at the next poll."""
+    loop = asyncio.get_running_loop()
+    state = _AnchorState(sessions_ended=sessions_ended(), next_anchor_s=loop.time())
+
+    async def anchor(reason: str) -> None:
+        head = await audit.anchor(reason)
+        _log.info("audit anchor", reason=reason, head=str(head))
+        if publish_head is not None:
+            await publish_head(head, reason)
+
+    try:
+        while True:
+            try:
+                await audit.mirror_ledger()
+                ended = sessions_ended()
+                if ended != state.sessions_ended:
+                    state.sessions_ended = ended
+                    await anchor("session_end")
+                elif loop.time() >= state.next_anchor_s:
+                    await anchor(state.reason)
+                    state.reason = "periodic"
+                    state.next_anchor_s = loop.time() + anchor_interval_s
+            except (OSError, sqlite3.Error, ValueError) as exc:
+                _log.error("audit log append failed; retrying", error=repr(exc))
+            await asyncio.sleep(mirror_interval_s)
+    except asyncio.CancelledError:
+        with contextlib.suppress(OSError, sqlite3.Error, ValueError):
+            await audit.anchor("shutdown")
+        raise
+
+
+def anchor_body(head: AuditHead, *, device_id: str, reason: str, now: datetime) -> bytes:
+    """The JSON published on ``<root>/<ward>/<bed>/audit/head`` (QoS 1)."""
+    body: dict[str, Any] = {
+        "schema": "nebuliser.audit_head",
+        "version": 1,
+        "device_id": device_id,
+        "time_utc": now.isoformat(timespec="milliseconds"),
+        "reason": reason,
+        "head": str(head),
+    }
+    return canonical_json(body)
