@@ -1,15 +1,43 @@
-# First image: installs the locked dependencies with uv and runs `nebuliser`.
-# The deployment work (issue 7) hardens it (multi-stage, non-root, dialout).
-FROM python:3.11-slim
+# syntax=docker/dockerfile:1
+# The bedside controller image: `nebuliser serve` as a non-root user in `dialout`.
+# Multi-arch: the same file builds linux/arm64 (Raspberry Pi 4/5) and linux/amd64:
+#   docker buildx build --platform linux/arm64,linux/amd64 -t nebuliser:0.1.0 .
+# Run (serial device passed in, never --privileged; docs/raspberry-pi.md):
+#   docker run --device /dev/nebuliser -v nebuliser-data:/var/lib/nebuliser \
+#     -v /etc/nebuliser/controller.toml:/etc/nebuliser/controller.toml:ro nebuliser:0.1.0
+# Not built in this project's CI (no container engine there); linted with hadolint.
+
+# ---- build stage: resolve and install the locked dependencies with uv -------------
+FROM python:3.11-slim-bookworm AS build
 COPY --from=ghcr.io/astral-sh/uv:0.9 /uv /usr/local/bin/uv
-WORKDIR /app
-ENV UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1
+ENV UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/opt/nebuliser
+WORKDIR /src
+# Dependencies first (a layer that changes only with uv.lock), then the project.
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --locked --no-dev --no-install-project
 COPY controller ./controller
 COPY drivers ./drivers
 COPY simulators ./simulators
-COPY config ./config
-RUN uv sync --locked --no-dev
-ENTRYPOINT ["/app/.venv/bin/nebuliser"]
-CMD ["--help"]
+RUN uv sync --locked --no-dev --no-editable
+
+# ---- runtime stage: the virtual environment and the example configs only -----------
+FROM python:3.11-slim-bookworm AS runtime
+# The serial device belongs to group dialout (gid 20 on Debian); the user is in it
+# and in nothing else. No shell login, no home directory contents.
+RUN useradd --system --uid 10001 --gid dialout --no-create-home \
+        --home-dir /var/lib/nebuliser --shell /usr/sbin/nologin nebuliser \
+    && install -d -o nebuliser -g dialout -m 0750 /var/lib/nebuliser /etc/nebuliser
+COPY --from=build /opt/nebuliser /opt/nebuliser
+COPY config /usr/share/nebuliser/config
+ENV PATH=/opt/nebuliser/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    NEBULISER_STORAGE__DATA_DIR=/var/lib/nebuliser
+# Numeric (user nebuliser, group dialout) so that runtimes can verify "not root".
+USER 10001:20
+WORKDIR /var/lib/nebuliser
+VOLUME ["/var/lib/nebuliser"]
+ENTRYPOINT ["nebuliser"]
+CMD ["serve", "--config", "/etc/nebuliser/controller.toml"]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -166,3 +168,83 @@ def test_watchdog_interval_is_half_and_only_for_the_watched_pid() -> None:
 
 def test_a_vanished_listener_does_not_raise(tmp_path: Path) -> None:
     assert not SystemdNotifier(address=str(tmp_path / "gone")).notify("WATCHDOG=1")
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _unit(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """Sections of a systemd unit as (key, value) lists (keys may repeat)."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = line.strip("[]")
+            sections[current] = []
+            continue
+        key, _, value = line.partition("=")
+        sections[current].append((key, value))
+    return sections
+
+
+def test_shipped_unit_is_notify_with_watchdog_and_hardening() -> None:
+    unit = _unit(REPO / "config/systemd/nebuliser.service")
+    service = dict(unit["Service"])
+    assert service["Type"] == "notify"
+    assert service["NotifyAccess"] == "main"
+    assert service["WatchdogSec"] == "10s"
+    assert service["Restart"] in ("always", "on-failure")
+    assert service["User"] == "nebuliser"
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["ProtectSystem"] == "strict"
+    assert service["DevicePolicy"] == "closed"
+    allowed = [v for k, v in unit["Service"] if k == "DeviceAllow"]
+    assert "/dev/nebuliser rw" in allowed
+    assert service["CapabilityBoundingSet"] == ""
+    # The command line is one the CLI accepts.
+    executable, *argv = service["ExecStart"].split()
+    assert executable.endswith("/nebuliser")
+    from controller.cli import build_parser  # noqa: PLC0415 - only this test needs it
+
+    args = build_parser().parse_args(argv)
+    assert args.command == "serve"
+    assert args.config == Path("/etc/nebuliser/controller.toml")
+    # The half-interval pings leave systemd a margin: 10 s watchdog -> 5 s pings.
+    assert watchdog_interval_s({"WATCHDOG_USEC": "10000000"}) == 5.0
+
+
+def test_shipped_unit_passes_systemd_analyze_where_available() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
+    result = subprocess.run(
+        [analyze, "verify", str(REPO / "config/systemd/nebuliser.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    complaints = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        # The venv is not installed at /opt/nebuliser on a development machine.
+        if line.strip() and "/opt/nebuliser/.venv/bin/nebuliser" not in line
+    ]
+    assert complaints == []
+
+
+def test_udev_rule_names_the_device_and_sets_the_ftdi_latency() -> None:
+    rules = (REPO / "config/udev/99-nebuliser.rules").read_text(encoding="utf-8")
+    joined = rules.replace("\\\n", " ")
+    active = [line for line in joined.splitlines() if line and not line.startswith("#")]
+    assert len(active) == 2
+    for rule in active:
+        assert 'SYMLINK+="nebuliser"' in rule
+        assert 'GROUP="nebuliser"' in rule
+        assert 'MODE="0660"' in rule
+        assert 'ATTRS{serial}=="' in rule  # one head, not any adapter of that vendor
+    assert "latency_timer" in active[0]
+    assert "echo 1 >" in active[0]
