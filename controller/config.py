@@ -300,6 +300,10 @@ def _issues_from(error: ValidationError, data: Mapping[str, Any]) -> list[Config
             message = (
                 "unknown key; remove it or check its spelling against `nebuliser config example`"
             )
+            if len(loc) > 1 and loc[-1] == "prescription_file":
+                message += (
+                    "; prescription_file is a top-level key: put it above the first [section]"
+                )
         value = item.get("input", _MISSING) if item["type"] != "missing" else _MISSING
         if value is _MISSING:
             value = _lookup(data, loc)
