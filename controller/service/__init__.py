@@ -5,11 +5,24 @@ from ._recorder import Recorder
 from ._service import EXIT_LEDGER, EXIT_PORT, ServiceContext, run_service
 from ._supervisor import TICK_MS, Publications, StartOutcome, Supervisor
 from ._systemd import SystemdNotifier, systemd_notify_task, watchdog_interval_s
+from ._telemetry import (
+    PROCESS_BOOT_ID,
+    SENT_ARCHIVE_FILE_NAME,
+    MqttPublications,
+    device_identity,
+    fault_codes,
+    link_quality_pct,
+    run_telemetry,
+    telemetry_publications,
+)
 
 __all__ = [
     "EXIT_LEDGER",
     "EXIT_PORT",
+    "PROCESS_BOOT_ID",
+    "SENT_ARCHIVE_FILE_NAME",
     "TICK_MS",
+    "MqttPublications",
     "Publications",
     "Recorder",
     "ServiceContext",
@@ -17,7 +30,12 @@ __all__ = [
     "Supervisor",
     "SystemdNotifier",
     "confirm_at_bedside",
+    "device_identity",
+    "fault_codes",
+    "link_quality_pct",
     "run_service",
+    "run_telemetry",
     "systemd_notify_task",
+    "telemetry_publications",
     "watchdog_interval_s",
 ]
