@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from controller.alarms import AlarmCode, AlarmNotActiveError
+from controller.alarms import AlarmCode, AlarmNotActiveError, AlarmSettings
 from controller.clock import Clock, ClockTrustMonitor, ClockTrustPolicy, SystemClock
 from controller.config import (
     LoadedPrescription,
@@ -243,6 +243,10 @@ async def run_service(
                         stop_latency_ms=config.session.stop_latency_ms,
                         expected_serial=config.device.expected_serial,
                         publications=telemetry_publications(config),
+                        alarm_settings=AlarmSettings(
+                            output_low_pct=config.session.output_low_pct,
+                            output_low_for_ms=config.session.output_low_s * 1000,
+                        ),
                     )
                     await supervisor.recover()
                     context = ServiceContext(

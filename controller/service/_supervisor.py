@@ -97,6 +97,11 @@ STOP_REPEAT_MS: Final = 100
 CONFIRM_NEBULISING_MS: Final = 1000
 #: After an unanswered START, wait this long for a STATUS that tells the outcome.
 RESOLVE_START_MS: Final = 700
+#: States in which our START was ACKed or our session seen running: a device then
+#: idle under another session id means the delivery is unknown (not "never started").
+_ACKED_OR_SEEN_RUNNING: Final = frozenset(
+    {SessionState.NEBULISING, SessionState.STOPPING, SessionState.LINK_LOST}
+)
 #: The actor named on alarm events the controller raises or clears itself.
 _HOST = "controller"
 
@@ -259,6 +264,8 @@ class Supervisor:
                 )
             case LinkLost():
                 self.facts.link_lost = True
+                if self.session is not None and self.session.host_reason is None:
+                    self.session.host_reason = "link_lost"
                 if self.state in SESSION_OPEN_STATES:
                     self._apply(SessionEvent.LINK_LOST)
             case LinkRestored():
@@ -268,8 +275,8 @@ class Supervisor:
                 if self.state in STOP_SENDING_STATES or self._stop_everything_at_open:
                     self._send_stop(now)
             case DeviceRebooted():
-                self._on_device_lost_session(SessionEvent.DEVICE_REBOOTED, "device_rebooted")
                 self.facts.rebooted_mid_session = self.session is not None
+                self._on_device_lost_session(SessionEvent.DEVICE_REBOOTED, "device_rebooted")
             case DeviceSwapped(current=ident):
                 self.facts.swapped_to_serial = ident.serial
                 self._on_device_lost_session(SessionEvent.DEVICE_SWAPPED, "device_swapped")
@@ -335,8 +342,7 @@ class Supervisor:
         elif status.session_id in self.uncertain:
             self._reconcile(status.session_id, status.delivered_ul, ReconcileSource.DEVICE_STATUS)
         elif not ours:
-            self._settle_uncertain_not_on_device(status)
-            self._apply(SessionEvent.STATUS_IDLE)
+            self._on_idle_other_session(status)
         if (
             session is not None
             and self.session is session
@@ -347,6 +353,16 @@ class Supervisor:
             )
         ):
             self._check_stop_rules(session, now)
+
+    def _on_idle_other_session(self, status: Status) -> None:
+        """The device is idle and its most recent session is not our open one."""
+        if self.session is not None and self.state in _ACKED_OR_SEEN_RUNNING:
+            # Our START was ACKed (or our session seen running), yet the device is idle
+            # under another session id: the figures do not add up.
+            self._on_device_lost_session(SessionEvent.DELIVERY_UNKNOWN, "delivery_unknown")
+            return
+        self._settle_uncertain_not_on_device(status)
+        self._apply(SessionEvent.STATUS_IDLE)
 
     def _settle_uncertain_not_on_device(self, status: Status) -> None:
         """Uncertain sessions the device does not have (rebooted since): keep their cap.

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from controller.config import NebuliserConfig, load_config
 
-
 #: Test configs carry an inline (unsigned) prescription: bench only.
 BENCH_SECURITY = "[security]\nrequire_signed_prescriptions = false"
 
@@ -18,10 +17,12 @@ def write_config(
     port: str,
     session_ul: int = 200,
     extra: str = "",
+    extra_sections: str = "",
     security: str = BENCH_SECURITY,
 ) -> tuple[Path, NebuliserConfig]:
     """A config with a small daily dose, system clock, data dir in tmp_path."""
     today = datetime.now(UTC).date()
+    extra_session = extra_sections.removeprefix("[session]\n")
     dose = session_ul * 2.0e8 / 3000
     text = f"""
 [device]
@@ -32,6 +33,7 @@ data_dir = "{tmp_path / "data"}"
 free_space_floor_mb = 1
 [session]
 confirm_timeout_s = 10
+{extra_session}
 [clock]
 mode = "system"
 {security}
