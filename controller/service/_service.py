@@ -163,6 +163,16 @@ async def _pump_events(link: SerialLink, supervisor: Supervisor) -> None:
         supervisor.handle_event(event)
 
 
+#: How often clock trust and free space are re-read while idle or running.
+CONDITIONS_PERIOD_S = 30.0
+
+
+async def _refresh_conditions(supervisor: Supervisor) -> None:
+    while True:
+        await supervisor.refresh_conditions()
+        await asyncio.sleep(CONDITIONS_PERIOD_S)
+
+
 async def _tick(supervisor: Supervisor) -> None:
     while True:
         supervisor.tick()
@@ -285,6 +295,7 @@ async def _serve(ctx: ServiceContext) -> None:
             workers = [
                 group.create_task(_pump_events(link, supervisor)),
                 group.create_task(_tick(supervisor)),
+                group.create_task(_refresh_conditions(supervisor)),
             ]
             workers += [group.create_task(task) for task in _service_tasks(ctx)]
             await ctx.stop_requested.wait()

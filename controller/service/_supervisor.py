@@ -46,6 +46,7 @@ from controller.ledger import (
     Ledger,
     OutboxMessage,
     ReconcileSource,
+    StorageReport,
     check_storage_floor,
     decision_to_json,
 )
@@ -570,6 +571,22 @@ class Supervisor:
 
     # ------------------------------------------------------------------ starting
 
+    async def refresh_conditions(self) -> tuple[TrustedTime, StorageReport]:
+        """Re-read clock trust and free space (both may block: run in a thread).
+
+        Called at every admission and periodically by the service, so that the
+        clock-untrusted and storage-low alarms also show while nobody asks for a start.
+        """
+        trusted: TrustedTime = await asyncio.to_thread(self._trust.check)
+        storage = await asyncio.to_thread(
+            lambda: check_storage_floor(self._data_dir, floor_bytes=self._floor_bytes)
+        )
+        self.facts.clock_trusted = trusted.trusted
+        self.facts.storage_low = not storage.ok
+        self.facts.storage_free_mib = storage.free_bytes // (1024 * 1024)
+        self._evaluate_alarms(self._now_ms())
+        return trusted, storage
+
     async def admit(
         self,
         *,
@@ -577,13 +594,7 @@ class Supervisor:
         override: Override | None = None,
     ) -> Decision:
         """Ask the dose engine; record the decision. Controller conditions come first."""
-        trusted: TrustedTime = await asyncio.to_thread(self._trust.check)
-        self.facts.clock_trusted = trusted.trusted
-        storage = await asyncio.to_thread(
-            lambda: check_storage_floor(self._data_dir, floor_bytes=self._floor_bytes)
-        )
-        self.facts.storage_low = not storage.ok
-        self.facts.storage_free_mib = storage.free_bytes // (1024 * 1024)
+        trusted, storage = await self.refresh_conditions()
         subject = self.prescription.subject_id
         history = await self._recorder.call(lambda ledger: ledger.history(subject))
         request = DoseRequest(

@@ -17,12 +17,12 @@ def write_config(
     port: str,
     session_ul: int = 200,
     extra: str = "",
-    extra_sections: str = "",
+    session_extra: str = "",
+    free_space_floor_mb: int = 1,
     security: str = BENCH_SECURITY,
 ) -> tuple[Path, NebuliserConfig]:
     """A config with a small daily dose, system clock, data dir in tmp_path."""
     today = datetime.now(UTC).date()
-    extra_session = extra_sections.removeprefix("[session]\n")
     dose = session_ul * 2.0e8 / 3000
     text = f"""
 [device]
@@ -30,10 +30,10 @@ port = "{port}"
 device_id = "neb-test"
 [storage]
 data_dir = "{tmp_path / "data"}"
-free_space_floor_mb = 1
+free_space_floor_mb = {free_space_floor_mb}
 [session]
 confirm_timeout_s = 10
-{extra_session}
+{session_extra}
 [clock]
 mode = "system"
 {security}

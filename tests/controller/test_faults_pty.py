@@ -99,8 +99,8 @@ async def test_dry_cup_ends_the_session_and_alarms(tmp_path: Path) -> None:
 
 async def test_clog_drift_raises_output_low_before_max_duration(tmp_path: Path) -> None:
     model = DeviceModel(nominal_ul_min=SLOW_UL_MIN)
-    extra = "[session]\noutput_low_pct = 95\noutput_low_s = 1\n"
-    async with bed(tmp_path, model, extra_sections=extra) as (config, sim):
+    thresholds = "output_low_pct = 95\noutput_low_s = 1\n"
+    async with bed(tmp_path, model, session_extra=thresholds) as (config, sim):
         await running_session(config)
         sim.apply(lambda m, t: m.set_clog_drift(100.0, now_ms=t))  # the maximum drift
         status = await wait_status(
@@ -274,3 +274,12 @@ async def test_unplug_and_replug_mid_session(tmp_path: Path) -> None:
         assert not sim.truth().nebulising
         assert last["delivered_ul"] <= 200
     assert "link_lost_during_session" in alarm_codes(config)
+
+
+async def test_storage_below_floor_alarms_while_idle_and_refuses_starts(tmp_path: Path) -> None:
+    model = DeviceModel(nominal_ul_min=SLOW_UL_MIN)
+    async with bed(tmp_path, model, free_space_floor_mb=10**9) as (config, _sim):
+        await wait_status(config, lambda s: any(a["code"] == "storage_low" for a in s["alarms"]), 5)
+        refused = await start_confirmed(config)
+        assert not refused["started"]
+        assert any(reason.startswith("storage") for reason in refused["reasons"]), refused
