@@ -5,6 +5,8 @@
 # Run (serial device passed in, never --privileged; docs/raspberry-pi.md):
 #   docker run --device /dev/nebuliser -v nebuliser-data:/var/lib/nebuliser \
 #     -v /etc/nebuliser/controller.toml:/etc/nebuliser/controller.toml:ro nebuliser:0.1.0
+# The device node keeps the host's group: dialout (gid 20) works as is; if the udev
+# rule gives it group nebuliser, add --group-add "$(getent group nebuliser | cut -d: -f3)".
 # Not built in this project's CI (no container engine there); linted with hadolint.
 
 # ---- build stage: resolve and install the locked dependencies with uv -------------

@@ -5,6 +5,7 @@ See docs/reports.md.
 """
 
 from controller.reports._course import (
+    ALARM_GRACE,
     COMPLETED_REASONS,
     CourseSession,
     ProgressPoint,
@@ -36,6 +37,7 @@ from controller.reports._tables import (
 )
 
 __all__ = [
+    "ALARM_GRACE",
     "COMPLETED_REASONS",
     "DEFAULT_PLOT_SIZE_PX",
     "METHOD_INHALE",

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from controller.config import NebuliserConfig
-from controller.ledger import EventKind, Ledger, LedgerEvent, SessionSummary
+from controller.ledger import (
+    AlarmAction,
+    AlarmEntry,
+    EventKind,
+    Ledger,
+    LedgerEvent,
+    SessionSummary,
+)
 
 __all__ = [
+    "ALARM_GRACE",
     "COMPLETED_REASONS",
     "CourseSession",
     "ProgressPoint",
@@ -26,6 +34,10 @@ __all__ = [
     "read_sessions",
     "report_context",
 ]
+
+ALARM_GRACE = timedelta(seconds=10)
+"""A fault that ends a session is alarmed (and recorded) just after the end is recorded,
+without a session id: alarms that close after a session are reported with it."""
 
 COMPLETED_REASONS = frozenset({"cap_reached", "cap_predicted", "TARGET_REACHED"})
 """End reasons that mean "the planned dose was given" (host cap stops, device target)."""
@@ -106,6 +118,13 @@ class CourseSession:
     reconciled_utc: datetime | None
     subject_overrides: tuple[Mapping[str, Any], ...] = ()
     """Overrides recorded for the subject (no session id) just before this session."""
+    nearby_alarms: tuple[AlarmEntry, ...] = ()
+    """Alarms recorded without a session id while it ran or within ALARM_GRACE_S after."""
+
+    @property
+    def alarms(self) -> tuple[AlarmEntry, ...]:
+        """Every alarm event of this session, oldest first."""
+        return tuple(sorted((*self.summary.alarms, *self.nearby_alarms), key=lambda a: a.utc))
 
     @property
     def overrides(self) -> tuple[Mapping[str, Any], ...]:
@@ -164,6 +183,18 @@ def _first_times(events: Iterable[LedgerEvent]) -> dict[int, dict[EventKind, dat
     return times
 
 
+def _alarm_entry(event: LedgerEvent) -> AlarmEntry:
+    body = event.body
+    return AlarmEntry(
+        alarm_code=str(body["alarm_code"]),
+        action=AlarmAction(body["action"]),
+        actor=str(body["actor"]),
+        utc=event.at.utc,
+        priority=str(body.get("priority", "")),
+        message=str(body.get("message", "")),
+    )
+
+
 def _attach_overrides(
     summaries: Sequence[SessionSummary], overrides: Iterable[LedgerEvent]
 ) -> dict[int, list[Mapping[str, Any]]]:
@@ -189,6 +220,9 @@ def read_sessions(
     summaries = ledger.summaries(since=since, subject_id=subject_id)
     times = _first_times(ledger.events(kinds=_TIMES, since=since))
     attached = _attach_overrides(summaries, ledger.events(kinds=[EventKind.OVERRIDE], since=since))
+    alarms = [
+        e for e in ledger.events(kinds=[EventKind.ALARM], since=since) if e.session_id is None
+    ]
     sessions = []
     for s in summaries:
         t: Mapping[EventKind, datetime] = times.get(s.session_id, {})
@@ -196,6 +230,9 @@ def read_sessions(
         if ended is None:
             # Uncertain (reconciled or not): the restarted controller's STOP at this time.
             ended = t.get(EventKind.UNCERTAIN)
+        window_start = t.get(EventKind.STARTED) or s.intent_at.utc
+        window_end = (ended or datetime.max.replace(tzinfo=UTC)) + ALARM_GRACE
+        nearby = tuple(_alarm_entry(e) for e in alarms if window_start <= e.at.utc <= window_end)
         sessions.append(
             CourseSession(
                 summary=s,
@@ -203,6 +240,7 @@ def read_sessions(
                 ended_utc=ended,
                 reconciled_utc=t.get(EventKind.RECONCILED),
                 subject_overrides=tuple(attached.get(s.session_id, ())),
+                nearby_alarms=nearby,
             )
         )
     return sessions

@@ -94,7 +94,7 @@ def _notes(session: CourseSession) -> list[dict[str, Any]]:
     ]
     notes += [
         f"alarm {a.alarm_code} {a.action.value} by {a.actor} at {a.utc.isoformat()}"
-        for a in s.alarms
+        for a in session.alarms
     ]
     notes += [
         f"override by {o.get('role')}: {o.get('reason')} "

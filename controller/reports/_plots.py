@@ -101,7 +101,7 @@ def plot_session(
         delivered_ax.axhline(
             s.device_target_ul, color="tab:orange", linestyle=":", label="device target"
         )
-    for alarm in s.alarms:
+    for alarm in session.alarms:
         if alarm.action.value != "raised":
             continue
         at_s = _seconds(alarm.utc, origin)
@@ -124,7 +124,7 @@ def plot_session(
     )
     delivered_ax.set_ylabel("delivered (µL)")
     delivered_ax.set_ylim(bottom=0, top=s.planned_cap_ul * 1.1)
-    delivered_ax.legend(loc="lower right")
+    delivered_ax.legend(loc="upper left")
     delivered_ax.grid(visible=True, alpha=0.3)
     flow_ax.set_ylabel("flow (µL/min)")
     flow_ax.set_xlabel("seconds since start")

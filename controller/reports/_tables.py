@@ -70,7 +70,7 @@ def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> l
                 drug=s.drug or context.drug or "",
                 end_reason=s.end_reason or "",
                 end_source=s.end_source or "",
-                alarms=";".join(a.alarm_code for a in s.alarms if a.action.value == "raised"),
+                alarms=";".join(a.alarm_code for a in cs.alarms if a.action.value == "raised"),
                 overrides=";".join(
                     f"{o.get('role')}: {o.get('reason')} "
                     f"({','.join(str(c) for c in o.get('constraint_codes', []))})"

@@ -124,6 +124,21 @@ def write_course(ledger: Ledger) -> None:
     # Day 1 afternoon: the device refuses START.
     sid = _intent(ledger, clock, subject=SUBJECT, day=1, hour=15)
     ledger.record_start_refused(sid, nak_reason="HEAD_DISCONNECTED", at=clock.later(0.2))
+    # As the controller does: the fault alarm follows the record, without a session id.
+    ledger.record_alarm(
+        alarm_code="device_head_disconnected",
+        action=AlarmAction.RAISED,
+        actor="controller",
+        at=clock.later(0.1),
+        priority="medium",
+    )
+    # An alarm long after any session belongs to none.
+    ledger.record_alarm(
+        alarm_code="storage_low",
+        action=AlarmAction.RAISED,
+        actor="controller",
+        at=clock.later(3600),
+    )
     # Day 2: an override admits a session; the controller restarts mid-session; the
     # device's SESSION_END reconciles it.
     ledger.record_override(

@@ -43,6 +43,9 @@ def test_csv_totals_match_the_ledger(course: Course, capsys: pytest.CaptureFixtu
     assert rows[1]["end_reason"] == "operator_stop:nurse"
     assert rows[2]["start_utc"] == ""  # refused: never started
     assert rows[2]["end_reason"] == "START_NAK:HEAD_DISCONNECTED"
+    # Recorded just after the refusal without a session id, reported with the session.
+    assert rows[2]["alarms"] == "device_head_disconnected"
+    assert "storage_low" not in text
     # The subject-level override is shown on the session it admitted.
     assert rows[3]["overrides"] == "investigator: protocol deviation approved (interval)"
     assert (rows[3]["uncertain"], rows[3]["reconciled"]) == ("True", "True")
