@@ -252,6 +252,7 @@ async def run_service(
                         free_space_floor_mb=config.storage.free_space_floor_mb,
                         stop_latency_ms=config.session.stop_latency_ms,
                         expected_serial=config.device.expected_serial,
+                        progress_interval_ms=int(config.session.progress_sample_s * 1000),
                         publications=telemetry_publications(config),
                         alarm_settings=AlarmSettings(
                             output_low_pct=config.session.output_low_pct,

@@ -103,6 +103,8 @@ RESOLVE_START_MS: Final = 700
 _ACKED_OR_SEEN_RUNNING: Final = frozenset(
     {SessionState.NEBULISING, SessionState.STOPPING, SessionState.LINK_LOST}
 )
+#: An alarm raised this soon after a session ended is recorded against that session.
+_ALARM_AFTER_END_MS: Final = 2000
 #: The actor named on alarm events the controller raises or clears itself.
 _HOST = "controller"
 
@@ -139,6 +141,7 @@ class _Session:
     host_reason: str | None = None
     stop_sent_ms: int | None = None
     last_stop_tx_ms: int | None = None
+    progress_recorded_ms: int | None = None
     dose: float | None = None
 
 
@@ -185,6 +188,7 @@ class Supervisor:
         publications: Publications | None = None,
         expected_serial: str | None = None,
         now_ms: Callable[[], int] | None = None,
+        progress_interval_ms: int = 5000,
     ) -> None:
         self._link = link
         self._recorder = recorder
@@ -197,6 +201,7 @@ class Supervisor:
         self._alarm_settings = alarm_settings or AlarmSettings()
         self._pub = publications or Publications()
         self._expected_serial = expected_serial
+        self._progress_interval_ms = progress_interval_ms
         self._now_ms = now_ms or (lambda: time.monotonic_ns() // 1_000_000)
 
         self.state = SessionState.IDLE
@@ -212,6 +217,7 @@ class Supervisor:
         self._confirm_seen = asyncio.Event()
         self._stop_everything_at_open = False
         self._start_lock = asyncio.Lock()
+        self._last_end: tuple[int, int] | None = None  # (session id, loop ms) of the last end
 
     # ------------------------------------------------------------------ restart
 
@@ -344,16 +350,32 @@ class Supervisor:
             self._reconcile(status.session_id, status.delivered_ul, ReconcileSource.DEVICE_STATUS)
         elif not ours:
             self._on_idle_other_session(status)
-        if (
-            session is not None
-            and self.session is session
-            and self.state
-            in (
-                SessionState.NEBULISING,
-                SessionState.CONFIRMING,
-            )
-        ):
-            self._check_stop_rules(session, now)
+        if session is not None and self.session is session:
+            self._supervise_running(session, status, now)
+
+    def _supervise_running(self, session: _Session, status: Status, now: int) -> None:
+        """On each STATUS of a running session: stop rules first, then the progress record."""
+        if self.state not in (SessionState.NEBULISING, SessionState.CONFIRMING):
+            return
+        self._check_stop_rules(session, now)
+        if status.session_id == session.session_id and status.state is DeviceState.NEBULISING:
+            self._record_progress(session, status, now)
+
+    def _record_progress(self, session: _Session, status: Status, now: int) -> None:
+        """A progress sample in the ledger every `progress_interval_ms` while nebulising."""
+        last = session.progress_recorded_ms
+        if last is not None and now - last < self._progress_interval_ms:
+            return
+        session.progress_recorded_ms = now
+        at = self._clock.now()
+        sid = session.session_id
+        delivered, flow, reservoir = status.delivered_ul, status.flow_ul_min, status.reservoir_ul
+        self._recorder.submit(
+            lambda ledger: ledger.record_progress(
+                sid, delivered_ul=delivered, flow_ul_min=flow, reservoir_ul=reservoir, at=at
+            ),
+            what="progress",
+        )
 
     def _on_idle_other_session(self, status: Status) -> None:
         """The device is idle and its most recent session is not our open one."""
@@ -502,6 +524,7 @@ class Supervisor:
             "dose_unit": str(self.prescription.lot.unit),
         }
         self.sessions_ended.append(body)
+        self._last_end = (session_id, now)
         at = self._clock.now()
         final_reason = session.host_reason or reason_code
         source = EndSource.HOST if session.host_reason else EndSource.DEVICE
@@ -873,11 +896,20 @@ class Supervisor:
         self.facts.swapped_to_serial = None
         self._record_alarm_events(events)
 
+    def _alarm_session_id(self, now: int) -> int | None:
+        """The session an alarm belongs to: the open one, or one that just ended (a fault
+        that ends a session is seen in the STATUS after its SESSION_END)."""
+        if self.session is not None:
+            return self.session.session_id
+        if self._last_end is not None and now - self._last_end[1] <= _ALARM_AFTER_END_MS:
+            return self._last_end[0]
+        return None
+
     def _record_alarm_events(self, events: list[AlarmEvent]) -> None:
         if not events:
             return
         at = self._clock.now()
-        sid = self.session.session_id if self.session is not None else None
+        sid = self._alarm_session_id(self._now_ms())
         state = self.alarms
         for event in events:
             _log.warning(

@@ -12,7 +12,7 @@ import pytest
 
 from controller.config import NebuliserConfig
 from controller.control import ControlClient, ControlUnavailableError
-from controller.ledger import LEDGER_FILE_NAME, Ledger
+from controller.ledger import LEDGER_FILE_NAME, EventKind, Ledger
 from controller.service import run_service
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
@@ -126,3 +126,20 @@ async def test_operator_stop_mid_session(tmp_path: Path) -> None:
         status = await wait_status(config, lambda s: s["last_session"] is not None, 5)
         assert status["last_session"]["host_reason"] == "operator_stop:nurse A"
         assert not model.truth().nebulising
+
+
+async def test_progress_samples_and_session_alarms_are_in_the_ledger(tmp_path: Path) -> None:
+    model = DeviceModel(nominal_ul_min=600, fill_ul=3000)
+    async with bed(tmp_path, model, session_extra="progress_sample_s = 0.5") as (config, sim):
+        assert (await start_confirmed(config))["started"]
+        await asyncio.sleep(1.6)
+        sim.apply(lambda m, t: m.set_condition("supply_low", True, now_ms=t))
+        await wait_status(
+            config, lambda s: any(a["code"] == "device_supply_low" for a in s["alarms"]), 5
+        )
+    with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+        progress = ledger.events(kinds=[EventKind.PROGRESS])
+        alarms = ledger.events(kinds=[EventKind.ALARM])
+    assert len(progress) >= 2
+    assert all(event.session_id == 1 for event in progress)
+    assert [e.session_id for e in alarms if e.body["alarm_code"] == "device_supply_low"] == [1]
