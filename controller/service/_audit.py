@@ -261,7 +261,7 @@ async def run_audit(
                     await anchor(state.reason)
                     state.reason = "periodic"
                     state.next_anchor_s = loop.time() + anchor_interval_s
-            except (OSError, sqlite3.Error, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the audit must never stop the service
                 _log.error("audit log append failed; retrying", error=repr(exc))
             await asyncio.sleep(mirror_interval_s)
     except asyncio.CancelledError:

@@ -234,7 +234,16 @@ class CommandIntake:
                 status="refused", reason_code=outcome.code.value, reason=outcome.reason
             )
         else:
-            result = await self._act(outcome, group)
+            try:
+                result = await self._act(outcome, group)
+            except Exception as exc:  # noqa: BLE001 - still recorded and answered below
+                _log.error("remote command failed", command=outcome.command, error=repr(exc))
+                self.stats.handler_errors += 1
+                result = _Result(
+                    status="refused",
+                    reason_code="internal_error",
+                    reason=f"the controller could not carry out {outcome.command}: {exc!r}",
+                )
         if result is None:
             return  # session.request_start: its task records and replies
         self._finish(outcome, result)
@@ -423,7 +432,9 @@ class CommandIntake:
         stamp = self._ctx.clock.now().utc.strftime("%Y%m%dT%H%M%SZ")
         directory = self._ctx.config.storage.data_dir / RECEIVED_PRESCRIPTIONS_DIR
         path = directory / f"received-{stamp}-{body.prescription_sha256[:12]}.toml"
-        await asyncio.to_thread(_write_verified, path, data, signature)
+        # The same file (same second, same hash) sent again is already stored.
+        with contextlib.suppress(FileExistsError):
+            await asyncio.to_thread(_write_verified, path, data, signature)
         self._audit.record(
             AuditKind.PRESCRIPTION,
             {
@@ -508,6 +519,16 @@ def _write_verified(path: Path, data: bytes, signature: PrescriptionSignature) -
 
 async def security_task(ctx: ServiceContext) -> None:
     """The audit log (always) and, with [mqtt] and [security] senders, the command intake."""
+    try:
+        await _security_task(ctx)
+    except Exception as exc:  # noqa: BLE001 - must never take dose supervision down with it
+        _log.error(
+            "audit log or command intake failed: remote commands are disabled until restart",
+            error=repr(exc),
+        )
+
+
+async def _security_task(ctx: ServiceContext) -> None:
     config = ctx.config
     audit = ServiceAudit(data_dir=config.storage.data_dir, clock=ctx.clock)
     async with audit.running():
