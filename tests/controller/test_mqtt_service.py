@@ -13,7 +13,15 @@ from typing import Any
 
 from controller.config import NebuliserConfig
 from controller.ledger import LEDGER_FILE_NAME, Ledger
-from controller.telemetry import AckRequest, MqttSettings, WardModel, WardMonitor, mqtt_client
+from controller.telemetry import (
+    AckRequest,
+    BackfillAsk,
+    MqttSettings,
+    WardModel,
+    WardMonitor,
+    mqtt_client,
+    publish_backfill_ask,
+)
 from simulators.mn1 import DeviceModel, run_pty_simulator
 from tests.support.mosquitto import MosquittoBroker
 from tests.telemetry.helpers import validate_payload
@@ -180,6 +188,31 @@ async def test_a_full_session_publishes_valid_messages_and_remote_ack_reaches_ev
             [alarm] = [a for a in status["alarms"] if a["code"] == "device_head_disconnected"]
             assert alarm["acknowledged_by"] == "nurse-a"
             await until(lambda: outbox_count(config) == 0, 5, "outbox drained")
+            # A monitor that missed the first three messages asks for them again; the
+            # controller answers from its sent-message archive.
+            first_seq = min(b["seq"] for b in capture.bodies() if "seq" in b)
+            async with mqtt_client(monitor_settings(broker), client_id="asker") as asker:
+                await publish_backfill_ask(
+                    asker,
+                    root_topic=ROOT,
+                    ask=BackfillAsk(
+                        ward="ward-a",
+                        bed="bed-01",
+                        device_id="neb-test",
+                        from_seq=first_seq,
+                        to_seq=first_seq + 2,
+                    ),
+                    requester="asker",
+                )
+            await until(lambda: bool(capture.bodies("backfill/reply")), 5, "backfill reply")
+            [reply] = capture.bodies("backfill/reply")
+            assert [m["seq"] for m in reply["messages"]] == [
+                first_seq,
+                first_seq + 1,
+                first_seq + 2,
+            ]
+            assert all(m["historical"] for m in reply["messages"])
+            assert reply["unavailable"] == []
         # After a clean stop the bed says it is offline (shutdown, not the Will).
         await until(
             lambda: any(not b["online"] for b in capture.bodies("presence")), 5, "presence off"
