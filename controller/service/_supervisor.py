@@ -233,7 +233,12 @@ class Supervisor:
         for record in open_sessions:
             sid = record.session_id
             publish = self._pub.session(
-                {"event": "uncertain", "session_id": sid, "reason": "controller_restart"}
+                {
+                    "event": "uncertain",
+                    "session_id": sid,
+                    "reason": "controller_restart",
+                    "planned_cap_ul": record.planned_cap_ul,
+                }
             )
 
             def _mark(ledger: Ledger, sid: int = sid, publish: Any = publish) -> int:
@@ -571,7 +576,7 @@ class Supervisor:
         self._changed.set()
 
     def _reconcile(self, session_id: int, delivered_ul: int, source: ReconcileSource) -> None:
-        self.uncertain.pop(session_id, None)
+        planned_cap_ul = self.uncertain.pop(session_id, 0)
         if not self.uncertain:
             self.facts.uncertain_session_id = None
             self._stop_everything_at_open = False
@@ -583,6 +588,7 @@ class Supervisor:
             "session_id": session_id,
             "delivered_ul": delivered_ul,
             "source": str(source),
+            "planned_cap_ul": planned_cap_ul,
         }
         self._record_session_event(
             body,

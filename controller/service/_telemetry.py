@@ -446,6 +446,11 @@ async def _watch_drops(reader: Outbox, supervisor: Supervisor) -> None:
         await asyncio.sleep(_DROP_CHECK_S)
 
 
+def _signed_commands(ctx: ServiceContext) -> bool:
+    security = ctx.config.security
+    return security is not None and bool(security.senders)
+
+
 async def run_telemetry(ctx: ServiceContext) -> None:
     """The MQTT service task (only when `[mqtt]` is configured); runs until cancelled.
 
@@ -492,7 +497,9 @@ async def run_telemetry(ctx: ServiceContext) -> None:
             outbox=view,
             archive=archive,
             append_reply=append_reply,
-            on_alarm_ack=on_alarm_ack,
+            # With signed commands configured, only signed `alarm.ack` commands count
+            # (controller/service/_commands.py); the provisional unsigned topic is ignored.
+            on_alarm_ack=None if _signed_commands(ctx) else on_alarm_ack,
         )
         sampler = _Sampler(ctx=ctx, identity=identity, notify=publisher.notify)
         await _serve_telemetry(ctx, publisher, sampler, view, reader_ledger.outbox)
