@@ -55,11 +55,12 @@ def _session_lines(s: SessionSummary) -> list[str]:
         f"#{s.session_id:<6} {s.subject_id:<14} {s.status.value:<17} {_clock(s.intent_at.utc)}"
         f"  planned {s.planned_cap_ul} uL  delivered {delivered} uL"
     )
-    if s.dose_mg is not None:
-        head += f"  dose {s.dose_mg:.3f} mg"
-    if s.drug or s.concentration_mg_per_ml is not None:
+    unit = s.dose_unit or "units"
+    if s.dose is not None:
+        head += f"  dose {s.dose:.4g} {unit}"
+    if s.drug or s.concentration_per_ml is not None:
         strength = (
-            "" if s.concentration_mg_per_ml is None else f" {s.concentration_mg_per_ml:g} mg/mL"
+            "" if s.concentration_per_ml is None else f" {s.concentration_per_ml:g} {unit}/mL"
         )
         head += f"  [{s.drug or 'drug not recorded'}{strength}]"
     lines = [head]
@@ -95,10 +96,10 @@ def _totals_lines(summaries: list[SessionSummary]) -> list[str]:
     for subject, rows in sorted(by_subject.items()):
         delivered = sum(r.delivered_ul or 0 for r in rows)
         unknown = sum(1 for r in rows if r.status.value in ("open", "uncertain"))
-        dose = [r.dose_mg for r in rows if r.dose_mg is not None]
+        dose = [r.dose for r in rows if r.dose is not None]
         line = f"{subject}: {len(rows)} session(s), {delivered} uL delivered"
         if dose:
-            line += f", {sum(dose):.3f} mg"
+            line += f", {sum(dose):.4g} {rows[0].dose_unit or 'units'}"
         if unknown:
             line += f", {unknown} open or uncertain (their planned caps count against limits)"
         lines.append(line)

@@ -186,7 +186,8 @@ class Ledger:
         decision_trace: Mapping[str, Any],
         at: Instant,
         drug: str | None = None,
-        concentration_mg_per_ml: float | None = None,
+        concentration_per_ml: float | None = None,
+        dose_unit: str | None = None,
         publish: Sequence[OutboxMessage] = (),
     ) -> int:
         """Allocate a new session id and commit the intent; returns the session id.
@@ -205,15 +206,16 @@ class Ledger:
                 f"({planned_cap_ul}): the device cap may never exceed what the ledger counts"
             )
         _non_negative("device_max_duration_s", device_max_duration_s)
-        if concentration_mg_per_ml is not None and not concentration_mg_per_ml > 0:
-            raise ValueError(f"concentration_mg_per_ml must be > 0, got {concentration_mg_per_ml}")
+        if concentration_per_ml is not None and not concentration_per_ml > 0:
+            raise ValueError(f"concentration_per_ml must be > 0, got {concentration_per_ml}")
         body = {
             "planned_cap_ul": planned_cap_ul,
             "device_target_ul": device_target_ul,
             "device_max_duration_s": device_max_duration_s,
             "output_pct": output_pct,
             "drug": drug,
-            "concentration_mg_per_ml": concentration_mg_per_ml,
+            "concentration_per_ml": concentration_per_ml,
+            "dose_unit": dose_unit,
             "decision": dict(decision_trace),
         }
         with self._db.writing() as connection:
@@ -707,7 +709,7 @@ def _summary(record: SessionRecord, started: bool, events: list[LedgerEvent]) ->
         end_reason, end_source = str(ended.body["reason"]), str(ended.body["source"])
     elif refused is not None:
         end_reason, end_source = f"START_NAK:{refused.body['nak_reason']}", "device"
-    concentration = intent.get("concentration_mg_per_ml")
+    concentration = intent.get("concentration_per_ml")
     return SessionSummary(
         session_id=record.session_id,
         subject_id=record.subject_id,
@@ -718,7 +720,8 @@ def _summary(record: SessionRecord, started: bool, events: list[LedgerEvent]) ->
         device_max_duration_s=int(intent["device_max_duration_s"]),
         output_pct=int(intent["output_pct"]),
         drug=intent.get("drug"),
-        concentration_mg_per_ml=None if concentration is None else float(concentration),
+        concentration_per_ml=None if concentration is None else float(concentration),
+        dose_unit=intent.get("dose_unit"),
         started=started,
         delivered_ul=record.delivered_ul,
         duration_ms=None if ended is None else int(ended.body["duration_ms"]),

@@ -171,7 +171,9 @@ class SessionSummary:
     device_max_duration_s: int
     output_pct: int
     drug: str | None
-    concentration_mg_per_ml: float | None
+    concentration_per_ml: float | None
+    """Drug units per mL of the lot (`dose_unit`: vesicles, mg, µg, …)."""
+    dose_unit: str | None
     started: bool
     delivered_ul: int | None
     duration_ms: int | None
@@ -183,11 +185,11 @@ class SessionSummary:
     alarms: tuple[AlarmEntry, ...]
 
     @property
-    def dose_mg(self) -> float | None:
-        """Delivered drug in mg when a concentration was recorded with the intent."""
-        if self.concentration_mg_per_ml is None or self.delivered_ul is None:
+    def dose(self) -> float | None:
+        """Delivered drug in `dose_unit` when a concentration was recorded with the intent."""
+        if self.concentration_per_ml is None or self.delivered_ul is None:
             return None
-        return self.delivered_ul / 1000.0 * self.concentration_mg_per_ml
+        return self.delivered_ul / 1000.0 * self.concentration_per_ml
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,5 +244,6 @@ def override_to_json(override: Override) -> dict[str, Any]:
 def summary_to_json(summary: SessionSummary) -> dict[str, Any]:
     """A session summary as JSON-ready data (times as ISO 8601 UTC), dose included."""
     result: dict[str, Any] = _jsonable(summary)
-    result["dose_mg"] = summary.dose_mg
+    result["dose"] = summary.dose
+    result["dose_unit"] = summary.dose_unit
     return result

@@ -156,7 +156,7 @@ class CourseSession:
         s = self.summary
         if s.delivered_ul is None:
             return None
-        per_ml = s.concentration_mg_per_ml  # named mg, holds the lot's unit per mL
+        per_ml = s.concentration_per_ml
         if per_ml is None:
             per_ml = context.amount_per_ml
         return None if per_ml is None else s.delivered_ul / 1000.0 * per_ml

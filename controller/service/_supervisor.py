@@ -743,7 +743,8 @@ class Supervisor:
                 decision_trace=trace,
                 at=at,
                 drug=self.prescription.drug,
-                concentration_mg_per_ml=float(lot.concentration_per_ml()),
+                concentration_per_ml=float(lot.concentration_per_ml()),
+                dose_unit=str(lot.unit),
             )
         )
         bind_session(sid)

@@ -61,5 +61,6 @@ def intent(
         decision_trace={"allowed": True, "constraints": []},
         at=clock.now(),
         drug="salbutamol",
-        concentration_mg_per_ml=1.0,
+        concentration_per_ml=1.0,
+        dose_unit="mg",
     )

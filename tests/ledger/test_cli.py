@@ -43,7 +43,7 @@ def test_show_prints_volume_dose_reasons_and_alarms(
 ) -> None:
     assert main(["ledger", "show", "--data-dir", str(data_dir)]) == 0
     out = capsys.readouterr().out
-    assert "delivered 400 uL  dose 0.400 mg  [salbutamol 1 mg/mL]" in out
+    assert "delivered 400 uL  dose 0.4 mg  [salbutamol 1 mg/mL]" in out
     assert "end: BUTTON_STOP (reported by device) after 200.0 s" in out
     assert "alarm 2026-11-25 08:00:21Z: output_low raised by controller" in out
     assert "NOT reconciled: counts its full planned cap of 300 uL" in out

@@ -151,7 +151,7 @@ def test_summary_carries_dose_reasons_alarms_and_overrides(ledger: Ledger, clock
         at=clock.advance(80),
     )
     (summary,) = ledger.summaries(subject_id="subj-1")
-    assert summary.dose_mg == pytest.approx(0.25)
+    assert summary.dose == pytest.approx(0.25)
     assert (summary.end_reason, summary.end_source) == ("BUTTON_STOP", "device")
     assert [(a.action, a.actor) for a in summary.alarms] == [
         (AlarmAction.RAISED, "controller"),

@@ -62,7 +62,7 @@ def _intent(ledger: Ledger, clock: _Clock, *, subject: str, day: int, hour: floa
         decision_trace={"allowed": True},
         at=clock.at(day=day, hour=hour),
         drug="exosome vesicles (inhaled)",
-        concentration_mg_per_ml=PER_ML,
+        concentration_per_ml=PER_ML,
     )
 
 
