@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from controller.dosing import Instant
 from controller.ledger._database import Database, parse_utc
@@ -27,11 +27,15 @@ class Outbox:
         When the outbox exceeds its byte budget, the oldest telemetry rows are dropped in
         the same transaction and an `outbox_drop` event records how many.
         """
-        with self._db.writing() as connection:
-            (seq,) = self._db.insert_outbox(
-                connection, (message,), at=at, event_id=None, session_id=None
-            )
+        (seq,) = self.append_many((message,), at=at)
         return seq
+
+    def append_many(self, messages: Sequence[OutboxMessage], *, at: Instant) -> list[int]:
+        """Commit several messages in one transaction (a batch of samples); their seqs."""
+        with self._db.writing() as connection:
+            return self._db.insert_outbox(
+                connection, messages, at=at, event_id=None, session_id=None
+            )
 
     def pending(self, *, limit: int = 100, after_seq: int = 0) -> list[OutboxRow]:
         """Up to `limit` rows with seq > `after_seq`, oldest first."""

@@ -28,12 +28,9 @@ from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
 from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel
 from controller.telemetry._monitor_client import AckRequest, WardMonitor
 from controller.telemetry._outbox import (
-    OUTBOX_DDL,
     OutboxReader,
-    OutboxRow,
     OutboxRowLike,
     ReplyAppender,
-    SqliteOutbox,
     utc_text,
 )
 from controller.telemetry._publisher import (
@@ -70,7 +67,6 @@ __all__ = [
     "DEVICE_SCHEMAS",
     "MAX_BACKFILL_MESSAGES",
     "MAX_BACKFILL_SPAN",
-    "OUTBOX_DDL",
     "SCHEMA_ROUTES",
     "AckRequest",
     "ActiveAlarm",
@@ -93,7 +89,6 @@ __all__ = [
     "OutboxEntry",
     "OutboxPublisher",
     "OutboxReader",
-    "OutboxRow",
     "OutboxRowLike",
     "PrescriptionSummary",
     "PresenceMessage",
@@ -105,7 +100,6 @@ __all__ = [
     "SentArchive",
     "SeqTracker",
     "SessionMessage",
-    "SqliteOutbox",
     "StateMessage",
     "TelemetryMessage",
     "TlsSettings",

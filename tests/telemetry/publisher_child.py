@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 
 from controller.logging import configure_logging
-from controller.telemetry import MqttSettings, OutboxPublisher, SqliteOutbox
+from controller.telemetry import MqttSettings, OutboxPublisher
+from tests.support.outbox import LedgerBackedOutbox
 from tests.telemetry.helpers import IDENTITY
 
 
 async def main(port: int, db_path: Path) -> None:
     settings = MqttSettings(host="127.0.0.1", port=port, client_id="child-B03", keepalive_s=2)
     publisher = OutboxPublisher(
-        settings=settings, identity=IDENTITY, outbox=SqliteOutbox(path=db_path)
+        settings=settings, identity=IDENTITY, outbox=LedgerBackedOutbox(path=db_path)
     )
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(publisher.run())

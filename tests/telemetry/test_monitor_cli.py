@@ -18,9 +18,9 @@ from controller.telemetry import (
     ActiveAlarm,
     BedRow,
     OutboxPublisher,
-    SqliteOutbox,
 )
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.outbox import LedgerBackedOutbox
 from tests.telemetry.helpers import IDENTITY, settings_for, telemetry
 from tests.telemetry.test_publisher import wait_until
 
@@ -104,7 +104,7 @@ def test_table_shows_offline_stale_progress_and_alarms() -> None:
 async def test_json_mode_prints_one_event_per_line(
     mosquitto_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
+    outbox = LedgerBackedOutbox(path=tmp_path / "ledger.sqlite3")
     publisher = OutboxPublisher(
         settings=settings_for(mosquitto_broker), identity=IDENTITY, outbox=outbox
     )

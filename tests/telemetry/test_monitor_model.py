@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from controller.ledger import OutboxKind, OutboxRow
 from controller.telemetry import (
     DeviceIdentity,
     SentArchive,
@@ -15,7 +16,6 @@ from controller.telemetry import (
     encode_presence,
     outbox_entry,
 )
-from controller.telemetry._outbox import OutboxRow
 from controller.telemetry._schemas import BackfillRequest
 from tests.telemetry.helpers import IDENTITY, ROOT, telemetry, validate_payload
 
@@ -89,7 +89,7 @@ def test_backfill_reply_fills_gaps_and_marks_unavailable(tmp_path: Path) -> None
     rows = [
         OutboxRow(
             seq=s,
-            kind="telemetry",
+            kind=OutboxKind.TELEMETRY,
             topic=TELEMETRY_TOPIC,
             payload=telemetry(s * 10).build(s),
             qos=1,
@@ -135,7 +135,7 @@ def test_backfill_reply_is_bounded_and_says_truncated(tmp_path: Path) -> None:
     rows = [
         OutboxRow(
             seq=s,
-            kind="telemetry",
+            kind=OutboxKind.TELEMETRY,
             topic=TELEMETRY_TOPIC,
             payload=telemetry(s).build(s),
             qos=1,

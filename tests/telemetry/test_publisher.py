@@ -18,12 +18,12 @@ from controller.telemetry import (
     OutboxEntry,
     OutboxPublisher,
     SentArchive,
-    SqliteOutbox,
     WardModel,
     WardMonitor,
     outbox_entry,
 )
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.outbox import LedgerBackedOutbox
 from tests.telemetry.helpers import (
     IDENTITY,
     ROOT,
@@ -72,8 +72,8 @@ async def collecting(
 
 def make_publisher(
     broker: MosquittoBroker, tmp_path: Path, **kwargs: object
-) -> tuple[OutboxPublisher, SqliteOutbox, SentArchive]:
-    outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
+) -> tuple[OutboxPublisher, LedgerBackedOutbox, SentArchive]:
+    outbox = LedgerBackedOutbox(path=tmp_path / "ledger.sqlite3")
     archive = SentArchive(path=tmp_path / "telemetry-sent.sqlite3")
     publisher = OutboxPublisher(
         settings=settings_for(broker),
@@ -139,7 +139,7 @@ async def test_hour_of_backlog_drains_in_order_without_starving_live(
     mosquitto_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
     mosquitto_broker.stop()
-    outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
+    outbox = LedgerBackedOutbox(path=tmp_path / "ledger.sqlite3")
     # Retry once a second, so the collector below is subscribed before the retry.
     settings = settings_for(mosquitto_broker).model_copy(
         update={"reconnect_initial_s": 1.0, "reconnect_max_s": 1.0}
@@ -243,7 +243,7 @@ async def test_three_broker_kills_lose_nothing(
 async def test_monitor_ack_reaches_a_second_monitor(
     mosquitto_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
+    outbox = LedgerBackedOutbox(path=tmp_path / "ledger.sqlite3")
     acks_applied: list[str] = []
 
     async def on_alarm_ack(command: AlarmAckCommand) -> None:
@@ -348,7 +348,7 @@ async def test_monitor_ack_reaches_a_second_monitor(
 
 
 def test_payloads_stay_json(tmp_path: Path) -> None:
-    outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
+    outbox = LedgerBackedOutbox(path=tmp_path / "ledger.sqlite3")
     seq = outbox.append(telemetry(7))
     (row,) = outbox.pending(limit=10)
     assert row.seq == seq == 1
@@ -360,7 +360,7 @@ def test_payloads_stay_json(tmp_path: Path) -> None:
 async def test_replayed_old_state_does_not_replace_the_retained_current_state(
     mosquitto_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
+    outbox = LedgerBackedOutbox(path=tmp_path / "ledger.sqlite3")
     now = datetime.now(UTC)
 
     def state(session_state: str) -> OutboxEntry:
@@ -401,7 +401,7 @@ async def test_broker_refusal_keeps_rows_until_the_acl_is_fixed(tmp_path: Path) 
     acl.write_text("topic readwrite nebuliser/v1/W7/B03/presence\ntopic read #\n")
     broker = MosquittoBroker(workdir=base, extra_config=[f"acl_file {acl}"])
     async with broker:
-        outbox = SqliteOutbox(path=tmp_path / "ledger.sqlite3")
+        outbox = LedgerBackedOutbox(path=tmp_path / "ledger.sqlite3")
         seqs = outbox.append_many([telemetry(n) for n in range(5)])
         publisher = OutboxPublisher(settings=settings_for(broker), identity=IDENTITY, outbox=outbox)
         async with asyncio.TaskGroup() as tasks:
