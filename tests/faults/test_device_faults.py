@@ -87,10 +87,22 @@ def _session_checks(
     return violations, overshoot
 
 
+_last_start: dict[Path, float] = {}
+
+
+async def respect_interval(config: NebuliserConfig) -> None:
+    """Wait until the previous start on this bed is ≥ min_interval_s (1 s) old."""
+    loop = asyncio.get_running_loop()
+    previous = _last_start.get(config.storage.data_dir)
+    if previous is not None:
+        await asyncio.sleep(max(0.0, previous + 1.05 - loop.time()))
+    _last_start[config.storage.data_dir] = loop.time()
+
+
 async def _one_session(
     sim: SimulatorProcess, config: NebuliserConfig, label: str
 ) -> tuple[list[str], float, dict[str, Any]]:
-    await asyncio.sleep(1.05)  # min_interval_s = 1
+    await respect_interval(config)
     reply = await start_confirmed(config)
     if not reply.get("started"):
         return [f"{label}: start refused {reply.get('reasons')}"], 0.0, reply
@@ -159,7 +171,7 @@ async def test_device_ignoring_its_cap_or_stop(tmp_path: Path) -> None:
 
         report = record(ScenarioReport(scenario="device ignores STOP"))
         await sim.ctl.set_defect("ignore_stop")
-        await asyncio.sleep(1.05)
+        await respect_interval(config)
         reply = await start_confirmed(config)
         assert reply["started"], reply
         await wait_truth(sim, lambda t: t["nebulising"] and t["delivered_ul"] > 5, 5)
@@ -183,7 +195,7 @@ async def test_device_reboot_mid_session(tmp_path: Path) -> None:
     no further delivery, nothing resumed."""
     report = record(ScenarioReport(scenario="device reboots mid-session"))
     async with bed(tmp_path) as (sim, _controller, config):
-        await asyncio.sleep(1.05)
+        await respect_interval(config)
         reply = await start_confirmed(config)
         assert reply["started"], reply
         await wait_truth(sim, lambda t: t["nebulising"] and t["delivered_ul"] > 10, 5)
@@ -213,7 +225,7 @@ async def test_pty_hang_up_mid_session(tmp_path: Path) -> None:
     hangs up). The controller stays up, alarms, and keeps the session UNCERTAIN."""
     report = record(ScenarioReport(scenario="serial: pty hang-up mid-session"))
     async with bed(tmp_path) as (sim, controller, config):
-        await asyncio.sleep(1.05)
+        await respect_interval(config)
         reply = await start_confirmed(config)
         assert reply["started"], reply
         await wait_truth(sim, lambda t: t["nebulising"], 5)
@@ -262,7 +274,7 @@ async def test_corrupted_ledger_between_runs_refuses_delivery(tmp_path: Path) ->
     keeps the damaged file aside, and the device never starts."""
     report = record(ScenarioReport(scenario="disk: ledger corrupted between runs"))
     async with bed(tmp_path) as (sim, controller, config):
-        await asyncio.sleep(1.05)
+        await respect_interval(config)
         reply = await start_confirmed(config)
         assert reply["started"], reply
         await wait_status(config, lambda s: s["session"] is None, 15)
@@ -297,7 +309,7 @@ async def test_controller_can_clear_a_latched_device_fault(tmp_path: Path) -> No
     """After the device's watchdog stopped a session (controller hung), the operator
     clears the latched WATCHDOG bit from the controller and the bed is usable again."""
     async with bed(tmp_path) as (sim, controller, config):
-        await asyncio.sleep(1.05)
+        await respect_interval(config)
         assert (await start_confirmed(config))["started"]
         await wait_truth(sim, lambda t: t["nebulising"], 5)
         controller.signal(signal.SIGSTOP)

@@ -72,7 +72,6 @@ async def test_partition_and_broker_kill_lose_no_telemetry_sequence(tmp_path: Pa
             await controller.spawn()
             await wait_status(config, lambda s: s["link_up"] and s["state"] == "idle", 15)
             await until(lambda: monitor.model.tracker(DEVICE_ID).high_seq > 3, 10, "telemetry")
-            await asyncio.sleep(1.05)
             assert (await start_confirmed(config))["started"]
             await asyncio.sleep(0.5)
             proxy.partition()
