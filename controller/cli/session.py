@@ -167,8 +167,16 @@ def _alarm_ack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clear_faults(args: argparse.Namespace) -> int:
+    reply = _run(args, "device.clear_faults", by=args.by)
+    if reply is None:
+        return EXIT_NO_SERVICE
+    print(reply.get("reason") or reply.get("error"))
+    return 0 if reply.get("cleared") else EXIT_REFUSED
+
+
 def register(subparsers: Any) -> None:
-    """Add `session` and `alarm`."""
+    """Add `session`, `alarm` and `device`."""
     session = subparsers.add_parser("session", help="start, stop or show the bedside session")
     sub = session.add_subparsers(dest="session_command", metavar="ACTION", required=True)
     start = sub.add_parser("start", help="request a session; needs the bedside CONFIRM")
@@ -208,3 +216,13 @@ def register(subparsers: Any) -> None:
     ack.add_argument("code", help="alarm code, as shown by `alarm list`")
     ack.add_argument("--by", required=True, help="your name or role (recorded)")
     ack.set_defaults(handler=_alarm_ack)
+
+    device = subparsers.add_parser("device", help="act on the nebuliser head")
+    device_sub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    clear = device_sub.add_parser(
+        "clear-faults",
+        help="send CLEAR_FAULTS: clears latched fault bits whose cause has gone (recorded)",
+    )
+    add_service_options(clear)
+    clear.add_argument("--by", required=True, help="your name or role (recorded)")
+    clear.set_defaults(handler=_clear_faults)

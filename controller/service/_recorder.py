@@ -38,6 +38,7 @@ class Recorder(Generic[S]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         self._resource: S | None = None
         self._pending: set[Future[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self.failures = 0
 
@@ -45,6 +46,7 @@ class Recorder(Generic[S]):
     async def running(self) -> AsyncIterator[Recorder[S]]:
         """Open the resource on the writer thread; on exit, finish every write and close."""
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self._resource = await loop.run_in_executor(self._executor, self._opener)
         try:
             yield self
@@ -63,11 +65,18 @@ class Recorder(Generic[S]):
         """Run `fn(resource)` after every earlier write; wait for its result."""
         return await asyncio.wrap_future(self._executor.submit(self._run, fn))
 
-    def submit(self, fn: Callable[[S], Any], *, what: str) -> None:
+    def submit(
+        self,
+        fn: Callable[[S], Any],
+        *,
+        what: str,
+        then: Callable[[], None] | None = None,
+    ) -> None:
         """Queue `fn(resource)` without waiting (never blocks the caller).
 
-        A failure is logged with `what` and counted; the supervisor polls
-        `failures` to raise the ledger-unavailable alarm.
+        `then` runs on the event loop after `fn` succeeded (e.g. wake the MQTT
+        publisher: the row it must send is committed). A failure is logged with `what`
+        and counted; the supervisor polls `failures` to raise the ledger alarm.
         """
         future = self._executor.submit(self._run, fn)
         with self._lock:
@@ -80,6 +89,8 @@ class Recorder(Generic[S]):
             if error is not None:
                 self.failures += 1
                 _log.error("ledger write failed", what=what, error=repr(error))
+            elif then is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(then)
 
         future.add_done_callback(_done)
 

@@ -67,7 +67,15 @@ class _Handlers:
             "session.start": self.start,
             "alarm.list": self.alarm_list,
             "alarm.ack": self.alarm_ack,
+            "device.clear_faults": self.clear_faults,
         }
+
+    async def clear_faults(self, request: ControlRequest, _reply: Reply) -> dict[str, Any]:
+        by = str(request.args.get("by", "")).strip()
+        if not by:
+            raise ControlError("say who clears the faults: --by NAME")
+        cleared, reason = await self._sup.clear_faults(by=by)
+        return {"ok": cleared, "cleared": cleared, "reason": reason}
 
     async def status(self, _request: ControlRequest, _reply: Reply) -> dict[str, Any]:
         return {"ok": True, **self._sup.snapshot()}

@@ -64,6 +64,7 @@ from controller.session import (
 )
 from drivers.mn1 import (
     Ack,
+    ClearFaults,
     CommandAnswered,
     DeviceRebooted,
     DeviceState,
@@ -123,6 +124,9 @@ class Publications:
     def decision(self, decision: Decision, body: dict[str, Any]) -> Sequence[OutboxMessage]:
         """Message for an allow/refuse/stop decision."""
         return ()
+
+    def committed(self) -> None:
+        """Called on the event loop once rows carrying messages are committed."""
 
 
 @dataclass(slots=True)
@@ -333,12 +337,7 @@ class Supervisor:
             session.delivered_ul = status.delivered_ul
             session.flow_ul_min = status.flow_ul_min
             session.status_at_ms = now
-        # Faults first: the device stops by itself on a fault (ICD §4).
-        had_faults = bool(previous.faults) if previous is not None else False
-        if status.faults and not had_faults:
-            self._apply(SessionEvent.FAULT_RAISED)
-        elif not status.faults and had_faults:
-            self._apply(SessionEvent.FAULTS_CLEARED)
+        self._on_fault_bits(previous, status, ours=ours, now=now)
         if status.state is DeviceState.NEBULISING:
             if ours:
                 if session is not None and session.nebulising_since_ms is None:
@@ -381,6 +380,18 @@ class Supervisor:
             ),
             what="progress",
         )
+
+    def _on_fault_bits(
+        self, previous: Status | None, status: Status, *, ours: bool, now: int
+    ) -> None:
+        """Fault bits first: STOP at once if ours runs (the device also stops by itself)."""
+        had_faults = bool(previous.faults) if previous is not None else False
+        if status.faults and not had_faults:
+            if ours and self.state in (SessionState.NEBULISING, SessionState.CONFIRMING):
+                self.stop_now("device_fault", now=now)  # safe state first, not next tick
+            self._apply(SessionEvent.FAULT_RAISED)
+        elif not status.faults and had_faults:
+            self._apply(SessionEvent.FAULTS_CLEARED)
 
     def _on_idle_other_session(self, status: Status) -> None:
         """The device is idle and its most recent session is not our open one."""
@@ -636,15 +647,13 @@ class Supervisor:
         body = decision_to_json(decision)
         at = self._clock.now()
         allowed = decision.allowed
+        publish = self._pub.decision(decision, body)
         self._recorder.submit(
             lambda ledger: ledger.record_decision(
-                subject_id=subject,
-                allowed=allowed,
-                trace=body,
-                at=at,
-                publish=self._pub.decision(decision, body),
+                subject_id=subject, allowed=allowed, trace=body, at=at, publish=publish
             ),
             what="decision",
+            then=self._pub.committed,
         )
         if override is not None and allowed:
             self._recorder.submit(
@@ -652,6 +661,32 @@ class Supervisor:
                 what="override",
             )
         return decision
+
+    async def clear_faults(self, *, by: str) -> tuple[bool, str]:
+        """Send CLEAR_FAULTS (ICD §3): latched bits whose condition has gone are cleared.
+
+        Returns (cleared, reason). Refused while a session of ours is open. The device
+        NAKs FAULT_PERSISTS while a fault's condition is still present.
+        """
+        if self.session is not None:
+            return False, "a session is open; stop it first"
+        outcome = await self._link.command(ClearFaults())
+        if isinstance(outcome, CommandAnswered) and isinstance(outcome.answer, Ack):
+            cleared, reason = True, "device cleared its latched faults"
+        elif isinstance(outcome, CommandAnswered) and isinstance(outcome.answer, Nak):
+            cleared, reason = False, f"device refused: {outcome.answer.reason.name}"
+        else:
+            cleared, reason = False, f"no answer from the device ({outcome.reason})"
+        at = self._clock.now()
+        body = {"cleared": cleared, "reason": reason}
+        self._recorder.submit(
+            lambda ledger: ledger.record_command(
+                command="device.clear_faults", origin=by, body=body, at=at
+            ),
+            what="clear faults",
+        )
+        _log.info("clear faults", by=by, cleared=cleared, reason=reason)
+        return cleared, reason
 
     def controller_refusals(self) -> list[str]:
         """Reasons, outside the dose rules, why no session may start now."""
@@ -849,6 +884,11 @@ class Supervisor:
 
     # ------------------------------------------------------------------ alarms
 
+    @property
+    def publications(self) -> Publications:
+        """The builder of the messages that accompany ledger rows."""
+        return self._pub
+
     def acknowledge_alarm(self, code: AlarmCode, by: str) -> list[AlarmEvent]:
         """Acknowledge an active alarm (recorded with who and when)."""
         now = self._now_ms()
@@ -940,7 +980,7 @@ class Supervisor:
                     publish=publish,
                 )
 
-            self._recorder.submit(_record, what="alarm")
+            self._recorder.submit(_record, what="alarm", then=self._pub.committed)
 
     # ------------------------------------------------------------------ helpers
 
@@ -951,7 +991,11 @@ class Supervisor:
     ) -> None:
         """Queue a session ledger row with its MQTT message (built here, on the loop)."""
         publish = self._pub.session(body)
-        self._recorder.submit(lambda ledger: write(ledger, publish), what=str(body["event"]))
+        self._recorder.submit(
+            lambda ledger: write(ledger, publish),
+            what=str(body["event"]),
+            then=self._pub.committed,
+        )
 
     def _apply(self, event: SessionEvent) -> None:
         before = self.state

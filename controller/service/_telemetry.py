@@ -33,7 +33,7 @@ import contextlib
 import re
 import secrets
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -152,6 +152,16 @@ class MqttPublications(Publications):
         self._root = root_topic
         self._blinded = prescription.arm.blinded
         self._caps: dict[int, int] = {}
+        self._wake_publisher: Callable[[], None] | None = None
+
+    def bind_publisher(self, notify: Callable[[], None] | None) -> None:
+        """Wake this publisher whenever rows carrying messages are committed."""
+        self._wake_publisher = notify
+
+    def committed(self) -> None:
+        """Rows with messages were committed: wake the publisher now, not at its next poll."""
+        if self._wake_publisher is not None:
+            self._wake_publisher()
 
     def _message(self, schema: str, utc: datetime, **fields: Any) -> OutboxMessage:
         entry = outbox_entry(
@@ -502,6 +512,9 @@ async def run_telemetry(ctx: ServiceContext) -> None:
             on_alarm_ack=None if _signed_commands(ctx) else on_alarm_ack,
         )
         sampler = _Sampler(ctx=ctx, identity=identity, notify=publisher.notify)
+        publications = ctx.supervisor.publications
+        if isinstance(publications, MqttPublications):
+            publications.bind_publisher(publisher.notify)
         await _serve_telemetry(ctx, publisher, sampler, view, reader_ledger.outbox)
     finally:
         archive.close()

@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from controller.config import NebuliserConfig
 from controller.control import ControlClient
 from controller.dosing import SessionStatus
@@ -47,10 +45,10 @@ def _idle(s: dict[str, Any]) -> bool:
 
 @contextlib.asynccontextmanager
 async def bed(
-    directory: Path, *, floor_mb: int = 1
+    directory: Path, *, floor_mb: int = 1, sim_args: tuple[str, ...] = ()
 ) -> AsyncIterator[tuple[SimulatorProcess, ControllerProcess, NebuliserConfig]]:
     """A simulator and a controller, both as subprocesses, ready and idle."""
-    async with SimulatorProcess.running(directory / "sim") as sim:
+    async with SimulatorProcess.running(directory / "sim", extra_args=sim_args) as sim:
         config_path, config = write_fault_config(
             directory, port=str(sim.link_path), session_ul=CAP_UL, floor_mb=floor_mb
         )
@@ -299,22 +297,17 @@ async def test_corrupted_ledger_between_runs_refuses_delivery(tmp_path: Path) ->
     assert not report.violations, report.violations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller bug: no way to send CLEAR_FAULTS (docs/alarms.md says 'CLEAR_FAULTS "
-    "on request'); after a watchdog trip the bed stays in 'fault' until the head is "
-    "power-cycled",
-)
 async def test_controller_can_clear_a_latched_device_fault(tmp_path: Path) -> None:
     """After the device's watchdog stopped a session (controller hung), the operator
     clears the latched WATCHDOG bit from the controller and the bed is usable again."""
-    async with bed(tmp_path) as (sim, controller, config):
+    slow_head = ("--nominal-ul-min", "600")  # 10 s for the cap: the watchdog trips first
+    async with bed(tmp_path, sim_args=slow_head) as (sim, controller, config):
         await respect_interval(config)
         assert (await start_confirmed(config))["started"]
         await wait_truth(sim, lambda t: t["nebulising"], 5)
         controller.signal(signal.SIGSTOP)
         try:
-            await wait_truth(sim, lambda t: "WATCHDOG" in t["faults"], 5)
+            await wait_truth(sim, lambda t: "watchdog" in t["faults"], 5)
         finally:
             controller.signal(signal.SIGCONT)
         await wait_status(config, lambda s: s["state"] == "fault", 5)
