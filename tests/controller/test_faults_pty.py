@@ -283,3 +283,16 @@ async def test_storage_below_floor_alarms_while_idle_and_refuses_starts(tmp_path
         refused = await start_confirmed(config)
         assert not refused["started"]
         assert any(reason.startswith("storage") for reason in refused["reasons"]), refused
+
+
+async def test_a_head_with_another_serial_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEBULISER_DEVICE__EXPECTED_SERIAL", "MN1-00042")
+    model = DeviceModel(nominal_ul_min=SLOW_UL_MIN, serial="SIM-OTHER")
+    async with bed(tmp_path, model) as (config, sim):
+        assert config.device.expected_serial == "MN1-00042"
+        refused = await start_confirmed(config)
+        assert not refused["started"]
+        assert any("SIM-OTHER" in r and "MN1-00042" in r for r in refused["reasons"]), refused
+        assert sim.truth().sessions == []
