@@ -17,13 +17,13 @@ import signal
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.config import NebuliserConfig, load_config
+from controller import benchconfig as bench_config
+from controller.config import NebuliserConfig
 from controller.control import ControlClient, ControlUnavailableError
 from drivers.mn1 import (
     Ack,
@@ -68,53 +68,23 @@ def write_bench_config(
     directory: Path, *, port: str, session_ul: int, mqtt: str = "", extra_session: str = ""
 ) -> tuple[Path, NebuliserConfig]:
     """A controller config for benchmarks: many sessions allowed, 1 s interval."""
-    today = datetime.now(UTC).date()
-    directory.mkdir(parents=True, exist_ok=True)
-    text = f"""
-[device]
-port = "{port}"
-device_id = "neb-bench"
-[storage]
-data_dir = "{directory / "data"}"
-free_space_floor_mb = 1
-[session]
-confirm_timeout_s = 10
-{extra_session}
-[clock]
-mode = "system"
-[security]
-require_signed_prescriptions = false  # bench: the inline prescription is unsigned
-{mqtt}
-[prescription]
-subject_id = "BENCH-001"
-protocol_id = "EXO-PILOT-01"
-drug = "exosome vesicles (inhaled)"
-timezone = "UTC"
-[prescription.lot]
-lot_id = "LOT-B"
-amount = 2.0e8
-unit = "vesicles"
-per_volume_ml = 3.0
-[prescription.arm]
-arm_id = "active"
-cohort = "pilot"
-blinded = false
-[prescription.limits]
-session_ul = {session_ul}
-min_interval_s = 1
-rolling_24h_max_sessions = 1000
-rolling_24h_max_ul = 12000
-course_max_sessions = 1000
-course_start = {today - timedelta(days=1)}
-course_end = {today + timedelta(days=5)}
-max_session_duration_s = 600
-output_pct = 100
-output_pct_min = 50
-output_pct_max = 100
-"""
-    path = directory / "controller.toml"
-    path.write_text(text, encoding="utf-8")
-    return path, load_config(path)
+    return bench_config.write_bench_config(
+        directory,
+        port=port,
+        prescription=bench_config.BenchPrescription(
+            subject_id="BENCH-001",
+            lot_id="LOT-B",
+            session_ul=session_ul,
+            with_session_dose=False,
+            min_interval_s=1,
+            rolling_24h_max_sessions=1000,
+            rolling_24h_max_ul=12000,
+            course_max_sessions=1000,
+        ),
+        device='device_id = "neb-bench"',
+        session=f"confirm_timeout_s = 10\n{extra_session}",
+        extra=mqtt,
+    )
 
 
 async def controller_process(config_path: Path) -> asyncio.subprocess.Process:

@@ -19,13 +19,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from controller.config import NebuliserConfig, load_config
+from controller.benchconfig import BenchPrescription, write_bench_config
+from controller.config import NebuliserConfig
 from controller.control import ControlClient, ControlUnavailableError
 from controller.service import run_service
 from controller.telemetry import (
@@ -51,11 +51,6 @@ _ROOT = "nebuliser/v1"
 _MAX_BEDS = 8
 # The demo's prescription is inline and unsigned: simulator bench only. (Conditional
 # while the [security] section lands; drop the condition once it is in every build.)
-_BENCH_SECURITY = (
-    "[security]\nrequire_signed_prescriptions = false\n"
-    if "security" in NebuliserConfig.model_fields
-    else ""
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,52 +88,29 @@ reconnect_max_s = 1.0
 def _demo_config(
     directory: Path, port: str, *, number: int, broker: MosquittoBroker | None
 ) -> NebuliserConfig:
-    today = datetime.now(UTC).date()
+    """The pilot protocol (2.0×10⁸ vesicles in 3 mL, once daily, 5 days from today)."""
     bed = f"bed-{number:02d}"
-    text = f"""
-[device]
-port = "{port}"
-device_id = "neb-demo-{number:02d}"
-ward = "{_WARD}"
-bed = "{bed}"
-[storage]
-data_dir = "{directory / "data"}"
-free_space_floor_mb = 1
-[session]
-confirm_timeout_s = 30
-[clock]
-mode = "system"   # demo only: a Pi at the bedside uses "ntp"
-{_BENCH_SECURITY}[prescription]
-subject_id = "PILOT-{number:03d}"
-protocol_id = "EXO-PILOT-01"
-drug = "exosome vesicles (inhaled)"
-timezone = "UTC"
-[prescription.lot]
-lot_id = "LOT-2026-0042"
-amount = 2.0e8
-unit = "vesicles"
-per_volume_ml = 3.0
-[prescription.arm]
-arm_id = "active"
-cohort = "pilot"
-blinded = false
-[prescription.limits]
-session_ul = 3000
-session_dose = 2.0e8
-min_interval_s = 86400
-rolling_24h_max_sessions = 1
-rolling_24h_max_ul = 3000
-course_max_sessions = 5
-course_max_dose = 1.0e9
-course_start = {today}
-course_end = {today + timedelta(days=4)}
-max_session_duration_s = 1200
-output_pct = 100
-{_mqtt_table(broker, bed)}"""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "demo.toml"
-    path.write_text(text, encoding="utf-8")
-    return load_config(path)
+    _, config = write_bench_config(
+        directory,
+        port=port,
+        file_name="demo.toml",
+        prescription=BenchPrescription(
+            subject_id=f"PILOT-{number:03d}",
+            lot_id="LOT-2026-0042",
+            session_ul=3000,
+            min_interval_s=86400,
+            rolling_24h_max_sessions=1,
+            course_max_sessions=5,
+            course_max_dose=1.0e9,
+            course_first_day=0,
+            course_days=5,
+            max_session_duration_s=1200,
+        ),
+        device=f'device_id = "neb-demo-{number:02d}"\nward = "{_WARD}"\nbed = "{bed}"',
+        session="confirm_timeout_s = 30",
+        extra=_mqtt_table(broker, bed),
+    )
+    return config
 
 
 async def _status(config: NebuliserConfig) -> dict[str, Any]:

@@ -15,10 +15,10 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from controller.benchconfig import BenchPrescription, write_bench_config
 from controller.config import NebuliserConfig, load_config
 from controller.control import ControlClient, ControlUnavailableError
 from controller.dosing import SessionRecord
@@ -65,53 +65,25 @@ def write_fault_config(
     mqtt: str = "",
 ) -> tuple[Path, NebuliserConfig]:
     """A controller config with room for many short sessions (limits still enforced)."""
-    today = datetime.now(UTC).date()
-    text = f"""
-[device]
-port = "{port}"
-device_id = "neb-fault"
-[storage]
-data_dir = "{directory / "data"}"
-free_space_floor_mb = {floor_mb}
-[session]
-confirm_timeout_s = 10
-[clock]
-mode = "system"
-retrust_after_s = {retrust_after_s}
-[security]
-require_signed_prescriptions = false  # bench: the inline prescription is unsigned
-{mqtt}
-[prescription]
-subject_id = "{SUBJECT}"
-protocol_id = "EXO-PILOT-01"
-drug = "exosome vesicles (inhaled)"
-timezone = "UTC"
-[prescription.lot]
-lot_id = "LOT-F"
-amount = 2.0e8
-unit = "vesicles"
-per_volume_ml = 3.0
-[prescription.arm]
-arm_id = "active"
-cohort = "pilot"
-blinded = false
-[prescription.limits]
-session_ul = {session_ul}
-min_interval_s = {min_interval_s}
-rolling_24h_max_sessions = {max_sessions_24h}
-rolling_24h_max_ul = 12000
-course_max_sessions = 400
-course_start = {today - timedelta(days=1)}
-course_end = {today + timedelta(days=5)}
-max_session_duration_s = 60
-output_pct = 100
-output_pct_min = 50
-output_pct_max = 100
-"""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "controller.toml"
-    path.write_text(text, encoding="utf-8")
-    return path, load_config(path)
+    return write_bench_config(
+        directory,
+        port=port,
+        prescription=BenchPrescription(
+            subject_id=SUBJECT,
+            lot_id="LOT-F",
+            session_ul=session_ul,
+            with_session_dose=False,
+            min_interval_s=min_interval_s,
+            rolling_24h_max_sessions=max_sessions_24h,
+            rolling_24h_max_ul=12000,
+            course_max_sessions=400,
+            max_session_duration_s=60,
+        ),
+        device='device_id = "neb-fault"',
+        storage=f"free_space_floor_mb = {floor_mb}",
+        clock=f"retrust_after_s = {retrust_after_s}",
+        extra=mqtt,
+    )
 
 
 @dataclass

@@ -1,0 +1,143 @@
+"""Configurations for a bench with a simulated head: the demo, tests and benchmarks.
+
+Never for a ward: the prescription is inline and unsigned, the clock is trusted
+without NTP, and the course runs around today. One builder, so that a change to the
+configuration schema is made once for the demo, the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from controller.config import NebuliserConfig, load_config
+
+__all__ = ["BENCH_SECURITY", "BenchPrescription", "bench_config_text", "write_bench_config"]
+
+#: The `[security]` section of a bench: the inline prescription is unsigned.
+BENCH_SECURITY = (
+    "[security]\nrequire_signed_prescriptions = false  # bench only: inline, unsigned\n"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchPrescription:
+    """The pilot lot (2.0×10⁸ vesicles in 3 mL) with limits a bench can choose."""
+
+    subject_id: str = "BENCH-001"
+    lot_id: str = "LOT-BENCH"
+    session_ul: int = 200
+    with_session_dose: bool = True
+    min_interval_s: int = 60
+    rolling_24h_max_sessions: int = 3
+    rolling_24h_max_ul: int | None = None
+    course_max_sessions: int = 5
+    course_max_dose: float | None = None
+    course_first_day: int = -1
+    """First day of the course relative to today (UTC)."""
+    course_days: int = 7
+    max_session_duration_s: int = 600
+
+
+def _prescription_text(rx: BenchPrescription) -> str:
+    today = datetime.now(UTC).date()
+    start = today + timedelta(days=rx.course_first_day)
+    end = start + timedelta(days=rx.course_days - 1)
+    rolling_ul = rx.rolling_24h_max_ul or rx.session_ul * rx.rolling_24h_max_sessions
+    lines = [
+        "[prescription]",
+        f'subject_id = "{rx.subject_id}"',
+        'protocol_id = "EXO-PILOT-01"',
+        'drug = "exosome vesicles (inhaled)"',
+        'timezone = "UTC"',
+        "[prescription.lot]",
+        f'lot_id = "{rx.lot_id}"',
+        "amount = 2.0e8",
+        'unit = "vesicles"',
+        "per_volume_ml = 3.0",
+        "[prescription.arm]",
+        'arm_id = "active"',
+        'cohort = "pilot"',
+        "blinded = false",
+        "[prescription.limits]",
+        f"session_ul = {rx.session_ul}",
+        *([f"session_dose = {rx.session_ul * 2.0e8 / 3000}"] if rx.with_session_dose else []),
+        f"min_interval_s = {rx.min_interval_s}",
+        f"rolling_24h_max_sessions = {rx.rolling_24h_max_sessions}",
+        f"rolling_24h_max_ul = {min(rolling_ul, 12000)}",
+        f"course_max_sessions = {rx.course_max_sessions}",
+        *([f"course_max_dose = {rx.course_max_dose}"] if rx.course_max_dose else []),
+        f"course_start = {start}",
+        f"course_end = {end}",
+        f"max_session_duration_s = {rx.max_session_duration_s}",
+        "output_pct = 100",
+        "output_pct_min = 50",
+        "output_pct_max = 100",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def bench_config_text(
+    *,
+    port: str,
+    data_dir: Path,
+    prescription: BenchPrescription | None = None,
+    device: str = "",
+    storage: str = "",
+    session: str = "",
+    clock: str = "",
+    security: str = BENCH_SECURITY,
+    extra: str = "",
+) -> str:
+    """The TOML text; `device`, `storage`, `session`, `clock` add keys to those sections,
+    `security` replaces the `[security]` section, `extra` adds whole sections (`[mqtt]`)."""
+    rx = prescription or BenchPrescription()
+    return f"""# Bench configuration (simulated head): never use on a ward.
+[device]
+port = "{port}"
+{device}
+[storage]
+data_dir = "{data_dir}"
+{storage or "free_space_floor_mb = 1"}
+[session]
+{session or "confirm_timeout_s = 10"}
+[clock]
+mode = "system"   # bench only: a Pi at the bedside uses "ntp"
+{clock}
+{security}
+{extra}
+{_prescription_text(rx)}"""
+
+
+def write_bench_config(
+    directory: Path,
+    *,
+    port: str,
+    file_name: str = "controller.toml",
+    prescription: BenchPrescription | None = None,
+    device: str = "",
+    storage: str = "",
+    session: str = "",
+    clock: str = "",
+    security: str = BENCH_SECURITY,
+    extra: str = "",
+) -> tuple[Path, NebuliserConfig]:
+    """Write `directory/file_name` (data in `directory/data`) and load it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / file_name
+    path.write_text(
+        bench_config_text(
+            port=port,
+            data_dir=directory / "data",
+            prescription=prescription,
+            device=device,
+            storage=storage,
+            session=session,
+            clock=clock,
+            security=security,
+            extra=extra,
+        ),
+        encoding="utf-8",
+    )
+    return path, load_config(path)
