@@ -13,7 +13,13 @@ from pathlib import Path
 
 from controller.config import NebuliserConfig, load_config
 
-__all__ = ["BENCH_SECURITY", "BenchPrescription", "bench_config_text", "write_bench_config"]
+__all__ = [
+    "BENCH_SECURITY",
+    "BenchPrescription",
+    "bench_config_text",
+    "bench_mqtt_section",
+    "write_bench_config",
+]
 
 #: The `[security]` section of a bench: the inline prescription is unsigned.
 BENCH_SECURITY = (
@@ -38,6 +44,31 @@ class BenchPrescription:
     """First day of the course relative to today (UTC)."""
     course_days: int = 7
     max_session_duration_s: int = 600
+
+
+def bench_mqtt_section(
+    *,
+    host: str,
+    port: int,
+    client_id: str,
+    telemetry_hz: int = 5,
+    keepalive_s: int = 2,
+    reconnect_initial_s: float = 0.05,
+    reconnect_max_s: float = 0.3,
+    publish_timeout_s: float = 3,
+) -> str:
+    """An `[mqtt]` section for a local broker, reconnecting fast (bench timings)."""
+    return f"""
+[mqtt]
+host = "{host}"
+port = {port}
+client_id = "{client_id}"
+keepalive_s = {keepalive_s}
+telemetry_hz = {telemetry_hz}
+reconnect_initial_s = {reconnect_initial_s}
+reconnect_max_s = {reconnect_max_s}
+publish_timeout_s = {publish_timeout_s}
+"""
 
 
 def _prescription_text(rx: BenchPrescription) -> str:

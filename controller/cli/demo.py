@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from controller.benchconfig import BenchPrescription, write_bench_config
+from controller.benchconfig import BenchPrescription, bench_mqtt_section, write_bench_config
 from controller.config import NebuliserConfig
 from controller.control import ControlClient, ControlUnavailableError
 from controller.service import run_service
@@ -73,16 +73,15 @@ class _Bed:
 def _mqtt_table(broker: MosquittoBroker | None, bed: str) -> str:
     if broker is None:
         return ""
-    return f"""
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-client_id = "ctl-{bed}"
-keepalive_s = 5
-telemetry_hz = 2
-reconnect_initial_s = 0.1
-reconnect_max_s = 1.0
-"""
+    return bench_mqtt_section(
+        host=broker.host,
+        port=broker.port,
+        client_id=f"ctl-{bed}",
+        keepalive_s=5,
+        telemetry_hz=2,
+        reconnect_initial_s=0.1,
+        reconnect_max_s=1.0,
+    )
 
 
 def _demo_config(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.benchconfig import bench_mqtt_section
 from controller.config import NebuliserConfig
 from controller.ledger import LEDGER_FILE_NAME, Ledger
 from controller.telemetry import (
@@ -34,17 +35,9 @@ ROOT = "nebuliser/v1"
 
 def mqtt_section(broker: MosquittoBroker, *, telemetry_hz: int = 5) -> str:
     """The `[mqtt]` table of a controller talking to the test broker (fast reconnect)."""
-    return f"""
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-client_id = "ctl-neb-test"
-keepalive_s = 2
-telemetry_hz = {telemetry_hz}
-reconnect_initial_s = 0.05
-reconnect_max_s = 0.3
-publish_timeout_s = 3
-"""
+    return bench_mqtt_section(
+        host=broker.host, port=broker.port, client_id="ctl-neb-test", telemetry_hz=telemetry_hz
+    )
 
 
 def monitor_settings(broker: MosquittoBroker) -> MqttSettings:

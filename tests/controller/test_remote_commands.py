@@ -22,6 +22,7 @@ import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from controller.benchconfig import bench_mqtt_section
 from controller.cli import main
 from controller.config import NebuliserConfig
 from controller.ledger import LEDGER_FILE_NAME, EventKind, Ledger
@@ -78,16 +79,7 @@ role = "pharmacy"
 
 
 def mqtt_section(broker: MosquittoBroker) -> str:
-    return f"""
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-client_id = "ctl-neb-test"
-keepalive_s = 2
-reconnect_initial_s = 0.05
-reconnect_max_s = 0.3
-publish_timeout_s = 3
-"""
+    return bench_mqtt_section(host=broker.host, port=broker.port, client_id="ctl-neb-test")
 
 
 class Counter:

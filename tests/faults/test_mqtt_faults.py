@@ -14,6 +14,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from controller.benchconfig import bench_mqtt_section
 from controller.telemetry import WardMonitor
 from tests.controller.test_mqtt_service import capturing, monitoring, outbox_count, until
 from tests.support.mosquitto import MosquittoBroker
@@ -33,17 +34,9 @@ DEVICE_ID = "neb-fault"
 
 
 def _mqtt_section(proxy: TcpProxy) -> str:
-    return f"""
-[mqtt]
-host = "127.0.0.1"
-port = {proxy.port}
-client_id = "ctl-neb-fault"
-keepalive_s = 2
-telemetry_hz = 10
-reconnect_initial_s = 0.05
-reconnect_max_s = 0.3
-publish_timeout_s = 3
-"""
+    return bench_mqtt_section(
+        host="127.0.0.1", port=proxy.port, client_id="ctl-neb-fault", telemetry_hz=10
+    )
 
 
 def _missing(monitor: WardMonitor, last_seq: int) -> list[int]:
