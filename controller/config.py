@@ -332,6 +332,18 @@ def load_config(
             raise ConfigError(
                 source, [ConfigIssue("(file)", str(path), f"not valid TOML: {exc}")]
             ) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                source,
+                [
+                    ConfigIssue(
+                        "(file)",
+                        str(path),
+                        f"not UTF-8 text ({exc.reason} at byte "
+                        f"{exc.start}); save the file as UTF-8",
+                    )
+                ],
+            ) from None
     token = _FILE_DATA.set(file_data)
     try:
         config = NebuliserConfig(**(overrides or {}))
