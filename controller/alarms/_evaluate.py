@@ -140,6 +140,8 @@ class AlarmInputs:
     * `swapped_to_serial` — the new head's serial if the head changed mid-session.
     * `device_rebooted_mid_session` — STATUS uptime dropped during a session.
     * `telemetry_dropped_total` — messages the outbox has dropped, ever (monotonic).
+    * `stop_unconfirmed_session_id` — the controller is shutting down and the head
+      did not confirm STOP for this session.
     """
 
     device_faults: int
@@ -159,6 +161,7 @@ class AlarmInputs:
     swapped_to_serial: str | None
     device_rebooted_mid_session: bool
     telemetry_dropped_total: int
+    stop_unconfirmed_session_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,6 +332,10 @@ def _treatment_conditions(
         present[AlarmCode.SESSION_STOPPED_BY_WATCHDOG] = {}
     if inputs.uncertain_session_id is not None:
         present[AlarmCode.DELIVERY_UNCERTAIN] = {"session_id": inputs.uncertain_session_id}
+    if inputs.stop_unconfirmed_session_id is not None:
+        present[AlarmCode.STOP_UNCONFIRMED_AT_SHUTDOWN] = {
+            "session_id": inputs.stop_unconfirmed_session_id
+        }
 
 
 def _controller_conditions(inputs: AlarmInputs, previous: AlarmState, present: _Present) -> int:

@@ -68,6 +68,7 @@ class AlarmCode(StrEnum):
     DELIVERY_ABOVE_CAP = "delivery_above_cap"
     SESSION_STOPPED_BY_WATCHDOG = "session_stopped_by_watchdog"
     DEVICE_IGNORED_STOP = "device_ignored_stop"
+    STOP_UNCONFIRMED_AT_SHUTDOWN = "stop_unconfirmed_at_shutdown"
     DELIVERY_UNCERTAIN = "delivery_uncertain"
     DEVICE_SWAPPED = "device_swapped"
     DEVICE_REBOOTED = "device_rebooted"
@@ -136,6 +137,25 @@ _RULES: tuple[AlarmRule, ...] = (
             "remove the mask and unplug the head. Call clinical engineering."
         ),
         why="Delivery continues outside the controller's control: over-delivery risk.",
+    ),
+    AlarmRule(
+        code=AlarmCode.STOP_UNCONFIRMED_AT_SHUTDOWN,
+        cause=(
+            "the controller was asked to shut down during session N and the head did not "
+            "confirm STOP within the shutdown bound"
+        ),
+        priority=_H,
+        category=_CLIN,
+        latching=True,
+        message=(
+            "Controller shut down while session {session_id} may still be running: the "
+            "head did not confirm STOP; recorded as uncertain (full cap counted)"
+        ),
+        action=(
+            "Go to the bed now: press the STOP button on the nebuliser head; if the mist "
+            "continues, remove the mask and unplug the head. Call clinical engineering."
+        ),
+        why="Nothing supervises the head any more: only its own watchdog can stop it.",
     ),
     AlarmRule(
         code=AlarmCode.LINK_LOST_DURING_SESSION,

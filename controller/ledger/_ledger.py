@@ -321,12 +321,16 @@ class Ledger:
         reason: str,
         source: EndSource,
         at: Instant,
+        host_reason: str | None = None,
+        device_reason: str | None = None,
         publish: Sequence[OutboxMessage] = (),
     ) -> int:
         """The session ended: delivered volume, duration, reason code and who reported it.
 
         `reason` is a machine code: the ICD stop reason name (`StopReason.X.name`) for
-        device ends, or the host's own code for host ends.
+        device ends, or the host's own code for host ends. `host_reason` and
+        `device_reason` keep both sides' reasons when both gave one (a host stop
+        followed by the head running dry: `cap_predicted` and `RESERVOIR_EMPTY`).
         """
         _non_negative("delivered_ul", delivered_ul)
         _non_negative("duration_ms", duration_ms)
@@ -341,6 +345,8 @@ class Ledger:
                 "duration_ms": duration_ms,
                 "reason": reason,
                 "source": str(EndSource(source)),
+                "host_reason": host_reason,
+                "device_reason": device_reason,
             },
             delivered_ul=delivered_ul,
             allowed=(SessionStatus.OPEN,),
@@ -382,15 +388,25 @@ class Ledger:
         delivered_ul: int,
         source: ReconcileSource,
         at: Instant,
+        device_reason: str | None = None,
+        duration_ms: int | None = None,
         publish: Sequence[OutboxMessage] = (),
     ) -> int:
-        """Record the device's figure for an UNCERTAIN session (STATUS or SESSION_END)."""
+        """Record the device's figure for an UNCERTAIN session (STATUS or SESSION_END).
+
+        From a SESSION_END the head's stop reason and duration are kept too.
+        """
         _non_negative("delivered_ul", delivered_ul)
         return self._session_event(
             session_id,
             kind=EventKind.RECONCILED,
             at=at,
-            body={"delivered_ul": delivered_ul, "source": str(ReconcileSource(source))},
+            body={
+                "delivered_ul": delivered_ul,
+                "source": str(ReconcileSource(source)),
+                "device_reason": device_reason,
+                "duration_ms": duration_ms,
+            },
             delivered_ul=delivered_ul,
             allowed=(SessionStatus.UNCERTAIN,),
             publish=publish,
@@ -705,10 +721,29 @@ def _summary(record: SessionRecord, started: bool, events: list[LedgerEvent]) ->
     refused = by_kind.get(EventKind.START_REFUSED)
     end_reason: str | None = None
     end_source: str | None = None
+    duration = None if ended is None else ended.body.get("duration_ms")
+    host_reason = None if ended is None else ended.body.get("host_reason")
+    device_reason = None if ended is None else ended.body.get("device_reason")
     if ended is not None:
         end_reason, end_source = str(ended.body["reason"]), str(ended.body["source"])
     elif refused is not None:
         end_reason, end_source = f"START_NAK:{refused.body['nak_reason']}", "device"
+    elif reconciled is not None:
+        device_reason = reconciled.body.get("device_reason")
+        duration = reconciled.body.get("duration_ms")
+        late_end = next(
+            (
+                e.body
+                for e in events
+                if e.kind is EventKind.COMMAND and e.body.get("command") == "device.session_end"
+            ),
+            None,
+        )
+        if late_end is not None:  # the head's SESSION_END, after a STATUS reconciled it
+            device_reason = late_end.get("device_reason") or device_reason
+            duration = late_end.get("duration_ms") if duration is None else duration
+        if device_reason is not None:
+            end_reason, end_source = str(device_reason), "device"
     concentration = intent.get("concentration_per_ml")
     return SessionSummary(
         session_id=record.session_id,
@@ -724,11 +759,13 @@ def _summary(record: SessionRecord, started: bool, events: list[LedgerEvent]) ->
         dose_unit=intent.get("dose_unit"),
         started=started,
         delivered_ul=record.delivered_ul,
-        duration_ms=None if ended is None else int(ended.body["duration_ms"]),
+        duration_ms=None if duration is None else int(duration),
         end_reason=end_reason,
         end_source=end_source,
         uncertain_reason=None if uncertain is None else str(uncertain.body["reason"]),
         reconcile_source=None if reconciled is None else str(reconciled.body["source"]),
         overrides=tuple(overrides),
         alarms=tuple(alarms),
+        host_reason=None if host_reason is None else str(host_reason),
+        device_reason=None if device_reason is None else str(device_reason),
     )

@@ -183,6 +183,10 @@ class SessionSummary:
     reconcile_source: str | None
     overrides: tuple[Mapping[str, Any], ...]
     alarms: tuple[AlarmEntry, ...]
+    host_reason: str | None = None
+    """Why the host stopped the session, when it did (kept beside the head's reason)."""
+    device_reason: str | None = None
+    """The head's own stop reason (ICD name), from SESSION_END or STATUS."""
 
     @property
     def dose(self) -> float | None:

@@ -2,8 +2,8 @@
 
 from ._confirm import confirm_at_bedside
 from ._recorder import Recorder
-from ._service import EXIT_LEDGER, EXIT_PORT, ServiceContext, run_service
-from ._supervisor import TICK_MS, Publications, StartOutcome, Supervisor
+from ._service import EXIT_LEDGER, EXIT_PORT, EXIT_STOP_UNCONFIRMED, ServiceContext, run_service
+from ._supervisor import CONDITIONS_PERIOD_S, TICK_MS, Publications, StartOutcome, Supervisor
 from ._systemd import SystemdNotifier, systemd_notify_task, watchdog_interval_s
 from ._telemetry import (
     PROCESS_BOOT_ID,
@@ -17,8 +17,10 @@ from ._telemetry import (
 )
 
 __all__ = [
+    "CONDITIONS_PERIOD_S",
     "EXIT_LEDGER",
     "EXIT_PORT",
+    "EXIT_STOP_UNCONFIRMED",
     "PROCESS_BOOT_ID",
     "SENT_ARCHIVE_FILE_NAME",
     "TICK_MS",

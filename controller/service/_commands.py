@@ -412,11 +412,11 @@ class CommandIntake:
         body = accepted.body
         assert isinstance(body, PrescriptionUpdateBody)
         sup = self._ctx.supervisor
-        if sup.session is not None or sup.state not in START_ALLOWED_STATES:
+        if sup.runtime.session is not None or sup.runtime.state not in START_ALLOWED_STATES:
             return _Result(
                 status="refused",
                 reason_code="session_running",
-                reason=f"controller state is {sup.state.value}: a prescription is never "
+                reason=f"controller state is {sup.runtime.state.value}: a prescription is never "
                 "changed while a session may be running; send it again when idle",
             )
         data = body.prescription_toml.encode("utf-8")
@@ -550,7 +550,7 @@ async def _security_task(ctx: ServiceContext) -> None:
                 tasks: list[Coroutine[Any, Any, None]] = [
                     run_audit(
                         audit,
-                        sessions_ended=lambda: len(ctx.supervisor.sessions_ended),
+                        sessions_ended=lambda: ctx.supervisor.runtime.sessions_ended,
                         publish_head=intake.publish_head if intake is not None else None,
                     )
                 ]

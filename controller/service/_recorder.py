@@ -35,6 +35,7 @@ class Recorder(Generic[S]):
     def __init__(self, *, opener: Callable[[], S], closer: Callable[[S], None]) -> None:
         self._opener = opener
         self._closer = closer
+        self.on_failure: Callable[[int], None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         self._resource: S | None = None
         self._pending: set[Future[Any]] = set()
@@ -75,8 +76,9 @@ class Recorder(Generic[S]):
         """Queue `fn(resource)` without waiting (never blocks the caller).
 
         `then` runs on the event loop after `fn` succeeded (e.g. wake the MQTT
-        publisher: the row it must send is committed). A failure is logged with `what`
-        and counted; the supervisor polls `failures` to raise the ledger alarm.
+        publisher: the row it must send is committed). A failure is logged with `what`,
+        counted, and reported at once on the event loop to `on_failure` (the
+        supervisor raises the ledger alarm and refuses starts).
         """
         future = self._executor.submit(self._run, fn)
         with self._lock:
@@ -89,6 +91,8 @@ class Recorder(Generic[S]):
             if error is not None:
                 self.failures += 1
                 _log.error("ledger write failed", what=what, error=repr(error))
+                if self.on_failure is not None and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self.on_failure, self.failures)
             elif then is not None and self._loop is not None:
                 self._loop.call_soon_threadsafe(then)
 

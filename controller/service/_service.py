@@ -30,18 +30,29 @@ from drivers.mn1 import PortInUseError, SerialLink
 from ._commands import security_task
 from ._confirm import confirm_at_bedside
 from ._recorder import Recorder
-from ._supervisor import TICK_MS, Supervisor
+from ._supervisor import Supervisor
 from ._systemd import systemd_notify_task
 from ._telemetry import run_telemetry, telemetry_publications
 
-__all__ = ["EXIT_LEDGER", "EXIT_PORT", "EXIT_PRESCRIPTION", "ServiceContext", "run_service"]
+__all__ = [
+    "EXIT_LEDGER",
+    "EXIT_PORT",
+    "EXIT_PRESCRIPTION",
+    "EXIT_STOP_UNCONFIRMED",
+    "ServiceContext",
+    "run_service",
+]
 
 _log = get_logger(__name__)
 
 EXIT_PORT = 3
 EXIT_LEDGER = 4
 EXIT_PRESCRIPTION = 5
-_SHUTDOWN_STOP_WAIT_S = 3.0
+#: Shut down with a session the head did not confirm stopped (recorded UNCERTAIN,
+#: HIGH alarm): systemd shows the unit failed.
+EXIT_STOP_UNCONFIRMED = 6
+#: How long shutdown waits for the head's SESSION_END after STOP.
+SHUTDOWN_STOP_WAIT_S = 3.0
 
 
 def _open_ledger(config: NebuliserConfig) -> Ledger:
@@ -83,7 +94,7 @@ class _Handlers:
     async def stop(self, request: ControlRequest, _reply: Reply) -> dict[str, Any]:
         by = str(request.args.get("by", "local operator"))
         stopped = self._sup.stop_now(f"operator_stop:{by}")
-        return {"ok": True, "stopped": stopped, "state": self._sup.state.value}
+        return {"ok": True, "stopped": stopped, "state": self._sup.runtime.state.value}
 
     async def alarm_list(self, _request: ControlRequest, _reply: Reply) -> dict[str, Any]:
         return {"ok": True, "alarms": self._sup.snapshot()["alarms"]}
@@ -94,7 +105,8 @@ class _Handlers:
         try:
             code = AlarmCode(code_text)
         except ValueError:
-            known = ", ".join(sorted(str(a.code) for a in self._sup.alarms.active)) or "none"
+            active = self._sup.runtime.alarms.active
+            known = ", ".join(sorted(str(a.code) for a in active)) or "none"
             raise ControlError(f"unknown alarm code {code_text!r}; active: {known}") from None
         if not by:
             raise ControlError("say who acknowledges: --by NAME")
@@ -169,22 +181,6 @@ class _Handlers:
 async def _pump_events(link: SerialLink, supervisor: Supervisor) -> None:
     async for event in link.events():
         supervisor.handle_event(event)
-
-
-#: How often clock trust and free space are re-read while idle or running.
-CONDITIONS_PERIOD_S = 30.0
-
-
-async def _refresh_conditions(supervisor: Supervisor) -> None:
-    while True:
-        await supervisor.refresh_conditions()
-        await asyncio.sleep(CONDITIONS_PERIOD_S)
-
-
-async def _tick(supervisor: Supervisor) -> None:
-    while True:
-        supervisor.tick()
-        await asyncio.sleep(TICK_MS / 1000)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,7 +273,8 @@ async def run_service(
                         stop_requested=stop_requested,
                         prescription_source=loaded,
                     )
-                    await _serve(context)
+                    if not await _serve(context):
+                        return EXIT_STOP_UNCONFIRMED
             except PortInUseError as exc:
                 _log.error("serial port in use", error=str(exc))
                 print(f"nebuliser serve: {exc}")  # noqa: T201 - the operator must see this
@@ -292,8 +289,10 @@ async def run_service(
     return 0
 
 
-async def _serve(ctx: ServiceContext) -> None:
+async def _serve(ctx: ServiceContext) -> bool:
+    """Serve until asked to stop; False when a session was left unconfirmed."""
     config, link, supervisor = ctx.config, ctx.link, ctx.supervisor
+    clean = True
     handlers = _Handlers(supervisor=supervisor, config=config)
     server = ControlServer(
         path=config.control_socket, handlers=handlers.table(), mode=config.control.socket_mode
@@ -303,15 +302,26 @@ async def _serve(ctx: ServiceContext) -> None:
         async with asyncio.TaskGroup() as group:
             workers = [
                 group.create_task(_pump_events(link, supervisor)),
-                group.create_task(_tick(supervisor)),
-                group.create_task(_refresh_conditions(supervisor)),
+                group.create_task(supervisor.run_ticks()),
+                group.create_task(supervisor.watch_conditions()),
             ]
             workers += [group.create_task(task) for task in _service_tasks(ctx)]
             await ctx.stop_requested.wait()
             # Graceful shutdown: stop any running session first, record it, then exit.
-            if supervisor.session is not None:
+            # A head that does not confirm the stop is not left silently: UNCERTAIN,
+            # HIGH alarm, error log, non-zero exit (only its watchdog is left).
+            if supervisor.runtime.session is not None:
                 supervisor.stop_now("shutdown")
-                await supervisor.wait_idle(_SHUTDOWN_STOP_WAIT_S)
+                if not await supervisor.wait_idle(SHUTDOWN_STOP_WAIT_S):
+                    supervisor.shutdown_unconfirmed()
+                    clean = False
             for worker in workers:
                 worker.cancel()
-    _log.info("controller stopped")
+    if clean:
+        _log.info("controller stopped")
+    else:
+        _log.error(
+            "controller stopped with a session the head did not confirm stopped",
+            exit_code=EXIT_STOP_UNCONFIRMED,
+        )
+    return clean

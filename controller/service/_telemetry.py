@@ -362,7 +362,7 @@ class _Sampler:
             await asyncio.sleep(delay_s)
 
     def _entries(self, now_s: float) -> list[OutboxEntry]:
-        sup = self._sup
+        sup = self._sup.runtime
         utc = _utc_now()
         status = sup.last_status
         if status is not self._status_seen:
@@ -373,9 +373,9 @@ class _Sampler:
         self._last_crc_errors = crc
         age_ms = None if status is None else int((now_s - self._status_seen_at_s) * 1000)
         session = sup.session
-        running = session is not None and sup.state.value in ("nebulising", "stopping")
+        running = sup.running
         # Idle: the last session's figures, so the ward view shows how it ended.
-        last = sup.sessions_ended[-1] if session is None and sup.sessions_ended else None
+        last = sup.last_ended if session is None else None
         if session is not None:
             session_id, delivered_ul, cap_ul = (
                 session.session_id,
@@ -383,11 +383,7 @@ class _Sampler:
                 session.cap_ul,
             )
         elif last is not None:
-            session_id, delivered_ul, cap_ul = (
-                int(last["session_id"]),
-                int(last["delivered_ul"]),
-                int(last["cap_ul"]),
-            )
+            session_id, delivered_ul, cap_ul = last.session_id, last.delivered_ul, last.cap_ul
         else:
             session_id, delivered_ul, cap_ul = None, 0, 0
         entries = [
@@ -452,7 +448,7 @@ class _Sampler:
 async def _watch_drops(reader: Outbox, supervisor: Supervisor) -> None:
     """Feed the outbox's drop counter to the alarm rules (TELEMETRY_DROPPED)."""
     while True:
-        supervisor.facts.telemetry_dropped_total = reader.dropped_total()
+        supervisor.telemetry_dropped(reader.dropped_total())
         await asyncio.sleep(_DROP_CHECK_S)
 
 

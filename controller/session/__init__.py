@@ -1,8 +1,41 @@
-"""Session control: the state table and host-side stop rules (pure).
+"""Session control: the sans-IO runtime, its state table, stop rules and effects.
 
-The runtime that ties the link, dosing, ledger and alarms lives beside these.
+`SessionRuntime` takes events and time in (device messages, ticks, requests,
+ledger results, condition readings) and hands typed effects out (send STOP, write
+this record, raise this alarm, log this); `controller.service` is the thin asyncio
+shell that feeds it and performs the effects in the safe order.
 """
 
+from ._effects import (
+    Effect,
+    LedgerWrite,
+    LogLine,
+    Now,
+    SendStop,
+    SessionRecord,
+    StartOutcome,
+    StartSettled,
+    WriteAlarm,
+    WriteCommand,
+    WriteDecision,
+    WriteEnded,
+    WriteIntent,
+    WriteOverride,
+    WriteProgress,
+    WriteReconciled,
+    WriteStarted,
+    WriteStartRefused,
+    WriteUncertain,
+)
+from ._running import Conditions, RunningSession, UncertainSession
+from ._runtime import (
+    CONFIRM_NEBULISING_MS,
+    DEFAULT_NOMINAL_UL_MIN,
+    RESOLVE_START_MS,
+    STOP_REPEAT_MS,
+    TICK_MS,
+    SessionRuntime,
+)
 from ._states import (
     OBSERVATION_EVENTS,
     SESSION_OPEN_STATES,
@@ -32,24 +65,52 @@ from ._stop_rules import (
 
 __all__ = [
     "ASSUMED_STOP_LATENCY_MS",
+    "CONFIRM_NEBULISING_MS",
+    "DEFAULT_NOMINAL_UL_MIN",
     "DELIVERED_RESOLUTION_UL",
     "DEVICE_STOP_REACTION_MS",
     "HOST_CHECK_PERIOD_MS",
     "LINK_LOSS_MS",
     "OBSERVATION_EVENTS",
+    "RESOLVE_START_MS",
     "SESSION_OPEN_STATES",
     "START_ALLOWED_STATES",
     "STATUS_JITTER_MS",
     "STATUS_PERIOD_MS",
     "STOP_FRAME_TX_MS",
     "STOP_REASON_TEXT",
+    "STOP_REPEAT_MS",
     "STOP_RETRANSMIT_MS",
     "STOP_SENDING_STATES",
+    "TICK_MS",
     "TRANSITIONS",
+    "Conditions",
+    "Effect",
     "InvalidTransitionError",
+    "LedgerWrite",
+    "LogLine",
+    "Now",
+    "RunningSession",
+    "SendStop",
     "SessionEvent",
+    "SessionRecord",
+    "SessionRuntime",
     "SessionState",
+    "StartOutcome",
+    "StartSettled",
     "StopReasonCode",
+    "UncertainSession",
+    "WriteAlarm",
+    "WriteCommand",
+    "WriteDecision",
+    "WriteEnded",
+    "WriteIntent",
+    "WriteOverride",
+    "WriteProgress",
+    "WriteReconciled",
+    "WriteStartRefused",
+    "WriteStarted",
+    "WriteUncertain",
     "estimate_delivered_ul",
     "host_stop_reason",
     "transition",

@@ -93,6 +93,7 @@ SCENARIOS: dict[AlarmCode, Callable[[], tuple[AlarmState, list[AlarmEvent]]]] = 
     AlarmCode.SESSION_STOPPED_BY_WATCHDOG: _simple(quiet(session_stopped_by_watchdog=True)),
     AlarmCode.DEVICE_IGNORED_STOP: _simple(quiet(device_nebulising=True, stop_sent_at_ms=T0 - 500)),
     AlarmCode.DELIVERY_UNCERTAIN: _simple(quiet(uncertain_session_id=7)),
+    AlarmCode.STOP_UNCONFIRMED_AT_SHUTDOWN: _simple(quiet(stop_unconfirmed_session_id=7)),
     AlarmCode.DEVICE_SWAPPED: _simple(quiet(swapped_to_serial="MN1-000042")),
     AlarmCode.DEVICE_REBOOTED: _simple(quiet(device_rebooted_mid_session=True)),
     AlarmCode.CLOCK_UNTRUSTED: _simple(quiet(clock_trusted=False)),

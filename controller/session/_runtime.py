@@ -1,0 +1,520 @@
+"""The session runtime, sans-IO: admit → intent → START → watch → STOP → record.
+
+Like `drivers.mn1.HostLink`, it has no asyncio, no clock, no port and no database.
+Every input carries the moment it happened (`Now`: monotonic ms and wall instant);
+every decision comes out as a typed effect (`take_effects()`), queued in the safe
+order (design guide §2 rule 2): `SendStop` first, then alarm records, then the
+other records and log lines. Timers are data: `next_deadline_ms()` says when the
+shell must call `tick()` next.
+
+Safety rules enforced here (docs/safety.md names the test and mutation of each):
+
+| rule | where |
+|---|---|
+| 1 predictive host stop, on every STATUS and every tick while running | `_check_stop_rules` |
+| 1 a cap the host cannot stop in time is refused | `request_start` (`cap_too_small`) |
+| 1 fault bit → STOP on the same STATUS | `_on_fault_bits` |
+| 2 STOP before alarm before record | `stop`, effect order |
+| 3 intent committed before START | `request_start` → `intent_recorded` → `Start` |
+| 4 restart or lost session → UNCERTAIN, STOP kept up, a person accepts it | `_lose_session` |
+| 5 unanswered START resolved from STATUS, never a second START | `start_answered`, `tick` |
+| 8 every stop decision recorded with its reason | `stop` |
+
+Inputs: `recover`, `on_link_event`, `tick`, `on_conditions`, `on_ledger_failure`,
+`on_telemetry_dropped`, `admitted`, `request_start`, `intent_recorded`,
+`intent_failed`, `start_answered`, `stop`, `acknowledge_alarm`, `arm_confirm`,
+`disarm_confirm`, `shutdown_unconfirmed`. The STATUS/SESSION_END handling lives in
+`_observe.py` (`DeviceObserver`), the alarm facts in `_facts.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from controller.alarms import AlarmCode, AlarmEvent, AlarmSettings, acknowledge
+from controller.dosing import Decision, Override, Prescription, TrustedTime
+from controller.dosing import SessionRecord as LedgerSessionRecord
+from controller.ledger import StorageReport, decision_to_json
+from drivers.mn1 import Ack, CommandAnswered, CommandOutcome, LinkEvent, Nak, Start
+
+from ._effects import (
+    Effect,
+    LogLine,
+    Now,
+    SendStop,
+    StartOutcome,
+    StartSettled,
+    WriteAlarm,
+    WriteCommand,
+    WriteDecision,
+    WriteIntent,
+    WriteOverride,
+    WriteStartRefused,
+    WriteUncertain,
+)
+from ._observe import STOP_REPEAT_MS, TICK_MS, DeviceObserver
+from ._running import RunningSession, UncertainSession, cap_too_small, controller_refusals
+from ._states import SessionEvent, SessionState
+from ._stop_rules import ASSUMED_STOP_LATENCY_MS
+
+__all__ = [
+    "CONFIRM_NEBULISING_MS",
+    "DEFAULT_NOMINAL_UL_MIN",
+    "RESOLVE_START_MS",
+    "STOP_REPEAT_MS",
+    "TICK_MS",
+    "SessionRuntime",
+]
+
+#: After START is ACKed, STATUS must show our session nebulising within this time.
+CONFIRM_NEBULISING_MS: Final = 1000
+#: After an unanswered START, wait this long for a STATUS that tells the outcome.
+RESOLVE_START_MS: Final = 700
+#: The flow assumed before IDENT names the head's nominal output (ICD §4: 400 µL/min).
+DEFAULT_NOMINAL_UL_MIN: Final = 400
+_PENDING_STATES: Final = frozenset(
+    {SessionState.STARTING, SessionState.START_UNKNOWN, SessionState.CONFIRMING}
+)
+
+
+def _effect_rank(effect: Effect) -> int:
+    match effect:
+        case SendStop():
+            return 0
+        case WriteAlarm():
+            return 1
+        case LogLine():
+            return 3
+        case _:
+            return 2
+
+
+@dataclass(slots=True, kw_only=True)
+class _PendingStart:
+    decision: Decision
+    expected_flow_ul_min: int
+    session_id: int | None = None
+    answered: bool = False
+    deadline_ms: int | None = None
+
+
+class SessionRuntime(DeviceObserver):
+    """Owns the device session of one bed: every safety decision, no I/O."""
+
+    def __init__(
+        self,
+        *,
+        prescription: Prescription,
+        stop_latency_ms: int = ASSUMED_STOP_LATENCY_MS,
+        alarm_settings: AlarmSettings | None = None,
+        expected_serial: str | None = None,
+        progress_interval_ms: int = 5000,
+    ) -> None:
+        super().__init__(
+            prescription=prescription,
+            stop_latency_ms=max(stop_latency_ms, ASSUMED_STOP_LATENCY_MS),
+            alarm_settings=alarm_settings or AlarmSettings(),
+            progress_interval_ms=progress_interval_ms,
+        )
+        self._expected_serial = expected_serial
+        self._start: _PendingStart | None = None
+        self._confirm_baseline: int | None = None
+        self._confirm_armed = False
+        self.confirm_pressed = False
+
+    # ------------------------------------------------------------------ outputs
+
+    def take_effects(self) -> list[Effect]:
+        """The effects queued since the last call, in the order they must be performed.
+
+        Safe state first, alarm second, record third (rule 2): every `SendStop` comes
+        before every alarm row, which comes before every other record; within each
+        kind the order of the decisions is kept (a started row before its end row).
+        """
+        effects, self._effects = self._effects, []
+        return sorted(effects, key=_effect_rank)
+
+    def next_deadline_ms(self) -> int | None:
+        """When `tick` must run next (None: only an input can change anything)."""
+        deadlines = []
+        if self._session is not None or self.state in _PENDING_STATES:
+            deadlines.append(self._last_tick_ms + TICK_MS)
+        elif self._stop_must_repeat():
+            deadlines.append(self._last_stop_tx_ms + STOP_REPEAT_MS)
+        if self._start is not None and self._start.deadline_ms is not None:
+            deadlines.append(self._start.deadline_ms)
+        return min(deadlines) if deadlines else None
+
+    def refusals(self, *, link_ready: bool) -> list[str]:
+        """Reasons, outside the dose rules, why no session may start now."""
+        reasons = controller_refusals(
+            state=self.state,
+            link_ready=link_ready,
+            last_status=self.last_status,
+            ident=self.ident,
+            expected_serial=self._expected_serial,
+            conditions=self.conditions,
+            uncertain=list(self._uncertain.values()),
+            start_pending=self._start is not None,
+        )
+        if self._swapped_to_serial is not None:
+            reasons.append(
+                f"a different head (serial {self._swapped_to_serial}) was connected during a "
+                "session: acknowledge alarm device_swapped before the next start"
+            )
+        return reasons
+
+    # ------------------------------------------------------------------ restart
+
+    def recover(
+        self,
+        *,
+        open_sessions: list[LedgerSessionRecord],
+        uncertain_sessions: list[LedgerSessionRecord],
+        now: Now,
+    ) -> None:
+        """At start-up: sessions left open by a crash are never resumed (rule 4).
+
+        Each is marked UNCERTAIN (its full planned cap counts) and STOP goes out as
+        soon as the port opens; the device's own figures reconcile it later, or a
+        person acknowledges it.
+        """
+        for record in open_sessions:
+            self._effects.append(
+                WriteUncertain(
+                    session_id=record.session_id,
+                    reason="controller_restart",
+                    planned_cap_ul=record.planned_cap_ul,
+                    at=now.at,
+                )
+            )
+            self._uncertain[record.session_id] = UncertainSession(
+                session_id=record.session_id,
+                planned_cap_ul=record.planned_cap_ul,
+                reason="controller_restart",
+            )
+        for record in uncertain_sessions:
+            self._uncertain[record.session_id] = UncertainSession(
+                session_id=record.session_id,
+                planned_cap_ul=record.planned_cap_ul,
+                reason="uncertain_before_restart",
+            )
+        if self._uncertain:
+            self._stop_everything_at_open = True
+            self._apply(SessionEvent.RESTART_WITH_OPEN_SESSION)
+            self._log(
+                "warning",
+                "unfinished sessions found at start-up: marked uncertain, STOP at once",
+                sessions=sorted(self._uncertain),
+            )
+        self._evaluate_alarms(now)
+
+    # ------------------------------------------------------------------ observations
+
+    def on_link_event(self, event: LinkEvent, now: Now) -> None:
+        """React to one link event (STOP effects first)."""
+        self._observe(event, now)
+        self._settle_start(now)
+        self._evaluate_alarms(now)
+
+    def tick(self, now: Now) -> None:
+        """Predictive stop between STATUS frames, STOP repetition, start deadlines."""
+        self._last_tick_ms = now.ms
+        session = self._session
+        if session is not None and self.state in (
+            SessionState.NEBULISING,
+            SessionState.CONFIRMING,
+        ):
+            self._check_stop_rules(session, now)
+        if self._stop_must_repeat() and now.ms - self._last_stop_tx_ms >= STOP_REPEAT_MS:
+            self._send_stop(now)
+        pending = self._start
+        if (
+            pending is not None
+            and pending.deadline_ms is not None
+            and now.ms >= pending.deadline_ms
+        ):
+            self._start_deadline_passed(pending, now)
+        self._settle_start(now)
+
+    def on_conditions(self, trusted: TrustedTime, storage: StorageReport, now: Now) -> None:
+        """Fresh clock trust and free space (read by the shell at least every second)."""
+        self.conditions.clock_trusted = trusted.trusted
+        self.conditions.storage_low = not storage.ok
+        self.conditions.storage_free_mib = storage.free_bytes // (1024 * 1024)
+        self._evaluate_alarms(now)
+
+    def on_ledger_failure(self, failures: int, now: Now) -> None:
+        """A ledger write failed (`failures` in all): starts are refused, alarm raised."""
+        self.conditions.ledger_failures = failures
+        self._evaluate_alarms(now)
+
+    def on_telemetry_dropped(self, dropped_total: int, now: Now) -> None:
+        """The outbox's count of telemetry messages dropped for lack of room, ever."""
+        if dropped_total != self.conditions.telemetry_dropped_total:
+            self.conditions.telemetry_dropped_total = dropped_total
+            self._evaluate_alarms(now)
+
+    # ------------------------------------------------------------------ requests
+
+    def admitted(self, decision: Decision, override: Override | None, now: Now) -> None:
+        """Record the dose engine's decision (and the override it used, if allowed)."""
+        subject = self.prescription.subject_id
+        self._effects.append(
+            WriteDecision(
+                subject_id=subject,
+                allowed=decision.allowed,
+                trace=decision_to_json(decision),
+                at=now.at,
+                decision=decision,
+            )
+        )
+        if override is not None and decision.allowed:
+            self._effects.append(WriteOverride(override=override, subject_id=subject, at=now.at))
+
+    def request_start(
+        self, decision: Decision, *, link_ready: bool, now: Now
+    ) -> WriteIntent | StartOutcome:
+        """Check a start; if it may go ahead, the intent to write durably (rule 3).
+
+        Returns the refusal as a `StartOutcome`, or the `WriteIntent` the shell must
+        commit before calling `intent_recorded` (which gives the START to send).
+        """
+        refusals = self.refusals(link_ready=link_ready)
+        if refusals or not decision.allowed:
+            return StartOutcome(
+                started=False,
+                session_id=None,
+                reasons=tuple(refusals) + decision.refusal_reasons,
+                decision=decision,
+            )
+        nominal = self.ident.nominal_ul_min if self.ident is not None else DEFAULT_NOMINAL_UL_MIN
+        expected_flow = nominal * decision.output_pct // 100
+        too_small = cap_too_small(
+            cap_ul=decision.session_cap_ul,
+            expected_flow_ul_min=expected_flow,
+            max_duration_s=decision.max_duration_s,
+            stop_latency_ms=self._stop_latency_ms,
+        )
+        if too_small is not None:
+            return StartOutcome(
+                started=False, session_id=None, reasons=(too_small,), decision=decision
+            )
+        self._start = _PendingStart(decision=decision, expected_flow_ul_min=expected_flow)
+        lot = self.prescription.lot
+        return WriteIntent(
+            subject_id=self.prescription.subject_id,
+            planned_cap_ul=decision.session_cap_ul,
+            max_duration_s=decision.max_duration_s,
+            output_pct=decision.output_pct,
+            decision_trace=decision_to_json(decision),
+            drug=self.prescription.drug,
+            concentration_per_ml=float(lot.concentration_per_ml()),
+            dose_unit=str(lot.unit),
+            at=now.at,
+        )
+
+    def intent_recorded(self, session_id: int, now: Now) -> Start:
+        """The intent row is committed: the session is open, here is the START to send."""
+        pending = self._start
+        assert pending is not None, "intent_recorded without request_start"
+        decision = pending.decision
+        pending.session_id = session_id
+        self._session = RunningSession(
+            session_id=session_id,
+            subject_id=self.prescription.subject_id,
+            cap_ul=decision.session_cap_ul,
+            max_duration_s=decision.max_duration_s,
+            output_pct=decision.output_pct,
+            expected_flow_ul_min=pending.expected_flow_ul_min,
+            start_sent_ms=now.ms,
+        )
+        self._apply(SessionEvent.START_REQUESTED)
+        return Start(
+            session_id=session_id,
+            target_ul=decision.session_cap_ul,
+            max_duration_s=decision.max_duration_s,
+            output_pct=decision.output_pct,
+        )
+
+    def intent_failed(self, error: str, now: Now) -> None:
+        """The intent could not be written: nothing was sent, nothing started."""
+        pending = self._start
+        self._start = None
+        self._log("error", "intent not recorded: no START sent", error=error)
+        if pending is not None:
+            self._effects.append(
+                StartSettled(
+                    StartOutcome(
+                        started=False,
+                        session_id=None,
+                        reasons=(f"the intent could not be recorded ({error}); nothing started",),
+                        decision=pending.decision,
+                    )
+                )
+            )
+
+    def start_answered(self, outcome: CommandOutcome, now: Now) -> None:
+        """The link's outcome for our START: ACK, NAK, or no answer (rule 5)."""
+        pending = self._start
+        if pending is None or pending.session_id is None:
+            return
+        answer = outcome.answer if isinstance(outcome, CommandAnswered) else None
+        if isinstance(answer, Nak):
+            self._start_refused(pending, answer.reason.name, now)
+            return
+        if isinstance(answer, Ack):
+            if self.state in (SessionState.STARTING, SessionState.START_UNKNOWN):
+                self._apply(SessionEvent.START_ACKED)
+            pending.deadline_ms = now.ms + CONFIRM_NEBULISING_MS
+        else:
+            # Outcome unknown: read STATUS, never a blind second START.
+            if self.state is SessionState.STARTING:
+                self._apply(SessionEvent.START_UNANSWERED)
+            pending.deadline_ms = now.ms + RESOLVE_START_MS
+        pending.answered = True
+        self._settle_start(now)
+        self._evaluate_alarms(now)
+
+    def stop(self, reason: str, now: Now) -> bool:
+        """Stop the running session at once (STOP effect before anything else).
+
+        Returns False when no session of ours is open (a STOP is still sent: the
+        device ACKs it when idle, and a session we do not know of is stopped).
+        """
+        stopped = self._stop(reason, now)
+        if self._start is not None and self._start.session_id is None:
+            self._start = None  # a stop before START went out cancels the start
+        return stopped
+
+    def acknowledge_alarm(self, code: AlarmCode, by: str, now: Now) -> list[AlarmEvent]:
+        """A person acknowledges an active alarm (recorded with who and when).
+
+        Acknowledging `delivery_uncertain` accepts the unknown sessions (their full
+        cap keeps counting) and lifts their block on new starts; acknowledging
+        `device_swapped` / `device_rebooted` ends their latch.
+        """
+        self.alarms, events = acknowledge(self.alarms, code, by, now.ms)
+        self._record_alarm_events(events, now)
+        if code is AlarmCode.DELIVERY_UNCERTAIN:
+            accepted = [u for u in self._uncertain.values() if u.acknowledged_by is None]
+            for entry in accepted:
+                entry.acknowledged_by = by
+            if accepted:
+                self._effects.append(
+                    WriteCommand(
+                        command="session.accept_uncertain",
+                        origin=by,
+                        body={
+                            "sessions": [u.session_id for u in accepted],
+                            "planned_cap_ul": [u.planned_cap_ul for u in accepted],
+                        },
+                        at=now.at,
+                    )
+                )
+        elif code is AlarmCode.DEVICE_SWAPPED:
+            self._swapped_to_serial = None
+        elif code is AlarmCode.DEVICE_REBOOTED:
+            self._rebooted_mid_session = False
+        self._evaluate_alarms(now)
+        return events
+
+    def arm_confirm(self) -> None:
+        """Start watching the head's CONFIRM button (a change of confirm_count)."""
+        status = self.last_status
+        self._confirm_baseline = status.confirm_count if status is not None else None
+        self._confirm_armed = True
+        self.confirm_pressed = False
+
+    def disarm_confirm(self) -> None:
+        """Stop watching the CONFIRM button."""
+        self._confirm_armed = False
+        self._confirm_baseline = None
+
+    def shutdown_unconfirmed(self, now: Now) -> None:
+        """Shutdown with our session still open: the head did not confirm STOP.
+
+        The session is recorded UNCERTAIN (full cap counts), the HIGH alarm is
+        raised, and the shell exits non-zero.
+        """
+        session = self._session
+        if session is None:
+            return
+        self._stop_unconfirmed_session_id = session.session_id
+        self._log(
+            "error",
+            "shutting down with the session not confirmed stopped: recorded uncertain",
+            session_id=session.session_id,
+            host_reason=session.host_reason,
+        )
+        self._lose_session(SessionEvent.DELIVERY_UNKNOWN, "shutdown_stop_unconfirmed", now)
+        self._evaluate_alarms(now)
+
+    # ------------------------------------------------------------------ start flow
+
+    def _observed_confirm(self) -> None:
+        status = self.last_status
+        if not self._confirm_armed or status is None:
+            return
+        if self._confirm_baseline is None:
+            self._confirm_baseline = status.confirm_count
+        elif status.confirm_count != self._confirm_baseline:
+            self.confirm_pressed = True
+
+    def _start_refused(self, pending: _PendingStart, reason: str, now: Now) -> None:
+        sid = pending.session_id
+        assert sid is not None
+        if self._session is not None and self._session.session_id == sid:
+            self._session = None
+        if self.state in (SessionState.STARTING, SessionState.START_UNKNOWN):
+            self._apply(SessionEvent.START_NAKED)
+        self._effects.append(WriteStartRefused(session_id=sid, nak_reason=reason, at=now.at))
+        self._settle(
+            StartOutcome(
+                started=False,
+                session_id=sid,
+                reasons=(f"device refused START: {reason}",),
+                decision=pending.decision,
+            )
+        )
+
+    def _start_deadline_passed(self, pending: _PendingStart, now: Now) -> None:
+        pending.deadline_ms = None
+        if self.state is SessionState.CONFIRMING:
+            self._apply(SessionEvent.CONFIRM_TIMEOUT)
+            self._stop("confirm_timeout", now)
+        elif self.state is SessionState.START_UNKNOWN:
+            self._lose_session(SessionEvent.DELIVERY_UNKNOWN, "start_unanswered", now)
+        self._settle_start(now, deadline_passed=True)
+
+    def _settle_start(self, now: Now, *, deadline_passed: bool = False) -> None:
+        """Answer the pending start once the device has shown what became of it."""
+        pending = self._start
+        if pending is None or not pending.answered or pending.session_id is None:
+            return
+        sid = pending.session_id
+        session = self._session
+        ours_open = session is not None and session.session_id == sid
+        if ours_open and self.state in _PENDING_STATES and not deadline_passed:
+            return
+        if ours_open and self.state is SessionState.IDLE:
+            self._start_refused(pending, "NOT_RUNNING_AFTER_UNANSWERED_START", now)
+            return
+        if sid in self._ran:
+            self._settle(
+                StartOutcome(started=True, session_id=sid, reasons=(), decision=pending.decision)
+            )
+            return
+        self._settle(
+            StartOutcome(
+                started=False,
+                session_id=sid,
+                reasons=(f"device did not confirm session {sid} running ({self.state.value})",),
+                decision=pending.decision,
+            )
+        )
+
+    def _settle(self, outcome: StartOutcome) -> None:
+        self._start = None
+        self._effects.append(StartSettled(outcome))

@@ -1,0 +1,335 @@
+"""The session runtime in simulated time: every safety rule it enforces, and the
+defects found by independent testers, each reproduced here first.
+
+No pty, no asyncio, no sleep: a device model, the sans-IO host link and the
+runtime on one simulated clock (`_bed.Bed`). Each test runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.alarms import AlarmCode
+from controller.dosing import SessionStatus
+from controller.ledger import Ledger
+from controller.session import (
+    SendStop,
+    SessionState,
+    WriteAlarm,
+    WriteDecision,
+    WriteEnded,
+    WriteReconciled,
+    WriteStarted,
+    WriteStartRefused,
+    WriteUncertain,
+)
+from drivers.mn1 import DeviceState
+from simulators.mn1 import ChannelFaults, DeviceModel, LinkFaults
+from tests.session._bed import Bed, pilot_prescription
+
+IDENTIFIED_MS = 300  # the handshake is done and STATUS flows by then
+
+
+def ready_bed(**kwargs: object) -> Bed:
+    bed = Bed(**kwargs)  # type: ignore[arg-type]
+    bed.run_until(IDENTIFIED_MS)
+    assert bed.link_ready()
+    return bed
+
+
+def fault_before_session_end(bed: Bed) -> None:
+    """A fault whose SESSION_END is lost on the wire: the host learns of it from the
+    fault bit in the next STATUS (the repeat of SESSION_END comes 200 ms later)."""
+    bed.model.set_condition("head_disconnected", True, now_ms=bed.now_ms)
+    bed.deaf_until_ms = bed.now_ms + 20
+
+
+def session_of(bed: Bed) -> int:
+    session = bed.runtime.session
+    assert session is not None
+    return session.session_id
+
+
+# --- the whole flow ------------------------------------------------------------------
+
+
+def test_a_pilot_session_runs_to_its_cap_and_is_recorded_in_order() -> None:
+    bed = ready_bed()
+    outcome = bed.start()
+    assert outcome.started, outcome.reasons
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=10 * 60_000)
+    ended = bed.of_type(WriteEnded)
+    assert len(ended) == 1
+    assert ended[0].delivered_ul <= 3000
+    assert ended[0].delivered_ul >= 2990
+    assert bed.model.truth().total_delivered_ul <= 3000
+    kinds = [type(e) for e in bed.effects if isinstance(e, WriteStarted | WriteEnded)]
+    assert kinds == [WriteStarted, WriteEnded]
+    assert bed.runtime.state is SessionState.IDLE
+
+
+def test_stop_goes_out_before_the_alarm_and_records_of_the_same_input() -> None:
+    bed = ready_bed()
+    assert bed.start().started
+    bed.run_for(2000)
+    bed.effects.clear()
+    fault_before_session_end(bed)
+    bed.run_until_true(lambda: bool(bed.of_type(SendStop)), timeout_ms=500)
+    first = bed.effects.index(bed.of_type(SendStop)[0])
+    alarms = [bed.effects.index(e) for e in bed.of_type(WriteAlarm)]
+    records = [bed.effects.index(e) for e in bed.of_type(WriteDecision)]
+    assert alarms, "the fault raised no alarm"
+    assert first < min(alarms)
+    assert max(alarms) < min(i for i in records if i > first)
+
+
+# --- rule 1: layered stops -----------------------------------------------------------
+
+
+def test_the_tick_stops_predictively_while_status_frames_are_lost() -> None:
+    """Between STATUS frames only the tick's estimate can stop in time: a head that
+    ignores its own cap, fast flow, and STATUS lost for 250 ms just before the cap."""
+    model = DeviceModel(nominal_ul_min=6000, fill_ul=6000)
+    model.set_defect("ignore_target_cap", True, now_ms=0)
+    bed = ready_bed(model=model)
+    assert bed.start().started
+    bed.run_until_true(lambda: model.truth().total_delivered_ul >= 2960, timeout_ms=60_000)
+    bed.deaf_until_ms = bed.now_ms + 250
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=5000)
+    assert model.truth().total_delivered_ul <= 3000
+
+
+def test_a_fault_bit_stops_on_the_same_status_not_the_next_tick() -> None:
+    bed = ready_bed()
+    assert bed.start().started
+    bed.run_for(1500)
+    fault_before_session_end(bed)
+    bed.run_until_true(lambda: any(s.faults for _, s in bed.statuses), timeout_ms=500)
+    fault_seen_ms = next(at for at, s in bed.statuses if s.faults)
+    assert bed.stops_sent_ms, "no STOP for a fault bit"
+    assert bed.stops_sent_ms[0] == fault_seen_ms
+    decision = bed.of_type(WriteDecision)[-1]
+    assert decision.trace["reason"] == "device_fault"
+
+
+def test_a_cap_the_host_cannot_stop_in_time_is_refused_before_any_intent() -> None:
+    bed = ready_bed(model=DeviceModel(nominal_ul_min=6000), prescription=pilot_prescription())
+    outcome = bed.start(bed.decide(requested_ul=15))
+    assert not outcome.started
+    assert "below what the host can stop in time" in " ".join(outcome.reasons)
+    assert bed.runtime.session is None
+    assert bed.link.outstanding_seqs == ()
+
+
+def test_the_session_is_stopped_at_its_maximum_duration() -> None:
+    model = DeviceModel(fill_ul=5000)
+    model.set_defect("ignore_target_cap", True, now_ms=0)  # only the duration can end it
+    bed = ready_bed(model=model, prescription=pilot_prescription(max_session_duration_s=5))
+    outcome = bed.start()
+    assert outcome.started
+    assert outcome.decision is not None
+    limit_ms = outcome.decision.max_duration_s * 1000
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=limit_ms + 2000)
+    ended = bed.of_type(WriteEnded)[0]
+    assert ended.duration_ms <= limit_ms
+    assert ended.reason in {"max_duration", "MAX_DURATION"}
+
+
+# --- defect: a session that ends before its `started` row --------------------------------
+
+
+def test_a_session_that_ends_at_once_has_its_started_row_first(tmp_path: Path) -> None:
+    """A cup that empties right after START: SESSION_END may come before any STATUS
+    shows the session running. The started row must still go first, and nothing
+    must latch `ledger_unavailable` (it did: SessionStateError on `started`)."""
+    model = DeviceModel(nominal_ul_min=6000, fill_ul=103, residual_ul=100)
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        bed = ready_bed(model=model, ledger=ledger)
+        outcome = bed.start()
+        bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=3000)
+        assert outcome.started, outcome.reasons
+        sid = outcome.session_id
+        assert sid is not None
+        assert ledger.session_status(sid) is SessionStatus.COMPLETED
+        summary = ledger.summaries(subject_id=bed.prescription.subject_id)[-1]
+        assert summary.started
+        assert summary.device_reason == "RESERVOIR_EMPTY"
+        assert bed.runtime.refusals(link_ready=True) == []
+        assert AlarmCode.LEDGER_UNAVAILABLE not in bed.raised()
+
+
+# --- rule 4: restarts, reboots, swaps -------------------------------------------------
+
+
+def test_a_rebooted_head_leaves_the_session_uncertain_until_a_person_accepts_it() -> None:
+    bed = ready_bed()
+    assert bed.start().started
+    sid = session_of(bed)
+    bed.run_for(3000)
+    bed.model.reboot(now_ms=bed.now_ms)
+    bed.run_for(3000)
+    assert [u.session_id for u in bed.of_type(WriteUncertain)] == [sid]
+    assert bed.runtime.state is SessionState.IDLE  # the device has no such session any more
+    refusals = bed.runtime.refusals(link_ready=bed.link_ready())
+    assert any(f"session {sid}" in r and "acknowledge" in r for r in refusals)
+    assert AlarmCode.DEVICE_REBOOTED in bed.raised()
+    bed.run_for(60_000)  # it does not clear itself
+    assert bed.runtime.alarms.get(AlarmCode.DEVICE_REBOOTED) is not None
+    assert bed.runtime.refusals(link_ready=bed.link_ready())
+    bed.ack(AlarmCode.DELIVERY_UNCERTAIN, by="nurse Ada")
+    bed.ack(AlarmCode.DEVICE_REBOOTED, by="nurse Ada")
+    assert bed.runtime.refusals(link_ready=bed.link_ready()) == []
+    assert bed.runtime.alarms.get(AlarmCode.DEVICE_REBOOTED) is None
+    assert bed.start().started
+
+
+def test_a_swapped_head_blocks_starts_until_acknowledged() -> None:
+    bed = ready_bed()
+    assert bed.start().started
+    bed.run_for(2000)
+    bed.replace_head(DeviceModel(serial="SIM-OTHER", start_ms=bed.now_ms))
+    bed.run_for(3000)
+    assert bed.runtime.alarms.get(AlarmCode.DEVICE_SWAPPED) is not None
+    refusals = bed.runtime.refusals(link_ready=bed.link_ready())
+    assert any("SIM-OTHER" in r for r in refusals)
+    bed.run_for(30_000)
+    assert bed.runtime.alarms.get(AlarmCode.DEVICE_SWAPPED) is not None  # latched
+    bed.ack(AlarmCode.DEVICE_SWAPPED)
+    bed.ack(AlarmCode.DELIVERY_UNCERTAIN)
+    assert bed.runtime.refusals(link_ready=bed.link_ready()) == []
+
+
+def test_after_a_restart_the_open_session_is_stopped_and_reconciled_with_its_reasons(
+    tmp_path: Path,
+) -> None:
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        bed = ready_bed(ledger=ledger)
+        assert bed.start().started
+        sid = session_of(bed)
+        bed.run_for(2000)
+        bed.host_paused = True  # the controller dies; the head's watchdog stops it
+        bed.run_for(1500)
+        bed.host_paused = False
+        stops_before = len(bed.stops_sent_ms)
+        bed.restart_controller()
+        assert len(bed.stops_sent_ms) > stops_before, "no STOP at once after the restart"
+        uncertain = bed.of_type(WriteUncertain)
+        assert [(u.session_id, u.reason) for u in uncertain] == [(sid, "controller_restart")]
+        bed.run_for(3000)  # the head's SESSION_END repeats arrive
+        reconciled = bed.of_type(WriteReconciled)[0]
+        assert reconciled.session_id == sid
+        assert reconciled.device_reason == "WATCHDOG"
+        summary = ledger.summaries(subject_id=bed.prescription.subject_id)[-1]
+        assert summary.status is SessionStatus.RECONCILED
+        assert summary.end_reason == "WATCHDOG"
+        assert summary.duration_ms is not None
+        assert bed.runtime.session is None
+        assert bed.runtime.refusals(link_ready=True) == [
+            r for r in bed.runtime.refusals(link_ready=True) if "fault" in r
+        ]
+
+
+# --- rule 5: an unanswered START is never sent twice ---------------------------------
+
+
+def test_an_unanswered_start_is_resolved_from_status_not_resent() -> None:
+    bed = ready_bed()
+    bed.model.set_link_faults(LinkFaults(drop_answer_rate=1.0), now_ms=bed.now_ms)
+    outcome = bed.start()
+    assert outcome.started, outcome.reasons  # STATUS showed it running
+    assert bed.runtime.state is SessionState.NEBULISING
+    assert bed.model.truth().session_id == outcome.session_id
+
+
+def test_an_unanswered_start_that_never_ran_is_refused_not_left_open() -> None:
+    bed = ready_bed()
+    bed.model.set_link_faults(LinkFaults(rx=ChannelFaults(drop_rate=1.0)), now_ms=bed.now_ms)
+    outcome = bed.start()
+    assert not outcome.started
+    assert bed.runtime.session is None or bed.runtime.state is SessionState.UNCERTAIN
+
+
+# --- end reasons ------------------------------------------------------------------------
+
+
+def test_both_reasons_are_kept_when_the_host_stops_and_the_head_confirms() -> None:
+    bed = ready_bed()
+    assert bed.start().started
+    bed.run_for(1000)
+    bed.stop("operator_stop:nurse Ada")
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=1000)
+    ended = bed.of_type(WriteEnded)[0]
+    assert ended.host_reason == "operator_stop:nurse Ada"
+    assert ended.device_reason == "HOST_STOP"
+    assert ended.reason == "operator_stop:nurse Ada"
+
+
+def test_status_is_marked_stale_between_session_end_and_the_next_status() -> None:
+    bed = ready_bed()
+    assert bed.start().started
+    bed.run_for(1000)
+    bed.stop()
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=1000)
+    status = bed.runtime.last_status
+    assert status is not None
+    if status.state is DeviceState.NEBULISING:
+        assert not bed.runtime.status_current
+        assert not bed.runtime.device_nebulising()
+    bed.run_for(150)
+    assert bed.runtime.status_current
+
+
+# --- honest shutdown ----------------------------------------------------------------
+
+
+def test_shutdown_with_a_head_that_ignores_stop_is_uncertain_and_alarmed() -> None:
+    bed = ready_bed()
+    bed.model.set_defect("ignore_stop", True, now_ms=bed.now_ms)
+    assert bed.start().started
+    sid = session_of(bed)
+    bed.run_for(1000)
+    bed.stop("shutdown")
+    bed.run_for(3000)
+    assert bed.runtime.session is not None  # the head never confirmed
+    bed.runtime.shutdown_unconfirmed(bed.now())
+    bed._perform()
+    uncertain = bed.of_type(WriteUncertain)
+    assert [(u.session_id, u.reason) for u in uncertain] == [(sid, "shutdown_stop_unconfirmed")]
+    assert AlarmCode.STOP_UNCONFIRMED_AT_SHUTDOWN in bed.raised()
+
+
+# --- conditions raise their alarm at once -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reading", "code"),
+    [
+        ({"clock_trusted": False}, AlarmCode.CLOCK_UNTRUSTED),
+        ({"ok": False, "free_mib": 10}, AlarmCode.STORAGE_LOW),
+    ],
+)
+def test_a_condition_reading_raises_its_alarm_in_the_same_input(
+    reading: dict[str, object], code: AlarmCode
+) -> None:
+    bed = ready_bed()
+    bed.effects.clear()
+    bed.conditions(**reading)  # type: ignore[arg-type]
+    assert code in bed.raised()
+
+
+def test_a_failed_ledger_write_alarms_and_refuses_starts_at_once() -> None:
+    bed = ready_bed()
+    bed.runtime.on_ledger_failure(1, bed.now())
+    bed._perform()
+    assert AlarmCode.LEDGER_UNAVAILABLE in bed.raised()
+    assert any("ledger write" in r for r in bed.runtime.refusals(link_ready=True))
+
+
+def test_a_start_refused_by_the_device_is_recorded_and_nothing_runs() -> None:
+    bed = ready_bed(model=DeviceModel(fill_ul=0))
+    outcome = bed.start()
+    assert not outcome.started
+    assert bed.of_type(WriteStartRefused)
+    assert bed.runtime.state is SessionState.IDLE
