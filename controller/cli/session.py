@@ -50,8 +50,17 @@ def _print_status(reply: dict[str, Any]) -> None:
     for alarm in reply.get("alarms", []):
         ack = f" (acknowledged by {alarm['acknowledged_by']})" if alarm["acknowledged_by"] else ""
         print(f"ALARM {alarm['priority'].upper():6} {alarm['code']}: {alarm['message']}{ack}")
-    if reply.get("uncertain_sessions"):
-        print(f"uncertain sessions (full cap counted): {reply['uncertain_sessions']}")
+    for entry in reply.get("unaccounted_sessions", []):
+        who = entry["acknowledged_by"]
+        print(
+            f"uncertain: session {entry['session_id']} ({entry['reason']}), full cap "
+            f"{entry['planned_cap_ul']} µL counted; "
+            + (f"accepted by {who}" if who else "NOT YET ACKNOWLEDGED")
+        )
+    if reply.get("state") == "idle" and reply.get("start_refusals"):
+        print("a start would be refused:")
+        for reason in reply["start_refusals"]:
+            print(f"  - {reason}")
 
 
 async def _call(args: argparse.Namespace, op: str, **params: Any) -> dict[str, Any]:

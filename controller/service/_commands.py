@@ -66,8 +66,8 @@ from controller.telemetry import MqttSettings, mqtt_client
 from ._audit import ServiceAudit, anchor_body, config_sha256, run_audit
 from ._confirm import confirm_at_bedside
 
-if TYPE_CHECKING:  # _service imports this module
-    from ._service import ServiceContext
+if TYPE_CHECKING:  # a type only: no import at run time
+    from ._context import ServiceContext
 
 __all__ = ["RECEIVED_PRESCRIPTIONS_DIR", "CommandIntake", "IntakeStats", "security_task"]
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from controller.alarms import AlarmCode, AlarmNotActiveError, AlarmSettings
 from controller.clock import Clock, ClockTrustMonitor, ClockTrustPolicy, SystemClock
 from controller.config import (
-    LoadedPrescription,
     NebuliserConfig,
     PrescriptionSourceError,
     load_service_prescription,
@@ -29,6 +27,7 @@ from drivers.mn1 import PortInUseError, SerialLink
 
 from ._commands import security_task
 from ._confirm import confirm_at_bedside
+from ._context import ServiceContext
 from ._recorder import Recorder
 from ._supervisor import Supervisor
 from ._systemd import systemd_notify_task
@@ -181,19 +180,6 @@ class _Handlers:
 async def _pump_events(link: SerialLink, supervisor: Supervisor) -> None:
     async for event in link.events():
         supervisor.handle_event(event)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServiceContext:
-    """What a service task (telemetry, remote commands, systemd notify) may use."""
-
-    config: NebuliserConfig
-    supervisor: Supervisor
-    link: SerialLink
-    recorder: Recorder[Ledger]
-    clock: Clock
-    stop_requested: asyncio.Event
-    prescription_source: LoadedPrescription | None = None
 
 
 def _service_tasks(ctx: ServiceContext) -> list[Coroutine[Any, Any, None]]:

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from controller.logging import get_logger
 
-if TYPE_CHECKING:
-    from ._service import ServiceContext
+if TYPE_CHECKING:  # a type only: no import at run time
+    from ._context import ServiceContext
 
 __all__ = ["SystemdNotifier", "systemd_notify_task", "watchdog_interval_s"]
 

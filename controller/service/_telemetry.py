@@ -56,8 +56,8 @@ from drivers.mn1 import FaultBits, Status
 from ._recorder import Recorder
 from ._supervisor import Publications, Supervisor
 
-if TYPE_CHECKING:
-    from ._service import ServiceContext
+if TYPE_CHECKING:  # a type only: no import at run time
+    from ._context import ServiceContext
 
 __all__ = [
     "PROCESS_BOOT_ID",

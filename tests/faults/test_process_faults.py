@@ -171,7 +171,7 @@ async def _one_bed(
                 if not fast_restart:
                     await controller.spawn()
                 # Restarted: does it STOP a device it finds nebulising, within 1 s?
-                await wait_status(config, bool, 15)
+                await wait_status(config, bool, 30)  # a restart on a loaded machine
                 answered_at = loop.time()
                 truth = await sim.state()
                 if truth["nebulising"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,3 +67,20 @@ def test_the_checker_notices_a_missing_test() -> None:
     assert _exists("tests/faults/test_safety_doc.py", "test_the_checker_notices_a_missing_test")
     assert not _exists("tests/faults/test_safety_doc.py", "test_that_does_not_exist")
     assert not _exists("tests/no_such_file.py", None)
+
+
+MUTATIONS = ROOT / "scripts" / "mutations.toml"
+MUTATION_NAME = re.compile(r"«([^»]+)»")
+
+
+def test_every_mutation_is_named_in_the_safety_case_and_every_named_one_exists() -> None:
+    table = tomllib.loads(MUTATIONS.read_text(encoding="utf-8"))
+    in_table = {m["name"] for m in table["mutation"]}
+    in_doc = set(MUTATION_NAME.findall(SAFETY.read_text(encoding="utf-8")))
+    assert len(in_table) >= 25, f"only {len(in_table)} safety mutations"
+    assert not in_doc - in_table, f"docs/safety.md names unknown mutations: {in_doc - in_table}"
+    assert not in_table - in_doc, f"mutations missing from docs/safety.md: {in_table - in_doc}"
+    for mutation in table["mutation"]:
+        for node in mutation["tests"]:
+            path, _, name = node.partition("::")
+            assert _exists(path, name or None), f"{mutation['name']}: no test {node}"

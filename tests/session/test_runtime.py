@@ -89,15 +89,22 @@ def test_stop_goes_out_before_the_alarm_and_records_of_the_same_input() -> None:
 
 
 def test_the_tick_stops_predictively_while_status_frames_are_lost() -> None:
-    """Between STATUS frames only the tick's estimate can stop in time: a head that
-    ignores its own cap, fast flow, and STATUS lost for 250 ms just before the cap."""
+    """Between STATUS frames only the tick's estimate can stop in time. At 6000 µL/min
+    STATUS steps by 10 µL; the rule fires on a STATUS at ≥ 2979.4 µL (cap − 1 − flow ×
+    196 ms). The first STATUS at ≥ 2965 µL therefore did not fire, and the estimate
+    crosses the threshold 54–144 ms later: inside a 290 ms loss of every frame from
+    the head (short of the 300 ms link loss). Without the tick, no STOP goes out until
+    STATUS returns, and a head that ignores its own cap passes the cap."""
     model = DeviceModel(nominal_ul_min=6000, fill_ul=6000)
     model.set_defect("ignore_target_cap", True, now_ms=0)
     bed = ready_bed(model=model)
     assert bed.start().started
-    bed.run_until_true(lambda: model.truth().total_delivered_ul >= 2960, timeout_ms=60_000)
-    bed.deaf_until_ms = bed.now_ms + 250
+    bed.run_until_true(lambda: bed.statuses[-1][1].delivered_ul >= 2965, timeout_ms=60_000)
+    assert not bed.stops_sent_ms, "the host stopped before the gap; the test needs a later gap"
+    bed.deaf_until_ms = bed.now_ms + 290
     bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=5000)
+    assert bed.stops_sent_ms
+    assert bed.stops_sent_ms[0] < bed.deaf_until_ms, "no STOP while STATUS was lost"
     assert model.truth().total_delivered_ul <= 3000
 
 
@@ -333,3 +340,15 @@ def test_a_start_refused_by_the_device_is_recorded_and_nothing_runs() -> None:
     assert not outcome.started
     assert bed.of_type(WriteStartRefused)
     assert bed.runtime.state is SessionState.IDLE
+
+
+def test_stop_is_repeated_until_the_head_shows_it_stopped() -> None:
+    bed = ready_bed()
+    bed.model.set_defect("ignore_stop", True, now_ms=bed.now_ms)
+    assert bed.start().started
+    bed.run_for(500)
+    bed.stop()
+    first = len(bed.stops_sent_ms)
+    bed.run_for(1000)
+    assert len(bed.stops_sent_ms) - first >= 8  # every 100 ms while it nebulises
+    assert AlarmCode.DEVICE_IGNORED_STOP in bed.raised()
