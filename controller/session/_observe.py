@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from controller.alarms import AlarmEvent, AlarmSettings, AlarmState, evaluate
+from controller.alarms import AlarmSettings, AlarmState
 from controller.dosing import Prescription
 from controller.ledger import ReconcileSource
 from drivers.mn1 import (
@@ -33,21 +33,16 @@ from drivers.mn1 import (
 )
 
 from ._effects import (
-    DEVICE_SESSION_END_COMMAND,
     Effect,
     LogLine,
     Now,
     SendStop,
-    WriteAlarm,
-    WriteCommand,
     WriteDecision,
     WriteEnded,
     WriteProgress,
-    WriteReconciled,
     WriteStarted,
-    WriteUncertain,
 )
-from ._facts import alarm_inputs
+from ._facts import ALARM_AFTER_END_MS, AlarmBook, alarm_inputs
 from ._running import Conditions, RunningSession, UncertainSession
 from ._states import (
     SESSION_OPEN_STATES,
@@ -57,6 +52,7 @@ from ._states import (
     transition,
 )
 from ._stop_rules import estimate_delivered_ul, host_stop_reason
+from ._uncertain import UncertainSessions
 
 __all__ = ["ALARM_AFTER_END_MS", "STOP_REPEAT_MS", "TICK_MS", "DeviceObserver"]
 
@@ -64,15 +60,11 @@ __all__ = ["ALARM_AFTER_END_MS", "STOP_REPEAT_MS", "TICK_MS", "DeviceObserver"]
 TICK_MS: Final = 20
 #: While STOP must be sent, repeat it this often until the device shows it stopped.
 STOP_REPEAT_MS: Final = 100
-#: An alarm raised this soon after a session ended is recorded against that session.
-ALARM_AFTER_END_MS: Final = 2000
 #: States in which our START was ACKed or our session seen running: a device then
 #: idle under another session id means the delivery is unknown (not "never started").
 _ACKED_OR_SEEN_RUNNING: Final = frozenset(
     {SessionState.NEBULISING, SessionState.STOPPING, SessionState.LINK_LOST}
 )
-#: The actor named on alarm events the controller raises or clears itself.
-_HOST: Final = "controller"
 
 
 class DeviceObserver:
@@ -88,30 +80,23 @@ class DeviceObserver:
     ) -> None:
         self.prescription = prescription
         self._stop_latency_ms = stop_latency_ms
-        self._alarm_settings = alarm_settings
+        self._book = AlarmBook(alarm_settings)
         self._progress_interval_ms = progress_interval_ms
         self.state = SessionState.IDLE
         self.last_status: Status | None = None
         self.ident: Ident | None = None
-        self.alarms = AlarmState()
         self.conditions = Conditions()
         self.last_ended: WriteEnded | None = None
         self.sessions_ended = 0
         self._effects: list[Effect] = []
         self._session: RunningSession | None = None
-        self._uncertain: dict[int, UncertainSession] = {}
+        self._uncertain = UncertainSessions()
         self._ran: set[int] = set()  # sessions seen running or ended by the device
-        self._reconciled_from_status: set[int] = set()  # awaiting the head's SESSION_END
         self._link_lost = False
         self._status_stale = False  # our SESSION_END came after the last STATUS
-        self._watchdog_stop = False  # one-shot: evaluated once
-        self._swapped_to_serial: str | None = None  # latched until acknowledged
-        self._rebooted_mid_session = False  # latched until acknowledged
-        self._stop_unconfirmed_session_id: int | None = None
         self._stop_everything_at_open = False
         self._last_stop_tx_ms = 0
         self._last_tick_ms = 0
-        self._last_end: tuple[int, int] | None = None  # (session id, ms) of the last end
 
     # ------------------------------------------------------------------ views
 
@@ -123,7 +108,7 @@ class DeviceObserver:
     @property
     def uncertain_sessions(self) -> list[UncertainSession]:
         """Sessions whose delivery is unknown, oldest first."""
-        return [self._uncertain[sid] for sid in sorted(self._uncertain)]
+        return self._uncertain.all()
 
     @property
     def running(self) -> bool:
@@ -173,10 +158,10 @@ class DeviceObserver:
                     self._send_stop(now)
             case DeviceRebooted():
                 if self._session is not None:
-                    self._rebooted_mid_session = True
+                    self._book.facts.rebooted_mid_session = True
                 self._lose_session(SessionEvent.DEVICE_REBOOTED, "device_rebooted", now)
             case DeviceSwapped(current=ident):
-                self._swapped_to_serial = ident.serial
+                self._book.facts.swapped_to_serial = ident.serial
                 self._lose_session(SessionEvent.DEVICE_SWAPPED, "device_swapped", now)
             case Identified(ident=ident):
                 self.ident = ident
@@ -399,27 +384,18 @@ class DeviceObserver:
                     device_reason=device_reason,
                     duration_ms=duration_ms,
                 )
-            elif session_id in self._reconciled_from_status and duration_ms is not None:
-                # Reconciled from STATUS, which carries no duration: keep the head's
-                # own end figures when its SESSION_END arrives after all.
-                self._reconciled_from_status.discard(session_id)
-                self._effects.append(
-                    WriteCommand(
-                        command=DEVICE_SESSION_END_COMMAND,
-                        origin="device",
-                        body={
-                            "session_id": session_id,
-                            "delivered_ul": delivered_ul,
-                            "duration_ms": duration_ms,
-                            "device_reason": device_reason,
-                        },
-                        at=now.at,
-                        session_id=session_id,
-                    )
+            else:  # reconciled from STATUS, which carries no duration: keep the head's
+                late = self._uncertain.late_end(
+                    session_id,
+                    delivered_ul=delivered_ul,
+                    duration_ms=duration_ms,
+                    device_reason=device_reason,
+                    now=now,
                 )
+                self._effects += [late] if late is not None else []
             return
         if reason is StopReason.WATCHDOG:
-            self._watchdog_stop = True
+            self._book.facts.watchdog_stop = True
         # A session can end before a STATUS showed it running (a cup that empties at
         # once): the device ran it, so its started row goes first.
         self._record_started(session, now)
@@ -445,7 +421,7 @@ class DeviceObserver:
         )
         self.last_ended = ended
         self.sessions_ended += 1
-        self._last_end = (session_id, now.ms)
+        self._book.facts.last_end = (session_id, now.ms)
         self._effects.append(ended)
         self._log("info", "session ended", record=ended.body())
 
@@ -458,18 +434,8 @@ class DeviceObserver:
             return
         self._apply(event)
         self._session = None
-        self._last_end = (session.session_id, now.ms)  # its alarms belong to it
-        self._uncertain[session.session_id] = UncertainSession(
-            session_id=session.session_id, planned_cap_ul=session.cap_ul, reason=reason
-        )
-        self._effects.append(
-            WriteUncertain(
-                session_id=session.session_id,
-                reason=reason,
-                planned_cap_ul=session.cap_ul,
-                at=now.at,
-            )
-        )
+        self._book.facts.last_end = (session.session_id, now.ms)  # its alarms belong to it
+        self._effects.append(self._uncertain.add(session.session_id, session.cap_ul, reason, now))
 
     def _reconcile(
         self,
@@ -481,68 +447,45 @@ class DeviceObserver:
         device_reason: str | None = None,
         duration_ms: int | None = None,
     ) -> None:
-        entry = self._uncertain.pop(session_id)
-        if source is ReconcileSource.DEVICE_STATUS:
-            self._reconciled_from_status.add(session_id)
+        record = self._uncertain.reconcile(
+            session_id,
+            delivered_ul,
+            source,
+            now,
+            device_reason=device_reason,
+            duration_ms=duration_ms,
+        )
         if not self._uncertain:
             self._stop_everything_at_open = False
             if self.state is SessionState.UNCERTAIN:
                 self._apply(SessionEvent.RECONCILED)
-        record = WriteReconciled(
-            session_id=session_id,
-            delivered_ul=delivered_ul,
-            source=source,
-            planned_cap_ul=entry.planned_cap_ul,
-            device_reason=device_reason,
-            duration_ms=duration_ms,
-            at=now.at,
-        )
         self._effects.append(record)
         self._log("info", "uncertain session reconciled from device figures", record=record.body())
 
     # ------------------------------------------------------------------ alarms
 
+    @property
+    def alarms(self) -> AlarmState:
+        """The active alarms."""
+        return self._book.state
+
+    def _open_session_id(self) -> int | None:
+        return None if self._session is None else self._session.session_id
+
     def _evaluate_alarms(self, now: Now) -> None:
-        unaccepted = [u.session_id for u in self._uncertain.values() if u.acknowledged_by is None]
         inputs = alarm_inputs(
             session=self._session,
             status=self.last_status,
             device_nebulising=self.device_nebulising(),
             link_lost=self._link_lost,
             conditions=self.conditions,
-            watchdog_stop=self._watchdog_stop,
-            uncertain_session_id=max(unaccepted) if unaccepted else None,
-            swapped_to_serial=self._swapped_to_serial,
-            rebooted_mid_session=self._rebooted_mid_session,
-            stop_unconfirmed_session_id=self._stop_unconfirmed_session_id,
+            facts=self._book.facts,
+            uncertain_session_id=self._uncertain.unaccepted_id(),
             now_ms=now.ms,
         )
-        self.alarms, events = evaluate(inputs, self.alarms, now.ms, settings=self._alarm_settings)
-        self._watchdog_stop = False  # one-shot; the alarm latches
-        self._record_alarm_events(events, now)
-
-    def _record_alarm_events(self, events: list[AlarmEvent], now: Now) -> None:
-        if not events:
-            return
-        session_id: int | None = None
-        if self._session is not None:
-            session_id = self._session.session_id
-        elif self._last_end is not None and now.ms - self._last_end[1] <= ALARM_AFTER_END_MS:
-            # A fault that ends a session is seen in the STATUS after its SESSION_END.
-            session_id = self._last_end[0]
-        for event in events:
-            self._log(
-                "warning",
-                "alarm",
-                kind=str(event.kind),
-                code=str(event.code),
-                priority=str(event.priority),
-                message=event.message,
-                by=event.by or _HOST,
-            )
-            self._effects.append(
-                WriteAlarm(event=event, active=self.alarms, session_id=session_id, at=now.at)
-            )
+        self._effects += self._book.evaluate(
+            inputs, open_session_id=self._open_session_id(), now=now
+        )
 
     # ------------------------------------------------------------------ helpers
 

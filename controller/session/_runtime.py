@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from controller.alarms import AlarmCode, AlarmEvent, AlarmSettings, acknowledge
+from controller.alarms import AlarmCode, AlarmEvent, AlarmSettings
 from controller.dosing import Decision, Override, Prescription, TrustedTime
 from controller.dosing import SessionRecord as LedgerSessionRecord
 from controller.ledger import StorageReport, decision_to_json
@@ -46,15 +46,13 @@ from ._effects import (
     StartOutcome,
     StartSettled,
     WriteAlarm,
-    WriteCommand,
     WriteDecision,
     WriteIntent,
     WriteOverride,
     WriteStartRefused,
-    WriteUncertain,
 )
 from ._observe import STOP_REPEAT_MS, TICK_MS, DeviceObserver
-from ._running import RunningSession, UncertainSession, cap_too_small, controller_refusals
+from ._running import RunningSession, cap_too_small, controller_refusals
 from ._states import SessionEvent, SessionState
 from ._stop_rules import ASSUMED_STOP_LATENCY_MS
 
@@ -155,12 +153,13 @@ class SessionRuntime(DeviceObserver):
             ident=self.ident,
             expected_serial=self._expected_serial,
             conditions=self.conditions,
-            uncertain=list(self._uncertain.values()),
+            uncertain=self._uncertain.all(),
             start_pending=self._start is not None,
         )
-        if self._swapped_to_serial is not None:
+        swapped = self._book.facts.swapped_to_serial
+        if swapped is not None:
             reasons.append(
-                f"a different head (serial {self._swapped_to_serial}) was connected during a "
+                f"a different head (serial {swapped}) was connected during a "
                 "session: acknowledge alarm device_swapped before the next start"
             )
         return reasons
@@ -182,23 +181,13 @@ class SessionRuntime(DeviceObserver):
         """
         for record in open_sessions:
             self._effects.append(
-                WriteUncertain(
-                    session_id=record.session_id,
-                    reason="controller_restart",
-                    planned_cap_ul=record.planned_cap_ul,
-                    at=now.at,
+                self._uncertain.add(
+                    record.session_id, record.planned_cap_ul, "controller_restart", now
                 )
             )
-            self._uncertain[record.session_id] = UncertainSession(
-                session_id=record.session_id,
-                planned_cap_ul=record.planned_cap_ul,
-                reason="controller_restart",
-            )
         for record in uncertain_sessions:
-            self._uncertain[record.session_id] = UncertainSession(
-                session_id=record.session_id,
-                planned_cap_ul=record.planned_cap_ul,
-                reason="uncertain_before_restart",
+            self._uncertain.keep(
+                record.session_id, record.planned_cap_ul, "uncertain_before_restart"
             )
         if self._uncertain:
             self._stop_everything_at_open = True
@@ -206,7 +195,7 @@ class SessionRuntime(DeviceObserver):
             self._log(
                 "warning",
                 "unfinished sessions found at start-up: marked uncertain, STOP at once",
-                sessions=sorted(self._uncertain),
+                sessions=[u.session_id for u in self._uncertain.all()],
             )
         self._evaluate_alarms(now)
 
@@ -395,28 +384,12 @@ class SessionRuntime(DeviceObserver):
         cap keeps counting) and lifts their block on new starts; acknowledging
         `device_swapped` / `device_rebooted` ends their latch.
         """
-        self.alarms, events = acknowledge(self.alarms, code, by, now.ms)
-        self._record_alarm_events(events, now)
-        if code is AlarmCode.DELIVERY_UNCERTAIN:
-            accepted = [u for u in self._uncertain.values() if u.acknowledged_by is None]
-            for entry in accepted:
-                entry.acknowledged_by = by
-            if accepted:
-                self._effects.append(
-                    WriteCommand(
-                        command="session.accept_uncertain",
-                        origin=by,
-                        body={
-                            "sessions": [u.session_id for u in accepted],
-                            "planned_cap_ul": [u.planned_cap_ul for u in accepted],
-                        },
-                        at=now.at,
-                    )
-                )
-        elif code is AlarmCode.DEVICE_SWAPPED:
-            self._swapped_to_serial = None
-        elif code is AlarmCode.DEVICE_REBOOTED:
-            self._rebooted_mid_session = False
+        events, rows = self._book.acknowledge(
+            code, by, open_session_id=self._open_session_id(), now=now
+        )
+        self._effects += rows
+        accepted = self._uncertain.accept(by, now) if code is AlarmCode.DELIVERY_UNCERTAIN else None
+        self._effects += [accepted] if accepted is not None else []
         self._evaluate_alarms(now)
         return events
 
@@ -441,7 +414,7 @@ class SessionRuntime(DeviceObserver):
         session = self._session
         if session is None:
             return
-        self._stop_unconfirmed_session_id = session.session_id
+        self._book.facts.stop_unconfirmed_session_id = session.session_id
         self._log(
             "error",
             "shutting down with the session not confirmed stopped: recorded uncertain",
