@@ -116,3 +116,22 @@ async def test_wall_clock_steps_never_shrink_the_dose_window(tmp_path: Path) -> 
     assert not report.violations, report.violations
     assert "clock" in refusals[0], refusals
     assert all("clock" not in r for r in refusals[1:]), refusals
+
+
+async def test_a_wall_clock_step_is_alarmed_within_a_second(tmp_path: Path) -> None:
+    """The `clock_untrusted` alarm used to wait for the 30 s condition poll (21–28 s
+    late in independent runs); conditions are now read every 0.5 s. The bound here is
+    5 s so that a loaded machine cannot make it flake, and 30 s polling fails it."""
+    async with run_pty_simulator(DeviceModel(nominal_ul_min=FAST_UL_MIN)) as sim:
+        _, config = write_fault_config(tmp_path, port=sim.device_path)
+        clock = SteppedClock()
+        async with controller_with_clock(config, clock):
+            status = await wait_status(config, lambda s: s["state"] == "idle", 10)
+            assert not any(a["code"] == "clock_untrusted" for a in status["alarms"])
+            loop = asyncio.get_running_loop()
+            clock.step_wall(-3600)
+            stepped_at = loop.time()
+            await wait_status(
+                config, lambda s: any(a["code"] == "clock_untrusted" for a in s["alarms"]), 5
+            )
+            assert loop.time() - stepped_at < 5
