@@ -160,11 +160,13 @@ _RULES: tuple[AlarmRule, ...] = (
     AlarmRule(
         code=AlarmCode.LINK_LOST_DURING_SESSION,
         cause=(
-            "no valid STATUS for 300 ms (or 5 unanswered retransmissions) while a session is open"
+            "no valid STATUS for 300 ms (or 5 unanswered retransmissions) while a session is "
+            "open; clears when STATUS returns (the session goes on if STATUS returned within "
+            "the head's 1 s watchdog, otherwise it was stopped and its end is recorded)"
         ),
         priority=_H,
         category=_TECH,
-        latching=True,
+        latching=False,
         message="Lost contact with the nebuliser during a session",
         action=(
             "Go to the bedside; press STOP on the head if mist is still coming out; "

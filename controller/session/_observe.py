@@ -146,13 +146,18 @@ class DeviceObserver:
                 )
             case LinkLost():
                 self._link_lost = True
-                if self._session is not None and self._session.host_reason is None:
-                    self._session.host_reason = "link_lost"
-                if self.state in SESSION_OPEN_STATES:
-                    self._apply(SessionEvent.LINK_LOST)
+                # A running session within its limits carries on through a silence
+                # shorter than the head's watchdog: the stop rule assumes the head's
+                # maximum output meanwhile and stops it at 1000 ms (ICD §6: "unless
+                # the session is known to be allowed to continue").
+                if self.state is not SessionState.NEBULISING:
+                    if self._session is not None and self._session.host_reason is None:
+                        self._session.host_reason = "link_lost"
+                    if self.state in SESSION_OPEN_STATES:
+                        self._apply(SessionEvent.LINK_LOST)
             case LinkRestored():
                 self._link_lost = False
-                if self.state in SESSION_OPEN_STATES:
+                if self.state in SESSION_OPEN_STATES and self.state is not SessionState.NEBULISING:
                     self._apply(SessionEvent.LINK_RESTORED)
                 if self.state in STOP_SENDING_STATES or self._stop_everything_at_open:
                     self._send_stop(now)
@@ -288,6 +293,7 @@ class DeviceObserver:
             max_duration_ms=session.max_duration_s * 1000,
             faults=int(status.faults) if status is not None else 0,
             stop_latency_ms=self._stop_latency_ms,
+            worst_flow_ul_min=session.worst_flow_ul_min,
         )
         if reason is not None:
             self._stop(reason.value, now)

@@ -35,6 +35,7 @@ class RunningSession:
     max_duration_s: int
     output_pct: int
     expected_flow_ul_min: int
+    worst_flow_ul_min: int  # the head's maximum output (IDENT nominal at 100 %)
     start_sent_ms: int
     nebulising_since_ms: int | None = None
     delivered_ul: int = 0

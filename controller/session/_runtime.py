@@ -92,6 +92,7 @@ def _effect_rank(effect: Effect) -> int:
 class _PendingStart:
     decision: Decision
     expected_flow_ul_min: int
+    worst_flow_ul_min: int
     session_id: int | None = None
     answered: bool = False
     deadline_ms: int | None = None
@@ -290,7 +291,9 @@ class SessionRuntime(DeviceObserver):
             return StartOutcome(
                 started=False, session_id=None, reasons=(too_small,), decision=decision
             )
-        self._start = _PendingStart(decision=decision, expected_flow_ul_min=expected_flow)
+        self._start = _PendingStart(
+            decision=decision, expected_flow_ul_min=expected_flow, worst_flow_ul_min=nominal
+        )
         lot = self.prescription.lot
         return WriteIntent(
             subject_id=self.prescription.subject_id,
@@ -317,6 +320,7 @@ class SessionRuntime(DeviceObserver):
             max_duration_s=decision.max_duration_s,
             output_pct=decision.output_pct,
             expected_flow_ul_min=pending.expected_flow_ul_min,
+            worst_flow_ul_min=pending.worst_flow_ul_min,
             start_sent_ms=now.ms,
         )
         self._apply(SessionEvent.START_REQUESTED)

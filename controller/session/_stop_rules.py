@@ -30,6 +30,14 @@ at the last check that did not fire, delivered + flow × 196 ms < cap, and the
 aerosol is off at most 25 + 61 ms (or 110 + 61 ms) of flow later. At twice the
 nominal flow (2 × 400 = 800 µL/min) the rule stops 196 ms × 800/60000 + 1 ≈ 3.6 µL
 short of the cap at worst, which is its price.
+
+STATUS silence (issue: a stalled event loop or a lost frame must not cost the
+patient the day's dose): a silence shorter than the head's 1000 ms watchdog
+(`SILENCE_STOP_MS`) does not end a session. While STATUS is overdue (> 110 ms old)
+the prediction uses the head's maximum output (`worst_flow_ul_min`, IDENT
+`nominal_ul_min` at 100 %) instead of the last reported flow, so the bound above
+holds with `flow` replaced by an upper bound of the true flow; at 1000 ms of
+silence the host stops the session (`status_silent`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ __all__ = [
     "DEVICE_STOP_REACTION_MS",
     "HOST_CHECK_PERIOD_MS",
     "LINK_LOSS_MS",
+    "SILENCE_STOP_MS",
+    "STATUS_OVERDUE_MS",
     "STATUS_JITTER_MS",
     "STATUS_PERIOD_MS",
     "STOP_FRAME_TX_MS",
@@ -68,7 +78,14 @@ ASSUMED_STOP_LATENCY_MS = (
     + DEVICE_STOP_REACTION_MS
     + STOP_RETRANSMIT_MS
 )
-LINK_LOSS_MS = 300  # ICD §6: 300 ms without a valid STATUS is link loss
+LINK_LOSS_MS = 300  # ICD §6: 300 ms without a valid STATUS is link loss (alarm)
+#: ICD §5.5: the head's watchdog. A STATUS silence shorter than this does not end a
+#: session within its limits: meanwhile the prediction assumes the head's maximum
+#: output (`worst_flow_ul_min`), so the cap still cannot be passed. This long, and the
+#: host stops the session (the head may still hear us, so its watchdog may not).
+SILENCE_STOP_MS = 1000
+#: A STATUS older than this is overdue (ICD §5.1: every 100 ± 10 ms).
+STATUS_OVERDUE_MS = STATUS_PERIOD_MS + STATUS_JITTER_MS
 DELIVERED_RESOLUTION_UL = 1  # STATUS reports whole µL
 _MS_PER_MIN = 60_000
 
@@ -87,7 +104,7 @@ class StopReasonCode(StrEnum):
 STOP_REASON_TEXT: Mapping[StopReasonCode, str] = MappingProxyType(
     {
         StopReasonCode.DEVICE_FAULT: "the device reports a fault bit",
-        StopReasonCode.STATUS_SILENT: "no STATUS from the device for the link-loss time",
+        StopReasonCode.STATUS_SILENT: "no STATUS from the device for the watchdog time (1 s)",
         StopReasonCode.CAP_REACHED: "the delivered volume reached the session cap",
         StopReasonCode.CAP_PREDICTED: (
             "the delivered volume would pass the session cap within the stop latency"
@@ -126,17 +143,20 @@ def host_stop_reason(
     max_duration_ms: int,
     faults: int,
     stop_latency_ms: int = ASSUMED_STOP_LATENCY_MS,
-    link_loss_ms: int = LINK_LOSS_MS,
+    silence_stop_ms: int = SILENCE_STOP_MS,
+    worst_flow_ul_min: int = 0,
 ) -> StopReasonCode | None:
     """Whether the host must stop the session now, and why (None: carry on).
 
     `delivered_ul` and `flow_ul_min` are from the last STATUS of our session and
     `status_age_ms` is how long ago it arrived (monotonic clock); `elapsed_ms` is
     the session's age. Checks, first match wins: any fault bit, STATUS silent for
-    `link_loss_ms`, cap reached, cap predicted within `stop_latency_ms`, maximum
-    duration. `stop_latency_ms` may be raised above the ICD-derived
-    `ASSUMED_STOP_LATENCY_MS` but not lowered; `link_loss_ms` may be lowered
-    below 300 but not raised.
+    `silence_stop_ms`, cap reached, cap predicted within `stop_latency_ms`, maximum
+    duration. While STATUS is overdue (older than `STATUS_OVERDUE_MS`) the prediction
+    uses `max(flow_ul_min, worst_flow_ul_min)`: the head's maximum output, not its last
+    figure. `stop_latency_ms` may be raised above the ICD-derived
+    `ASSUMED_STOP_LATENCY_MS` but not lowered; `silence_stop_ms` may be lowered
+    below the 1000 ms watchdog but not raised.
     """
     _require_non_negative(
         delivered_ul=delivered_ul,
@@ -144,6 +164,7 @@ def host_stop_reason(
         status_age_ms=status_age_ms,
         elapsed_ms=elapsed_ms,
         faults=faults,
+        worst_flow_ul_min=worst_flow_ul_min,
     )
     if session_cap_ul < 1:
         raise ValueError(f"session_cap_ul={session_cap_ul} must be at least 1 µL")
@@ -154,20 +175,23 @@ def host_stop_reason(
             f"stop_latency_ms={stop_latency_ms} is below the ICD-derived minimum "
             f"{ASSUMED_STOP_LATENCY_MS} ms; it may only be raised"
         )
-    if not 1 <= link_loss_ms <= LINK_LOSS_MS:
+    if not 1 <= silence_stop_ms <= SILENCE_STOP_MS:
         raise ValueError(
-            f"link_loss_ms={link_loss_ms} must be 1..{LINK_LOSS_MS} (ICD §6); "
-            "it may only be lowered"
+            f"silence_stop_ms={silence_stop_ms} must be 1..{SILENCE_STOP_MS} (ICD §5.5 "
+            "watchdog); it may only be lowered"
         )
 
     if faults:
         return StopReasonCode.DEVICE_FAULT
-    if status_age_ms >= link_loss_ms:
+    if status_age_ms >= silence_stop_ms:
         return StopReasonCode.STATUS_SILENT
     if delivered_ul >= session_cap_ul:
         return StopReasonCode.CAP_REACHED
     # Exact integer form of: delivered + resolution + flow × (age + latency) / 60000 ≥ cap.
-    predicted_scaled = (delivered_ul + DELIVERED_RESOLUTION_UL) * _MS_PER_MIN + flow_ul_min * (
+    flow = (
+        flow_ul_min if status_age_ms <= STATUS_OVERDUE_MS else max(flow_ul_min, worst_flow_ul_min)
+    )
+    predicted_scaled = (delivered_ul + DELIVERED_RESOLUTION_UL) * _MS_PER_MIN + flow * (
         status_age_ms + stop_latency_ms
     )
     if predicted_scaled >= session_cap_ul * _MS_PER_MIN:

@@ -140,13 +140,19 @@ def test_table_is_listed_high_priority_first() -> None:
     [
         AlarmCode.DELIVERY_ABOVE_CAP,
         AlarmCode.DEVICE_IGNORED_STOP,
-        AlarmCode.LINK_LOST_DURING_SESSION,
         AlarmCode.DEVICE_OVER_TEMPERATURE,
     ],
 )
 def test_over_delivery_and_loss_of_control_are_high_and_latching(code: AlarmCode) -> None:
     assert ALARM_RULES[code].priority is AlarmPriority.HIGH
     assert ALARM_RULES[code].latching
+
+
+def test_link_loss_during_a_session_is_high_and_clears_when_status_returns() -> None:
+    # A silence shorter than the head's watchdog does not end the session (the stop
+    # rule bounds it); the alarm goes when STATUS is back (issue: brief silences).
+    rule = ALARM_RULES[AlarmCode.LINK_LOST_DURING_SESSION]
+    assert (rule.priority, rule.latching) == (AlarmPriority.HIGH, False)
 
 
 def test_idle_link_loss_is_low_and_self_clearing() -> None:

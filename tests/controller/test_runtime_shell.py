@@ -105,3 +105,37 @@ async def test_storage_crossing_the_floor_is_alarmed_within_a_second(tmp_path: P
             finally:
                 process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(process.wait(), 10)
+
+
+#: How long the controller process is stopped: a stall well inside the head's 1 s watchdog.
+_STALL_S = 0.5
+
+
+async def test_a_500_ms_stall_of_the_controller_neither_ends_the_session_nor_passes_the_cap(
+    tmp_path: Path,
+) -> None:
+    model = DeviceModel(nominal_ul_min=3000, fill_ul=5000)
+    async with run_pty_simulator(model) as sim:
+        config_path, config = write_config(tmp_path, port=sim.device_path, session_ul=1000)
+        process = await _spawn(config_path, tmp_path / "serve.log")
+        try:
+            await wait_status(config, lambda s: s["link_up"] and s["device"], 10)
+            assert (await start_confirmed(config))["started"]
+            await wait_status(
+                config, lambda s: s["session"] and s["session"]["delivered_ul"] >= 200, 10
+            )
+            process.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(_STALL_S)  # the stimulus itself, not a wait for a condition
+            process.send_signal(signal.SIGCONT)
+            await wait_status(config, lambda s: s["session"] is None, 30)
+        finally:
+            process.send_signal(signal.SIGCONT)
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 10)
+    with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+        [summary] = ledger.summaries(subject_id="TEST-001")
+    assert summary.status is SessionStatus.COMPLETED
+    assert summary.host_reason in {"cap_predicted", "cap_reached", None}, summary
+    assert summary.delivered_ul is not None
+    assert summary.delivered_ul <= summary.planned_cap_ul
+    assert model.truth().total_delivered_ul <= summary.planned_cap_ul

@@ -56,7 +56,7 @@ def session_of(bed: Bed) -> int:
 
 
 def test_a_pilot_session_runs_to_its_cap_and_is_recorded_in_order() -> None:
-    bed = ready_bed()
+    bed = ready_bed(model=DeviceModel(nominal_ul_min=2000, fill_ul=5000))
     outcome = bed.start()
     assert outcome.started, outcome.reasons
     bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=10 * 60_000)
@@ -352,3 +352,55 @@ def test_stop_is_repeated_until_the_head_shows_it_stopped() -> None:
     bed.run_for(1000)
     assert len(bed.stops_sent_ms) - first >= 8  # every 100 ms while it nebulises
     assert AlarmCode.DEVICE_IGNORED_STOP in bed.raised()
+
+
+# --- brief silences do not end a dose (issue: a technical interruption) ----------------
+
+
+@pytest.mark.parametrize("how", ["controller-stalled", "head-frames-lost"])
+def test_a_silence_shorter_than_the_watchdog_does_not_end_the_session(how: str) -> None:
+    bed = ready_bed(model=DeviceModel(nominal_ul_min=3000, fill_ul=5000))
+    assert bed.start().started
+    sid = session_of(bed)
+    bed.run_for(3000)
+    if how == "controller-stalled":  # SIGSTOP of the controller: nothing read, nothing sent
+        bed.host_paused = True
+        bed.run_for(500)
+        bed.host_paused = False
+    else:
+        bed.deaf_until_ms = bed.now_ms + 700
+    bed.run_for(1000)
+    assert bed.runtime.state is SessionState.NEBULISING
+    assert session_of(bed) == sid
+    assert not bed.of_type(WriteEnded)
+    assert AlarmCode.LINK_LOST_DURING_SESSION in bed.raised()
+    assert bed.runtime.alarms.get(AlarmCode.LINK_LOST_DURING_SESSION) is None  # cleared
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=10 * 60_000)
+    ended = bed.of_type(WriteEnded)
+    assert [e.session_id for e in ended] == [sid]
+    assert ended[0].host_reason in {"cap_predicted", "cap_reached", None}
+    assert bed.model.truth().total_delivered_ul <= 3000
+
+
+def test_a_silence_as_long_as_the_watchdog_stops_the_session() -> None:
+    bed = ready_bed()
+    assert bed.start().started
+    bed.run_for(3000)
+    bed.deaf_until_ms = bed.now_ms + 2000  # the head still hears us: its watchdog stays fed
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=5000)
+    assert bed.of_type(WriteEnded)[0].host_reason == "status_silent"
+    assert not bed.model.truth().nebulising
+
+
+def test_while_status_is_overdue_the_prediction_assumes_the_heads_maximum_output() -> None:
+    """A head whose flow drops to a trickle just before a silence, near the cap: the
+    last figure would let it run; the head's maximum output stops it in the gap."""
+    model = DeviceModel(nominal_ul_min=6000, fill_ul=6000)
+    model.set_defect("ignore_target_cap", True, now_ms=0)
+    bed = ready_bed(model=model)
+    assert bed.start().started
+    bed.run_until_true(lambda: bed.statuses[-1][1].delivered_ul >= 2940, timeout_ms=60_000)
+    bed.deaf_until_ms = bed.now_ms + 900
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=5000)
+    assert bed.stops_sent_ms[0] < bed.deaf_until_ms
+    assert model.truth().total_delivered_ul <= 3000

@@ -74,7 +74,7 @@ def test_unknown_fault_bit_stops() -> None:
 def test_precedence_fault_then_silence_then_cap_then_duration() -> None:
     everything = {
         "faults": 1,
-        "status_age_ms": 300,
+        "status_age_ms": 1000,
         "delivered_ul": 1000,
         "elapsed_ms": 600_000,
     }
@@ -122,14 +122,32 @@ def test_cap_boundary_in_volume(delivered_ul: int, expected: StopReasonCode | No
 
 @pytest.mark.parametrize(
     ("age_ms", "expected"),
-    [(299, None), (300, StopReasonCode.STATUS_SILENT), (301, StopReasonCode.STATUS_SILENT)],
+    [(999, None), (1000, StopReasonCode.STATUS_SILENT), (1001, StopReasonCode.STATUS_SILENT)],
 )
 def test_status_silence_boundary(age_ms: int, expected: StopReasonCode | None) -> None:
+    # Shorter silences do not end a session (the head's watchdog is 1000 ms).
     assert reason(delivered_ul=0, flow_ul_min=0, status_age_ms=age_ms) is expected
 
 
-def test_shorter_link_loss_time_is_honoured() -> None:
-    assert reason(status_age_ms=150, link_loss_ms=150) is StopReasonCode.STATUS_SILENT
+def test_shorter_silence_time_is_honoured() -> None:
+    assert reason(status_age_ms=150, silence_stop_ms=150) is StopReasonCode.STATUS_SILENT
+
+
+@pytest.mark.parametrize(("age_ms", "expected"), [(110, None), (111, StopReasonCode.CAP_PREDICTED)])
+def test_overdue_status_predicts_with_the_heads_maximum_output(
+    age_ms: int, expected: StopReasonCode | None
+) -> None:
+    # 900 µL, last flow 100 µL/min, head's maximum 6000 µL/min: with the last flow the
+    # estimate is far below the cap; once STATUS is overdue (> 110 ms) the maximum
+    # output is assumed: 900 + 1 + 6000 × (111 + 196) / 60000 = 931.7 ≥ 930.
+    got = reason(
+        delivered_ul=900,
+        flow_ul_min=100,
+        session_cap_ul=930,
+        status_age_ms=age_ms,
+        worst_flow_ul_min=6000,
+    )
+    assert got is expected
 
 
 @pytest.mark.parametrize(
@@ -153,7 +171,8 @@ def test_max_duration_boundary(elapsed_ms: int, expected: StopReasonCode | None)
         ({"session_cap_ul": 0}, "session_cap_ul=0"),
         ({"max_duration_ms": 0}, "max_duration_ms=0"),
         ({"stop_latency_ms": 195}, "may only be raised"),
-        ({"link_loss_ms": 301}, "may only be lowered"),
+        ({"silence_stop_ms": 1001}, "may only be lowered"),
+        ({"worst_flow_ul_min": -1}, "worst_flow_ul_min=-1"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_field_named(
