@@ -33,6 +33,7 @@ import serial
 import serial_asyncio_fast
 
 from ._link import (
+    CapsDiscovery,
     Command,
     CommandAnswered,
     CommandFailed,
@@ -44,7 +45,7 @@ from ._link import (
     LinkPhase,
     PortClosed,
 )
-from ._messages import Ident, Stop
+from ._messages import Caps, Ident, Stop
 
 __all__ = ["PendingCommand", "PortInUseError", "SerialLink", "port_holders"]
 
@@ -210,6 +211,16 @@ class SerialLink:
     def ident(self) -> Ident | None:
         """The device's last IDENT (serial, firmware), or None before the first one."""
         return self._link.ident
+
+    @property
+    def caps_discovery(self) -> CapsDiscovery:
+        """Addendum 1.1 capability discovery: PENDING, VERSION_1 or DISCOVERED."""
+        return self._link.caps_discovery
+
+    @property
+    def capabilities(self) -> Caps | None:
+        """The head's CAPS (addendum 1.1), or None for a version-1 head or while pending."""
+        return self._link.capabilities
 
     @property
     def host_link(self) -> HostLink:
