@@ -55,34 +55,38 @@ async def test_cli_icd_1_1_head_discovers_caps_reports_breaths_and_takes_ctl(
     tmp_path: Path,
 ) -> None:
     control = tmp_path / "mn1.ctl"
-    with (tmp_path / "stderr.log").open("w") as stderr, subprocess.Popen(
-        [_NEBULISER, "simulate", "--pty", "--icd", "1.1", "--breathing", "severe",
-         "--control", str(control), "--trigger-ml-s", "60"],
-        stdout=subprocess.PIPE, stderr=stderr, text=True,
-    ) as process:  # fmt: skip
-        try:
-            assert process.stdout is not None
-            pty_path = process.stdout.readline().strip()
-            async with SerialLink(url=pty_path) as link:
-                found = await wait_for_event(link, CapabilitiesDiscovered, 10)
-                assert isinstance(found, CapabilitiesDiscovered)
-                assert found.caps.breath_gated
-                assert found.caps.trigger_ml_s == 60
-                breath = await wait_for_event(link, BreathReceived, 10)  # 32/min
-                assert isinstance(breath, BreathReceived)
-                assert breath.breath.tidal_ml == 350
-            result = subprocess.run(
-                [_NEBULISER, "simulate", "ctl", "--control", str(control), "mask", "off"],
-                capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
-            assert result.returncode == 0, result.stderr
-            assert json.loads(result.stdout)["state"]["breathing"]["mask_off"] is True
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=10) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    process = await asyncio.create_subprocess_exec(
+        _NEBULISER, "simulate", "--pty", "--icd", "1.1", "--breathing", "severe",
+        "--control", str(control), "--trigger-ml-s", "60",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(30):
+            pty_path = (await process.stdout.readline()).decode().strip()
+        async with SerialLink(url=pty_path) as link:
+            found = await wait_for_event(link, CapabilitiesDiscovered, 10)
+            assert isinstance(found, CapabilitiesDiscovered)
+            assert found.caps.breath_gated
+            assert found.caps.trigger_ml_s == 60
+            breath = await wait_for_event(link, BreathReceived, 10)  # 32/min
+            assert isinstance(breath, BreathReceived)
+            assert breath.breath.tidal_ml == 350
+        ctl = await asyncio.create_subprocess_exec(
+            _NEBULISER, "simulate", "ctl", "--control", str(control), "mask", "off",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            out, err = await ctl.communicate()
+        assert ctl.returncode == 0, err
+        assert json.loads(out)["state"]["breathing"]["mask_off"] is True
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 def test_cli_no_breath_gating_needs_icd_1_1() -> None:
