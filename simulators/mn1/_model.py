@@ -324,6 +324,9 @@ class DeviceModel:
         self._host_frames = 0
         self._rx.clear()
         self._tx.clear()
+        # BREATH aerosol reported so far (µL, true / tenths of µL, sent), by phase.
+        self._aerosol_ul = [0.0, 0.0]
+        self._aerosol_dul = [0, 0]
         if self.breathing is not None:
             self.breathing.reset_sensor()
         if not self._booting:
@@ -638,13 +641,38 @@ class DeviceModel:
         detections_before = breathing.detections
         reports = breathing.fire(now, session_id=session.session_id if session else 0)
         for report in reports:
-            self._send(_breath_message(report))
+            self._send(self._breath_message(report))
         gate = session.gate if session is not None else None
         if session is None or gate is None:
             return
         gate.follow(breathing, detections_before=detections_before, now_ms=now)
         if now >= gate.no_breathing_at_ms(breathing):
             self._end_session(StopReason.NO_BREATHING, float(now))
+
+    def _dul(self, phase: int, volume_ul: float) -> int:
+        """µL → tenths of a µL, carrying the rounding remainder to the next breath.
+
+        Rounding each breath on its own would drift by up to 0.05 µL per breath
+        (40 µL over 800 breaths); carrying it keeps the sum of the reports within
+        0.05 µL of the truth, as addendum 1.1 §3 promises (within 1 µL).
+        """
+        self._aerosol_ul[phase] += volume_ul
+        due = round(self._aerosol_ul[phase] * 10) - self._aerosol_dul[phase]
+        dul = min(0xFFFF, max(0, due))
+        self._aerosol_dul[phase] += dul
+        return dul
+
+    def _breath_message(self, report: BreathReport) -> Breath:
+        return Breath(
+            session_id=report.session_id,
+            breath_no=report.breath_no,
+            insp_ms=report.insp_ms,
+            exp_ms=report.exp_ms,
+            tidal_ml=report.tidal_ml,
+            peak_flow_ml_s=report.peak_flow_ml_s,
+            aerosol_insp_dul=self._dul(0, report.aerosol_insp_ul),
+            aerosol_exp_dul=self._dul(1, report.aerosol_exp_ul),
+        )
 
     def _resend_end(self, pending: _PendingEnd) -> None:
         self._transmit(pending.frame)
@@ -999,21 +1027,3 @@ class DeviceModel:
         if self._link.silent or self._booting:
             return
         self._tx.push(frame, self._now_ms)
-
-
-def _dul(volume_ul: float) -> int:
-    """µL → tenths of a µL on the wire (saturating at the u16 maximum)."""
-    return min(0xFFFF, max(0, round(volume_ul * 10)))
-
-
-def _breath_message(report: BreathReport) -> Breath:
-    return Breath(
-        session_id=report.session_id,
-        breath_no=report.breath_no,
-        insp_ms=report.insp_ms,
-        exp_ms=report.exp_ms,
-        tidal_ml=report.tidal_ml,
-        peak_flow_ml_s=report.peak_flow_ml_s,
-        aerosol_insp_dul=_dul(report.aerosol_insp_ul),
-        aerosol_exp_dul=_dul(report.aerosol_exp_ul),
-    )

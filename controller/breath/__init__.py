@@ -1,0 +1,15 @@
+"""Breath-aware delivery (MN-1 ICD addendum 1.1): admission, per-run accounting, alarm facts.
+
+Pure pieces the session runtime calls; no I/O, no clock of their own.
+"""
+
+from ._accumulator import BreathAccumulator, BreathSummary
+from ._admission import DeliveryRefusal, delivery_refusal, start_command
+
+__all__ = [
+    "BreathAccumulator",
+    "BreathSummary",
+    "DeliveryRefusal",
+    "delivery_refusal",
+    "start_command",
+]
