@@ -23,6 +23,7 @@ from enum import StrEnum
 
 from drivers.mn1 import FaultBits
 
+from ._breathing import BreathingFacts, breathing_conditions
 from ._rules import ALARM_RULES, AlarmCategory, AlarmCode, AlarmPriority
 
 __all__ = [
@@ -140,6 +141,10 @@ class AlarmInputs:
     * `swapped_to_serial` — the new head's serial if the head changed mid-session.
     * `device_rebooted_mid_session` — STATUS uptime dropped during a session.
     * `telemetry_dropped_total` — messages the outbox has dropped, ever (monotonic).
+    * `breathing` — the open (or just finished) run on a breath-aware head (ICD 1.1),
+      or None when there is none (a version-1 head, or no run): the breath rows then
+      cannot hold. (The one fact with a default, so that adding the breath rows did
+      not change every caller; see controller/breath.)
     """
 
     device_faults: int
@@ -159,6 +164,7 @@ class AlarmInputs:
     swapped_to_serial: str | None
     device_rebooted_mid_session: bool
     telemetry_dropped_total: int
+    breathing: BreathingFacts | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,6 +364,8 @@ def _conditions(
     _device_conditions(inputs, present)
     output_low_since_ms = _output_low(inputs, previous, now_ms, settings, present)
     _treatment_conditions(inputs, now_ms, settings, present)
+    if inputs.breathing is not None:
+        present |= breathing_conditions(inputs.breathing)
     dropped_seen = _controller_conditions(inputs, previous, present)
     return present, output_low_since_ms, dropped_seen
 

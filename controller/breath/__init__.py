@@ -5,11 +5,13 @@ Pure pieces the session runtime calls; no I/O, no clock of their own.
 
 from ._accumulator import BreathAccumulator, BreathSummary
 from ._admission import DeliveryRefusal, delivery_refusal, start_command
+from ._facts import breathing_facts
 
 __all__ = [
     "BreathAccumulator",
     "BreathSummary",
     "DeliveryRefusal",
+    "breathing_facts",
     "delivery_refusal",
     "start_command",
 ]

@@ -6,7 +6,12 @@ from fractions import Fraction
 
 import pytest
 
-from controller.breath import BreathAccumulator, delivery_refusal, start_command
+from controller.breath import (
+    BreathAccumulator,
+    breathing_facts,
+    delivery_refusal,
+    start_command,
+)
 from controller.dosing import Delivery
 from drivers.mn1 import (
     Breath,
@@ -160,3 +165,27 @@ def test_start_command_carries_the_gating_parameters() -> None:
     assert start_command(GATED, **common) == StartGated(
         **common, gate_pct=70, lead_breaths=2, apnoea_s=20
     )
+
+
+def test_breathing_facts_follow_the_run() -> None:
+    acc = BreathAccumulator(session_id=7, started_ms=0)
+    acc.on_status(status(DeviceState.WAITING), 100)
+    facts = breathing_facts(
+        acc, now_ms=16_000, gated=True, apnoea_s=15, delivered_ul=0, end_reason=None, final=False
+    )
+    assert (facts.waiting, facts.ms_without_breath, facts.ended_no_breathing) == (
+        True,
+        16_000,
+        False,
+    )
+    ended = breathing_facts(
+        acc,
+        now_ms=61_000,
+        gated=True,
+        apnoea_s=15,
+        delivered_ul=0,
+        end_reason=StopReason.NO_BREATHING,
+        final=True,
+    )
+    assert ended.ended_no_breathing
+    assert not ended.waiting  # the run is over: the pause alarm gives way to the end alarm
