@@ -89,6 +89,30 @@ class BreathSummary:
         per_dul = concentration_per_ul / _DUL_PER_UL
         return self.aerosol_insp_dul * per_dul, self.aerosol_exp_dul * per_dul
 
+    def ledger_figures(
+        self, *, concentration_per_ul: Fraction, dose_unit: str, gated: bool
+    ) -> dict[str, object]:
+        """The figures `Ledger.record_breath_summary` stores (plain JSON).
+
+        Doses are estimates in the lot's unit (`Prescription.lot`), floats for JSON.
+        """
+        insp_dose, exp_dose = self.phase_doses(concentration_per_ul)
+        return {
+            "breaths": self.breaths,
+            "rate_mean_bpm": _rounded(self.rate_mean_bpm),
+            "rate_min_bpm": _rounded(self.rate_min_bpm),
+            "rate_max_bpm": _rounded(self.rate_max_bpm),
+            "tidal_mean_ml": _rounded(self.tidal_mean_ml),
+            "aerosol_insp_ul": self.aerosol_insp_dul / _DUL_PER_UL,
+            "aerosol_exp_ul": self.aerosol_exp_dul / _DUL_PER_UL,
+            "aerosol_insp_dose": float(insp_dose),
+            "aerosol_exp_dose": float(exp_dose),
+            "dose_unit": dose_unit,
+            "waiting_s": self.waiting_ms / 1000,
+            "lost_reports": self.lost_reports,
+            "gated": gated,
+        }
+
     def as_dict(self) -> dict[str, object]:
         """JSON-ready figures (for the ledger and reports)."""
         return {
@@ -193,6 +217,10 @@ class BreathAccumulator:
             waiting_ms=self._waiting_ms,
             lost_reports=self._lost,
         )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def _bpm(cycle_ms: float) -> float | None:
