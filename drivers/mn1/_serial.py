@@ -33,6 +33,7 @@ import serial
 import serial_asyncio_fast
 
 from ._link import (
+    CapabilitiesDiscovered,
     CapsDiscovery,
     Command,
     CommandAnswered,
@@ -43,6 +44,7 @@ from ._link import (
     LinkEvent,
     LinkNotReadyError,
     LinkPhase,
+    NoCapabilities,
     PortClosed,
 )
 from ._messages import Caps, Ident, Stop
@@ -149,6 +151,7 @@ class SerialLink:
         self._pending: dict[int, asyncio.Future[CommandOutcome]] = {}
         self._wake = asyncio.Event()
         self._identified = asyncio.Event()
+        self._caps_known = asyncio.Event()
         self._task_group: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -245,6 +248,17 @@ class SerialLink:
                 return ident
             self._identified.clear()
 
+    async def wait_capabilities(self) -> Caps | None:
+        """Wait until the head's capabilities are known (addendum 1.1 discovery).
+
+        Returns its CAPS, or None for a version-1 head (no answer to QUERY_CAPS).
+        """
+        while True:
+            await self._caps_known.wait()
+            if self._link.caps_discovery is not CapsDiscovery.PENDING:
+                return self._link.capabilities
+            self._caps_known.clear()
+
     def submit(self, command: Command) -> PendingCommand:
         """Write `command` now (synchronously) and return a handle on its outcome."""
         loop = asyncio.get_running_loop()
@@ -304,6 +318,8 @@ class SerialLink:
                     future.set_result(event)
             if isinstance(event, Identified):
                 self._identified.set()
+            if isinstance(event, CapabilitiesDiscovered | NoCapabilities):
+                self._caps_known.set()
             while self._events.qsize() >= self._event_queue_size:
                 self._events.get_nowait()
                 self.events_dropped += 1

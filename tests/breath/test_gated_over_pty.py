@@ -15,7 +15,6 @@ from controller.dosing import Delivery
 from drivers.mn1 import (
     Ack,
     BreathReceived,
-    CapabilitiesDiscovered,
     CommandAnswered,
     LinkEvent,
     NoCapabilities,
@@ -42,7 +41,10 @@ async def test_gated_run_to_its_cap_is_accounted_by_breath_phase() -> None:
     # A fast head (2000 µL/min) and a fast breather keep the real-time run short.
     model = DeviceModel(nominal_ul_min=2000, breathing=BreathingModel(pattern="severe"))
     async with run_pty_simulator(model) as sim, SerialLink(url=sim.device_path) as link:
-        await next_of(link, CapabilitiesDiscovered, 5)
+        async with asyncio.timeout(5):
+            caps = await link.wait_capabilities()
+        assert caps is not None
+        assert caps.breath_gated
         host = link.host_link
         refusal = delivery_refusal(
             GATED, caps_discovery=host.caps_discovery, caps=host.capabilities
@@ -94,7 +96,9 @@ async def test_gated_run_to_its_cap_is_accounted_by_breath_phase() -> None:
 
 async def test_gated_prescription_refused_on_a_version_1_head() -> None:
     async with run_pty_simulator(DeviceModel()) as sim, SerialLink(url=sim.device_path) as link:
-        await next_of(link, NoCapabilities, 5)
+        async with asyncio.timeout(5):
+            assert await link.wait_capabilities() is None
+        await next_of(link, NoCapabilities, 1)  # the event was queued as well
         host = link.host_link
         refusal = delivery_refusal(
             GATED, caps_discovery=host.caps_discovery, caps=host.capabilities
