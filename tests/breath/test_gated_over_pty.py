@@ -111,3 +111,45 @@ async def test_gated_prescription_refused_on_a_version_1_head() -> None:
             Delivery(), caps_discovery=host.caps_discovery, caps=host.capabilities
         )
         assert continuous is None
+
+
+async def test_apnoea_waiting_raises_no_breathing_then_clears_when_breathing_returns() -> None:
+    model = DeviceModel(nominal_ul_min=400, breathing=BreathingModel(pattern="severe"))
+    delivery = Delivery(mode="breath_gated", lead_breaths=0, apnoea_s=5)
+    async with run_pty_simulator(model) as sim, SerialLink(url=sim.device_path) as link:
+        async with asyncio.timeout(5):
+            assert await link.wait_capabilities() is not None
+        command = start_command(
+            delivery, session_id=6, target_ul=3000, max_duration_s=600, output_pct=100
+        )
+        outcome = await link.command(command)
+        assert isinstance(outcome, CommandAnswered)
+        assert isinstance(outcome.answer, Ack)
+        accumulator = BreathAccumulator(session_id=6, started_ms=outcome.at_ms)
+        reply = sim.control({"cmd": "apnoea", "seconds": 8})
+        assert reply["ok"], reply
+        state = AlarmState()
+        seen: list[tuple[str, str]] = []
+        async with asyncio.timeout(30):
+            while ("cleared", "no_breathing_detected") not in seen:
+                event = await link.next_event()
+                if isinstance(event, StatusReceived):
+                    accumulator.on_status(event.status, event.at_ms)
+                elif isinstance(event, BreathReceived):
+                    accumulator.on_breath(event.breath, event.at_ms)
+                else:
+                    continue
+                facts = breathing_facts(
+                    accumulator,
+                    now_ms=event.at_ms,
+                    gated=True,
+                    apnoea_s=delivery.gated_apnoea_s,
+                    delivered_ul=0,
+                    end_reason=None,
+                    final=False,
+                )
+                state, events = evaluate(quiet(breathing=facts), state, event.at_ms)
+                seen += [(e.kind.value, e.code.value) for e in events]
+        link.send_stop_now(6)
+    assert seen == [("raised", "no_breathing_detected"), ("cleared", "no_breathing_detected")]
+    assert accumulator.summary().waiting_ms >= 2_000  # apnoea 8 s − apnoea_s 5 s, give or take
