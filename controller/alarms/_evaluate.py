@@ -138,13 +138,12 @@ class AlarmInputs:
     * `session_stopped_by_watchdog` — the last session ended with reason WATCHDOG
       and the end is not yet recorded/acknowledged by the runtime.
     * `uncertain_session_id` — a session whose delivery is unknown, or None.
+    * `breathing` — the open (or just finished) run on a breath-aware head (ICD 1.1),
+      or None (a version-1 head, or no run): the breath rows then cannot hold.
+      Defaults to None so that adding the breath rows changed no caller.
     * `swapped_to_serial` — the new head's serial if the head changed mid-session.
     * `device_rebooted_mid_session` — STATUS uptime dropped during a session.
     * `telemetry_dropped_total` — messages the outbox has dropped, ever (monotonic).
-    * `breathing` — the open (or just finished) run on a breath-aware head (ICD 1.1),
-      or None when there is none (a version-1 head, or no run): the breath rows then
-      cannot hold. (The one fact with a default, so that adding the breath rows did
-      not change every caller; see controller/breath.)
     """
 
     device_faults: int
@@ -157,6 +156,7 @@ class AlarmInputs:
     stop_sent_at_ms: int | None
     session_stopped_by_watchdog: bool
     uncertain_session_id: int | None
+    breathing: BreathingFacts | None = None
     clock_trusted: bool
     storage_low: bool
     storage_free_mib: int
@@ -164,7 +164,6 @@ class AlarmInputs:
     swapped_to_serial: str | None
     device_rebooted_mid_session: bool
     telemetry_dropped_total: int
-    breathing: BreathingFacts | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
