@@ -3,6 +3,7 @@
 See docs/alarms.md for the table with causes and nurse actions.
 """
 
+from ._breathing import BreathingFacts
 from ._evaluate import (
     DEFAULT_ALARM_SETTINGS,
     FAULT_BIT_ALARMS,
@@ -34,6 +35,7 @@ __all__ = [
     "AlarmRule",
     "AlarmSettings",
     "AlarmState",
+    "BreathingFacts",
     "SessionProgress",
     "acknowledge",
     "evaluate",

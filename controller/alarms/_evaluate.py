@@ -23,6 +23,7 @@ from enum import StrEnum
 
 from drivers.mn1 import FaultBits
 
+from ._breathing import BreathingFacts, breathing_conditions
 from ._rules import ALARM_RULES, AlarmCategory, AlarmCode, AlarmPriority
 
 __all__ = [
@@ -137,6 +138,9 @@ class AlarmInputs:
     * `session_stopped_by_watchdog` — the last session ended with reason WATCHDOG
       and the end is not yet recorded/acknowledged by the runtime.
     * `uncertain_session_id` — a session whose delivery is unknown, or None.
+    * `breathing` — the open (or just finished) run on a breath-aware head (ICD 1.1),
+      or None (a version-1 head, or no run): the breath rows then cannot hold.
+      Defaults to None so that adding the breath rows changed no caller.
     * `swapped_to_serial` — the new head's serial if the head changed mid-session.
     * `device_rebooted_mid_session` — STATUS uptime dropped during a session.
     * `telemetry_dropped_total` — messages the outbox has dropped, ever (monotonic).
@@ -154,6 +158,7 @@ class AlarmInputs:
     stop_sent_at_ms: int | None
     session_stopped_by_watchdog: bool
     uncertain_session_id: int | None
+    breathing: BreathingFacts | None = None
     clock_trusted: bool
     storage_low: bool
     storage_free_mib: int
@@ -365,6 +370,8 @@ def _conditions(
     _device_conditions(inputs, present)
     output_low_since_ms = _output_low(inputs, previous, now_ms, settings, present)
     _treatment_conditions(inputs, now_ms, settings, present)
+    if inputs.breathing is not None:
+        present |= breathing_conditions(inputs.breathing)
     dropped_seen = _controller_conditions(inputs, previous, present)
     return present, output_low_since_ms, dropped_seen
 

@@ -1,7 +1,9 @@
 """`nebuliser simulate`: a simulated MN-1 device on a pty or TCP, and its control client.
 
 nebuliser simulate --pty --link /tmp/mn1 --control /tmp/mn1.ctl
+nebuliser simulate --pty --icd 1.1 --breathing severe --control /tmp/mn1.ctl
 nebuliser simulate ctl --control /tmp/mn1.ctl fault head_disconnected
+nebuliser simulate ctl --control /tmp/mn1.ctl apnoea 20
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 from simulators.mn1 import (
     DEFECTS,
     FAULT_NAMES,
+    PATTERN_NAMES,
+    BreathingModel,
     DeviceModel,
     SimulatorControlError,
     control_request_sync,
@@ -74,6 +78,29 @@ def register(subparsers: Any) -> None:
         "--fw-version", type=_fw_version, default=(1, 0, 0), help="IDENT firmware MAJOR.MINOR.PATCH"
     )
     parser.add_argument("--hw-rev", type=int, default=1, help="IDENT hardware revision")
+    parser.add_argument(
+        "--icd",
+        choices=("1.0", "1.1"),
+        default="1.0",
+        help="1.0: a version-1 head (default); 1.1: a breath-aware head with a breathing patient",
+    )
+    parser.add_argument(
+        "--breathing",
+        choices=PATTERN_NAMES,
+        default="iso27427",
+        help="the patient's breathing pattern (--icd 1.1)",
+    )
+    parser.add_argument(
+        "--trigger-ml-s", type=int, default=50, help="inspiratory trigger flow (--icd 1.1)"
+    )
+    parser.add_argument(
+        "--detect-latency-ms", type=int, default=40, help="inspiration detection delay (--icd 1.1)"
+    )
+    parser.add_argument(
+        "--no-breath-gating",
+        action="store_true",
+        help="a 1.1 head that senses breaths but NAKs START_GATED (UNSUPPORTED)",
+    )
     parser.set_defaults(handler=_serve)
     actions = parser.add_subparsers(dest="simulate_action", metavar="ACTION")
     _register_ctl(actions)
@@ -117,6 +144,14 @@ def _register_ctl(actions: Any) -> None:
     defect = commands.add_parser("defect", help="turn a firmware defect mode on or off")
     defect.add_argument("name", choices=DEFECTS)
     defect.add_argument("switch", choices=("on", "off"))
+    apnoea = commands.add_parser("apnoea", help="the patient stops breathing (--icd 1.1)")
+    apnoea.add_argument("seconds", type=float)
+    mask = commands.add_parser("mask", help="mask or mouthpiece off / back on (--icd 1.1)")
+    mask.add_argument("position", choices=("off", "on"))
+    stuck = commands.add_parser("sensor-stuck", help="the flow sensor reads a constant")
+    stuck.add_argument("switch", choices=("on", "off"))
+    pattern = commands.add_parser("pattern", help="breathing pattern from the next breath")
+    pattern.add_argument("name", choices=PATTERN_NAMES)
     raw = commands.add_parser("raw", help="send one JSON request as is")
     raw.add_argument("json", help='e.g. \'{"cmd": "state"}\'')
     ctl.set_defaults(handler=_ctl)
@@ -159,6 +194,10 @@ _CTL_REQUESTS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] =
     "link": lambda args: [{"cmd": "link_reset"}] * args.reset + [_link_request(args)],
     "defect": lambda args: [{"cmd": "defect", "name": args.name, "enabled": args.switch == "on"}],
     "raw": lambda args: [json.loads(args.json)],
+    "apnoea": lambda args: [{"cmd": "apnoea", "seconds": args.seconds}],
+    "mask": lambda args: [{"cmd": "mask", "off": args.position == "off"}],
+    "sensor-stuck": lambda args: [{"cmd": "sensor_stuck", "active": args.switch == "on"}],
+    "pattern": lambda args: [{"cmd": "pattern", "name": args.name}],
 }
 
 
@@ -180,7 +219,19 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail("say where to serve: --pty and/or --tcp HOST:PORT")
     if args.link and not args.pty:
         return _fail("--link needs --pty")
+    if args.icd == "1.0" and args.no_breath_gating:
+        return _fail("--no-breath-gating describes a 1.1 head; add --icd 1.1")
     try:
+        breathing = (
+            BreathingModel(
+                pattern=args.breathing,
+                trigger_ml_s=args.trigger_ml_s,
+                detect_latency_ms=args.detect_latency_ms,
+                seed=args.seed,
+            )
+            if args.icd == "1.1"
+            else None
+        )
         model = DeviceModel(
             serial=args.serial,
             nominal_ul_min=args.nominal_ul_min,
@@ -190,6 +241,8 @@ def _serve(args: argparse.Namespace) -> int:
             seed=args.seed,
             fw_version=args.fw_version,
             hw_rev=args.hw_rev,
+            breathing=breathing,
+            breath_gating=not args.no_breath_gating,
         )
     except ValueError as exc:
         return _fail(str(exc))

@@ -26,10 +26,15 @@ from controller.dosing._ceilings import (
 )
 
 __all__ = [
+    "DELIVERY_APNOEA_S",
+    "DELIVERY_GATE_PCT",
+    "DELIVERY_LEAD_BREATHS",
     "OVERRIDABLE_CODES",
     "PLAUSIBLE_CONCENTRATION_PER_ML",
     "PLAUSIBLE_RATIO",
     "Arm",
+    "Delivery",
+    "DeliveryMode",
     "DrugUnit",
     "Lot",
     "Prescription",
@@ -99,6 +104,83 @@ class Lot(_Model):
                 f"'{self.unit}'; check the lot label for a typo or a wrong unit"
             )
         return self
+
+
+DeliveryMode = Literal["continuous", "breath_gated"]
+"""How the head releases aerosol: all the time, or only during inspiration (ICD 1.1)."""
+
+# START_GATED ranges of MN-1 ICD addendum 1.1 §2 (the driver's `GATED_*` ranges; a test
+# keeps the two equal, so dosing need not import the serial driver).
+DELIVERY_GATE_PCT: Final = (30, 90)
+DELIVERY_LEAD_BREATHS: Final = (0, 10)
+DELIVERY_APNOEA_S: Final = (5, 60)
+
+
+def _check_range(name: str, value: int, bounds: tuple[int, int], meaning: str) -> None:
+    low, high = bounds
+    if not low <= value <= high:
+        raise ValueError(
+            f"delivery.{name} = {value} is outside {low}..{high} ({meaning}; "
+            "MN-1 ICD addendum 1.1 START_GATED range)"
+        )
+
+
+class Delivery(_Model):
+    """`[prescription.delivery]`: continuous, or breath-gated on an ICD 1.1 head.
+
+    `breath_gated` needs a head that advertised BREATH_GATED; on any other head the
+    session is refused with the reason, never run continuously instead.
+    """
+
+    mode: DeliveryMode = "continuous"
+    gate_pct: int | None = Field(
+        default=None, description="share of the expected inspiratory time with aerosol (%)"
+    )
+    lead_breaths: int | None = Field(
+        default=None, description="breaths sensed before the first aerosol pulse"
+    )
+    apnoea_s: int | None = Field(
+        default=None, description="seconds without an inspiration before the head pauses"
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        given = [
+            n for n in ("gate_pct", "lead_breaths", "apnoea_s") if getattr(self, n) is not None
+        ]
+        if self.mode == "continuous":
+            if given:
+                raise ValueError(
+                    f'delivery.{", delivery.".join(given)} only apply to mode = "breath_gated"; '
+                    'remove them or set mode = "breath_gated"'
+                )
+            return self
+        _check_range("gate_pct", self.gated_gate_pct, DELIVERY_GATE_PCT, "share of inspiration")
+        _check_range(
+            "lead_breaths", self.gated_lead_breaths, DELIVERY_LEAD_BREATHS, "learning breaths"
+        )
+        _check_range("apnoea_s", self.gated_apnoea_s, DELIVERY_APNOEA_S, "apnoea pause")
+        return self
+
+    @property
+    def breath_gated(self) -> bool:
+        """True for `mode = "breath_gated"`."""
+        return self.mode == "breath_gated"
+
+    @property
+    def gated_gate_pct(self) -> int:
+        """`gate_pct` for START_GATED (default 80 %: the first 80 % of inspiration)."""
+        return 80 if self.gate_pct is None else self.gate_pct
+
+    @property
+    def gated_lead_breaths(self) -> int:
+        """`lead_breaths` for START_GATED (default 3)."""
+        return 3 if self.lead_breaths is None else self.lead_breaths
+
+    @property
+    def gated_apnoea_s(self) -> int:
+        """`apnoea_s` for START_GATED (default 15 s)."""
+        return 15 if self.apnoea_s is None else self.apnoea_s
 
 
 class Arm(_Model):
@@ -208,6 +290,7 @@ class Prescription(_Model):
         default="UTC", description="IANA zone in which course dates are evaluated"
     )
     limits: PrescriptionLimits
+    delivery: Delivery = Field(default_factory=Delivery)
 
     @field_validator("timezone")
     @classmethod

@@ -12,7 +12,12 @@ from controller.ledger._errors import (
     SessionStateError,
     UnknownSessionError,
 )
-from controller.ledger._ledger import DEFAULT_OUTBOX_BUDGET_BYTES, LEDGER_FILE_NAME, Ledger
+from controller.ledger._ledger import (
+    BREATH_SUMMARY_KEYS,
+    DEFAULT_OUTBOX_BUDGET_BYTES,
+    LEDGER_FILE_NAME,
+    Ledger,
+)
 from controller.ledger._model import (
     AlarmAction,
     AlarmEntry,
@@ -35,6 +40,7 @@ from controller.ledger._schema import SCHEMA_VERSION
 from controller.ledger._storage import StorageReport, check_storage_floor
 
 __all__ = [
+    "BREATH_SUMMARY_KEYS",
     "DEFAULT_OUTBOX_BUDGET_BYTES",
     "LEDGER_FILE_NAME",
     "SCHEMA_VERSION",

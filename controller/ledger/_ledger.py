@@ -19,6 +19,7 @@ from controller.dosing import Instant, Override, SessionRecord, SessionStatus
 from controller.ledger._database import (
     Database,
     instant_from_row,
+    json_text,
     utc_text,
 )
 from controller.ledger._errors import SessionStateError, UnknownSessionError
@@ -37,7 +38,26 @@ from controller.ledger._model import (
 from controller.ledger._outbox import Outbox
 from controller.ledger._schema import SCHEMA_VERSION
 
-__all__ = ["DEFAULT_OUTBOX_BUDGET_BYTES", "LEDGER_FILE_NAME", "Ledger"]
+#: What a breath summary must contain (see `Ledger.record_breath_summary`).
+BREATH_SUMMARY_KEYS = frozenset(
+    {
+        "breaths",
+        "rate_mean_bpm",
+        "rate_min_bpm",
+        "rate_max_bpm",
+        "tidal_mean_ml",
+        "aerosol_insp_ul",
+        "aerosol_exp_ul",
+        "aerosol_insp_dose",
+        "aerosol_exp_dose",
+        "dose_unit",
+        "waiting_s",
+        "lost_reports",
+        "gated",
+    }
+)
+
+__all__ = ["BREATH_SUMMARY_KEYS", "DEFAULT_OUTBOX_BUDGET_BYTES", "LEDGER_FILE_NAME", "Ledger"]
 
 LEDGER_FILE_NAME = "ledger.sqlite3"
 """File name of the ledger inside the data directory."""
@@ -484,6 +504,51 @@ class Ledger:
             },
             publish=publish,
         )
+
+    def record_breath_summary(
+        self, session_id: int, *, figures: Mapping[str, Any], at: Instant
+    ) -> None:
+        """A run's breath accounting (ICD 1.1 heads), once per session, append-only.
+
+        `figures` are `controller.breath.summary_record(...)`: breaths, rate, tidal
+        volume, aerosol by phase (µL and, as an estimate, in the lot's dose unit),
+        time WAITING, lost reports. An estimate beside `delivered_ul`, never a limit.
+        Raises UnknownSessionError, or SessionStateError if one is already recorded.
+        """
+        missing = sorted(BREATH_SUMMARY_KEYS - set(figures))
+        if missing:
+            raise ValueError(f"breath summary of session {session_id} lacks {missing}")
+        with self._db.writing() as connection:
+            self._status(connection, session_id)  # must exist
+            try:
+                connection.execute(
+                    "INSERT INTO breath_summaries (session_id, utc, boot_id, monotonic_ns, body)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        session_id,
+                        utc_text(at.utc),
+                        at.boot_id,
+                        at.monotonic_ns,
+                        json_text(figures),
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc):
+                    raise
+                raise SessionStateError(
+                    f"session {session_id} already has a breath summary (one per session)"
+                ) from exc
+
+    def breath_summary(self, session_id: int) -> dict[str, Any] | None:
+        """The breath summary recorded for a session, or None (continuous on a v1 head)."""
+        with self._db.reading() as connection:
+            row = connection.execute(
+                "SELECT body FROM breath_summaries WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        figures: dict[str, Any] = json.loads(row[0])
+        return figures
 
     def record_command(
         self,

@@ -155,7 +155,25 @@ _V1: tuple[str, ...] = (
         {_session_join("r", "reconciled")}""",  # noqa: S608
 )
 
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1),)
+# Version 2 (MN-1 ICD 1.1 breath-aware heads): one breath summary per session, written
+# after the run's last BREATH report (which arrives after the session end). A table of
+# its own, so the events table and its CHECK on `kind` stay as released.
+_V2_BREATH: tuple[str, ...] = (
+    """CREATE TABLE breath_summaries (
+        session_id INTEGER PRIMARY KEY REFERENCES sessions(session_id),
+        utc TEXT NOT NULL,
+        boot_id TEXT NOT NULL CHECK (length(boot_id) > 0),
+        monotonic_ns INTEGER NOT NULL,
+        body TEXT NOT NULL CHECK (json_valid(body))
+    ) STRICT""",
+    *_append_only("breath_summaries"),
+    """CREATE TRIGGER breath_summaries_need_intent BEFORE INSERT ON breath_summaries
+        WHEN NOT EXISTS (
+            SELECT 1 FROM events WHERE session_id = NEW.session_id AND kind = 'intent')
+        BEGIN SELECT RAISE(ABORT, 'breath summary without a recorded intent'); END""",
+)
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2_BREATH))
 """(version, statements) in ascending order; versions are 1, 2, 3, ... without gaps."""
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]

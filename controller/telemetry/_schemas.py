@@ -26,6 +26,7 @@ __all__ = [
     "AlarmMessage",
     "BackfillReplyMessage",
     "BackfillRequest",
+    "BreathingMessage",
     "ConstraintResult",
     "DecisionMessage",
     "DeviceMessage",
@@ -198,6 +199,33 @@ class DecisionMessage(_DeviceFields):
     reasons: list[Reason] = Field(default_factory=list)
 
 
+class BreathingMessage(_DeviceFields):
+    """Breathing at the bedside, from a breath-aware head (MN-1 ICD 1.1): every 10 s
+    and at each change of state (WAITING, a session starting or ending).
+
+    Rate, tidal volume and I:E are over the last few reported breaths (None before
+    any). `insp_share_pct` is the inspiratory-phase share of the session's aerosol:
+    an estimate beside the dose, never the dose (which stays `delivered_ul`).
+    """
+
+    SCHEMA: ClassVar[str] = "nebuliser.breathing"
+    schema_name: Literal["nebuliser.breathing"] = Field(
+        default="nebuliser.breathing", alias="schema"
+    )
+    reason: Literal["periodic", "state_change"]
+    session_id: Annotated[int, Field(ge=0)] | None = None
+    gated: bool
+    waiting: bool
+    rate_bpm: Annotated[float, Field(ge=0, le=200)] | None = None
+    tidal_ml: Annotated[int, Field(ge=0, le=65535)] | None = None
+    #: Expiratory over inspiratory time (I:E 1:2 → 2.0).
+    ie_ratio: Annotated[float, Field(ge=0, le=100)] | None = None
+    insp_share_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    seconds_since_breath: Annotated[int, Field(ge=0)] | None = None
+    breaths: Annotated[int, Field(ge=0)] = 0
+    lost_reports: Annotated[int, Field(ge=0)] = 0
+
+
 class BackfillReplyMessage(_DeviceFields):
     """The controller's answer to a backfill request: the archived messages of the
     asked range (each flagged historical) and the seqs it can no longer provide."""
@@ -262,6 +290,7 @@ DeviceMessage = (
     | ActiveAlarmsMessage
     | DecisionMessage
     | BackfillReplyMessage
+    | BreathingMessage
 )
 
 DEVICE_SCHEMAS: dict[str, type[_DeviceFields]] = {
@@ -274,6 +303,7 @@ DEVICE_SCHEMAS: dict[str, type[_DeviceFields]] = {
         ActiveAlarmsMessage,
         DecisionMessage,
         BackfillReplyMessage,
+        BreathingMessage,
     )
 }
 

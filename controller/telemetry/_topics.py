@@ -40,6 +40,7 @@ SCHEMA_ROUTES: dict[str, Route] = {
     "nebuliser.alarms_active": Route(suffix="alarms/active", kind="alarm", qos=1, retain=True),
     "nebuliser.decision": Route(suffix="decision", kind="decision", qos=1, retain=False),
     "nebuliser.backfill_reply": Route(suffix="backfill/reply", kind="reply", qos=1, retain=False),
+    "nebuliser.breathing": Route(suffix="breathing", kind="telemetry", qos=1, retain=False),
 }
 
 

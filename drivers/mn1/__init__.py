@@ -1,4 +1,4 @@
-"""MN-1 serial protocol (ICD v1): sans-IO codec, deframer and host link."""
+"""MN-1 serial protocol (ICD v1 and addendum 1.1): sans-IO codec, deframer and host link."""
 
 from ._cobs import CobsDecodeError, cobs_decode, cobs_encode
 from ._codec import (
@@ -21,10 +21,16 @@ from ._codec import (
 )
 from ._deframer import Deframer
 from ._link import (
+    CAPS_QUERY_INTERVAL_MS,
+    CAPS_QUERY_TRIES,
     HEARTBEAT_INTERVAL_MAX_MS,
     MAX_RETRANSMITS,
     RETRANSMIT_AFTER_MS,
     STATUS_TIMEOUT_MS,
+    BreathReceived,
+    CapabilitiesDiscovered,
+    CapabilityMissingError,
+    CapsDiscovery,
     Command,
     CommandAnswered,
     CommandFailed,
@@ -39,12 +45,17 @@ from ._link import (
     LinkNotReadyError,
     LinkPhase,
     LinkRestored,
+    NoCapabilities,
     PortClosed,
     PortOpened,
     SessionEndReceived,
     StatusReceived,
 )
 from ._messages import (
+    GATED_APNOEA_S,
+    GATED_GATE_PCT,
+    GATED_LEAD_BREATHS,
+    ICD_MINOR_BREATH,
     LATCHED_FAULTS,
     PROTOCOL_VERSION,
     START_MAX_DURATION_S,
@@ -52,6 +63,9 @@ from ._messages import (
     START_TARGET_UL,
     Ack,
     AckEnd,
+    Breath,
+    CapBits,
+    Caps,
     ClearFaults,
     DeviceMessage,
     DeviceState,
@@ -65,8 +79,10 @@ from ._messages import (
     MsgType,
     Nak,
     NakReason,
+    QueryCaps,
     SessionEnd,
     Start,
+    StartGated,
     Status,
     Stop,
     StopReason,
@@ -79,7 +95,13 @@ from ._serial import (
 )
 
 __all__ = [
+    "CAPS_QUERY_INTERVAL_MS",
+    "CAPS_QUERY_TRIES",
+    "GATED_APNOEA_S",
+    "GATED_GATE_PCT",
+    "GATED_LEAD_BREATHS",
     "HEARTBEAT_INTERVAL_MAX_MS",
+    "ICD_MINOR_BREATH",
     "LATCHED_FAULTS",
     "MAX_ENCODED_LEN",
     "MAX_PAYLOAD_LEN",
@@ -94,6 +116,13 @@ __all__ = [
     "Ack",
     "AckEnd",
     "BodyLengthError",
+    "Breath",
+    "BreathReceived",
+    "CapBits",
+    "CapabilitiesDiscovered",
+    "CapabilityMissingError",
+    "Caps",
+    "CapsDiscovery",
     "ClearFaults",
     "CobsDecodeError",
     "CobsError",
@@ -127,15 +156,18 @@ __all__ = [
     "MsgType",
     "Nak",
     "NakReason",
+    "NoCapabilities",
     "PayloadLengthError",
     "PendingCommand",
     "PortClosed",
     "PortInUseError",
     "PortOpened",
+    "QueryCaps",
     "SerialLink",
     "SessionEnd",
     "SessionEndReceived",
     "Start",
+    "StartGated",
     "Status",
     "StatusReceived",
     "Stop",

@@ -27,6 +27,9 @@ from ._messages import (
     PROTOCOL_VERSION,
     Ack,
     AckEnd,
+    Breath,
+    CapBits,
+    Caps,
     ClearFaults,
     DeviceState,
     FaultBits,
@@ -38,8 +41,10 @@ from ._messages import (
     MsgType,
     Nak,
     NakReason,
+    QueryCaps,
     SessionEnd,
     Start,
+    StartGated,
     Status,
     Stop,
     StopReason,
@@ -141,6 +146,11 @@ _BODY: Final[dict[MsgType, struct.Struct]] = {
     MsgType.NAK: struct.Struct("<BB"),
     MsgType.STATUS: struct.Struct("<IBIIHHhHHHBB"),
     MsgType.SESSION_END: struct.Struct("<IIIB"),
+    # addendum 1.1
+    MsgType.QUERY_CAPS: struct.Struct("<"),
+    MsgType.START_GATED: struct.Struct("<IIHBBBB"),
+    MsgType.CAPS: struct.Struct("<BBHHH"),
+    MsgType.BREATH: struct.Struct("<IHHHHHHH"),
 }
 
 
@@ -155,6 +165,7 @@ _CLASS: Final[dict[MsgType, type[Message]]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Heartbeat, Start, Stop, ClearFaults, AckEnd, Ident, Ack, Nak, Status, SessionEnd,
+        QueryCaps, StartGated, Caps, Breath,
     )
 }  # fmt: skip
 
@@ -220,6 +231,7 @@ _FIELD_DECODERS: Final[dict[tuple[MsgType, str], Callable[[Any], Any]]] = {
     (MsgType.STATUS, "faults"): FaultBits,
     (MsgType.STATUS, "last_stop"): lambda v: _enum(StopReason, v, "STATUS last_stop"),
     (MsgType.SESSION_END, "reason"): _session_end_reason,
+    (MsgType.CAPS, "caps"): CapBits,
 }
 
 

@@ -31,36 +31,77 @@ Host obligations implemented (ICD §6 and §5.5, §5.7):
 | a frame at least every 250 ms (HEARTBEAT if nothing else) | `handle_timers` |
 | ACK_END for every SESSION_END (each repeat, with its seq) | `_on_session_end` |
 | 300 ms without STATUS → link lost; next STATUS → restored | `handle_timers`, `_on_status` |
+
+Addendum 1.1 (breath-aware heads) obligations:
+
+| obligation | where |
+|---|---|
+| QUERY_CAPS after every IDENT (every (re)connect) and after a reboot | `_on_ident`, `_on_status` |
+| repeat it every 50 ms, same seq; 3 unanswered → version 1, NOT link loss | `handle_timers` |
+| never START_GATED to a head whose CAPS lacked BREATH_GATED | `send_command` |
+| BREATH reports passed on as events, never acknowledged | `_on_frame` |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Final
 
 from ._codec import FrameError, VersionError, encode_frame
 from ._deframer import Deframer
+from ._events import (
+    BreathReceived,
+    CapabilitiesDiscovered,
+    CapabilityMissingError,
+    CapsDiscovery,
+    Command,
+    CommandAnswered,
+    CommandFailed,
+    CommandOutcome,
+    DeviceRebooted,
+    DeviceSwapped,
+    HandshakeFailed,
+    Identified,
+    LinkEvent,
+    LinkLost,
+    LinkNotReadyError,
+    LinkPhase,
+    LinkRestored,
+    NoCapabilities,
+    PortClosed,
+    PortOpened,
+    SessionEndReceived,
+    StatusReceived,
+)
 from ._messages import (
     Ack,
     AckEnd,
+    Breath,
+    Caps,
     ClearFaults,
     Frame,
     Heartbeat,
     Hello,
     Ident,
     Nak,
+    QueryCaps,
     SessionEnd,
     Start,
+    StartGated,
     Status,
-    Stop,
 )
 
 __all__ = [
+    "CAPS_QUERY_INTERVAL_MS",
+    "CAPS_QUERY_TRIES",
     "HEARTBEAT_INTERVAL_MAX_MS",
     "MAX_RETRANSMITS",
     "RETRANSMIT_AFTER_MS",
     "STATUS_TIMEOUT_MS",
+    "BreathReceived",
+    "CapabilitiesDiscovered",
+    "CapabilityMissingError",
+    "CapsDiscovery",
     "Command",
     "CommandAnswered",
     "CommandFailed",
@@ -75,6 +116,7 @@ __all__ = [
     "LinkNotReadyError",
     "LinkPhase",
     "LinkRestored",
+    "NoCapabilities",
     "PortClosed",
     "PortOpened",
     "SessionEndReceived",
@@ -89,6 +131,10 @@ MAX_RETRANSMITS: Final = 5
 HEARTBEAT_INTERVAL_MAX_MS: Final = 250
 #: ICD §6: this long without a valid STATUS is link loss.
 STATUS_TIMEOUT_MS: Final = 300
+#: Addendum 1.1 §1: QUERY_CAPS is repeated, same seq, this often while unanswered...
+CAPS_QUERY_INTERVAL_MS: Final = 50
+#: ...and after this many unanswered transmissions the head is version 1 (no capabilities).
+CAPS_QUERY_TRIES: Final = 3
 
 # A drop of uptime_ms from within this distance of 2**32 to a small value is the
 # counter wrapping (every 49.7 days), not a reboot.
@@ -98,146 +144,13 @@ _UPTIME_WRAP_WINDOW_MS: Final = 60_000
 # at most 50 repeats of one, and sessions are minutes apart).
 _SESSION_END_MEMORY: Final = 16
 
-#: Commands that expect an answer and are retransmitted until they get one.
-Command = Hello | Start | Stop | ClearFaults
 
-
-class LinkNotReadyError(RuntimeError):
-    """A command cannot be sent now (port closed, or device not identified yet)."""
-
-
-class LinkPhase(Enum):
-    """Where the host link is in its life cycle."""
-
-    PORT_CLOSED = "port_closed"
-    HANDSHAKING = "handshaking"
-    IDENTIFIED = "identified"
-
-
-# --- events --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PortOpened:
-    """The transport opened the port; a handshake (HELLO) has been queued."""
-
-    at_ms: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PortClosed:
-    """The port closed or failed (unplug, hang-up, I/O error); the transport reopens it."""
-
-    at_ms: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Identified:
-    """IDENT answered our HELLO: commands other than STOP may now be sent."""
-
-    at_ms: int
-    ident: Ident
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HandshakeFailed:
-    """HELLO got no IDENT after all retransmissions; another HELLO follows later."""
-
-    at_ms: int
-    reason: str
-    version_errors: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceSwapped:
-    """The device on the port now reports a different serial than before."""
-
-    at_ms: int
-    previous: Ident
-    current: Ident
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceRebooted:
-    """STATUS `uptime_ms` dropped: the device restarted and kept nothing (ICD §5.8)."""
-
-    at_ms: int
-    previous_uptime_ms: int
-    uptime_ms: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StatusReceived:
-    """A valid STATUS frame."""
-
-    at_ms: int
+@dataclass(slots=True, kw_only=True)
+class _CapsQuery:
     seq: int
-    status: Status
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionEndReceived:
-    """A SESSION_END (repeats of the same seq and session are reported once)."""
-
-    at_ms: int
-    seq: int
-    session_end: SessionEnd
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommandAnswered:
-    """The device answered a command (ACK, NAK or, for HELLO, IDENT)."""
-
-    at_ms: int
-    seq: int
-    command: Command
-    answer: Ack | Nak | Ident
+    frame: bytes
     transmissions: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommandFailed:
-    """A command got no answer: outcome unknown (ICD §6; resolve by reading STATUS)."""
-
-    at_ms: int
-    seq: int | None
-    command: Command
-    reason: str
-    transmissions: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LinkLost:
-    """No valid STATUS for `STATUS_TIMEOUT_MS`, or the port closed: device state is unknown."""
-
-    at_ms: int
-    reason: str
-    last_status_ms: int | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LinkRestored:
-    """A valid STATUS arrived while the link was down (also the first one after opening)."""
-
-    at_ms: int
-
-
-CommandOutcome = CommandAnswered | CommandFailed
-LinkEvent = (
-    PortOpened
-    | PortClosed
-    | Identified
-    | HandshakeFailed
-    | DeviceSwapped
-    | DeviceRebooted
-    | StatusReceived
-    | SessionEndReceived
-    | CommandAnswered
-    | CommandFailed
-    | LinkLost
-    | LinkRestored
-)
+    due_ms: int  # next repeat, or the version-1 verdict once transmissions == CAPS_QUERY_TRIES
 
 
 @dataclass(slots=True, kw_only=True)
@@ -294,6 +207,10 @@ class HostLink:
         self._last_uptime_ms: int | None = None
         self._ident: Ident | None = None
         self._session_ends_seen: list[tuple[int, int]] = []
+        self._caps_discovery = CapsDiscovery.PENDING
+        self._caps: Caps | None = None
+        self._caps_query: _CapsQuery | None = None
+        self._caps_query_seq: int | None = None  # last QUERY_CAPS seq (a late CAPS still counts)
 
     # --- read-only state ---------------------------------------------------------
 
@@ -311,6 +228,21 @@ class HostLink:
     def ident(self) -> Ident | None:
         """The last IDENT received (kept across port loss, to detect a swapped device)."""
         return self._ident
+
+    @property
+    def caps_discovery(self) -> CapsDiscovery:
+        """PENDING until CAPS arrives (DISCOVERED) or the queries run out (VERSION_1)."""
+        return self._caps_discovery
+
+    @property
+    def capabilities(self) -> Caps | None:
+        """The head's CAPS, or None (version-1 head, or discovery still pending)."""
+        return self._caps
+
+    @property
+    def breath_gating_supported(self) -> bool:
+        """True once CAPS with BREATH_GATED arrived from the head on the port now."""
+        return self._caps is not None and self._caps.breath_gated
 
     @property
     def outstanding_seqs(self) -> tuple[int, ...]:
@@ -337,6 +269,8 @@ class HostLink:
             deadlines.append(last_tx + self._heartbeat_interval_ms)
             if self._hello_due_ms is not None:
                 deadlines.append(self._hello_due_ms)
+            if self._caps_query is not None:
+                deadlines.append(self._caps_query.due_ms)
         if self._link_up and self._last_status_ms is not None:
             deadlines.append(self._last_status_ms + self._status_timeout_ms)
         return min(deadlines, default=None)
@@ -361,6 +295,8 @@ class HostLink:
         self._hello_seq = None
         self._hello_due_ms = None
         self._last_tx_ms = None
+        # The next head on this port may be another one: ask again after its IDENT.
+        self._reset_caps()
         if self._link_up:
             self._link_up = False
             self._events.append(
@@ -372,21 +308,29 @@ class HostLink:
             )
 
     def send_command(self, command: Command, now_ms: int) -> int:
-        """Queue `command` (HELLO, START, STOP, CLEAR_FAULTS); returns the seq it carries.
+        """Queue `command` (HELLO, START, START_GATED, STOP, CLEAR_FAULTS); returns its seq.
 
         STOP may be sent as soon as the port is open (safe state first); START and
         CLEAR_FAULTS only after IDENT. Raises LinkNotReadyError otherwise.
+        START_GATED also needs CAPS with BREATH_GATED from this head (addendum 1.1
+        §1): LinkNotReadyError while discovery is pending, CapabilityMissingError
+        for a version-1 head or one without the bit. Never sent as a plain START.
         """
         if self._phase is LinkPhase.PORT_CLOSED:
             raise LinkNotReadyError(
                 f"cannot send {type(command).__name__}: the port is closed "
                 "(the transport reopens it; wait for Identified)"
             )
-        if isinstance(command, Start | ClearFaults) and self._phase is not LinkPhase.IDENTIFIED:
+        if (
+            isinstance(command, Start | StartGated | ClearFaults)
+            and self._phase is not LinkPhase.IDENTIFIED
+        ):
             raise LinkNotReadyError(
                 f"cannot send {type(command).__name__} before the device answered HELLO "
                 "with IDENT (ICD §6); wait for Identified"
             )
+        if isinstance(command, StartGated):
+            self._check_gating_capability()
         if isinstance(command, Hello):
             return self._send_hello(now_ms)
         return self._send_tracked(command, now_ms)
@@ -420,6 +364,7 @@ class HostLink:
             entry.due_ms = now_ms + self._retransmit_after_ms
         if self._hello_due_ms is not None and self._hello_due_ms <= now_ms:
             self._send_hello(now_ms)
+        self._caps_timer(now_ms)
         if (
             self._link_up
             and self._last_status_ms is not None
@@ -441,6 +386,65 @@ class HostLink:
             self._write(encode_frame(Heartbeat(), seq=self._new_seq()), now_ms)
 
     # --- internals ---------------------------------------------------------------
+
+    def _check_gating_capability(self) -> None:
+        if self._caps_discovery is CapsDiscovery.PENDING:
+            raise LinkNotReadyError(
+                "cannot send StartGated before the head's capabilities are known "
+                "(addendum 1.1 §1); wait for CapabilitiesDiscovered or NoCapabilities"
+            )
+        if self._caps is None:
+            raise CapabilityMissingError(
+                "cannot send StartGated: the head did not answer QUERY_CAPS, so it is a "
+                "version-1 head without breath-gated delivery; use a continuous prescription "
+                "or a breath-aware (ICD 1.1) head"
+            )
+        if not self._caps.breath_gated:
+            raise CapabilityMissingError(
+                f"cannot send StartGated: the head's CAPS (caps=0x{int(self._caps.caps):04x}) "
+                "lack BREATH_GATED; use a continuous prescription or another head"
+            )
+
+    def _reset_caps(self) -> None:
+        self._caps_discovery = CapsDiscovery.PENDING
+        self._caps = None
+        self._caps_query = None
+
+    def _query_caps(self, now_ms: int) -> None:
+        """Start capability discovery (a new seq; repeats reuse it)."""
+        self._reset_caps()
+        seq = self._new_seq()
+        frame = encode_frame(QueryCaps(), seq=seq)
+        self._write(frame, now_ms)
+        self._caps_query_seq = seq
+        self._caps_query = _CapsQuery(
+            seq=seq, frame=frame, transmissions=1, due_ms=now_ms + CAPS_QUERY_INTERVAL_MS
+        )
+
+    def _caps_timer(self, now_ms: int) -> None:
+        query = self._caps_query
+        if query is None or query.due_ms > now_ms:
+            return
+        if query.transmissions >= CAPS_QUERY_TRIES:
+            # Addendum 1.1 §1: a version-1 head drops QUERY_CAPS. Not link loss.
+            self._caps_query = None
+            self._caps_discovery = CapsDiscovery.VERSION_1
+            self._events.append(NoCapabilities(at_ms=now_ms, tries=query.transmissions))
+            return
+        self._write(query.frame, now_ms)
+        query.transmissions += 1
+        query.due_ms = now_ms + CAPS_QUERY_INTERVAL_MS
+
+    def _on_caps(self, caps: Caps, now_ms: int) -> None:
+        if caps.ack_seq != self._caps_query_seq or self._phase is not LinkPhase.IDENTIFIED:
+            return  # not an answer to our latest query (noise, or from before a reconnect)
+        if self._caps_discovery is CapsDiscovery.DISCOVERED and self._caps == caps:
+            return  # the answer to a repeat we already have
+        # A late CAPS after the version-1 verdict still upgrades: capabilities only add.
+        self._caps_query = None
+        self._caps = caps
+        self._caps_discovery = CapsDiscovery.DISCOVERED
+        self._events.append(CapabilitiesDiscovered(at_ms=now_ms, caps=caps))
 
     def _new_seq(self) -> int:
         seq = self._next_seq
@@ -516,6 +520,10 @@ class HostLink:
             self._on_session_end(frame.seq, message, now_ms)
         elif isinstance(message, Ack | Nak | Ident):
             self._on_answer(message, now_ms)
+        elif isinstance(message, Caps):
+            self._on_caps(message, now_ms)
+        elif isinstance(message, Breath):
+            self._events.append(BreathReceived(at_ms=now_ms, seq=frame.seq, breath=message))
         # Host-to-device types arriving here (a loopback or a crossed cable) are ignored.
 
     def _on_status(self, seq: int, status: Status, now_ms: int) -> None:
@@ -531,6 +539,8 @@ class HostLink:
                         at_ms=now_ms, previous_uptime_ms=previous, uptime_ms=status.uptime_ms
                     )
                 )
+                if self._phase is LinkPhase.IDENTIFIED:
+                    self._query_caps(now_ms)  # addendum 1.1 §4: the head kept nothing
         self._last_uptime_ms = status.uptime_ms
         self._last_status_ms = now_ms
         if not self._link_up:
@@ -579,3 +589,4 @@ class HostLink:
             self._last_uptime_ms = None
             self._events.append(DeviceSwapped(at_ms=now_ms, previous=previous, current=ident))
         self._events.append(Identified(at_ms=now_ms, ident=ident))
+        self._query_caps(now_ms)

@@ -1,4 +1,4 @@
-"""Typed MN-1 messages and codes (ICD §3 and §4).
+"""Typed MN-1 messages and codes (ICD §3 and §4, and addendum 1.1).
 
 Every message is a frozen dataclass; enumerated fields use IntEnum/IntFlag so
 that they compare equal to the raw integers in the ICD and in the test vectors.
@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 __all__ = [
+    "GATED_APNOEA_S",
+    "GATED_GATE_PCT",
+    "GATED_LEAD_BREATHS",
+    "ICD_MINOR_BREATH",
     "LATCHED_FAULTS",
     "PROTOCOL_VERSION",
     "START_MAX_DURATION_S",
@@ -17,6 +21,9 @@ __all__ = [
     "START_TARGET_UL",
     "Ack",
     "AckEnd",
+    "Breath",
+    "CapBits",
+    "Caps",
     "ClearFaults",
     "DeviceMessage",
     "DeviceState",
@@ -30,8 +37,10 @@ __all__ = [
     "MsgType",
     "Nak",
     "NakReason",
+    "QueryCaps",
     "SessionEnd",
     "Start",
+    "StartGated",
     "Status",
     "Stop",
     "StopReason",
@@ -44,6 +53,14 @@ START_TARGET_UL = range(1, 20000 + 1)
 START_MAX_DURATION_S = range(1, 3600 + 1)
 START_OUTPUT_PCT = range(10, 100 + 1)
 
+# START_GATED ranges beyond START's (addendum 1.1 §2). Out of range → NAK BAD_VALUE.
+GATED_GATE_PCT = range(30, 90 + 1)
+GATED_LEAD_BREATHS = range(0, 10 + 1)
+GATED_APNOEA_S = range(5, 60 + 1)
+
+#: CAPS `icd_minor` of a head that implements addendum 1.1.
+ICD_MINOR_BREATH = 1
+
 
 class MsgType(IntEnum):
     """Message type codes (header byte 1)."""
@@ -54,11 +71,15 @@ class MsgType(IntEnum):
     STOP = 0x04
     CLEAR_FAULTS = 0x05
     ACK_END = 0x06
+    QUERY_CAPS = 0x07  # addendum 1.1
+    START_GATED = 0x08  # addendum 1.1
     IDENT = 0x81
     ACK = 0x82
     NAK = 0x83
     STATUS = 0x84
     SESSION_END = 0x85
+    CAPS = 0x86  # addendum 1.1
+    BREATH = 0x87  # addendum 1.1
 
 
 class DeviceState(IntEnum):
@@ -67,6 +88,8 @@ class DeviceState(IntEnum):
     IDLE = 0
     NEBULISING = 1
     FAULT = 2
+    #: Addendum 1.1: a gated session runs but the mesh is off (lead breaths, or apnoea).
+    WAITING = 3
 
 
 class NakReason(IntEnum):
@@ -79,6 +102,8 @@ class NakReason(IntEnum):
     UNKNOWN_TYPE = 5
     FAULT_PERSISTS = 6
     NO_MEDICATION = 7
+    #: Addendum 1.1: the head lacks the capability the command needs.
+    UNSUPPORTED = 8
 
 
 class StopReason(IntEnum):
@@ -92,6 +117,8 @@ class StopReason(IntEnum):
     FAULT = 5
     WATCHDOG = 6
     BUTTON_STOP = 7
+    #: Addendum 1.1: a gated session stayed WAITING, after its lead breaths, for 3 × apnoea_s.
+    NO_BREATHING = 8
 
 
 class FaultBits(IntFlag):
@@ -108,6 +135,13 @@ class FaultBits(IntFlag):
 
 #: Bits that stay set until CLEAR_FAULTS succeeds (all but RESERVOIR_EMPTY).
 LATCHED_FAULTS = FaultBits(0x7E)
+
+
+class CapBits(IntFlag):
+    """CAPS `caps` bits (addendum 1.1 §1). Unknown bits are kept, not dropped."""
+
+    BREATH_SENSING = 1 << 0
+    BREATH_GATED = 1 << 1
 
 
 # --- host → device -----------------------------------------------------------
@@ -159,6 +193,33 @@ class AckEnd:
 
     TYPE = MsgType.ACK_END
     end_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryCaps:
+    """QUERY_CAPS (addendum 1.1): a 1.1 head answers CAPS; a version-1 head says nothing."""
+
+    TYPE = MsgType.QUERY_CAPS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartGated:
+    """START_GATED (addendum 1.1): a breath-gated session; answered ACK or NAK.
+
+    The first four fields mean exactly what they mean in START.
+    """
+
+    TYPE = MsgType.START_GATED
+    session_id: int
+    target_ul: int
+    max_duration_s: int
+    output_pct: int
+    #: Share of the expected inspiratory time the mesh runs, from detection (30..90).
+    gate_pct: int
+    #: Breaths sensed before the first pulse, to learn the pattern (0..10).
+    lead_breaths: int
+    #: Seconds without a detected inspiration before the head pauses (5..60).
+    apnoea_s: int
 
 
 # --- device → host -----------------------------------------------------------
@@ -231,8 +292,51 @@ class SessionEnd:
     reason: StopReason
 
 
-HostMessage = Hello | Heartbeat | Start | Stop | ClearFaults | AckEnd
-DeviceMessage = Ident | Ack | Nak | Status | SessionEnd
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Caps:
+    """CAPS (addendum 1.1): answer to QUERY_CAPS."""
+
+    TYPE = MsgType.CAPS
+    ack_seq: int
+    icd_minor: int
+    caps: CapBits
+    #: Inspiratory flow (mL/s) above which the head detects an inspiration.
+    trigger_ml_s: int
+    #: Typical delay from the true start of an inspiration to its detection.
+    detect_latency_ms: int
+
+    @property
+    def breath_gated(self) -> bool:
+        """True if the head accepts START_GATED (bit 1)."""
+        return CapBits.BREATH_GATED in self.caps
+
+    @property
+    def breath_sensing(self) -> bool:
+        """True if the head sends BREATH reports (bit 0)."""
+        return CapBits.BREATH_SENSING in self.caps
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Breath:
+    """BREATH (addendum 1.1): one completed breath; not acknowledged, not repeated."""
+
+    TYPE = MsgType.BREATH
+    #: The session running during the breath's inspiration, 0 if none.
+    session_id: int
+    #: +1 per detected breath since power-up, wraps 65535 → 0 (lost reports show as gaps).
+    breath_no: int
+    insp_ms: int
+    exp_ms: int
+    tidal_ml: int
+    peak_flow_ml_s: int
+    #: Volume nebulised during the inspiration, in tenths of a µL.
+    aerosol_insp_dul: int
+    #: Volume nebulised during the expiration, in tenths of a µL.
+    aerosol_exp_dul: int
+
+
+HostMessage = Hello | Heartbeat | Start | Stop | ClearFaults | AckEnd | QueryCaps | StartGated
+DeviceMessage = Ident | Ack | Nak | Status | SessionEnd | Caps | Breath
 Message = HostMessage | DeviceMessage
 
 

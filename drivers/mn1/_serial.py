@@ -33,6 +33,8 @@ import serial
 import serial_asyncio_fast
 
 from ._link import (
+    CapabilitiesDiscovered,
+    CapsDiscovery,
     Command,
     CommandAnswered,
     CommandFailed,
@@ -42,9 +44,10 @@ from ._link import (
     LinkEvent,
     LinkNotReadyError,
     LinkPhase,
+    NoCapabilities,
     PortClosed,
 )
-from ._messages import Ident, Stop
+from ._messages import Caps, Ident, Stop
 
 __all__ = ["PendingCommand", "PortInUseError", "SerialLink", "port_holders"]
 
@@ -148,6 +151,7 @@ class SerialLink:
         self._pending: dict[int, asyncio.Future[CommandOutcome]] = {}
         self._wake = asyncio.Event()
         self._identified = asyncio.Event()
+        self._caps_known = asyncio.Event()
         self._task_group: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -212,6 +216,16 @@ class SerialLink:
         return self._link.ident
 
     @property
+    def caps_discovery(self) -> CapsDiscovery:
+        """Addendum 1.1 capability discovery: PENDING, VERSION_1 or DISCOVERED."""
+        return self._link.caps_discovery
+
+    @property
+    def capabilities(self) -> Caps | None:
+        """The head's CAPS (addendum 1.1), or None for a version-1 head or while pending."""
+        return self._link.capabilities
+
+    @property
     def host_link(self) -> HostLink:
         """The sans-IO state machine underneath (counters, deframer statistics)."""
         return self._link
@@ -233,6 +247,17 @@ class SerialLink:
             if ident is not None and self._link.phase is LinkPhase.IDENTIFIED:
                 return ident
             self._identified.clear()
+
+    async def wait_capabilities(self) -> Caps | None:
+        """Wait until the head's capabilities are known (addendum 1.1 discovery).
+
+        Returns its CAPS, or None for a version-1 head (no answer to QUERY_CAPS).
+        """
+        while True:
+            await self._caps_known.wait()
+            if self._link.caps_discovery is not CapsDiscovery.PENDING:
+                return self._link.capabilities
+            self._caps_known.clear()
 
     def submit(self, command: Command) -> PendingCommand:
         """Write `command` now (synchronously) and return a handle on its outcome."""
@@ -293,6 +318,8 @@ class SerialLink:
                     future.set_result(event)
             if isinstance(event, Identified):
                 self._identified.set()
+            if isinstance(event, CapabilitiesDiscovered | NoCapabilities):
+                self._caps_known.set()
             while self._events.qsize() >= self._event_queue_size:
                 self._events.get_nowait()
                 self.events_dropped += 1

@@ -19,6 +19,10 @@ One request per line, one reply per line. A request is a JSON object with a
 | `link` | `rx`, `tx`, `drop_answer_rate`, `silent` (any) | link faults; fields not given stay |
 | `link_reset` | — | every link fault off |
 | `defect` | `name`, `enabled` (default true) | firmware defect mode |
+| `apnoea` | `seconds` | the patient stops breathing (ICD 1.1 heads) |
+| `mask` | `off` (default true) | mask or mouthpiece off / back on |
+| `sensor_stuck` | `active` (default true) | the flow sensor reads a constant |
+| `pattern` | `name` | breathing pattern from the next breath (`PATTERN_NAMES`) |
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Self
 
+from ._breathing import PATTERN_NAMES
 from ._link_faults import ChannelFaults, LinkFaults
 from ._model import DEFECTS, FAULT_NAMES, DeviceModel
 
@@ -148,6 +153,25 @@ def _cmd_defect(model: DeviceModel, request: dict[str, Any], now_ms: int) -> Non
     model.set_defect(name, _flag(request, "enabled", True), now_ms=now_ms)
 
 
+def _cmd_apnoea(model: DeviceModel, request: dict[str, Any], now_ms: int) -> None:
+    seconds = _number(request, "seconds")
+    if not 0 <= seconds <= 3600:
+        raise ValueError(f"'seconds' must be 0..3600, got {seconds}")
+    model.breathing_apnoea(seconds, now_ms=now_ms)
+
+
+def _cmd_mask(model: DeviceModel, request: dict[str, Any], now_ms: int) -> None:
+    model.set_mask_off(_flag(request, "off", True), now_ms=now_ms)
+
+
+def _cmd_sensor_stuck(model: DeviceModel, request: dict[str, Any], now_ms: int) -> None:
+    model.set_sensor_stuck(_flag(request, "active", True), now_ms=now_ms)
+
+
+def _cmd_pattern(model: DeviceModel, request: dict[str, Any], now_ms: int) -> None:
+    model.set_breathing_pattern(_named(request, PATTERN_NAMES, "pattern"), now_ms=now_ms)
+
+
 _COMMANDS: Final[dict[str, Callable[[DeviceModel, dict[str, Any], int], None]]] = {
     "ping": _cmd_state,
     "state": _cmd_state,
@@ -160,6 +184,10 @@ _COMMANDS: Final[dict[str, Callable[[DeviceModel, dict[str, Any], int], None]]] 
     "link": _cmd_link,
     "link_reset": _cmd_link_reset,
     "defect": _cmd_defect,
+    "apnoea": _cmd_apnoea,
+    "mask": _cmd_mask,
+    "sensor_stuck": _cmd_sensor_stuck,
+    "pattern": _cmd_pattern,
 }
 CONTROL_COMMANDS: Final = tuple(_COMMANDS)
 
@@ -345,6 +373,22 @@ class SimulatorControlClient:
     async def set_defect(self, name: str, *, enabled: bool = True) -> dict[str, Any]:
         """Turn a firmware defect mode on or off; see DEFECTS."""
         return await self.request({"cmd": "defect", "name": name, "enabled": enabled})
+
+    async def apnoea(self, seconds: float) -> dict[str, Any]:
+        """The patient stops breathing for `seconds` (ICD 1.1 heads)."""
+        return await self.request({"cmd": "apnoea", "seconds": seconds})
+
+    async def set_mask_off(self, off: bool = True) -> dict[str, Any]:
+        """Mask or mouthpiece off (or back on with `off=False`)."""
+        return await self.request({"cmd": "mask", "off": off})
+
+    async def set_sensor_stuck(self, active: bool = True) -> dict[str, Any]:
+        """The flow sensor reads a constant (or works again with `active=False`)."""
+        return await self.request({"cmd": "sensor_stuck", "active": active})
+
+    async def set_pattern(self, name: str) -> dict[str, Any]:
+        """The patient breathes with pattern `name` from the next breath; see PATTERN_NAMES."""
+        return await self.request({"cmd": "pattern", "name": name})
 
 
 def control_request_sync(

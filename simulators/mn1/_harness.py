@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from drivers.mn1 import (
     AckEnd,
+    Breath,
     Deframer,
     DeviceMessage,
     Frame,
@@ -138,7 +139,7 @@ class SimulatedHost:
         return [
             r
             for r in self.received
-            if not isinstance(r.message, Status | SessionEnd) and r.message.ack_seq == seq
+            if not isinstance(r.message, Status | SessionEnd | Breath) and r.message.ack_seq == seq
         ]
 
     def session_ends(self) -> list[Received]:

@@ -1,4 +1,4 @@
-"""The MN-1 device, sans-IO, in the caller's time (ICD v1, device side).
+"""The MN-1 device, sans-IO, in the caller's time (ICD v1 and addendum 1.1, device side).
 
 The model has no clock and does no I/O. The caller feeds it host bytes with
 `receive(data, now_ms)`, lets time pass with `advance(now_ms)`, sends whatever
@@ -23,7 +23,18 @@ Choices the ICD leaves open (documented in docs/simulator.md):
 - STOP with a session_id other than 0 or the running one is ACKed and stops nothing.
 - CLEAR_FAULTS NAKs FAULT_PERSISTS while any bit stays set afterwards (including
   RESERVOIR_EMPTY with a dry cup).
-- A host frame of a device type (0x81..0x85) is dropped and counted like a bad frame.
+- A host frame of a device type (0x81..0x87) is dropped and counted like a bad frame.
+
+Addendum 1.1 (only with a `BreathingModel`; without one the device is a version-1
+head that drops QUERY_CAPS and START_GATED as unknown types):
+
+- QUERY_CAPS → CAPS (BREATH_SENSING, and BREATH_GATED unless `breath_gating=False`).
+- START_GATED checks UNSUPPORTED first, then START's checks and the gated ranges.
+- A gated session's mesh runs from each detected inspiration for `gate_pct` of the
+  expected inspiratory time, or until expiration is seen; WAITING during the lead
+  breaths and after `apnoea_s` without an inspiration; NO_BREATHING after 3 ×
+  `apnoea_s` of apnoea WAITING (see docs/simulator.md for the choices made).
+- One BREATH per detected breath, sent when the next inspiration is detected.
 """
 
 from __future__ import annotations
@@ -35,11 +46,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
 from drivers.mn1 import (
+    GATED_APNOEA_S,
+    GATED_GATE_PCT,
+    GATED_LEAD_BREATHS,
+    ICD_MINOR_BREATH,
     START_MAX_DURATION_S,
     START_OUTPUT_PCT,
     START_TARGET_UL,
     Ack,
     AckEnd,
+    Breath,
+    CapBits,
+    Caps,
     ClearFaults,
     Deframer,
     DeviceMessage,
@@ -52,14 +70,17 @@ from drivers.mn1 import (
     Ident,
     Nak,
     NakReason,
+    QueryCaps,
     SessionEnd,
     Start,
+    StartGated,
     Status,
     Stop,
     StopReason,
     encode_frame,
 )
 
+from ._breathing import BreathingModel, BreathReport, Gate
 from ._link_faults import LinkFaults, _Channel
 
 __all__ = [
@@ -134,6 +155,8 @@ class _Session:
     started_ms: int
     delivered_ul: float = 0.0
     low_flow_since_ms: float | None = None
+    #: The gating of a START_GATED session; None for a continuous one.
+    gate: Gate | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -195,6 +218,8 @@ class DeviceTruth:
     link_faults: dict[str, Any]
     host_frames_received: int
     sessions: list[dict[str, Any]] = field(default_factory=list)
+    #: Addendum 1.1 only: the patient and the sensor (None for a version-1 head).
+    breathing: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
@@ -220,7 +245,14 @@ class DeviceModel:
         start_ms: int = 0,
         fw_version: tuple[int, int, int] = (1, 0, 0),
         hw_rev: int = 1,
+        breathing: BreathingModel | None = None,
+        breath_gating: bool = True,
     ) -> None:
+        """A device; with `breathing` it is an addendum-1.1 head (else version 1).
+
+        `breath_gating=False` makes a 1.1 head that senses breaths but NAKs
+        START_GATED with UNSUPPORTED.
+        """
         if not serial.isascii() or len(serial) > _SERIAL_MAX_LEN:
             raise ValueError(f"serial {serial!r} must be at most 12 ASCII characters")
         if not 1 <= nominal_ul_min <= 0xFFFF:
@@ -262,6 +294,9 @@ class DeviceModel:
         self._tx = _Channel(rng=random.Random(seed + 2))  # noqa: S311 - simulation noise
         self._defects: set[str] = set()
         self._frozen_delivered_ul = 0
+        #: The patient and the flow sensor (None: a version-1 head, no sensor).
+        self.breathing = breathing
+        self.breath_gating = breath_gating
         self._power_up(boot_done_ms=start_ms)
 
     # --- power ---------------------------------------------------------------------
@@ -289,6 +324,11 @@ class DeviceModel:
         self._host_frames = 0
         self._rx.clear()
         self._tx.clear()
+        # BREATH aerosol reported so far (µL, true / tenths of µL, sent), by phase.
+        self._aerosol_ul = [0.0, 0.0]
+        self._aerosol_dul = [0, 0]
+        if self.breathing is not None:
+            self.breathing.reset_sensor()
         if not self._booting:
             self._self_test()
 
@@ -413,6 +453,40 @@ class DeviceModel:
             self._record_end(self._session, "POWER_LOSS", float(self._now_ms))
         self._power_up(boot_done_ms=self._now_ms + boot_ms)
 
+    # --- the patient (addendum 1.1 heads only) ---------------------------------------
+
+    def _require_breathing(self) -> BreathingModel:
+        if self.breathing is None:
+            raise ValueError(
+                "this simulated head is ICD version 1 and has no breath sensor; "
+                "start it with --icd 1.1"
+            )
+        return self.breathing
+
+    def breathing_apnoea(self, seconds: float, *, now_ms: int) -> None:
+        """The patient stops breathing for `seconds` (the breath in progress finishes)."""
+        breathing = self._require_breathing()
+        self.advance(now_ms)
+        breathing.apnoea(round(seconds * 1000), now_ms=self._now_ms)
+
+    def set_mask_off(self, off: bool, *, now_ms: int) -> None:
+        """Mask or mouthpiece off (no flow reaches the sensor; aerosol goes into the room)."""
+        breathing = self._require_breathing()
+        self.advance(now_ms)
+        breathing.mask_off = off
+
+    def set_sensor_stuck(self, stuck: bool, *, now_ms: int) -> None:
+        """The flow sensor reads a constant: no inspiration is detected while stuck."""
+        breathing = self._require_breathing()
+        self.advance(now_ms)
+        breathing.sensor_stuck = stuck
+
+    def set_breathing_pattern(self, name: str, *, now_ms: int) -> None:
+        """The patient breathes with pattern `name` from the next breath on."""
+        breathing = self._require_breathing()
+        self.advance(now_ms)
+        breathing.set_pattern(name)
+
     def set_link_faults(self, faults: LinkFaults, *, now_ms: int) -> None:
         """Replace every link fault (pass `LinkFaults()` to heal the link)."""
         self.advance(now_ms)
@@ -473,7 +547,31 @@ class DeviceModel:
             link_faults=asdict(self._link),
             host_frames_received=self._host_frames,
             sessions=[asdict(ended) for ended in self._ended],
+            breathing=self._breathing_truth(),
         )
+
+    def _breathing_truth(self) -> dict[str, Any] | None:
+        breathing = self.breathing
+        if breathing is None:
+            return None
+        gate = self._session.gate if self._session is not None else None
+        return {
+            "pattern": breathing.pattern.name,
+            "trigger_ml_s": breathing.trigger_ml_s,
+            "detect_latency_ms": breathing.detect_latency_ms,
+            "breath_gating": self.breath_gating,
+            "mask_off": breathing.mask_off,
+            "sensor_stuck": breathing.sensor_stuck,
+            "detections": breathing.detections,
+            "last_detect_ms": breathing.last_detect_ms,
+            "true_inspiring": breathing.true_inspiring,
+            # Aerosol (µL, since the model was created) by what the patient really did.
+            "aerosol_true_insp_ul": breathing.truth.insp_ul,
+            "aerosol_true_exp_ul": breathing.truth.exp_ul,
+            "aerosol_mask_off_ul": breathing.truth.mask_off_ul,
+            "gated": gate is not None,
+            "waiting_ms": gate.waiting_ms if gate is not None else 0.0,
+        }
 
     @property
     def ended_sessions(self) -> list[EndedSession]:
@@ -491,6 +589,10 @@ class DeviceModel:
             candidates.append(self._now_ms + PHYSICS_STEP_MS)
             candidates.append(session.started_ms + session.max_duration_ms)
             candidates.append(self._last_host_frame_ms + WATCHDOG_MS)
+        if self.breathing is not None:
+            candidates.append(self.breathing.next_event_ms())
+            if session is not None and session.gate is not None:
+                candidates.extend(session.gate.deadlines(self._now_ms, self.breathing))
         candidates.extend(pending.next_ms for pending in self._pending_ends)
         rx_release = self._rx.next_release_ms()
         if rx_release is not None:
@@ -517,6 +619,7 @@ class DeviceModel:
             self._end_session(StopReason.MAX_DURATION, float(now))
         if self._session is not None and now >= self._last_host_frame_ms + WATCHDOG_MS:
             self._raise_fault(FaultBits.WATCHDOG)
+        self._fire_breathing(now)
         for pending in list(self._pending_ends):
             if now >= pending.next_ms:
                 self._resend_end(pending)
@@ -529,6 +632,47 @@ class DeviceModel:
             self._next_status_ms += STATUS_PERIOD_MS
             if self._next_status_ms <= now:
                 self._next_status_ms = now + STATUS_PERIOD_MS
+
+    def _fire_breathing(self, now: int) -> None:
+        breathing = self.breathing
+        if breathing is None:
+            return
+        session = self._session
+        detections_before = breathing.detections
+        reports = breathing.fire(now, session_id=session.session_id if session else 0)
+        for report in reports:
+            self._send(self._breath_message(report))
+        gate = session.gate if session is not None else None
+        if session is None or gate is None:
+            return
+        gate.follow(breathing, detections_before=detections_before, now_ms=now)
+        if now >= gate.no_breathing_at_ms(breathing):
+            self._end_session(StopReason.NO_BREATHING, float(now))
+
+    def _dul(self, phase: int, volume_ul: float) -> int:
+        """µL → tenths of a µL, carrying the rounding remainder to the next breath.
+
+        Rounding each breath on its own would drift by up to 0.05 µL per breath
+        (40 µL over 800 breaths); carrying it keeps the sum of the reports within
+        0.05 µL of the truth, as addendum 1.1 §3 promises (within 1 µL).
+        """
+        self._aerosol_ul[phase] += volume_ul
+        due = round(self._aerosol_ul[phase] * 10) - self._aerosol_dul[phase]
+        dul = min(0xFFFF, max(0, due))
+        self._aerosol_dul[phase] += dul
+        return dul
+
+    def _breath_message(self, report: BreathReport) -> Breath:
+        return Breath(
+            session_id=report.session_id,
+            breath_no=report.breath_no,
+            insp_ms=report.insp_ms,
+            exp_ms=report.exp_ms,
+            tidal_ml=report.tidal_ml,
+            peak_flow_ml_s=report.peak_flow_ml_s,
+            aerosol_insp_dul=self._dul(0, report.aerosol_insp_ul),
+            aerosol_exp_dul=self._dul(1, report.aerosol_exp_ul),
+        )
 
     def _resend_end(self, pending: _PendingEnd) -> None:
         self._transmit(pending.frame)
@@ -545,6 +689,13 @@ class DeviceModel:
             return
         session = self._session
         heating = 0.0
+        gate = session.gate if session is not None else None
+        if (
+            gate is not None
+            and self.breathing is not None
+            and gate.waiting(start_ms, self.breathing)
+        ):
+            gate.waiting_ms += dt_ms
         if session is not None:
             heating = _HEATING_AT_FULL_OUTPUT_CC * session.output_pct / 100
             self._nebulise(session, start_ms, end_ms)
@@ -559,6 +710,9 @@ class DeviceModel:
 
     def _nebulise(self, session: _Session, start_ms: int, end_ms: int) -> None:
         dt_ms = end_ms - start_ms
+        if session.gate is not None and not session.gate.mesh_on(start_ms):
+            self._flow_ul_min = 0.0  # between pulses (a step never straddles a gate edge)
+            return
         if self._clog_drift_pct_per_min:
             drop = self._clog_drift_pct_per_min / 100 * dt_ms / 60_000
             self._clog_factor = max(_MIN_CLOG_FACTOR, self._clog_factor - drop)
@@ -591,6 +745,8 @@ class DeviceModel:
             session.low_flow_since_ms = None
 
     def _deliver(self, session: _Session, volume_ul: float) -> None:
+        if self.breathing is not None:
+            self.breathing.add_aerosol(volume_ul, session_id=session.session_id)
         session.delivered_ul += volume_ul
         self._reservoir_ul -= volume_ul
         self._total_delivered_ul += volume_ul
@@ -639,13 +795,17 @@ class DeviceModel:
         return not self._faults
 
     def _state(self) -> DeviceState:
-        if self._session is not None:
+        session = self._session
+        if session is not None:
+            gate, breathing = session.gate, self.breathing
+            if gate is not None and breathing is not None and gate.waiting(self._now_ms, breathing):
+                return DeviceState.WAITING
             return DeviceState.NEBULISING
         return DeviceState.FAULT if self._faults else DeviceState.IDLE
 
     # --- sessions ------------------------------------------------------------------------
 
-    def _start_session(self, start: Start) -> None:
+    def _start_session(self, start: Start | StartGated) -> None:
         self._session_id = start.session_id
         self._session = _Session(
             session_id=start.session_id,
@@ -653,6 +813,14 @@ class DeviceModel:
             max_duration_ms=start.max_duration_s * 1000,
             output_pct=start.output_pct,
             started_ms=self._now_ms,
+            gate=Gate(
+                gate_pct=start.gate_pct,
+                lead_breaths=start.lead_breaths,
+                apnoea_ms=start.apnoea_s * 1000,
+                started_ms=self._now_ms,
+            )
+            if isinstance(start, StartGated)
+            else None,
         )
         self._last_host_frame_ms = self._now_ms
         if "frozen_delivered" in self._defects:
@@ -713,7 +881,9 @@ class DeviceModel:
         for event in self._deframer.feed(data):
             if isinstance(event, FrameError):
                 self._count_bad_frame()
-            elif isinstance(event.message, Hello | Heartbeat | Start | Stop | ClearFaults | AckEnd):
+            elif isinstance(
+                event.message, Hello | Heartbeat | Start | Stop | ClearFaults | AckEnd
+            ) or (self.breathing is not None and isinstance(event.message, QueryCaps | StartGated)):
                 self._host_frames += 1
                 self._last_host_frame_ms = self._now_ms
                 self._handle_frame(event)
@@ -743,19 +913,33 @@ class DeviceModel:
             self._answers.popitem(last=False)
         self._send_answer(encoded)
 
-    def _execute(self, message: object, seq: int) -> DeviceMessage:
-        if isinstance(message, Hello):
-            return Ident(
+    def _identity(self, message: Hello | QueryCaps, seq: int) -> Ident | Caps:
+        if isinstance(message, QueryCaps):
+            breathing = self.breathing
+            assert breathing is not None  # a version-1 head drops QUERY_CAPS before this
+            bits = CapBits.BREATH_SENSING | (CapBits.BREATH_GATED if self.breath_gating else 0)
+            return Caps(
                 ack_seq=seq,
-                serial=self.serial,
-                fw_major=self.fw_version[0],
-                fw_minor=self.fw_version[1],
-                fw_patch=self.fw_version[2],
-                hw_rev=self.hw_rev,
-                nominal_ul_min=self.nominal_ul_min,
-                reservoir_capacity_ul=self.capacity_ul,
+                icd_minor=ICD_MINOR_BREATH,
+                caps=CapBits(bits),
+                trigger_ml_s=breathing.trigger_ml_s,
+                detect_latency_ms=breathing.detect_latency_ms,
             )
-        if isinstance(message, Start):
+        return Ident(
+            ack_seq=seq,
+            serial=self.serial,
+            fw_major=self.fw_version[0],
+            fw_minor=self.fw_version[1],
+            fw_patch=self.fw_version[2],
+            hw_rev=self.hw_rev,
+            nominal_ul_min=self.nominal_ul_min,
+            reservoir_capacity_ul=self.capacity_ul,
+        )
+
+    def _execute(self, message: object, seq: int) -> DeviceMessage:
+        if isinstance(message, Hello | QueryCaps):
+            return self._identity(message, seq)
+        if isinstance(message, Start | StartGated):
             reason = self._start_refusal(message)
             if reason is not None:
                 return Nak(ack_seq=seq, reason=reason)
@@ -776,7 +960,20 @@ class DeviceModel:
             return Ack(ack_seq=seq)
         return Nak(ack_seq=seq, reason=NakReason.FAULT_PERSISTS)
 
-    def _start_refusal(self, start: Start) -> NakReason | None:
+    def _gated_refusal(self, start: StartGated) -> NakReason | None:
+        if not self.breath_gating:
+            return NakReason.UNSUPPORTED  # before any range check: the head cannot gate
+        if (
+            start.gate_pct not in GATED_GATE_PCT
+            or start.lead_breaths not in GATED_LEAD_BREATHS
+            or start.apnoea_s not in GATED_APNOEA_S
+        ):
+            return NakReason.BAD_VALUE
+        return None
+
+    def _start_refusal(self, start: Start | StartGated) -> NakReason | None:
+        if isinstance(start, StartGated) and (gated := self._gated_refusal(start)) is not None:
+            return gated
         if (
             start.session_id < 1
             or start.target_ul not in START_TARGET_UL

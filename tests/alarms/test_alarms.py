@@ -21,6 +21,7 @@ from controller.alarms import (
     AlarmPriority,
     AlarmSettings,
     AlarmState,
+    BreathingFacts,
     SessionProgress,
     acknowledge,
     evaluate,
@@ -65,6 +66,24 @@ def progress(**changes: object) -> SessionProgress:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
+def breathing(**changes: object) -> BreathingFacts:
+    base = BreathingFacts(
+        session_id=7,
+        gated=True,
+        waiting=False,
+        ms_without_breath=2_000,
+        apnoea_s=15,
+        ended_no_breathing=False,
+        aerosol_insp_dul=1000,
+        aerosol_exp_dul=0,
+        breaths=20,
+        lost_reports=0,
+        delivered_ul=100,
+        final=False,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
 def _raise_output_low() -> tuple[AlarmState, list[AlarmEvent]]:
     low = quiet(flow_ul_min=100, expected_flow_ul_min=400)
     state, events = evaluate(low, AlarmState(), T0)
@@ -100,6 +119,18 @@ SCENARIOS: dict[AlarmCode, Callable[[], tuple[AlarmState, list[AlarmEvent]]]] = 
     AlarmCode.STORAGE_LOW: _simple(quiet(storage_low=True, storage_free_mib=50)),
     AlarmCode.LEDGER_UNAVAILABLE: _simple(quiet(ledger_ok=False)),
     AlarmCode.TELEMETRY_DROPPED: _simple(quiet(telemetry_dropped_total=5)),
+    AlarmCode.NO_BREATHING_DETECTED: _simple(
+        quiet(breathing=breathing(waiting=True, ms_without_breath=15_000))
+    ),
+    AlarmCode.SESSION_ENDED_NO_BREATHING: _simple(
+        quiet(breathing=breathing(ended_no_breathing=True))
+    ),
+    AlarmCode.BREATH_GATING_INEFFECTIVE: _simple(
+        quiet(breathing=breathing(aerosol_insp_dul=940, aerosol_exp_dul=60))
+    ),
+    AlarmCode.BREATH_ACCOUNTING_MISMATCH: _simple(
+        quiet(breathing=breathing(final=True, aerosol_insp_dul=1000, delivered_ul=108))
+    ),
 }
 
 

@@ -11,6 +11,7 @@ from drivers.mn1 import (
     CommandAnswered,
     CommandFailed,
     Deframer,
+    DeviceMessage,
     DeviceRebooted,
     DeviceState,
     DeviceSwapped,
@@ -104,9 +105,7 @@ class Harness:
         self.link.handle_timers(t_ms)
         self.collect()
 
-    def device_says(
-        self, message: Ident | Ack | Nak | Status | SessionEnd, *, seq: int | None = None
-    ) -> None:
+    def device_says(self, message: DeviceMessage, *, seq: int | None = None) -> None:
         if seq is None:
             seq = self.device_seq
             self.device_seq = (self.device_seq + 1) & 0xFF
@@ -291,15 +290,15 @@ def test_port_loss_fails_outstanding_commands_at_once() -> None:
 
 
 def test_seq_wraps_255_to_0() -> None:
-    h = Harness(HostLink(first_seq=254))
-    h.link.connection_made(0)  # HELLO takes 254
+    h = Harness(HostLink(first_seq=253))
+    h.link.connection_made(0)  # HELLO takes 253
     h.collect()
-    h.device_says(ident(ack_seq=254))
+    h.device_says(ident(ack_seq=253))  # QUERY_CAPS (addendum 1.1) takes 254
     a = h.link.send_command(Stop(session_id=0), 0)
     b = h.link.send_command(Stop(session_id=0), 0)
     assert (a, b) == (255, 0)
     h.collect()
-    assert [f.seq for _, f in h.sent] == [254, 255, 0]
+    assert [f.seq for _, f in h.sent] == [253, 254, 255, 0]
 
 
 def test_byte_at_a_time_delivery() -> None:

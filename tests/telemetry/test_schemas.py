@@ -71,6 +71,18 @@ SAMPLES: dict[str, dict[str, object]] = {
         "reasons": [{"code": "rolling_24h_ul", "text": "24 h limit reached"}],
     },
     "nebuliser.backfill_reply": {"request_id": "r1", "from_seq": 3, "to_seq": 4},
+    "nebuliser.breathing": {
+        "reason": "state_change",
+        "session_id": 9,
+        "gated": True,
+        "waiting": True,
+        "rate_bpm": 31.8,
+        "tidal_ml": 350,
+        "ie_ratio": 1.5,
+        "insp_share_pct": 99.6,
+        "seconds_since_breath": 16,
+        "breaths": 120,
+    },
 }
 
 
