@@ -108,6 +108,8 @@ async def _start(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {}
     if args.volume_ul is not None:
         params["requested_ul"] = args.volume_ul
+    if args.continue_last:
+        params["continue"] = True
     if args.override_role:
         params |= {
             "override_role": args.override_role,
@@ -120,8 +122,14 @@ async def _start(args: argparse.Namespace) -> int:
         while True:
             message = await client.receive()
             if message.get("event") == "awaiting_confirm":
+                continued = message.get("continues_administration")
+                what = (
+                    f"Continue administration {continued} with {message['cap_ul']} µL"
+                    if continued
+                    else f"Start {message['cap_ul']} µL"
+                )
                 print(
-                    f"Start {message['cap_ul']} µL for subject {message['subject_id']} "
+                    f"{what} for subject {message['subject_id']} "
                     f"(max {message['max_duration_s']} s)?"
                 )
                 print(
@@ -191,6 +199,13 @@ def register(subparsers: Any) -> None:
     start = sub.add_parser("start", help="request a session; needs the bedside CONFIRM")
     add_service_options(start)
     start.add_argument("--volume-ul", type=int, help="ask for less than the prescribed volume")
+    start.add_argument(
+        "--continue",
+        dest="continue_last",
+        action="store_true",
+        help="give the rest of the last, interrupted administration as a further run "
+        "(within its window; the refusal of a plain start says when one is available)",
+    )
     start.add_argument(
         "--button-only",
         action="store_true",

@@ -1,5 +1,14 @@
 """Dose rules as pure functions: prescriptions, hard ceilings, the time model, `decide()`."""
 
+from controller.dosing._administration import (
+    CONTINUABLE_END_REASONS,
+    DEFAULT_CONTINUATION_WINDOW_S,
+    Administration,
+    ContinuationOffer,
+    administrations,
+    continuation_offer,
+    is_continuable,
+)
 from controller.dosing._ceilings import (
     CEILING_24H_UL,
     CEILING_MAX_DURATION_S,
@@ -47,6 +56,8 @@ __all__ = [
     "CEILING_OUTPUT_PCT_MAX",
     "CEILING_OUTPUT_PCT_MIN",
     "CEILING_SESSION_UL",
+    "CONTINUABLE_END_REASONS",
+    "DEFAULT_CONTINUATION_WINDOW_S",
     "DELIVERY_APNOEA_S",
     "DELIVERY_GATE_PCT",
     "DELIVERY_LEAD_BREATHS",
@@ -56,9 +67,11 @@ __all__ = [
     "PLAUSIBLE_RATIO",
     "RESERVOIR_CAPACITY_UL",
     "ROLLING_WINDOW_S",
+    "Administration",
     "Arm",
     "ConstraintCode",
     "ConstraintResult",
+    "ContinuationOffer",
     "Decision",
     "Delivery",
     "DeliveryMode",
@@ -73,8 +86,11 @@ __all__ = [
     "SessionStatus",
     "StorageStatus",
     "TrustedTime",
+    "administrations",
+    "continuation_offer",
     "decide",
     "elapsed_s",
     "format_duration",
+    "is_continuable",
     "load_prescription",
 ]

@@ -5,6 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fractions import Fraction
 
+from controller.dosing._administration import (
+    Administration,
+    ContinuationOffer,
+    administrations,
+    continuation_offer,
+)
 from controller.dosing._ceilings import (
     CEILING_24H_UL,
     CEILING_MAX_DURATION_S,
@@ -175,9 +181,13 @@ def _schedule(
     prescription: Prescription,
     now: TrustedTime,
     sessions: list[SessionRecord],
-    recent: list[SessionRecord],
+    admins: list[Administration],
 ) -> Iterable[ConstraintResult]:
-    """Date, interval and session-count constraints (no volume)."""
+    """Date, interval and session-count constraints (no volume).
+
+    The interval and the session counts are over administrations (an interrupted dose
+    continued in a second run counts once, from its first run)."""
+    recent = [a for a in admins if elapsed_s(a.first_started, now.instant) < ROLLING_WINDOW_S]
     limits = prescription.limits
     soft = set(limits.soft_limits)
     local_date = now.instant.utc.astimezone(prescription.zone).date()
@@ -212,8 +222,8 @@ def _schedule(
     if limits.min_interval_s is not None:
         limit_txt = format_duration(limits.min_interval_s)
         since_s: float | None = None
-        if sessions:
-            since_s = min(elapsed_s(s.started, now.instant) for s in sessions)
+        if admins:
+            since_s = min(elapsed_s(a.first_started, now.instant) for a in admins)
             ok = since_s >= limits.min_interval_s
             reason = (
                 f"interval: last start {format_duration(since_s)} ago "
@@ -243,7 +253,7 @@ def _schedule(
         yield _count(
             _C.COURSE_SESSIONS,
             limit=limits.course_max_sessions,
-            used=len(sessions),
+            used=len(admins),
             what="in the course",
             soft=False,
         )
@@ -351,6 +361,15 @@ def decide(
     recent = [s for s in sessions if elapsed_s(s.started, now.instant) < ROLLING_WINDOW_S]
     used_24h_ul = sum(s.counted_ul for s in recent)
     used_course_ul = sum(s.counted_ul for s in sessions)
+    admins = administrations(sessions)
+    window_s = limits.continuation_window_s
+    offer = continuation_offer(
+        admins, session_cap_ul=_session_cap_ul(prescription), window_s=window_s, now=now.instant
+    )
+    continuing = request.continue_last and offer is not None
+    # A continuation is part of its administration: the schedule looks at the others.
+    continued_id = offer.administration_id if continuing and offer is not None else None
+    prior = [a for a in admins if a.administration_id != continued_id]
 
     results: list[ConstraintResult] = [
         _gate(
@@ -377,9 +396,11 @@ def decide(
         results.append(override_entry)
     results.extend(
         _apply_override(r, lifted, request.override)
-        for r in _schedule(prescription, now, sessions, recent)
+        for r in _schedule(prescription, now, sessions, prior)
     )
     results.extend(_volumes(prescription, request, used_24h_ul, used_course_ul))
+    if request.continue_last:
+        results.extend(_continuation(offer, window_s))
 
     output_pct = (
         request.requested_output_pct
@@ -421,4 +442,53 @@ def decide(
         constraints=tuple(results),
         evaluated_at=now.instant,
         override=request.override,
+        continues_administration=continued_id,
+        continuation_available=(
+            offer.sentence() if offer is not None and not request.continue_last else None
+        ),
     )
+
+
+def _session_cap_ul(prescription: Prescription) -> int:
+    """The most one administration may deliver (all its runs together)."""
+    limits = prescription.limits
+    caps = [CEILING_SESSION_UL]
+    if limits.session_ul is not None:
+        caps.append(limits.session_ul)
+    if limits.session_dose is not None:
+        caps.append(prescription.dose_to_ul_floor(limits.session_dose))
+    return min(caps)
+
+
+def _continuation(offer: ContinuationOffer | None, window_s: int) -> list[ConstraintResult]:
+    """The continuation gate and what is left of the administration's cap."""
+    if offer is None:
+        return [
+            _gate(
+                _C.CONTINUATION,
+                passed=False,
+                reason="nothing to continue — the last administration was "
+                "completed, stopped by a person or a limit, has nothing left, or ended more "
+                f"than {window_s // 60} min ago; start a new administration when the limits "
+                "allow it",
+            )
+        ]
+    return [
+        _gate(
+            _C.CONTINUATION,
+            passed=True,
+            reason=f"run {offer.runs + 1} of administration "
+            f"{offer.administration_id}, interrupted by {offer.interrupted_by}",
+        ),
+        ConstraintResult(
+            code=str(_C.ADMINISTRATION_UL),
+            passed=True,
+            reason=f"administration_ul: {offer.given_ul} µL given in {offer.runs} run(s) "
+            f"leaves {offer.remaining_ul} µL of the session cap",
+            unit="µL",
+            limit=offer.given_ul + offer.remaining_ul,
+            current=offer.given_ul,
+            remaining=offer.remaining_ul,
+            remaining_ul=offer.remaining_ul,
+        ),
+    ]

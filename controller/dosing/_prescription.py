@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
+from controller.dosing._administration import DEFAULT_CONTINUATION_WINDOW_S
 from controller.dosing._ceilings import (
     CEILING_24H_UL,
     CEILING_MAX_DURATION_S,
@@ -206,6 +207,13 @@ class PrescriptionLimits(_Model):
     session_ul: int | None = Field(default=None, ge=1)
     session_dose: float | None = Field(default=None, gt=0)
     min_interval_s: int | None = Field(default=None, ge=1)
+    continuation_window_s: int = Field(
+        default=DEFAULT_CONTINUATION_WINDOW_S,
+        ge=0,
+        le=24 * 3600,
+        description="how long after a technical interruption the rest of the dose may be "
+        "given as a continuation run (0: never)",
+    )
     rolling_24h_max_sessions: int | None = Field(default=None, ge=1)
     rolling_24h_max_ul: int | None = Field(default=None, ge=1)
     rolling_24h_max_dose: float | None = Field(default=None, gt=0)

@@ -117,17 +117,34 @@ class SessionRecord:
     planned_cap_ul: int
     delivered_ul: int | None
     status: SessionStatus
+    administration_id: int | None = None
+    """The first run's session id when this run continues an administration."""
+    ended: Instant | None = None
+    """When the run ended (end, uncertain or refusal record), if it has."""
+    end_reason: str | None = None
+    """Why it ended: the host's reason if the host stopped it, else the head's or the
+    uncertain reason (see `controller.dosing.is_continuable`)."""
+    upper_bound_ul: int | None = None
+    """For an UNCERTAIN run whose figures are gone for good (head rebooted or
+    replaced): the last delivered figure plus the head's maximum output until it must
+    have stopped (safety rule 4). Never above the planned cap."""
 
     @property
     def counted_ul(self) -> int:
         """Volume (µL) that counts against every limit.
 
-        OPEN and UNCERTAIN count the full planned cap until reconciled; COMPLETED and
-        RECONCILED count what was delivered; a session refused by the device counts 0.
+        OPEN and UNCERTAIN count the full planned cap until reconciled (or, where the
+        head's figures are gone for good, their upper bound); COMPLETED and RECONCILED
+        count what was delivered; a session refused by the device counts 0.
         """
         match self.status:
-            case SessionStatus.OPEN | SessionStatus.UNCERTAIN:
+            case SessionStatus.OPEN:
                 return max(self.planned_cap_ul, self.delivered_ul or 0)
+            case SessionStatus.UNCERTAIN:
+                bound = self.planned_cap_ul
+                if self.upper_bound_ul is not None:
+                    bound = min(bound, self.upper_bound_ul)
+                return max(bound, self.delivered_ul or 0)
             case SessionStatus.COMPLETED | SessionStatus.RECONCILED:
                 if self.delivered_ul is None:
                     # A completed record without a figure is a ledger defect: count the cap.
@@ -164,6 +181,8 @@ class DoseRequest:
     requested_ul: int | None = None
     requested_output_pct: int | None = None
     override: Override | None = None
+    continue_last: bool = False
+    """Continue the last, interrupted administration (not a new one)."""
 
 
 class ConstraintCode(enum.StrEnum):
@@ -188,6 +207,8 @@ class ConstraintCode(enum.StrEnum):
     COURSE_DOSE = "course_dose"
     CEILING_SESSION_UL = "ceiling_session_ul"
     CEILING_24H_UL = "ceiling_24h_ul"
+    CONTINUATION = "continuation"
+    ADMINISTRATION_UL = "administration_ul"
     OUTPUT_PCT = "output_pct"
     CAP = "cap"
 
@@ -224,11 +245,20 @@ class Decision:
     constraints: tuple[ConstraintResult, ...]
     evaluated_at: Instant | None = None
     override: Override | None = None
+    continues_administration: int | None = None
+    """The administration this run continues (None: a new administration)."""
+    continuation_available: str | None = None
+    """When a plain start is refused but the last administration may be continued:
+    what to say and the command to type."""
 
     @property
     def refusal_reasons(self) -> tuple[str, ...]:
-        """Human reasons of every failed constraint (empty when allowed)."""
-        return tuple(c.reason for c in self.constraints if not c.passed)
+        """Human reasons of every failed constraint (empty when allowed), and the
+        continuation the nurse may start instead, if there is one."""
+        reasons = tuple(c.reason for c in self.constraints if not c.passed)
+        if reasons and self.continuation_available:
+            reasons += (self.continuation_available,)
+        return reasons
 
     @property
     def refusal_codes(self) -> tuple[str, ...]:

@@ -92,8 +92,13 @@ def _select_status(
     return rows
 
 
-def _record_from_row(row: sqlite3.Row | tuple[Any, ...]) -> SessionRecord:
+def _record_from_row(
+    row: sqlite3.Row | tuple[Any, ...], facts: Mapping[str, Any] | None = None
+) -> SessionRecord:
     session_id, subject_id, utc, boot_id, mono, cap, status, delivered, _started = row
+    facts = facts or {}
+    administration_id = facts.get("administration_id")
+    bound = facts.get("upper_bound_ul")
     return SessionRecord(
         session_id=int(session_id),
         subject_id=str(subject_id),
@@ -101,6 +106,10 @@ def _record_from_row(row: sqlite3.Row | tuple[Any, ...]) -> SessionRecord:
         planned_cap_ul=int(cap),
         delivered_ul=None if delivered is None else int(delivered),
         status=SessionStatus(status),
+        administration_id=None if administration_id is None else int(administration_id),
+        ended=facts.get("ended"),
+        end_reason=facts.get("end_reason"),
+        upper_bound_ul=None if bound is None else int(bound),
     )
 
 
@@ -208,9 +217,13 @@ class Ledger:
         drug: str | None = None,
         concentration_per_ml: float | None = None,
         dose_unit: str | None = None,
+        administration_id: int | None = None,
         publish: Sequence[OutboxMessage] = (),
     ) -> int:
         """Allocate a new session id and commit the intent; returns the session id.
+
+        `administration_id` names the first run of the administration this run
+        continues (None: a new administration).
 
         Returns only after COMMIT (WAL fsynced): call it before the START bytes go out.
         The device target must not exceed the planned cap, because an uncertain session
@@ -238,6 +251,8 @@ class Ledger:
             "dose_unit": dose_unit,
             "decision": dict(decision_trace),
         }
+        if administration_id is not None:
+            body["administration_id"] = administration_id
         with self._db.writing() as connection:
             cursor = connection.execute(
                 "INSERT INTO sessions (subject_id, allocated_utc) VALUES (?, ?)",
@@ -381,20 +396,27 @@ class Ledger:
         *,
         reason: str,
         at: Instant,
+        upper_bound_ul: int | None = None,
         publish: Sequence[OutboxMessage] = (),
     ) -> int:
         """The outcome of an open session is unknown (restart, lost link).
 
         From now on it counts its full planned cap until `reconcile` records the
-        device's own figure.
+        device's own figure — or, where the head's figures are gone for good (rebooted
+        or replaced), `upper_bound_ul` (never above the planned cap).
         """
         if not reason:
             raise ValueError("reason must be a non-empty code")
+        if upper_bound_ul is not None:
+            _non_negative("upper_bound_ul", upper_bound_ul)
+        body: dict[str, Any] = {"reason": reason}
+        if upper_bound_ul is not None:
+            body["upper_bound_ul"] = upper_bound_ul
         event_id = self._session_event(
             session_id,
             kind=EventKind.UNCERTAIN,
             at=at,
-            body={"reason": reason},
+            body=body,
             allowed=(SessionStatus.OPEN,),
             publish=publish,
         )
@@ -585,10 +607,35 @@ class Ledger:
         return [_record_from_row(row) for row in rows]
 
     def history(self, subject_id: str) -> list[SessionRecord]:
-        """Every session of `subject_id`, oldest first, status derived from its events."""
+        """Every session of `subject_id`, oldest first, status derived from its events,
+        with what the dose rules need of each run's end (administration, end time and
+        reason, the upper bound of an uncertain run)."""
         with self._db.reading() as connection:
             rows = _select_status(connection, "WHERE subject_id = ?", (subject_id,))
-        return [_record_from_row(row) for row in rows]
+            ends = connection.execute(
+                "SELECT session_id, kind, utc, boot_id, monotonic_ns, json(body) FROM events"
+                " WHERE subject_id = ? AND kind IN ('intent', 'ended', 'uncertain', "
+                "'start_refused') ORDER BY event_id",
+                (subject_id,),
+            ).fetchall()
+        facts: dict[int, dict[str, Any]] = {}
+        for session_id, kind, utc, boot_id, mono, body_text in ends:
+            body = json.loads(body_text)
+            fact = facts.setdefault(int(session_id), {})
+            if kind == EventKind.INTENT:
+                fact["administration_id"] = body.get("administration_id")
+                continue
+            fact["ended"] = instant_from_row(utc, boot_id, int(mono))
+            if kind == EventKind.ENDED:
+                fact["end_reason"] = (
+                    body.get("host_reason") or body.get("device_reason") or body.get("reason")
+                )
+            elif kind == EventKind.UNCERTAIN:
+                fact["end_reason"] = body.get("reason")
+                fact["upper_bound_ul"] = body.get("upper_bound_ul")
+            else:
+                fact["end_reason"] = "START_NAK"
+        return [_record_from_row(row, facts.get(int(row[0]), {})) for row in rows]
 
     def totals(self, subject_id: str) -> SubjectTotals:
         """Totals of one subject: sessions, known delivered volume, volume that counts."""

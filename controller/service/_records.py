@@ -79,6 +79,7 @@ def write_intent(ledger: Ledger, intent: WriteIntent) -> int:
         drug=intent.drug,
         concentration_per_ml=intent.concentration_per_ml,
         dose_unit=intent.dose_unit,
+        administration_id=intent.administration_id,
     )
 
 
@@ -101,8 +102,10 @@ def perform_write(  # noqa: PLR0911 - one arm per record kind
                 at=write.at,
                 publish=publish,
             )
-        case WriteUncertain(session_id=sid, reason=reason, at=at):
-            return ledger.mark_uncertain(sid, reason=reason, at=at, publish=publish)
+        case WriteUncertain(session_id=sid, reason=reason, at=at, upper_bound_ul=bound):
+            return ledger.mark_uncertain(
+                sid, reason=reason, at=at, upper_bound_ul=bound, publish=publish
+            )
         case WriteReconciled():
             return ledger.reconcile(
                 write.session_id,

@@ -127,7 +127,10 @@ class _Handlers:
                 reason=str(args.get("override_reason", "")),
                 constraint_codes=frozenset(str(c) for c in args.get("override_codes", [])),
             )
-        decision = await self._sup.admit(requested_ul=requested, override=override)
+        continue_last = bool(args.get("continue", False))
+        decision = await self._sup.admit(
+            requested_ul=requested, override=override, continue_last=continue_last
+        )
         refusals = self._sup.controller_refusals()
         if refusals or not decision.allowed:
             return {
@@ -143,6 +146,7 @@ class _Handlers:
                 "cap_ul": decision.session_cap_ul,
                 "max_duration_s": decision.max_duration_s,
                 "timeout_s": timeout_s,
+                "continues_administration": decision.continues_administration,
             }
         )
         how = await self._await_confirm(reply, timeout_s)
@@ -152,7 +156,9 @@ class _Handlers:
                 "started": False,
                 "reasons": [f"not confirmed at the bedside within {timeout_s} s; nothing started"],
             }
-        decision = await self._sup.admit(requested_ul=requested, override=override)
+        decision = await self._sup.admit(
+            requested_ul=requested, override=override, continue_last=continue_last
+        )
         outcome = await self._sup.start(decision)
         return {
             "ok": outcome.started,

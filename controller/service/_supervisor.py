@@ -243,8 +243,11 @@ class Supervisor:
         *,
         requested_ul: int | None = None,
         override: Override | None = None,
+        continue_last: bool = False,
     ) -> Decision:
-        """Ask the dose engine; record the decision. Controller conditions come first."""
+        """Ask the dose engine; record the decision. Controller conditions come first.
+
+        `continue_last` asks for the rest of the last, interrupted administration."""
         trusted, storage = await self.refresh_conditions()
         subject = self.prescription.subject_id
         history = await self._recorder.call(lambda ledger: ledger.history(subject))
@@ -253,6 +256,7 @@ class Supervisor:
             storage=StorageStatus(ok=storage.ok, reason=storage.reason),
             requested_ul=requested_ul,
             override=override,
+            continue_last=continue_last,
         )
         decision = decide(self.prescription, history, request, trusted)
         self.runtime.admitted(decision, override, self._now())

@@ -87,6 +87,7 @@ class WriteIntent:
     concentration_per_ml: float
     dose_unit: str
     at: Instant
+    administration_id: int | None = None  # set when this run continues an administration
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +160,7 @@ class WriteUncertain:
     reason: str
     planned_cap_ul: int
     at: Instant
+    upper_bound_ul: int | None = None  # where the head's figures are gone for good
 
     def body(self) -> dict[str, object]:
         """The session message body (event `uncertain`)."""
@@ -167,6 +169,7 @@ class WriteUncertain:
             "session_id": self.session_id,
             "reason": self.reason,
             "planned_cap_ul": self.planned_cap_ul,
+            "upper_bound_ul": self.upper_bound_ul,
         }
 
 

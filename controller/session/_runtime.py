@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from controller.alarms import AlarmCode, AlarmEvent, AlarmSettings
+from controller.alarms import AlarmCode, AlarmEvent, AlarmPriority, AlarmSettings
 from controller.dosing import Decision, Override, Prescription, TrustedTime
 from controller.dosing import SessionRecord as LedgerSessionRecord
 from controller.ledger import StorageReport, decision_to_json
@@ -291,6 +291,21 @@ class SessionRuntime(DeviceObserver):
             return StartOutcome(
                 started=False, session_id=None, reasons=(too_small,), decision=decision
             )
+        unacknowledged_high = [
+            str(a.code)
+            for a in self.alarms.active
+            if a.priority is AlarmPriority.HIGH and a.acknowledged_by is None
+        ]
+        if decision.continues_administration is not None and unacknowledged_high:
+            return StartOutcome(
+                started=False,
+                session_id=None,
+                reasons=(
+                    "a continuation needs every HIGH alarm acknowledged first: "
+                    + ", ".join(unacknowledged_high),
+                ),
+                decision=decision,
+            )
         self._start = _PendingStart(
             decision=decision, expected_flow_ul_min=expected_flow, worst_flow_ul_min=nominal
         )
@@ -305,6 +320,7 @@ class SessionRuntime(DeviceObserver):
             concentration_per_ml=float(lot.concentration_per_ml()),
             dose_unit=str(lot.unit),
             at=now.at,
+            administration_id=decision.continues_administration,
         )
 
     def intent_recorded(self, session_id: int, now: Now) -> Start:

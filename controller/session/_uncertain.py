@@ -51,11 +51,24 @@ class UncertainSessions:
             session_id=session_id, planned_cap_ul=planned_cap_ul, reason=reason
         )
 
-    def add(self, session_id: int, planned_cap_ul: int, reason: str, now: Now) -> Effect:
-        """A session becomes uncertain now: the row that makes its full cap count."""
+    def add(
+        self,
+        session_id: int,
+        planned_cap_ul: int,
+        reason: str,
+        now: Now,
+        *,
+        upper_bound_ul: int | None = None,
+    ) -> Effect:
+        """A session becomes uncertain now: the row that makes its cap (or, where the
+        head's figures are gone for good, its upper bound) count."""
         self.keep(session_id, planned_cap_ul, reason)
         return WriteUncertain(
-            session_id=session_id, reason=reason, planned_cap_ul=planned_cap_ul, at=now.at
+            session_id=session_id,
+            reason=reason,
+            planned_cap_ul=planned_cap_ul,
+            at=now.at,
+            upper_bound_ul=upper_bound_ul,
         )
 
     def reconcile(

@@ -145,13 +145,20 @@ class Bed:
 
     # --- requests ----------------------------------------------------------------
 
-    def decide(self, *, requested_ul: int | None = None, storage_ok: bool = True) -> Decision:
+    def decide(
+        self,
+        *,
+        requested_ul: int | None = None,
+        storage_ok: bool = True,
+        continue_last: bool = False,
+    ) -> Decision:
         """The dose engine's answer for now, on the ledger's history (if any)."""
         history = [] if self.ledger is None else self.ledger.history(self.prescription.subject_id)
         request = DoseRequest(
             subject_id=self.prescription.subject_id,
             storage=StorageStatus(ok=storage_ok, reason="" if storage_ok else "disk full"),
             requested_ul=requested_ul,
+            continue_last=continue_last,
         )
         trusted = TrustedTime(instant=self.now().at, trusted=True, reason="test")
         decision = decide(self.prescription, history, request, trusted)

@@ -15,6 +15,7 @@ from controller.alarms import AlarmCode
 from controller.dosing import SessionStatus
 from controller.ledger import Ledger
 from controller.session import (
+    ASSUMED_STOP_LATENCY_MS,
     SendStop,
     SessionState,
     WriteAlarm,
@@ -404,3 +405,43 @@ def test_while_status_is_overdue_the_prediction_assumes_the_heads_maximum_output
     bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=5000)
     assert bed.stops_sent_ms[0] < bed.deaf_until_ms
     assert model.truth().total_delivered_ul <= 3000
+
+
+# --- one administration in several runs ---------------------------------------------
+
+
+def test_an_interrupted_dose_is_continued_to_its_cap_as_one_administration(
+    tmp_path: Path,
+) -> None:
+    prescription = pilot_prescription(min_interval_s=24 * 3600, rolling_24h_max_sessions=1)
+    model = DeviceModel(nominal_ul_min=3000, fill_ul=6000)
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        bed = ready_bed(model=model, ledger=ledger, prescription=prescription)
+        first = bed.start()
+        assert first.started
+        bed.run_until_true(lambda: bed.statuses[-1][1].delivered_ul >= 700, timeout_ms=60_000)
+        bed.deaf_until_ms = bed.now_ms + 1500  # the head goes quiet: stopped at 1 s
+        bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=5000)
+        bed.run_for(2000)
+        interrupted = bed.of_type(WriteEnded)[-1]
+        assert interrupted.host_reason == "status_silent"
+
+        plain = bed.start()
+        assert not plain.started
+        assert any("--continue" in r for r in plain.reasons), plain.reasons
+
+        second = bed.start(bed.decide(continue_last=True))
+        assert second.started, second.reasons
+        assert second.decision is not None
+        assert second.decision.session_cap_ul == 3000 - interrupted.delivered_ul
+        bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=120_000)
+
+        runs = [r for r in ledger.history("S-001") if r.counts_as_session]
+        assert [r.administration_id for r in runs] == [None, first.session_id]
+        total = sum(r.delivered_ul or 0 for r in runs)
+        # The predictive stop's price (docs/dosing.md): at most 1 µL + flow × 196 ms short.
+        price_ul = 1 + -(-3000 * ASSUMED_STOP_LATENCY_MS // 60_000) + 1
+        assert 3000 - price_ul <= total <= 3000
+        assert model.truth().total_delivered_ul <= 3000 + 1
+        again = bed.start(bed.decide(continue_last=True))
+        assert not again.started  # nothing left to continue: the dose is complete
