@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import ConfigError, NebuliserConfig, load_config
+from controller.exitcodes import ExitCode
 
 __all__ = ["add_service_options", "config_from_args", "progress_bar"]
-
-EXIT_CONFIG = 2
 
 
 def add_service_options(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +24,7 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, **extra: Any) -> NebuliserConfig:
     """Load the config named by --config with --data-dir (and `extra`) as overrides.
 
-    Exits with code 2 and every problem printed when the configuration is invalid.
+    Exits with ExitCode.USAGE (2) and every problem printed when the configuration is invalid.
     """
     overrides: dict[str, Any] = {}
     if getattr(args, "data_dir", None) is not None:
@@ -36,7 +35,7 @@ def config_from_args(args: argparse.Namespace, **extra: Any) -> NebuliserConfig:
         return load_config(args.config, overrides=overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        raise SystemExit(ExitCode.USAGE) from None
 
 
 def progress_bar(

@@ -7,7 +7,8 @@
 
 `send` publishes on ``<root>/<ward>/<bed>/command`` (QoS 1, never retained), waits
 for the matching reply on ``.../command/reply`` and prints it. Exit codes: 0
-accepted, 1 refused, 2 bad arguments or key, 3 no reply in time or broker error.
+accepted, 1 refused, 2 bad arguments or key, 7 no reply in time or broker error
+(controller/exitcodes.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from controller.exitcodes import ExitCode
 from controller.security import (
     DEFAULT_TOPIC_ROOT,
     AlarmAckBody,
@@ -47,10 +49,6 @@ from controller.security import (
 )
 
 __all__ = ["next_counter", "register"]
-
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_NO_REPLY = 3
 
 
 def next_counter(path: Path) -> int:
@@ -120,7 +118,7 @@ def _sign(args: argparse.Namespace) -> int:
         envelope = _signed_envelope(args)
     except (KeyFileError, PrescriptionSignatureError, OSError, ValueError) as exc:
         print(f"command sign: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     sys.stdout.write(envelope.decode("utf-8") + "\n")
     return 0
 
@@ -170,24 +168,24 @@ def _send(args: argparse.Namespace) -> int:
         print(
             "command send: --broker must be mqtt://HOST:PORT or mqtts://HOST:PORT", file=sys.stderr
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         envelope = _signed_envelope(args)
     except (KeyFileError, PrescriptionSignatureError, OSError, ValueError) as exc:
         print(f"command send: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         reply = asyncio.run(_send_and_wait(args, envelope))
     except TimeoutError:
         reply = None
     except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
         print(f"command send: broker {args.broker}: {exc}", file=sys.stderr)
-        return EXIT_NO_REPLY
+        return ExitCode.BROKER
     if reply is None:
         print(f"command send: no reply within {args.timeout_s} s", file=sys.stderr)
-        return EXIT_NO_REPLY
+        return ExitCode.BROKER
     print(json.dumps(reply, indent=2, sort_keys=True))
-    return 0 if reply.get("status") == "accepted" else EXIT_REFUSED
+    return 0 if reply.get("status") == "accepted" else ExitCode.REFUSED
 
 
 def _add_signing_options(parser: argparse.ArgumentParser) -> None:

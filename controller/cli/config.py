@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import ConfigError, load_config
+from controller.exitcodes import ExitCode
 
 __all__ = ["example_config_text", "register"]
-
-EXIT_INVALID = 2
 
 
 def example_config_text() -> str:
@@ -33,10 +32,10 @@ def _check(args: argparse.Namespace) -> int:
         config = load_config(Path(args.file))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return EXIT_INVALID
+        return ExitCode.USAGE
     print(f"{args.file}: OK (device {config.device.device_id}, {config.device.ward}/"
           f"{config.device.bed}, port {config.device.port})")  # fmt: skip
-    return 0
+    return ExitCode.OK
 
 
 def _example(_args: argparse.Namespace) -> int:
@@ -46,7 +45,7 @@ def _example(_args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add `config check` and `config example`."""
-    parser = subparsers.add_parser("config", help="validate or print a configuration")
+    parser = subparsers.add_parser("config", help="check, show or print an example configuration")
     sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     check = sub.add_parser(
         "check",

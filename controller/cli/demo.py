@@ -27,6 +27,7 @@ from rich.console import Console
 from controller.benchconfig import BenchPrescription, bench_mqtt_section, write_bench_config
 from controller.config import NebuliserConfig
 from controller.control import ControlClient, ControlUnavailableError
+from controller.exitcodes import ExitCode
 from controller.service import run_service
 from controller.telemetry import (
     AckRequest,
@@ -362,7 +363,7 @@ def _telemetry_summary(beds: list[_Bed], monitor: WardMonitor) -> int:
 def _demo(args: argparse.Namespace) -> int:
     if not 1 <= args.beds <= _MAX_BEDS:
         print(f"nebuliser demo: --beds must be 1 to {_MAX_BEDS}, got {args.beds}")
-        return 2
+        return ExitCode.USAGE
     return asyncio.run(_run_demo(args))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import NebuliserConfig
+from controller.exitcodes import ExitCode
 from controller.ledger import LEDGER_FILE_NAME, Ledger, LedgerError
 from controller.reports import (
     DEFAULT_PLOT_SIZE_PX,
@@ -35,9 +36,8 @@ from ._common import add_service_options, config_from_args
 
 __all__ = ["register"]
 
-EXIT_USAGE = 2
-EXIT_LEDGER = 3
-EXIT_PLOTS = 4
+EXIT_LEDGER = ExitCode.LEDGER
+EXIT_PLOTS = ExitCode.MISSING_EXTRA
 
 
 def _parse_since(text: str) -> datetime:

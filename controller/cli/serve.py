@@ -7,9 +7,10 @@ import asyncio
 import sys
 from typing import Any
 
+from controller.exitcodes import ExitCode
 from controller.service import run_service
 
-from ._common import EXIT_CONFIG, add_service_options, config_from_args
+from ._common import add_service_options, config_from_args
 
 __all__ = ["register"]
 
@@ -29,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
             "(see `nebuliser config example`)",
             file=sys.stderr,
         )
-        return EXIT_CONFIG
+        return ExitCode.PRESCRIPTION
     return asyncio.run(run_service(config))
 
 

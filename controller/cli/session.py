@@ -9,13 +9,14 @@ import sys
 from typing import Any
 
 from controller.control import ControlClient, ControlUnavailableError
+from controller.exitcodes import ExitCode
 
 from ._common import add_service_options, config_from_args, progress_bar
 
 __all__ = ["register"]
 
-EXIT_REFUSED = 1
-EXIT_NO_SERVICE = 3
+EXIT_REFUSED = ExitCode.REFUSED
+EXIT_NO_SERVICE = ExitCode.NO_SERVICE
 
 
 def _print_status(reply: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from controller.config import (
 )
 from controller.control import ControlError, ControlRequest, ControlServer, Reply
 from controller.dosing import Override
+from controller.exitcodes import ExitCode
 from controller.ledger import LEDGER_FILE_NAME, Ledger, LedgerError
 from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
@@ -38,9 +39,10 @@ __all__ = ["EXIT_LEDGER", "EXIT_PORT", "EXIT_PRESCRIPTION", "ServiceContext", "r
 
 _log = get_logger(__name__)
 
-EXIT_PORT = 3
-EXIT_LEDGER = 4
-EXIT_PRESCRIPTION = 5
+# Aliases kept for importers; the table lives in controller/exitcodes.py.
+EXIT_PORT = ExitCode.PORT
+EXIT_LEDGER = ExitCode.LEDGER
+EXIT_PRESCRIPTION = ExitCode.PRESCRIPTION
 _SHUTDOWN_STOP_WAIT_S = 3.0
 
 
