@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from controller import __version__
-from controller.exitcodes import help_epilog
+from controller.exitcodes import ExitCode, help_epilog
 
 __all__ = ["build_parser", "main", "walk_parsers"]
 
@@ -87,10 +87,11 @@ def walk_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentP
                 yield from walk_parsers(child)
 
 
-def build_parser(command: str | None = None, *, full: bool = False) -> argparse.ArgumentParser:
-    """The argument parser; `command`'s module (or with `full`, every module) is loaded.
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every command (for completion, tests and docs).
 
-    The other commands are placeholders that carry only their help line.
+    With `only` (what `main` does), only that command's module is loaded; the other
+    commands are placeholders that carry their help line, enough for `--help`.
     """
     parser = argparse.ArgumentParser(
         prog="nebuliser",
@@ -106,7 +107,7 @@ def build_parser(command: str | None = None, *, full: bool = False) -> argparse.
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         lazy = _LAZY_COMMANDS.get(name)
-        if full or lazy is None or command in lazy:
+        if only is None or lazy is None or only in lazy:
             importlib.import_module(f"controller.cli.{name}").register(subparsers)
         else:
             for each, help_text in lazy.items():
@@ -122,12 +123,15 @@ def build_parser(command: str | None = None, *, full: bool = False) -> argparse.
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nebuliser` console script; returns the exit code."""
     words = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_chosen_command(words))
+    parser = build_parser(only=_chosen_command(words) or "")
     args = parser.parse_args(words)
     from controller.logging import configure_logging  # noqa: PLC0415 - only once a command runs
 
     configure_logging(level=args.log_level)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except SystemExit as done:  # a handler's "stop here" (e.g. an invalid --config)
+        return done.code if isinstance(done.code, int) else ExitCode.USAGE
     return code
 
 

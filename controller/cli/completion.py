@@ -99,7 +99,7 @@ def completion_script(shell: str) -> str:
     """The completion script for `shell` ("bash" or "zsh") covering every command."""
     from controller.cli import build_parser  # noqa: PLC0415 - the package imports this module
 
-    table = _table(build_parser(full=True), "nebuliser")
+    table = _table(build_parser(), "nebuliser")
     return _bash(table) if shell == "bash" else _zsh(table)
 
 

@@ -29,7 +29,7 @@ def test_exit_codes_are_one_table_with_serves_historic_numbers() -> None:
 
 
 def test_every_help_ends_with_the_exit_code_table() -> None:
-    parser = build_parser(full=True)
+    parser = build_parser()
     parsers = list(walk_parsers(parser))
     assert len(parsers) > 30
     for each in parsers:
@@ -37,7 +37,7 @@ def test_every_help_ends_with_the_exit_code_table() -> None:
 
 
 def test_the_lazy_command_table_says_what_the_modules_register() -> None:
-    full = build_parser(full=True)
+    full = build_parser()
     action = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in action._choices_actions}
     lazy = {name: text for commands in _LAZY_COMMANDS.values() for name, text in commands.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,28 @@ def test_example_config_is_valid_and_is_what_config_example_prints(
     assert config.prescription is not None
     assert config.prescription.subject_id == "PILOT-001"
     assert config.clock.mode == "ntp"  # a Pi has no RTC: the example requires NTP
+    shipped = (REPO / "config" / "example.toml").read_text("utf-8")
+    assert main(["config", "example", "--start", "2026-12-01"]) == 0
+    assert capsys.readouterr().out == shipped
+
+
+def test_config_example_fills_the_course_from_today_or_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config", "example", "--start", "2027-02-27"]) == 0
+    printed = capsys.readouterr().out
+    assert "course_start = 2027-02-27\n" in printed
+    assert "course_end = 2027-03-03\n" in printed
     assert main(["config", "example"]) == 0
-    assert capsys.readouterr().out == (REPO / "config" / "example.toml").read_text("utf-8")
+    today = tmp_path / "today.toml"
+    today.write_text(capsys.readouterr().out, encoding="utf-8")
+    rx = load_config(today).prescription
+    assert rx is not None
+    from controller.preflight import limit_findings  # noqa: PLC0415
+
+    assert limit_findings(rx, today=rx.limits.course_start or date.min) == []
+    with pytest.raises(SystemExit):
+        main(["config", "example", "--start", "tomorrow"])
 
 
 def test_every_error_is_reported_with_key_value_and_rule(
