@@ -108,3 +108,19 @@ def test_zsh_completion_lists_the_same_commands() -> None:
     script = completion_script("zsh")
     assert script.startswith("#compdef nebuliser")
     assert '"nebuliser session" "start stop status --help' in script
+
+
+def test_session_status_loads_no_pydantic_rich_or_mqtt(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path}"\n', encoding="utf-8")
+    code = (
+        "import sys\n"
+        "from controller.cli import main\n"
+        f"code = main(['session', 'status', '--config', {str(config)!r}])\n"
+        "heavy = [m for m in ('pydantic', 'pydantic_settings', 'rich', 'aiomqtt', "
+        "'cryptography', 'controller.config') if m in sys.modules]\n"
+        "print(int(code), heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == f"{int(ExitCode.NO_SERVICE)} []"
+    assert f"no controller is running at {tmp_path}/control.sock" in done.stderr
