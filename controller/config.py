@@ -23,7 +23,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.configfile import ConfigError, ConfigIssue, Layers, missing, read_layers
+from controller.configfile import (
+    ConfigError,
+    ConfigIssue,
+    Layers,
+    lookup,
+    missing,
+    read_layers,
+)
 from controller.dosing import Prescription
 from controller.security import (
     PrescriptionSignatureError,
@@ -217,18 +224,6 @@ class NebuliserConfig(BaseModel):
 _DECIMAL_LOOKING_MODE = re.compile(r"^[0-7]{3}$")
 
 
-def _lookup(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> Any:
-    node: Any = data
-    for part in loc:
-        in_mapping = isinstance(node, Mapping) and part in node
-        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
-        if in_mapping or in_list:
-            node = node[part]
-        else:
-            return missing()
-    return node
-
-
 def _friendlier(key: str, value: Any, error_type: str, message: str) -> str:
     """A message that says what to write, for the mistakes people actually make."""
     if error_type == "extra_forbidden":
@@ -257,7 +252,7 @@ def _issues_from(error: ValidationError, layers: Layers) -> list[ConfigIssue]:
         key = ".".join(str(part) for part in loc) or "(root)"
         value = item.get("input", missing()) if item["type"] != "missing" else missing()
         if value is missing():
-            value = _lookup(data, loc)
+            value = lookup(data, loc)
         message = _friendlier(key, value, item["type"], item["msg"])
         source = layers.source_of(key)
         if source.startswith("env "):

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,9 @@ __all__ = [
     "ConfigIssue",
     "Layers",
     "control_socket_path",
+    "deep_merge",
+    "lookup",
+    "missing",
     "read_layers",
 ]
 
@@ -109,7 +112,7 @@ class Layers:
     def source_of(self, dotted_key: str) -> str:
         """Where a value came from: "flag", "env NEBULISER_…", "file" or "default"."""
         parts = dotted_key.split(".")
-        if _lookup(self.flag_data, parts) is not _MISSING:
+        if lookup(self.flag_data, parts) is not _MISSING:
             return "flag"
         for key, name in self.env_names.items():
             if (
@@ -118,7 +121,7 @@ class Layers:
                 or dotted_key.startswith(key + ".")
             ):
                 return f"env {name}"
-        if _lookup(self.file_data, parts) is not _MISSING:
+        if lookup(self.file_data, parts) is not _MISSING:
             return "file"
         return "default"
 
@@ -142,10 +145,13 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def _lookup(data: Mapping[str, Any], parts: list[str]) -> Any:
+def lookup(data: Mapping[str, Any], parts: Sequence[int | str]) -> Any:
+    """The value at `parts` (table keys, list indices) in `data`, or `missing()`."""
     node: Any = data
     for part in parts:
-        if not isinstance(node, Mapping) or part not in node:
+        in_mapping = isinstance(node, Mapping) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if not (in_mapping or in_list):
             return _MISSING
         node = node[part]
     return node
@@ -308,7 +314,7 @@ def read_layers(
 
 
 def _path_setting(layers: Layers, dotted_key: str) -> Path | None:
-    value = _lookup(layers.merged, dotted_key.split("."))
+    value = lookup(layers.merged, dotted_key.split("."))
     if value is _MISSING or value is None:
         return None
     if not isinstance(value, str):

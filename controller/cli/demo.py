@@ -409,6 +409,7 @@ def _demo(args: argparse.Namespace) -> int:
             view.say(f"{'demo passed' if code == ExitCode.OK else 'demo FAILED'}; logs: {path}")
             return code
     finally:
+        configure_logging(level=args.log_level)  # back to stderr before the file closes
         log.close()
 
 

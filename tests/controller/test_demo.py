@@ -8,6 +8,7 @@ import pytest
 
 from controller.cli import main
 from controller.exitcodes import ExitCode
+from controller.logging import get_logger
 
 
 def test_demo_runs_a_session_refuses_a_second_and_raises_the_fault_alarm(
@@ -57,3 +58,6 @@ def test_demo_fails_and_says_why_when_the_pilot_session_falls_short(
     # The controllers' log lines went to the file, not into the story.
     assert '"event"' not in out
     assert '"event"' in log.read_text(encoding="utf-8")
+    # Logging is back on stderr afterwards (the file is closed): later code can log.
+    get_logger("after-demo").error("still logging")
+    assert "still logging" in capsys.readouterr().err
