@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from datetime import date
 from pathlib import Path
 
@@ -84,3 +86,28 @@ def test_precedence_flags_over_environment_over_file(
     assert load_config(path).device.ward == "w2"
     flagged = load_config(path, overrides={"device": {"port": "/dev/from-flag"}})
     assert flagged.device.port == "/dev/from-flag"
+
+
+def test_every_nebuliser_variable_in_the_repository_is_a_setting_or_listed() -> None:
+    # A NEBULISER_ variable that is neither a setting nor in OTHER_ENV_VARIABLES would
+    # make every configuration load fail where it is set (unknown variables are errors).
+    from controller.configfile import OTHER_ENV_VARIABLES, TOP_LEVEL_KEYS  # noqa: PLC0415
+
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    found: set[str] = set()
+    for name in listed:
+        path = REPO / name
+        if path.suffix in {".py", ".md", ".toml", ".service", ".yaml", ""} and path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            found |= set(re.findall(r"\bNEBULISER_[A-Z][A-Z0-9_]*[A-Z0-9]\b", text))
+    deliberate_typos = {"NEBULISER_DEVICE_PORT"}  # the docs' and tests' example of one
+    strays = {
+        name
+        for name in found - OTHER_ENV_VARIABLES - deliberate_typos
+        if name.removeprefix("NEBULISER_").split("__")[0].lower() not in TOP_LEVEL_KEYS
+    }
+    assert strays == set()
+    assert {"NEBULISER_FAULT_RUNS", "NEBULISER_MQTT_PASSWORD"} <= found
