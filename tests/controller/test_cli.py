@@ -97,11 +97,37 @@ def test_bash_completion_completes_commands_actions_options_and_choices(tmp_path
     assert _complete(script, ["nebuliser", "--log-level", "debug", "config", "ch"]) == ["check"]
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed here")
-def test_zsh_completion_is_valid_zsh(tmp_path: Path) -> None:
-    script = tmp_path / "_nebuliser"
+_ZSH_STUBS = 'compdef() { :; }; compadd() { print -r -- "$@"; }; _files() { print FILES; }; '
+
+
+def _zsh_complete(setup: str, words: list[str]) -> str:
+    line = " ".join(f"'{w}'" for w in words)
+    program = f"{_ZSH_STUBS}{setup}; words=({line}); CURRENT={len(words)}; _nebuliser"
+    done = subprocess.run(["zsh", "-c", program], capture_output=True, text=True, check=True)
+    assert done.stderr == ""
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(
+    shutil.which("zsh") is None, reason="zsh is not installed (apt-get install zsh)"
+)
+def test_zsh_completion_sourced_or_autoloaded(tmp_path: Path) -> None:
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    script = functions / "_nebuliser"
     script.write_text(completion_script("zsh"), encoding="utf-8")
     subprocess.run(["zsh", "-n", str(script)], check=True)
+    sourced = f"source {script}"
+    assert _zsh_complete(sourced, ["nebuliser", "session", "st"]) == ("-- start stop status --help")
+    assert _zsh_complete(sourced, ["nebuliser", "--log-level", "debug", "config", ""]) == (
+        "-- check show example --help"
+    )
+    assert _zsh_complete(sourced, ["nebuliser", "report", "sessions", "--config", "./x"]) == (
+        "FILES"
+    )
+    # From $fpath, the first completion already answers (the file is the function body).
+    autoloaded = f"fpath=({functions} $fpath); autoload -U _nebuliser"
+    assert _zsh_complete(autoloaded, ["nebuliser", "comp"]).split()[1:3] == ["demo", "serve"]
 
 
 def test_zsh_completion_lists_the_same_commands() -> None:
