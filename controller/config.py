@@ -93,7 +93,9 @@ class StorageSettings(_Section):
     """Where the ledger lives and how much free space it needs."""
 
     data_dir: Path = Field(
-        default=Path("data"), description="Directory for ledger, audit log and control socket."
+        default=Path("data"),
+        description="Directory for ledger, audit log and control socket; a relative path "
+        "is relative to the configuration file's directory.",
     )
     free_space_floor_mb: int = Field(
         default=200,
