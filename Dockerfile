@@ -41,5 +41,10 @@ ENV PATH=/opt/nebuliser/bin:$PATH \
 USER 10001:20
 WORKDIR /var/lib/nebuliser
 VOLUME ["/var/lib/nebuliser"]
+# Healthy = the controller itself answers on its control socket (not just "the process
+# exists"): `session status` exits 0 when it answers, 6 when it does not (docs/cli.md);
+# Docker counts any non-zero exit as a failed check. Its output lands in the health log.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["nebuliser", "session", "status", "--config", "/etc/nebuliser/controller.toml"]
 ENTRYPOINT ["nebuliser"]
 CMD ["serve", "--config", "/etc/nebuliser/controller.toml"]

@@ -39,6 +39,7 @@ class BenchPrescription:
     rolling_24h_max_sessions: int = 3
     rolling_24h_max_ul: int | None = None
     course_max_sessions: int = 5
+    course_max_ul: int | None = None
     course_max_dose: float | None = None
     course_first_day: int = -1
     """First day of the course relative to today (UTC)."""
@@ -98,6 +99,7 @@ def _prescription_text(rx: BenchPrescription) -> str:
         f"rolling_24h_max_sessions = {rx.rolling_24h_max_sessions}",
         f"rolling_24h_max_ul = {min(rolling_ul, 12000)}",
         f"course_max_sessions = {rx.course_max_sessions}",
+        *([f"course_max_ul = {rx.course_max_ul}"] if rx.course_max_ul else []),
         *([f"course_max_dose = {rx.course_max_dose}"] if rx.course_max_dose else []),
         f"course_start = {start}",
         f"course_end = {end}",

@@ -2,25 +2,35 @@
 
 Precedence (highest first): command-line flags (applied by the CLI as overrides),
 environment variables (`NEBULISER_DEVICE__PORT=/dev/ttyACM0`: sections joined by
-a double underscore), the TOML file, then the defaults below. Unknown keys are
-errors, never silently ignored: a typo in a limit must not fall back to a default.
+a double underscore), the TOML file, then the defaults below. Unknown keys and
+unknown `NEBULISER_` variables are errors, never silently ignored: a typo in a
+limit must not fall back to a default. Reading the layers is `controller.configfile`
+(no pydantic); this module validates them. Relative paths written in the file are
+resolved against the file's directory.
 """
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from controller.configfile import (
+    ConfigError,
+    ConfigIssue,
+    Layers,
+    lookup,
+    missing,
+    read_layers,
+)
 from controller.dosing import Prescription
 from controller.security import (
     PrescriptionSignatureError,
@@ -45,6 +55,7 @@ __all__ = [
     "SessionSettings",
     "StorageSettings",
     "load_config",
+    "load_config_layers",
     "load_service_prescription",
     "prescription_from_toml_bytes",
 ]
@@ -82,7 +93,9 @@ class StorageSettings(_Section):
     """Where the ledger lives and how much free space it needs."""
 
     data_dir: Path = Field(
-        default=Path("data"), description="Directory for ledger, audit log and control socket."
+        default=Path("data"),
+        description="Directory for ledger, audit log and control socket; a relative path "
+        "is relative to the configuration file's directory.",
     )
     free_space_floor_mb: int = Field(
         default=200,
@@ -159,15 +172,10 @@ class ClockSettings(_Section):
     )
 
 
-class NebuliserConfig(BaseSettings):
-    """The whole configuration of one bedside controller."""
+class NebuliserConfig(BaseModel):
+    """The whole configuration of one bedside controller (load it with `load_config`)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="NEBULISER_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     device: DeviceSettings = DeviceSettings()
     storage: StorageSettings = StorageSettings()
@@ -214,149 +222,95 @@ class NebuliserConfig(BaseSettings):
         """Path of the control socket."""
         return self.control.socket_path or self.storage.data_dir / "control.sock"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest first: command-line overrides (init kwargs), environment, the TOML file.
-        return (init_settings, env_settings, _FileSource(settings_cls))
+
+_DECIMAL_LOOKING_MODE = re.compile(r"^[0-7]{3}$")
 
 
-_FILE_DATA: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
-    "nebuliser_config_file_data", default=None
-)
+def _friendlier(key: str, value: Any, error_type: str, message: str) -> str:
+    """A message that says what to write, for the mistakes people actually make."""
+    if error_type == "extra_forbidden":
+        message = "unknown key; remove it or check its spelling against `nebuliser config example`"
+        if "." in key and key.endswith("prescription_file"):
+            message += "; prescription_file is a top-level key: put it above the first [section]"
+        return message
+    if error_type.startswith("date") and isinstance(value, str):
+        try:
+            date.fromisoformat(value)
+        except ValueError:
+            return message + " (a TOML date: YYYY-MM-DD, without quotes)"
+        name = key.rsplit(".", 1)[-1]
+        return f"a date is written without quotes in TOML: {name} = {value}"
+    decimal_mode = isinstance(value, int) and _DECIMAL_LOOKING_MODE.match(str(value))
+    if key.endswith("socket_mode") and decimal_mode and not isinstance(value, bool):
+        return f"{value} is read as a decimal number; a file mode is octal: socket_mode = 0o{value}"
+    return message
 
 
-class _FileSource(PydanticBaseSettingsSource):
-    """The parsed TOML file handed over by `load_config` (already read and decoded)."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return (_FILE_DATA.get() or {}).get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_FILE_DATA.get() or {})
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    """One problem in a configuration: the dotted key, the bad value, and what is allowed."""
-
-    key: str
-    value: Any
-    message: str
-
-    def __str__(self) -> str:
-        shown = "(missing)" if self.value is _MISSING else repr(self.value)
-        return f"{self.key}: {self.message} (got {shown})"
-
-
-_MISSING: Any = object()
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; `issues` lists every problem."""
-
-    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
-        self.source = source
-        self.issues = issues
-        lines = "\n".join(f"  - {issue}" for issue in issues)
-        super().__init__(f"{source}: {len(issues)} problem(s) in the configuration:\n{lines}")
-
-
-def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _lookup(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> Any:
-    node: Any = data
-    for part in loc:
-        in_mapping = isinstance(node, Mapping) and part in node
-        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
-        if in_mapping or in_list:
-            node = node[part]
-        else:
-            return _MISSING
-    return node
-
-
-def _issues_from(error: ValidationError, data: Mapping[str, Any]) -> list[ConfigIssue]:
+def _issues_from(error: ValidationError, layers: Layers) -> list[ConfigIssue]:
+    data = layers.merged
     issues = []
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
         key = ".".join(str(part) for part in loc) or "(root)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = (
-                "unknown key; remove it or check its spelling against `nebuliser config example`"
-            )
-            if len(loc) > 1 and loc[-1] == "prescription_file":
-                message += (
-                    "; prescription_file is a top-level key: put it above the first [section]"
-                )
-        value = item.get("input", _MISSING) if item["type"] != "missing" else _MISSING
-        if value is _MISSING:
-            value = _lookup(data, loc)
+        value = item.get("input", missing()) if item["type"] != "missing" else missing()
+        if value is missing():
+            value = lookup(data, loc)
+        message = _friendlier(key, value, item["type"], item["msg"])
+        source = layers.source_of(key)
+        if source.startswith("env "):
+            message += f" [set by {source.removeprefix('env ')}]"
         issues.append(ConfigIssue(key=key, value=value, message=message))
     return issues
 
 
+def _resolve_paths(model: BaseModel, prefix: str, layers: Layers) -> BaseModel:
+    """`model` with every relative Path from the file resolved against the file's directory."""
+    updates: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            resolved = _resolve_paths(value, f"{key}.", layers)
+            if resolved is not value:
+                updates[name] = resolved
+        elif isinstance(value, Path):
+            resolved_path = layers.resolve(key, value)
+            if resolved_path != value:
+                updates[name] = resolved_path
+    return model.model_copy(update=updates) if updates else model
+
+
+def load_config_layers(
+    path: Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[NebuliserConfig, Layers]:
+    """Like `load_config`, and also the layers it was made from (for `config show`)."""
+    layers = read_layers(path, overrides=overrides, environ=environ)
+    source = str(path) if path is not None else "(defaults)"
+    try:
+        config = NebuliserConfig.model_validate(layers.merged)
+    except ValidationError as exc:
+        raise ConfigError(source, _issues_from(exc, layers)) from None
+    resolved = _resolve_paths(config, "", layers)
+    assert isinstance(resolved, NebuliserConfig)
+    return resolved, layers
+
+
 def load_config(
-    path: Path | None = None, *, overrides: Mapping[str, Any] | None = None
+    path: Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> NebuliserConfig:
     """Load and validate a configuration.
 
-    `overrides` are nested dicts from command-line flags and win over everything.
-    Raises ConfigError listing every problem (key, bad value, what is allowed).
+    `overrides` are nested dicts from command-line flags and win over everything;
+    `environ` defaults to the process environment. Raises ConfigError listing every
+    problem (key, bad value, what is allowed, and the variable that set it).
     """
-    source = str(path) if path is not None else "(defaults)"
-    file_data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            file_data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(
-                source, [ConfigIssue("(file)", str(path), "file not found; pass --config FILE")]
-            ) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(
-                source, [ConfigIssue("(file)", str(path), f"not valid TOML: {exc}")]
-            ) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                source,
-                [
-                    ConfigIssue(
-                        "(file)",
-                        str(path),
-                        f"not UTF-8 text ({exc.reason} at byte "
-                        f"{exc.start}); save the file as UTF-8",
-                    )
-                ],
-            ) from None
-    token = _FILE_DATA.set(file_data)
-    try:
-        config = NebuliserConfig(**(overrides or {}))
-    except ValidationError as exc:
-        raise ConfigError(
-            source, _issues_from(exc, _deep_merge(file_data, overrides or {}))
-        ) from None
-    finally:
-        _FILE_DATA.reset(token)
-    rx_file = config.prescription_file
-    if path is not None and rx_file is not None and not rx_file.is_absolute():
-        config = config.model_copy(update={"prescription_file": path.parent / rx_file})
-    return config
+    return load_config_layers(path, overrides=overrides, environ=environ)[0]
 
 
 class PrescriptionSourceError(Exception):

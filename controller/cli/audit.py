@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import ConfigError, load_config
+from controller.exitcodes import ExitCode
 from controller.security import AUDIT_DB_NAME, AuditHead, verify_audit_log
 
 __all__ = ["register"]
@@ -34,15 +35,15 @@ def _verify(args: argparse.Namespace) -> int:
         key = _hmac_key(args)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"audit verify: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     result = verify_audit_log(path, hmac_key=key, expected_head=expected)
     if result.ok:
         print(f"OK: {path}: {result.records_checked} records, chain intact; head {result.head}")
-        return 0
+        return ExitCode.OK
     where = "" if result.first_bad_index is None else f" at record {result.first_bad_index}"
     print(f"BROKEN: {path}{where}: {result.problem}", file=sys.stderr)
     print(f"{result.records_checked} records before it verified", file=sys.stderr)
-    return 1
+    return ExitCode.REFUSED
 
 
 def _head(args: argparse.Namespace) -> int:
@@ -50,13 +51,13 @@ def _head(args: argparse.Namespace) -> int:
         path = _audit_path(args)
     except (ConfigError, OSError) as exc:
         print(f"audit head: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     result = verify_audit_log(path)
     if result.head is None:
         print(f"audit head: {path} has no verified records ({result.problem})", file=sys.stderr)
-        return 1
+        return ExitCode.REFUSED
     print(result.head)
-    return 0 if result.ok else 1
+    return ExitCode.OK if result.ok else ExitCode.REFUSED
 
 
 def register(subparsers: Any) -> None:

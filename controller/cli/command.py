@@ -7,7 +7,8 @@
 
 `send` publishes on ``<root>/<ward>/<bed>/command`` (QoS 1, never retained), waits
 for the matching reply on ``.../command/reply`` and prints it. Exit codes: 0
-accepted, 1 refused, 2 bad arguments or key, 3 no reply in time or broker error.
+accepted, 1 refused, 2 bad arguments or key, 7 no reply in time or broker error
+(controller/exitcodes.py).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiomqtt
 
+from controller.brokerurl import BrokerAddress, BrokerUrlError, add_broker_options, broker_from_args
+from controller.exitcodes import ExitCode
 from controller.security import (
     DEFAULT_TOPIC_ROOT,
     AlarmAckBody,
@@ -47,10 +49,6 @@ from controller.security import (
 )
 
 __all__ = ["next_counter", "register"]
-
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_NO_REPLY = 3
 
 
 def next_counter(path: Path) -> int:
@@ -120,34 +118,24 @@ def _sign(args: argparse.Namespace) -> int:
         envelope = _signed_envelope(args)
     except (KeyFileError, PrescriptionSignatureError, OSError, ValueError) as exc:
         print(f"command sign: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     sys.stdout.write(envelope.decode("utf-8") + "\n")
     return 0
 
 
-def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=args.tls_ca)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if args.tls_cert:
-        context.load_cert_chain(args.tls_cert, args.tls_key)
-    return context
-
-
-async def _send_and_wait(args: argparse.Namespace, envelope: bytes) -> dict[str, Any] | None:
-    url = urlsplit(args.broker)
-    secure = url.scheme == "mqtts"
-    host = url.hostname or "localhost"
-    port = url.port or (8883 if secure else 1883)
+async def _send_and_wait(
+    args: argparse.Namespace, broker: BrokerAddress, envelope: bytes
+) -> dict[str, Any] | None:
     command_id = json.loads(envelope)["command_id"]
     out_topic = command_topic(ward=args.ward, bed=args.bed, root=args.root)
     in_topic = reply_topic(ward=args.ward, bed=args.bed, root=args.root)
     async with aiomqtt.Client(
-        host,
-        port,
+        broker.host,
+        broker.port,
         protocol=aiomqtt.ProtocolVersion.V5,
         # An explicit id: the hardened broker refuses zero-length client ids.
         identifier=f"nebuliser-cli-{uuid.uuid4().hex[:12]}",
-        tls_context=_tls_context(args) if secure else None,
+        tls_context=None if broker.tls is None else broker.tls.ssl_context(),
         timeout=args.timeout_s,
     ) as client:
         await client.subscribe(in_topic, qos=1)
@@ -166,28 +154,29 @@ async def _send_and_wait(args: argparse.Namespace, envelope: bytes) -> dict[str,
 
 
 def _send(args: argparse.Namespace) -> int:
-    if urlsplit(args.broker).scheme not in {"mqtt", "mqtts"}:
-        print(
-            "command send: --broker must be mqtt://HOST:PORT or mqtts://HOST:PORT", file=sys.stderr
-        )
-        return EXIT_USAGE
+    try:
+        broker = broker_from_args(args)
+    except BrokerUrlError as exc:
+        print(f"command send: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    assert broker is not None  # --broker is required
     try:
         envelope = _signed_envelope(args)
     except (KeyFileError, PrescriptionSignatureError, OSError, ValueError) as exc:
         print(f"command send: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
-        reply = asyncio.run(_send_and_wait(args, envelope))
+        reply = asyncio.run(_send_and_wait(args, broker, envelope))
     except TimeoutError:
         reply = None
     except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
         print(f"command send: broker {args.broker}: {exc}", file=sys.stderr)
-        return EXIT_NO_REPLY
+        return ExitCode.BROKER
     if reply is None:
         print(f"command send: no reply within {args.timeout_s} s", file=sys.stderr)
-        return EXIT_NO_REPLY
+        return ExitCode.BROKER
     print(json.dumps(reply, indent=2, sort_keys=True))
-    return 0 if reply.get("status") == "accepted" else EXIT_REFUSED
+    return 0 if reply.get("status") == "accepted" else ExitCode.REFUSED
 
 
 def _add_signing_options(parser: argparse.ArgumentParser) -> None:
@@ -224,13 +213,10 @@ def register(subparsers: Any) -> None:
     _add_signing_options(sign)
     sign.set_defaults(handler=_sign)
     send = sub.add_parser("send", help="publish a signed command and print the bed's reply")
-    send.add_argument("--broker", required=True, help="mqtts://HOST:8883 (or mqtt:// for dev)")
+    add_broker_options(send, required=True)
     send.add_argument("--ward", required=True, help="ward id")
     send.add_argument("--bed", required=True, help="bed id")
     send.add_argument("--root", default=DEFAULT_TOPIC_ROOT, help="MQTT topic root")
-    send.add_argument("--tls-ca", help="CA certificate that signed the broker's certificate")
-    send.add_argument("--tls-cert", help="this station's client certificate")
-    send.add_argument("--tls-key", help="this station's client certificate key")
     send.add_argument(
         "--timeout-s", type=float, default=10.0, help="how long to wait for the reply"
     )

@@ -8,6 +8,11 @@ port and temporary data directories; the heads are fast simulated ones
 (`--nominal-ul-min`, default 6000 µL/min) so the 3 mL pilot dose takes about 30 s
 instead of 7.5 minutes. Without the `mosquitto` binary the demo says how to install
 it and runs without ward telemetry.
+
+On a terminal the story, each bed's progress and the ward table form one live view
+(`_demo_view.py`); the controllers' log lines go to a file whose path is printed.
+The demo exits 1, and says why, when a pilot session did not deliver its volume,
+when the second dose was not refused, or when telemetry had gaps.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import Any, TextIO
 
 from controller.benchconfig import BenchPrescription, bench_mqtt_section, write_bench_config
 from controller.config import NebuliserConfig
 from controller.control import ControlClient, ControlUnavailableError
+from controller.exitcodes import ExitCode
+from controller.logging import configure_logging
 from controller.service import run_service
 from controller.telemetry import (
     AckRequest,
@@ -38,19 +44,19 @@ from controller.telemetry import (
 )
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
-from ._common import progress_bar
+from ._demo_view import BedProgress, DemoView
 from .monitor import render_ward
 
 __all__ = ["register"]
 
 _POLL_S = 0.2
-_BAR = 12
-_BEDS_PER_LINE = 3
 _WARD = "demo-ward"
 _ROOT = "nebuliser/v1"
 _MAX_BEDS = 8
-# The demo's prescription is inline and unsigned: simulator bench only. (Conditional
-# while the [security] section lands; drop the condition once it is in every build.)
+_SESSION_UL = 3000
+# A session "reached its volume" at ≥ 95 % of the cap: the host stops ahead of the
+# cap by flow × stop latency (≤ 100 µL at the fastest demo head, 30000 µL/min).
+_REACHED_FRACTION = 0.95
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +102,7 @@ def _demo_config(
         prescription=BenchPrescription(
             subject_id=f"PILOT-{number:03d}",
             lot_id="LOT-2026-0042",
-            session_ul=3000,
+            session_ul=_SESSION_UL,
             min_interval_s=86400,
             rolling_24h_max_sessions=1,
             course_max_sessions=5,
@@ -129,16 +135,15 @@ async def _wait_ready(config: NebuliserConfig) -> None:
     raise RuntimeError("the controller did not come up within 5 s")
 
 
-async def _start(bed: _Bed, *, say: bool = True) -> dict[str, Any]:
+async def _start(bed: _Bed, view: DemoView) -> dict[str, Any]:
     async with ControlClient(path=bed.config.control_socket) as client:
         await client.send("session.start")
         message = await client.receive()
         if message.get("event") == "awaiting_confirm":
-            if say:
-                print(
-                    f"  {bed.name}: start {message['cap_ul']} µL requested; "
-                    "pressing CONFIRM on the head…"
-                )
+            view.say(
+                f"  {bed.name}: start {message['cap_ul']} µL requested; "
+                "pressing CONFIRM on the head…"
+            )
             bed.sim.apply(lambda model, now: model.press_confirm_button(now_ms=now))
             message = await client.receive()
         return message
@@ -146,7 +151,7 @@ async def _start(bed: _Bed, *, say: bool = True) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def _private_broker(
-    directory: Path, *, wanted: bool
+    directory: Path, view: DemoView, *, wanted: bool
 ) -> AsyncIterator[MosquittoBroker | None]:
     """A private Mosquitto on a free loopback port, or None (not wanted / not installed)."""
     if not wanted:
@@ -157,12 +162,12 @@ async def _private_broker(
     try:
         broker = MosquittoBroker(workdir=workdir)
     except MosquittoMissingError as exc:
-        print(f"note: {exc}.\n      The demo runs without ward telemetry (MQTT).")
+        view.say(f"note: {exc}.\n      The demo runs without ward telemetry (MQTT).")
         yield None
         return
     broker.start()
     try:
-        print(f"private MQTT broker (Mosquitto) on {broker.url}")
+        view.say(f"private MQTT broker (Mosquitto) on {broker.url}")
         yield broker
     finally:
         broker.stop()
@@ -193,12 +198,12 @@ async def _ward_monitor(broker: MosquittoBroker | None) -> AsyncIterator[WardMon
             monitor.request_stop()
 
 
-async def _run_demo(args: argparse.Namespace) -> int:
+async def _run_demo(args: argparse.Namespace, view: DemoView) -> int:
     count = args.beds
     with tempfile.TemporaryDirectory(prefix="nebuliser-demo-") as tmp:
         root = Path(tmp)
         async with (
-            _private_broker(root, wanted=not args.no_mqtt) as broker,
+            _private_broker(root, view, wanted=not args.no_mqtt) as broker,
             _ward_monitor(broker) as monitor,
             contextlib.AsyncExitStack() as stack,
         ):
@@ -206,7 +211,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
             for number in range(1, count + 1):
                 model = DeviceModel(
                     nominal_ul_min=args.nominal_ul_min,
-                    fill_ul=3200,
+                    fill_ul=args.fill_ul,
                     serial=f"SIM-DEMO-{number:02d}",
                     seed=number,
                 )
@@ -215,9 +220,9 @@ async def _run_demo(args: argparse.Namespace) -> int:
                     root / f"bed-{number:02d}", sim.device_path, number=number, broker=broker
                 )
                 beds.append(_Bed(number=number, sim=sim, config=config))
-                print(
+                view.say(
                     f"{_WARD}/bed-{number:02d}: simulated MN-1 head on {sim.device_path} "
-                    f"({args.nominal_ul_min} µL/min)"
+                    f"({args.nominal_ul_min} µL/min, {args.fill_ul} µL in the cup)"
                 )
             stop = asyncio.Event()
             async with asyncio.TaskGroup() as group:
@@ -227,100 +232,119 @@ async def _run_demo(args: argparse.Namespace) -> int:
                 try:
                     for bed in beds:
                         await _wait_ready(bed.config)
-                    code = await _scenario(beds, monitor)
+                    code = await _scenario(beds, monitor, view)
                 finally:
                     stop.set()
                 for service in services:
                     await service
             if monitor is not None:
                 await asyncio.sleep(0.5)  # the last messages and "offline (shutdown)"
-                code = _telemetry_summary(beds, monitor) or code
+                code = _telemetry_summary(beds, monitor, view) or code
         return code
 
 
-async def _run_sessions(beds: list[_Bed], monitor: WardMonitor | None) -> list[dict[str, Any]]:
-    replies = await asyncio.gather(*(_start(bed) for bed in beds))
+async def _run_sessions(
+    beds: list[_Bed], monitor: WardMonitor | None, view: DemoView
+) -> list[dict[str, Any]]:
+    replies = await asyncio.gather(*(_start(bed, view) for bed in beds))
     for bed, reply in zip(beds, replies, strict=True):
         if not reply.get("started"):
             raise RuntimeError(f"{bed.name}: not started: {reply.get('reasons')}")
     ended: dict[int, dict[str, Any]] = {}
-    # One overwritten line while it fits a terminal; with many beds a line a second.
-    overwrite = len(beds) <= _BEDS_PER_LINE
-    last_print_s = 0.0
     while len(ended) < len(beds):
-        cells = []
+        progress = []
         for bed in beds:
             status = await _status(bed.config)
             if status.get("session") is None and status.get("last_session"):
                 ended.setdefault(bed.number, status["last_session"])
-            cells.append(_progress_cell(bed, status, monitor))
-        if overwrite:
-            print("\r  " + " | ".join(cells), end="", flush=True)
-        elif time.monotonic() - last_print_s >= 1.0:
-            last_print_s = time.monotonic()
-            print("  " + " | ".join(cells), flush=True)
+            progress.append(_progress(bed, status, monitor))
+        view.show_progress(progress)
+        if monitor is not None and view.is_live:
+            view.show_ward(_ward_table(monitor))
         await asyncio.sleep(_POLL_S)
-    if overwrite:
-        print()
     return [ended[bed.number] for bed in beds]
 
 
-def _progress_cell(bed: _Bed, status: dict[str, Any], monitor: WardMonitor | None) -> str:
+def _progress(bed: _Bed, status: dict[str, Any], monitor: WardMonitor | None) -> BedProgress:
     """One bed's progress, as the ward station sees it over MQTT when there is one."""
     delivered = cap = 0
     rows = monitor.model.rows(now_s=time.monotonic()) if monitor is not None else []
     row = next((r for r in rows if r.bed == bed.name), None)
     if status.get("session") is None and status.get("last_session"):
         delivered = cap = status["last_session"]["delivered_ul"]
+        cap = status["last_session"].get("cap_ul", cap)
     elif row is not None and row.cap_ul:
         delivered, cap = row.delivered_ul or 0, row.cap_ul
     elif status.get("session"):
         delivered, cap = status["session"]["delivered_ul"], status["session"]["cap_ul"]
-    bar = progress_bar(delivered, cap, width=_BAR, fill="█", empty="·")
-    return f"{bed.name} [{bar}] {delivered:4d}/{cap} µL"
+    return BedProgress(
+        bed=bed.name, delivered_ul=delivered, cap_ul=cap, state=str(status.get("state", "?"))
+    )
 
 
-async def _scenario(beds: list[_Bed], monitor: WardMonitor | None) -> int:
-    first = beds[0]
-    print(f"1. pilot session on {len(beds)} bed(s): 2.0×10⁸ vesicles in 3000 µL each")
-    try:
-        endings = await _run_sessions(beds, monitor)
-    except RuntimeError as exc:
-        print(f"  {exc}")
-        return 1
+def _shortfalls(beds: list[_Bed], endings: list[dict[str, Any]]) -> list[str]:
+    """Why each pilot session that did not deliver its volume fell short."""
+    reasons = []
     for bed, last in zip(beds, endings, strict=True):
-        print(
+        cap_ul = int(last.get("cap_ul") or _SESSION_UL)
+        if last["delivered_ul"] < cap_ul * _REACHED_FRACTION:
+            reasons.append(
+                f"{bed.name} delivered {last['delivered_ul']} of {cap_ul} µL "
+                f"(expected at least {int(cap_ul * _REACHED_FRACTION)}): stopped with "
+                f"device reason {last['device_reason']}, host reason {last['host_reason']}"
+            )
+    return reasons
+
+
+async def _scenario(beds: list[_Bed], monitor: WardMonitor | None, view: DemoView) -> int:
+    first = beds[0]
+    view.say(f"1. pilot session on {len(beds)} bed(s): 2.0×10⁸ vesicles in {_SESSION_UL} µL each")
+    try:
+        endings = await _run_sessions(beds, monitor, view)
+    except RuntimeError as exc:
+        view.say(f"  {exc}")
+        return ExitCode.REFUSED
+    for bed, last in zip(beds, endings, strict=True):
+        view.say(
             f"  {bed.name} ended: {last['delivered_ul']} µL = {last['dose']:.3g} "
             f"{last['dose_unit']}, device reason {last['device_reason']}, "
             f"host reason {last['host_reason']}"
         )
-    print(f"2. a second dose the same day on {first.name} (the dose engine must refuse it)")
-    refused = await _start(first)
+    view.say(f"2. a second dose the same day on {first.name} (the dose engine must refuse it)")
+    refused = await _start(first, view)
     for reason in refused.get("reasons", []):
-        print(f"  refused: {reason}")
-    print(f"3. injected fault on {first.name}: nebuliser head disconnected")
+        view.say(f"  refused: {reason}")
+    view.say(f"3. injected fault on {first.name}: nebuliser head disconnected")
     first.sim.apply(lambda model, now: model.set_condition("head_disconnected", True, now_ms=now))
     await asyncio.sleep(0.5)
     alarms = (await _status(first.config))["alarms"]
     for alarm in alarms:
-        print(f"  ALARM {alarm['priority'].upper()} {alarm['code']}: {alarm['message']}")
+        view.say(f"  ALARM {alarm['priority'].upper()} {alarm['code']}: {alarm['message']}")
     if monitor is not None and alarms:
-        await _acknowledge_from_ward(monitor, first, alarms[0]["code"])
-        _print_ward(monitor)
+        await _acknowledge_from_ward(monitor, first, alarms[0]["code"], view)
+        view.show_ward(_ward_table(monitor), final=True)
     last = endings[0]
     truth = first.sim.truth()
-    print(
+    view.say(
         f"summary: delivered {last['delivered_ul']} µL (device truth "
         f"{truth.total_delivered_ul:.0f} µL), dose {last['dose']:.3g} vesicles, "
         f"second dose refused: {not refused.get('started')}"
     )
-    within_cap = all(e["delivered_ul"] <= e["cap_ul"] for e in endings)
-    return 0 if within_cap and not refused.get("started") else 1
+    failures = _shortfalls(beds, endings)
+    if any(e["delivered_ul"] > e.get("cap_ul", _SESSION_UL) for e in endings):
+        failures.append("a session delivered more than its cap")
+    if refused.get("started"):
+        failures.append("the second dose the same day was not refused")
+    for failure in failures:
+        view.say(f"DEMO FAILED: {failure}")
+    return ExitCode.REFUSED if failures else ExitCode.OK
 
 
-async def _acknowledge_from_ward(monitor: WardMonitor, bed: _Bed, code: str) -> None:
+async def _acknowledge_from_ward(
+    monitor: WardMonitor, bed: _Bed, code: str, view: DemoView
+) -> None:
     """The ward station acknowledges over MQTT; the controller applies it and says so."""
-    print(f"  the ward station acknowledges {code} over MQTT…")
+    view.say(f"  the ward station acknowledges {code} over MQTT…")
     monitor.acknowledge(
         AckRequest(ward=_WARD, bed=bed.name, device_id=bed.device_id, alarm_code=code)
     )
@@ -330,20 +354,21 @@ async def _acknowledge_from_ward(monitor: WardMonitor, bed: _Bed, code: str) -> 
         )
         acked = [a for a in (row.alarms if row else []) if a.alarm_code == code and a.acknowledged]
         if acked:
-            print(f"  {bed.name} confirms: {code} acknowledged by {acked[0].acknowledged_by}")
+            view.say(f"  {bed.name} confirms: {code} acknowledged by {acked[0].acknowledged_by}")
             return
         await asyncio.sleep(0.1)
-    print(f"  {bed.name} did not confirm the acknowledgement within 5 s")
+    view.say(f"  {bed.name} did not confirm the acknowledgement within 5 s")
 
 
-def _print_ward(monitor: WardMonitor) -> None:
+def _ward_table(monitor: WardMonitor) -> Any:
+    """The ward as the ward station sees it (the terminal monitor's table)."""
     rows = monitor.model.rows(now_s=time.monotonic())
-    Console(width=140).print(render_ward(rows, title=f"ward {_WARD} (as the ward station sees it)"))
+    return render_ward(rows, title=f"ward {_WARD} (as the ward station sees it)")
 
 
-def _telemetry_summary(beds: list[_Bed], monitor: WardMonitor) -> int:
+def _telemetry_summary(beds: list[_Bed], monitor: WardMonitor, view: DemoView) -> int:
     """Counted by the subscriber: messages per bed, gaps, duplicates, offline at the end."""
-    print("ward telemetry (counted by the ward station's subscriber):")
+    view.say("ward telemetry (counted by the ward station's subscriber):")
     failed = 0
     rows = {r.bed: r for r in monitor.model.rows(now_s=time.monotonic())}
     for bed in beds:
@@ -351,19 +376,41 @@ def _telemetry_summary(beds: list[_Bed], monitor: WardMonitor) -> int:
         gaps = len(tracker.missing_since_s) + tracker.unrecoverable
         row = rows.get(bed.name)
         online = "offline" if row is not None and row.online is False else "online?"
-        print(
+        view.say(
             f"  {bed.name}: {len(tracker.seen)} messages published and received, "
             f"gaps {gaps}, duplicates dropped {tracker.duplicates}, now {online}"
         )
-        failed |= gaps != 0 or not tracker.seen
-    return 1 if failed else 0
+        if gaps != 0 or not tracker.seen:
+            failed = 1
+            view.say(f"DEMO FAILED: {bed.name}'s telemetry had gaps or never arrived")
+    return ExitCode.REFUSED if failed else ExitCode.OK
+
+
+def _log_file(args: argparse.Namespace) -> tuple[Path, TextIO]:
+    if args.log_file is not None:
+        path = Path(args.log_file)
+    else:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = Path(tempfile.gettempdir()) / f"nebuliser-demo-{stamp}.log"
+    return path, path.open("a", encoding="utf-8")
 
 
 def _demo(args: argparse.Namespace) -> int:
     if not 1 <= args.beds <= _MAX_BEDS:
         print(f"nebuliser demo: --beds must be 1 to {_MAX_BEDS}, got {args.beds}")
-        return 2
-    return asyncio.run(_run_demo(args))
+        return ExitCode.USAGE
+    path, log = _log_file(args)
+    # The controllers' log lines go to the file, never between the story's lines.
+    configure_logging(level=args.log_level, stream=log, json=True)
+    try:
+        with DemoView() as view:
+            view.say(f"controller logs: {path}")
+            code = asyncio.run(_run_demo(args, view))
+            view.say(f"{'demo passed' if code == ExitCode.OK else 'demo FAILED'}; logs: {path}")
+            return code
+    finally:
+        configure_logging(level=args.log_level)  # back to stderr before the file closes
+        log.close()
 
 
 def register(subparsers: Any) -> None:
@@ -385,6 +432,19 @@ def register(subparsers: Any) -> None:
         default=1,
         help=f"simulated beds on the demo ward (1-{_MAX_BEDS}; each its own head, "
         "controller and data directory)",
+    )
+    parser.add_argument(
+        "--fill-ul",
+        type=int,
+        default=3200,
+        help="liquid in each simulated head's cup (µL); below 3000 the pilot session "
+        "runs dry and the demo fails, saying why",
+    )
+    parser.add_argument(
+        "--log-file",
+        metavar="FILE",
+        help="where the controllers' log lines go (default: a new file in the "
+        "temporary directory; its path is printed)",
     )
     parser.add_argument(
         "--no-mqtt",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from controller.exitcodes import ExitCode
 from controller.security import KeyFileError, generate_key_files, load_public_key_file
 from controller.security import public_key_to_text as _public_text
 
@@ -19,7 +20,7 @@ def _generate(args: argparse.Namespace) -> int:
         public_text = _public_text(load_public_key_file(public_path))
     except (KeyFileError, OSError) as exc:
         print(f"keys generate: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     print(f"private key: {private_path} (mode 0600; keep it on the sending station only)")
     print(f"public key:  {public_path}")
     print("\nAdd to the controller configuration (choose the role):\n")
@@ -27,7 +28,7 @@ def _generate(args: argparse.Namespace) -> int:
     print(f'id = "{args.name}"')
     print(f'public_key = "{public_text}"')
     print('role = "ward_station"  # or "clinician" or "pharmacy"')
-    return 0
+    return ExitCode.OK
 
 
 def register(subparsers: Any) -> None:

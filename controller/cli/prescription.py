@@ -9,6 +9,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from controller.exitcodes import ExitCode
 from controller.security import (
     MAX_PRESCRIPTION_BYTES,
     KeyFileError,
@@ -30,10 +31,10 @@ def _sign(args: argparse.Namespace) -> int:
         data = path.read_bytes()
     except (KeyFileError, OSError) as exc:
         print(f"prescription sign: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if len(data) > MAX_PRESCRIPTION_BYTES:
         print(f"prescription sign: {path} exceeds {MAX_PRESCRIPTION_BYTES} bytes", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     signature = sign_prescription_bytes(data, key=key, key_id=args.key_id)
     sig_path = write_prescription_signature(path, signature)
     print(f"signed {path} (sha256 {signature.sha256}) as {args.key_id}: {sig_path}")
@@ -58,7 +59,7 @@ def _verify(args: argparse.Namespace) -> int:
         )
     except (KeyFileError, PrescriptionSignatureError) as exc:
         print(f"REFUSED: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.REFUSED
     print(f"OK: {args.file} ({len(data)} bytes) carries a valid pharmacy signature")
     return 0
 

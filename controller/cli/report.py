@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import NebuliserConfig
+from controller.exitcodes import ExitCode
 from controller.ledger import LEDGER_FILE_NAME, Ledger, LedgerError
 from controller.reports import (
     DEFAULT_PLOT_SIZE_PX,
@@ -35,9 +36,8 @@ from ._common import add_service_options, config_from_args
 
 __all__ = ["register"]
 
-EXIT_USAGE = 2
-EXIT_LEDGER = 3
-EXIT_PLOTS = 4
+EXIT_LEDGER = ExitCode.LEDGER
+EXIT_PLOTS = ExitCode.MISSING_EXTRA
 
 
 def _parse_since(text: str) -> datetime:
@@ -83,7 +83,7 @@ def _sessions(args: argparse.Namespace) -> int:
         return EXIT_LEDGER
     rows = session_rows(sessions, context)
     renderers = {"table": render_table, "csv": render_csv, "json": render_json}
-    _write(args, renderers[args.format](rows))
+    _write(args, renderers["json" if args.json else args.format](rows))
     return 0
 
 
@@ -162,7 +162,13 @@ def register(subparsers: Any) -> None:
         help="every session: start/end, delivered µL, dose, end reason, alarms, overrides",
     )
     _common(sessions)
-    sessions.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sessions.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="table (default), csv, or json (kept for scripts; --json is the same)",
+    )
+    sessions.add_argument("--json", action="store_true", help="machine-readable output")
     sessions.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
     sessions.set_defaults(handler=_sessions)
     fhir = sub.add_parser(

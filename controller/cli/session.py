@@ -9,13 +9,14 @@ import sys
 from typing import Any
 
 from controller.control import ControlClient, ControlUnavailableError
+from controller.exitcodes import ExitCode
 
-from ._common import add_service_options, config_from_args, progress_bar
+from ._common import add_service_options, control_socket_from_args, progress_bar
 
 __all__ = ["register"]
 
-EXIT_REFUSED = 1
-EXIT_NO_SERVICE = 3
+EXIT_REFUSED = ExitCode.REFUSED
+EXIT_NO_SERVICE = ExitCode.NO_SERVICE
 
 
 def _print_status(reply: dict[str, Any]) -> None:
@@ -64,8 +65,7 @@ def _print_status(reply: dict[str, Any]) -> None:
 
 
 async def _call(args: argparse.Namespace, op: str, **params: Any) -> dict[str, Any]:
-    config = config_from_args(args)
-    async with ControlClient(path=config.control_socket) as client:
+    async with ControlClient(path=control_socket_from_args(args)) as client:
         return await client.call(op, **params)
 
 
@@ -104,7 +104,7 @@ async def _read_terminal_confirm() -> bool:
 
 
 async def _start(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    socket_path = control_socket_from_args(args)
     params: dict[str, Any] = {}
     if args.volume_ul is not None:
         params["requested_ul"] = args.volume_ul
@@ -117,7 +117,7 @@ async def _start(args: argparse.Namespace) -> int:
             "override_codes": args.override,
         }
     interactive = sys.stdin.isatty() and not args.button_only
-    async with ControlClient(path=config.control_socket) as client:
+    async with ControlClient(path=socket_path) as client:
         await client.send("session.start", **params)
         while True:
             message = await client.receive()
@@ -166,6 +166,9 @@ def _alarm_list(args: argparse.Namespace) -> int:
     reply = _run(args, "alarm.list")
     if reply is None:
         return EXIT_NO_SERVICE
+    if args.json:
+        print(json.dumps(reply["alarms"], indent=2))
+        return ExitCode.OK
     if not reply["alarms"]:
         print("no active alarms")
     for alarm in reply["alarms"]:
@@ -234,6 +237,7 @@ def register(subparsers: Any) -> None:
     alarm_sub = alarm.add_subparsers(dest="alarm_command", metavar="ACTION", required=True)
     listing = alarm_sub.add_parser("list", help="active alarms by priority")
     add_service_options(listing)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_alarm_list)
     ack = alarm_sub.add_parser("ack", help="acknowledge an alarm (recorded with who and when)")
     add_service_options(ack)

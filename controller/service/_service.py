@@ -21,6 +21,7 @@ from controller.config import (
 )
 from controller.control import ControlError, ControlRequest, ControlServer, Reply
 from controller.dosing import Override
+from controller.exitcodes import ExitCode
 from controller.ledger import LEDGER_FILE_NAME, Ledger, LedgerError
 from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
@@ -44,12 +45,13 @@ __all__ = [
 
 _log = get_logger(__name__)
 
-EXIT_PORT = 3
-EXIT_LEDGER = 4
-EXIT_PRESCRIPTION = 5
+# Aliases kept for importers; the table lives in controller/exitcodes.py.
+EXIT_PORT = ExitCode.PORT
+EXIT_LEDGER = ExitCode.LEDGER
+EXIT_PRESCRIPTION = ExitCode.PRESCRIPTION
 #: Shut down with a session the head did not confirm stopped (recorded UNCERTAIN,
 #: HIGH alarm): systemd shows the unit failed.
-EXIT_STOP_UNCONFIRMED = 6
+EXIT_STOP_UNCONFIRMED = ExitCode.STOP_UNCONFIRMED
 #: How long shutdown waits for the head's SESSION_END after STOP.
 SHUTDOWN_STOP_WAIT_S = 3.0
 

@@ -33,7 +33,7 @@ async def _spawn(config_path: Path, log: Path) -> asyncio.subprocess.Process:
 
 async def test_sigterm_with_a_head_that_ignores_stop_is_honest(tmp_path: Path) -> None:
     """SIGTERM while the head ignores STOP: not exit 0 and an open session, but the
-    session recorded UNCERTAIN, the HIGH alarm recorded, an error log, exit code 6."""
+    session recorded UNCERTAIN, the HIGH alarm recorded, an error log, exit code 9."""
     model = DeviceModel(nominal_ul_min=400, fill_ul=3000)
     async with run_pty_simulator(model) as sim:
         config_path, config = write_config(tmp_path, port=sim.device_path, session_ul=1000)

@@ -231,7 +231,7 @@ def test_shipped_unit_passes_systemd_analyze_where_available() -> None:
         line
         for line in (result.stdout + result.stderr).splitlines()
         # The venv is not installed at /opt/nebuliser on a development machine.
-        if line.strip() and "/opt/nebuliser/.venv/bin/nebuliser" not in line
+        if line.strip() and "/opt/nebuliser/current/venv/bin/nebuliser" not in line
     ]
     assert complaints == []
 

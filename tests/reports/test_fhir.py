@@ -15,6 +15,7 @@ from fhir.resources.R4B.medication import Medication
 from fhir.resources.R4B.medicationadministration import MedicationAdministration
 
 from controller.cli import main
+from controller.exitcodes import ExitCode
 from controller.ledger import Ledger
 
 from .conftest import PER_ML, SUBJECT, Course
@@ -89,5 +90,5 @@ def test_references_are_stable_across_exports(course: Course, tmp_path: Path) ->
 
 def test_unknown_subject_is_an_error(course: Course, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["report", "fhir", "--subject", "NOBODY", "--config", str(course.config_path)])
-    assert code == 3
+    assert code == ExitCode.LEDGER
     assert "no sessions of subject 'NOBODY'" in capsys.readouterr().err

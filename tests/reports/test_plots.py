@@ -12,6 +12,7 @@ import pytest
 
 from controller.cli import main
 from controller.config import load_config
+from controller.exitcodes import ExitCode
 from controller.ledger import Ledger
 from controller.reports import (
     CoursePlotData,
@@ -85,5 +86,5 @@ def test_missing_matplotlib_names_the_extra(
     with pytest.raises(PlotsUnavailableError, match=r"uv sync --extra plots"):
         plot_session(session, [], tmp_path / "x.png")
     args = ["report", "plot", "--session", "1", "-o", str(tmp_path / "y.png")]
-    assert main([*args, "--config", str(course.config_path)]) == 4
+    assert main([*args, "--config", str(course.config_path)]) == ExitCode.MISSING_EXTRA
     assert not (tmp_path / "y.png").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
+from controller.exitcodes import ExitCode
 from controller.ledger import Ledger
 
 from .conftest import OTHER, PER_ML, SUBJECT, Course
@@ -81,5 +82,5 @@ def test_table_shows_flags_and_totals(
 
 def test_missing_ledger_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["report", "sessions", "--data-dir", str(tmp_path / "nowhere")])
-    assert code == 3
+    assert code == ExitCode.LEDGER
     assert "--config FILE or --data-dir DIR" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
+from controller.exitcodes import ExitCode
 from controller.security import (
     Role,
     SecuritySettings,
@@ -114,5 +115,5 @@ def test_command_send_reports_no_reply(tmp_path: Path, dev_broker: int) -> None:
         "--device", "neb-0001", "--counter", "1", "stop",
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 3
+    assert done.returncode == ExitCode.BROKER
     assert "no reply within 0.5 s" in done.stderr

@@ -132,7 +132,7 @@ def test_serve_exits_5_before_touching_the_device_for_an_unsigned_prescription(
 ) -> None:
     config = _config(tmp_path, '[device]\nport = "/dev/does-not-exist"\n' + _prescription_tables())
     assert main(["serve", "--config", str(config)]) == 5
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the refusal is an error message: stderr
     assert "signed prescriptions are required" in out
     assert not (tmp_path / "data" / "ledger.sqlite3").exists()
 
