@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -22,7 +25,6 @@ from controller.telemetry import (
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.outbox import LedgerBackedOutbox
 from tests.telemetry.helpers import IDENTITY, settings_for, telemetry
-from tests.telemetry.test_publisher import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -121,24 +123,49 @@ async def test_json_mode_prints_one_event_per_line(
         "W7",
         "--json",
         "--duration-s",
-        "2.5",
+        "60",  # an upper bound only: the test stops the child once it has seen enough
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(publisher.run())
-        await publisher.wait_connected()
-        await asyncio.sleep(1.0)  # let the monitor subscribe
-        seqs = [outbox.append(telemetry(n)) for n in range(3)]
-        publisher.notify()
-        await wait_until(lambda: outbox.count() == 0, timeout_s=5, what="drain")
-        out, err = await asyncio.wait_for(child.communicate(), timeout=20)
-        publisher.request_stop()
-    assert child.returncode == 0, err.decode()
-    events = [json.loads(line) for line in out.decode().splitlines()]
-    telemetry_events = [e for e in events if e["event"] == "telemetry"]
-    assert [e["seq"] for e in telemetry_events] == seqs
-    assert {e["bed"] for e in telemetry_events} == {"B03"}
-    assert any(e["event"] == "presence" and e["online"] for e in events)
+    assert child.stdout is not None
+    assert child.stderr is not None
+    stdout, stderr = child.stdout, child.stderr
+    events: list[dict[str, Any]] = []
+
+    async def read_until(condition: Callable[[], bool], what: str) -> None:
+        # Observable conditions with a deadline: no guess at how long the child takes.
+        async with asyncio.timeout(30):
+            while not condition():
+                line = await stdout.readline()
+                if not line:
+                    detail = (await stderr.read()).decode()
+                    raise AssertionError(f"monitor exited before {what}: {detail}")
+                events.append(json.loads(line))
+
+    def telemetry_events() -> list[dict[str, Any]]:
+        return [e for e in events if e["event"] == "telemetry"]
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(publisher.run())
+            await publisher.wait_connected()
+            # The retained presence reaches the monitor only once it has subscribed.
+            await read_until(
+                lambda: any(e["event"] == "presence" and e["online"] for e in events),
+                "the retained presence (subscription)",
+            )
+            seqs = [outbox.append(telemetry(n)) for n in range(3)]
+            publisher.notify()
+            await read_until(lambda: len(telemetry_events()) >= 3, "three telemetry events")
+            publisher.request_stop()
+        child.send_signal(signal.SIGINT)
+        await asyncio.wait_for(child.wait(), timeout=20)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode == 0
+    assert [e["seq"] for e in telemetry_events()] == seqs
+    assert {e["bed"] for e in telemetry_events()} == {"B03"}
