@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "prescription",
     "audit",
     "monitor",
+    "station",
     "report",
 )
 

@@ -40,7 +40,14 @@ from controller.telemetry import (
     WardMonitor,
 )
 
-__all__ = ["most_urgent_unacknowledged", "parse_broker_url", "register", "render_ward"]
+__all__ = [
+    "add_broker_options",
+    "most_urgent_unacknowledged",
+    "mqtt_settings",
+    "parse_broker_url",
+    "register",
+    "render_ward",
+]
 
 EXIT_USAGE = 2
 
@@ -60,10 +67,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--ward", help="only this ward (default: every ward under the root)")
     parser.add_argument("--json", action="store_true", help="one JSON object per event per line")
     parser.add_argument("--root", default=None, help="topic root (default nebuliser/v1)")
-    parser.add_argument("--ca", type=Path, help="CA certificate (PEM) for mqtts://")
-    parser.add_argument(
-        "--username", help="broker user name; the password is read from NEBULISER_MQTT_PASSWORD"
-    )
+    add_broker_options(parser)
     parser.add_argument(
         "--sender",
         default=None,
@@ -88,12 +92,25 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
-def _settings(args: argparse.Namespace) -> MqttSettings:
+def add_broker_options(parser: argparse.ArgumentParser) -> None:
+    """--ca, --mqtt-cert/--mqtt-key and --username (shared with `nebuliser station`)."""
+    parser.add_argument("--ca", type=Path, help="CA certificate (PEM) for mqtts://")
+    parser.add_argument(
+        "--mqtt-cert", type=Path, help="client certificate (PEM) for brokers that require mTLS"
+    )
+    parser.add_argument("--mqtt-key", type=Path, help="key of --mqtt-cert (PEM)")
+    parser.add_argument(
+        "--username", help="broker user name; the password is read from NEBULISER_MQTT_PASSWORD"
+    )
+
+
+def mqtt_settings(args: argparse.Namespace, *, client_id: str) -> MqttSettings:
+    """The broker settings from --broker/--config and the options of `add_broker_options`."""
     base = MqttSettings()
     if args.config is not None:
         configured = load_config(args.config).mqtt
         base = configured if configured is not None else base
-    update: dict[str, Any] = {"client_id": "monitor"}
+    update: dict[str, Any] = {"client_id": client_id}
     if args.broker:
         host, port, tls = parse_broker_url(args.broker)
         update |= {"host": host, "port": port}
@@ -101,7 +118,9 @@ def _settings(args: argparse.Namespace) -> MqttSettings:
             if args.ca is None and base.tls is None:
                 raise ValueError("mqtts:// needs --ca FILE (the CA that signed the broker)")
             if args.ca is not None:
-                update["tls"] = TlsSettings(ca_file=args.ca)
+                update["tls"] = TlsSettings(
+                    ca_file=args.ca, cert_file=args.mqtt_cert, key_file=args.mqtt_key
+                )
     if args.root:
         update["root_topic"] = args.root
     if args.username:
@@ -118,7 +137,7 @@ def _default_sender() -> str:
 def handler(args: argparse.Namespace) -> int:
     """Run the monitor until interrupted (or `--duration-s`)."""
     try:
-        settings = _settings(args)
+        settings = mqtt_settings(args, client_id="monitor")
         model = WardModel(root_topic=settings.root_topic)
         sender = args.sender or _default_sender()
         if args.json:

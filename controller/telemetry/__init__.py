@@ -25,8 +25,9 @@ from controller.telemetry._builders import (
 )
 from controller.telemetry._export import json_schema_documents, write_json_schemas
 from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
-from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel
-from controller.telemetry._monitor_client import AckRequest, WardMonitor
+from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel, urgency_key
+from controller.telemetry._monitor_client import AckRequest, AckSigner, EventSink, WardMonitor
+from controller.telemetry._monitor_history import AlarmEvent, BedHistory, Run
 from controller.telemetry._outbox import (
     OutboxReader,
     OutboxRowLike,
@@ -69,20 +70,24 @@ __all__ = [
     "MAX_BACKFILL_SPAN",
     "SCHEMA_ROUTES",
     "AckRequest",
+    "AckSigner",
     "ActiveAlarm",
     "ActiveAlarmsMessage",
     "AlarmAckCommand",
     "AlarmAckHandler",
+    "AlarmEvent",
     "AlarmMessage",
     "ArchivedMessage",
     "BackfillAsk",
     "BackfillReplyMessage",
     "BackfillRequest",
+    "BedHistory",
     "BedRow",
     "BedTopics",
     "ConstraintResult",
     "DecisionMessage",
     "DeviceIdentity",
+    "EventSink",
     "MosquittoBroker",
     "MosquittoMissingError",
     "MqttSettings",
@@ -97,6 +102,7 @@ __all__ = [
     "Reason",
     "ReplyAppender",
     "Route",
+    "Run",
     "SentArchive",
     "SeqTracker",
     "SessionMessage",
@@ -121,6 +127,7 @@ __all__ = [
     "publish_alarm_ack",
     "publish_backfill_ask",
     "require_safe_level",
+    "urgency_key",
     "utc_text",
     "write_json_schemas",
 ]
