@@ -15,7 +15,7 @@ from controller.config import ConfigError
 from controller.security import KeyFileError
 from controller.station._auth import UsersFile, UsersFileError
 from controller.station._server import Station, StationConfigError, StationOptions
-from controller.station._ward import StationSigner
+from controller.telemetry._ack_signer import AckSigningKey
 
 __all__ = ["run_station_command"]
 
@@ -36,13 +36,13 @@ def _add_user(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signer(args: argparse.Namespace) -> StationSigner | None:
+def _signer(args: argparse.Namespace) -> AckSigningKey | None:
     signing = (args.key, args.sender, args.counter_file)
     if all(v is None for v in signing):
         return None
     if any(v is None for v in signing):
         raise ValueError("signed acknowledgements need all of --key, --sender, --counter-file")
-    return StationSigner(key_file=args.key, sender_id=args.sender, counter_file=args.counter_file)
+    return AckSigningKey(key_file=args.key, sender_id=args.sender, counter_file=args.counter_file)
 
 
 def run_station_command(args: argparse.Namespace) -> int:

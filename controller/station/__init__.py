@@ -14,7 +14,7 @@ from controller.station._auth import (
 )
 from controller.station._server import Station, StationConfigError, StationOptions, is_loopback
 from controller.station._view import AckStatus, acknowledged_by_label, alarm_action, tile
-from controller.station._ward import AckError, StationSigner, StationWard
+from controller.station._ward import AckError, StationWard
 
 __all__ = [
     "AckError",
@@ -24,7 +24,6 @@ __all__ = [
     "StationAuth",
     "StationConfigError",
     "StationOptions",
-    "StationSigner",
     "StationWard",
     "UsersFile",
     "UsersFileError",

@@ -21,8 +21,9 @@ import uvicorn
 
 from controller.station._app import StationAuth, build_app
 from controller.station._auth import Sessions, UsersFile
-from controller.station._ward import StationSigner, StationWard
+from controller.station._ward import StationWard
 from controller.telemetry import EventSink, MqttSettings, WardModel, WardMonitor
+from controller.telemetry._ack_signer import AckSigningKey
 
 __all__ = ["Station", "StationConfigError", "StationOptions", "is_loopback"]
 
@@ -53,7 +54,7 @@ class StationOptions:
     proxy_header: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    signer: StationSigner | None = None
+    signer: AckSigningKey | None = None
     title: str = "Ward station"
     push_interval_s: float = 0.25
 

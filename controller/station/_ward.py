@@ -17,11 +17,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from controller.cli.command import next_counter  # the one durable counter helper
-from controller.security import AlarmAckBody, CommandName, load_private_key, sign_command
 from controller.station._view import AckStatus, bed_detail, bed_key, tile
 from controller.telemetry import (
     AckRequest,
@@ -31,8 +28,9 @@ from controller.telemetry import (
     WardMonitor,
     urgency_key,
 )
+from controller.telemetry._ack_signer import AckSigningKey
 
-__all__ = ["AckError", "StationSigner", "StationWard"]
+__all__ = ["AckError", "StationWard"]
 
 _PAGE_QUEUE = 16
 _MAX_ACKS_PER_BED = 8
@@ -40,37 +38,6 @@ _MAX_ACKS_PER_BED = 8
 
 class AckError(ValueError):
     """An acknowledgement the station will not send; the message says why."""
-
-
-@dataclass(kw_only=True)
-class StationSigner:
-    """Signs `alarm.ack` commands with the station's Ed25519 key.
-
-    `counter_file` holds the last counter used (one file per sender key, stored
-    durably before the command leaves, so a restart never reuses one).
-    """
-
-    key_file: Path
-    sender_id: str
-    counter_file: Path
-    validity_s: int = 30
-
-    def __post_init__(self) -> None:
-        self._key = load_private_key(self.key_file)  # fails at start-up, not at the first ack
-
-    def __call__(self, request: AckRequest) -> bytes:
-        """The signed envelope for one acknowledgement (blocking: fsyncs the counter)."""
-        return sign_command(
-            key=self._key,
-            sender_id=self.sender_id,
-            device_id=request.device_id,
-            counter=next_counter(self.counter_file),
-            command=CommandName.ALARM_ACK,
-            body=AlarmAckBody(alarm_code=request.alarm_code, operator=request.operator),
-            issued_at_ms=int(time.time() * 1000),
-            validity_s=self.validity_s,
-            command_id=request.command_id,
-        )
 
 
 @dataclass(kw_only=True, eq=False)  # hashed by identity: pages live in a set
@@ -87,7 +54,7 @@ class StationWard:
         *,
         monitor_factory: Callable[[WardModel, EventSink], WardMonitor],
         root_topic: str,
-        signer: StationSigner | None,
+        signer: AckSigningKey | None,
         push_interval_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

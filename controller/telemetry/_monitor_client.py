@@ -87,6 +87,10 @@ class WardMonitor:
         """Queue an alarm acknowledgement (sent when connected)."""
         self._acks.put_nowait(request)
 
+    def pending_acks(self) -> int:
+        """Acknowledgements queued and not yet published."""
+        return self._acks.qsize()
+
     def request_stop(self) -> None:
         """Make `run()` return."""
         self._stop.set()

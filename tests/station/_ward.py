@@ -15,8 +15,9 @@ from controller.config import NebuliserConfig
 from controller.control import ControlClient, ControlUnavailableError
 from controller.security import generate_key_files, load_public_key_file, public_key_to_text
 from controller.service import run_service
-from controller.station import Station, StationOptions, StationSigner, UsersFile
+from controller.station import Station, StationOptions, UsersFile
 from controller.telemetry import MqttSettings
+from controller.telemetry._ack_signer import AckSigningKey
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 from tests.support.mosquitto import MosquittoBroker
 
@@ -90,7 +91,7 @@ async def running_ward(
         listen_port=0,
         ward=WARD,
         users_file=users.path,
-        signer=StationSigner(
+        signer=AckSigningKey(
             key_file=private_key, sender_id=SENDER, counter_file=tmp_path / "counter"
         ),
         title="Ward 3west",

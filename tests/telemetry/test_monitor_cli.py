@@ -16,15 +16,19 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from controller.cli.monitor import most_urgent_unacknowledged, parse_broker_url, render_ward
+from controller.cli._monitor_screen import ack_choices, layout_page, render_rows
+from controller.cli.monitor import _LiveView, parse_broker_url
 from controller.telemetry import (
     ActiveAlarm,
     BedRow,
+    MqttSettings,
     OutboxPublisher,
+    WardModel,
+    WardMonitor,
 )
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.outbox import LedgerBackedOutbox
-from tests.telemetry.helpers import IDENTITY, settings_for, telemetry
+from tests.telemetry.helpers import IDENTITY, ROOT, settings_for, telemetry
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -46,11 +50,12 @@ def alarm(code: str, priority: str, minutes: int, *, acked: bool = False) -> Act
             "priority": priority,
             "acknowledged": acked,
             "raised_utc": T0 + timedelta(minutes=minutes),
+            "text": f"text of {code}",
         }
     )
 
 
-def test_a_key_picks_the_most_urgent_unacknowledged_alarm() -> None:
+def test_a_asks_which_alarm_most_urgent_bed_first() -> None:
     rows = [
         BedRow(
             ward="W7",
@@ -58,23 +63,88 @@ def test_a_key_picks_the_most_urgent_unacknowledged_alarm() -> None:
             device_id="d1",
             alarms=[alarm("LOW_RES", "low", 0), alarm("OLD_HIGH", "high", 0, acked=True)],
         ),
-        BedRow(
-            ward="W7",
-            bed="B02",
-            device_id="d2",
-            alarms=[alarm("LATE", "high", 5), alarm("EARLY", "high", 1)],
-        ),
+        BedRow(ward="W7", bed="B02", device_id="d2", alarms=[alarm("EARLY", "high", 1)]),
     ]
-    request = most_urgent_unacknowledged(rows)
-    assert request is not None
-    assert (request.bed, request.device_id, request.alarm_code) == ("B02", "d2", "EARLY")
-    assert most_urgent_unacknowledged([BedRow(ward="W7", bed="B09")]) is None
+    choices = ack_choices(rows)
+    assert [(c.key, c.request.bed, c.request.alarm_code) for c in choices] == [
+        ("1", "B02", "EARLY"),
+        ("2", "B01", "LOW_RES"),
+    ]
+    assert choices[0].label == "1) B02 HIGH: text of EARLY"
+    assert ack_choices([BedRow(ward="W7", bed="B09")]) == []
+
+
+def test_live_view_keys_page_and_ask_before_acknowledging() -> None:
+    monitor = WardMonitor(
+        settings=MqttSettings(client_id="t"), model=WardModel(root_topic=ROOT), sender="s"
+    )
+    rows = [BedRow(ward="W7", bed="B02", device_id="d2", alarms=[alarm("EARLY", "high", 1)])]
+    unsigned = _LiveView(monitor=monitor, can_sign=False)
+    unsigned.key("a", rows)
+    assert unsigned.choices is None
+    assert "signing key" in unsigned.status, "no key: says what it needs, sends nothing"
+    view = _LiveView(monitor=monitor, can_sign=True)
+    view.key("n", rows)
+    view.key("n", rows)
+    view.key("p", rows)
+    assert view.page == 1
+    view.key("a", rows)
+    assert view.choices is not None
+    assert "1) B02 HIGH" in view.footer(layout_page(rows, height=30, page=0), broker="b:1")
+    assert monitor.acks_sent == 0
+    view.key("1", rows)
+    assert not view.choices  # mypy narrowed `choices` above; the key press resets it
+    assert view.status.startswith("sent signed acknowledgement: B02")
+    assert monitor.pending_acks() == 1
+    view.key("q", rows)
+    assert view.quit
+
+
+def test_pages_sort_by_urgency_and_fit_the_terminal() -> None:
+    rows = [BedRow(ward="W7", bed=f"B{n:03d}", online=True, last_seen_s=0.0) for n in range(100)]
+    rows[57].alarms = [alarm("DRY_CUP", "high", 0)]
+    first = layout_page(rows, height=24, page=0)
+    assert first.rows[0].bed == "B057", "the bed in alarm is on top, not below the fold"
+    assert len(first.rows) == 24 - 6
+    assert first.count == 6
+    last = layout_page(rows, height=24, page=99)
+    assert (last.number, len(last.rows)) == (5, 100 - 5 * 18)
+
+
+def test_narrow_terminal_keeps_the_bed_and_the_alarm_message() -> None:
+    rows = [
+        BedRow(
+            ward="demo-ward",
+            bed="bed-01",
+            online=True,
+            session_state="fault",
+            last_seen_s=95.0,
+            alarms=[
+                ActiveAlarm.model_validate(
+                    {
+                        "alarm_code": "device_head_disconnected",
+                        "priority": "medium",
+                        "text": "Nebuliser head disconnected",
+                        "raised_utc": T0,
+                    }
+                )
+            ],
+        )
+    ]
+    console = Console(record=True, width=80, color_system=None)
+    console.print(render_rows(rows, now_s=100.0, width=80, title="Ward"))
+    text = console.export_text()
+    assert "demo-ward/bed-01" in text, "the bed column is never truncated"
+    assert "!! Nebuliser head" in text
+    assert "device_head" not in text, "messages, not codes"
+    assert "0:05 ago" in text, "the data age on every row"
+    assert max(len(line) for line in text.splitlines()) <= 80
 
 
 def test_table_shows_offline_stale_progress_and_alarms() -> None:
     rows = [
-        BedRow(ward="W7", bed="B01", online=False),
-        BedRow(ward="W7", bed="B02", online=True, stale=True),
+        BedRow(ward="W7", bed="B01", online=False, offline_since_s=40.0, delivered_ul=999),
+        BedRow(ward="W7", bed="B02", online=True, stale=True, delivered_ul=777, cap_ul=2500),
         BedRow(
             ward="W7",
             bed="B03",
@@ -85,20 +155,23 @@ def test_table_shows_offline_stale_progress_and_alarms() -> None:
             cap_ul=2500,
             flow_ul_min=300,
             link_quality_pct=91,
+            last_seen_s=99.0,
             alarms=[alarm("DRY_CUP", "high", 0)],
             gaps=2,
             duplicates=1,
             unrecoverable=1,
         ),
     ]
-    console = Console(record=True, width=160, color_system=None)
-    console.print(render_ward(rows, title="Ward W7"))
+    console = Console(record=True, width=180, color_system=None)
+    console.print(render_rows(rows, now_s=100.0, width=180, title="Ward W7"))
     text = console.export_text()
-    assert "OFFLINE" in text
+    assert "OFFLINE 1:00" in text, "offline, and for how long"
     assert "NO DATA" in text
+    assert "0.78 mL" not in text, "a silent bed's last figures are hidden"
+    assert "0.99 mL" not in text
     assert "1.25 mL / 2.50 mL" in text
     assert "4:10" in text  # 1250 uL left at 300 uL/min
-    assert "DRY_CUP" in text
+    assert "text of DRY_CUP" in text
     assert "gaps 2 dup 1 lost 1" in text
 
 
