@@ -221,8 +221,8 @@ def render_ward(
 
 
 @contextlib.contextmanager
-def _cbreak(stream: TextIO) -> Iterator[bool]:
-    if not stream.isatty():
+def _cbreak(stream: TextIO, *, enabled: bool = True) -> Iterator[bool]:
+    if not enabled or not stream.isatty():
         yield False
         return
     fd = stream.fileno()
@@ -303,9 +303,11 @@ async def run_live(
     console: Console | None = None,
     render_interval_s: float = RENDER_INTERVAL_S,
     on_render: RenderHook | None = None,
+    keyboard: bool = True,
 ) -> int:
     """The live view: renders the visible page at most every `render_interval_s`
-    (never per message); `on_render(rows_drawn, done_at)` lets a benchmark time it."""
+    (never per message); `on_render(rows_drawn, done_at)` lets a benchmark time it
+    (with `keyboard=False` it leaves the terminal's keyboard alone)."""
     console = console or Console()
     monitor = WardMonitor(settings=settings, model=model, sender=sender, ward=ward, signer=signer)
     view = _LiveView(monitor=monitor, can_sign=signer is not None)
@@ -314,7 +316,7 @@ async def run_live(
     broker = f"{settings.host}:{settings.port}"
     deadline = None if duration_s is None else time.monotonic() + duration_s
     with (
-        _cbreak(sys.stdin) as interactive,
+        _cbreak(sys.stdin, enabled=keyboard) as interactive,
         Live(console=console, auto_refresh=False, screen=interactive) as live,
     ):
         if interactive:

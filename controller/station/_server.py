@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -80,6 +82,20 @@ class StationOptions:
                 f"listening on {self.listen_host} (beyond loopback) needs sign-in: "
                 "add --users FILE (create accounts with `nebuliser station add-user`)"
             )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, telling the station when Ctrl-C or SIGTERM arrives (so the page
+    streams end at once instead of holding the graceful shutdown open)."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._loop.call_soon_threadsafe(self._on_exit)  # safe from a signal handler
+        super().handle_exit(sig, frame)
 
 
 class Station:
@@ -153,7 +169,7 @@ class Station:
             ssl_keyfile=str(options.tls_key) if options.tls_key else None,
             timeout_graceful_shutdown=2,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config, self.request_stop)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.ward.run())
             serving = tasks.create_task(self._server.serve(sockets=[sock]))
