@@ -104,7 +104,9 @@ async def main() -> None:
             )  # fmt: skip
             began = time.monotonic()
             await asyncio.sleep(WARM_UP_S)
-            await page.evaluate("window.stationStats.lagsMs.length = 0")
+            await page.evaluate(
+                "window.stationStats.lagsMs.length = 0; window.stationStats.stationLagMs.length = 0"
+            )
             bare_lags.clear()
             cpu_start, wall_start = _cpu_s(station.pid), time.monotonic()
             last_cpu, last_wall = cpu_start, wall_start
@@ -119,7 +121,9 @@ async def main() -> None:
             cpu_total = 100 * (_cpu_s(station.pid) - cpu_start) / (time.monotonic() - wall_start)
             stats = await page.evaluate(
                 "({lags: window.stationStats.lagsMs, tiles: document.querySelectorAll("
-                "'#beds > article').length, snapshots: window.stationStats.snapshots})"
+                "'#beds > article').length, snapshots: window.stationStats.snapshots, "
+                "render: window.stationStats.renderMs, apply: window.stationStats.applyMs, "
+                "pushed: window.stationStats.stationLagMs})"
             )
             ran_s = time.monotonic() - began
             await page.screenshot(path=str(Path(tmp) / "load.png"))
@@ -133,6 +137,9 @@ async def main() -> None:
     print(f"{'measure':40s} {'n':>7s} {'p50 s':>8s} {'p99 s':>8s} {'max s':>8s}")
     print(_row("reference: bare paho subscriber lag", bare_lags))
     print(_row("Chromium display lag (drawn tile)", lags))
+    print(_row("station: lag when pushed (data in push)", [ms / 1000 for ms in stats["pushed"]]))
+    print(_row("page: script time per frame drawn", [ms / 1000 for ms in stats["render"]]))
+    print(_row("page: script time per push applied", [ms / 1000 for ms in stats["apply"]]))
     print(f"station process: CPU {cpu_total:.0f} % of one core (1 s samples: max "
           f"{max(cpu_samples, default=float('nan')):.0f} %), RSS max "
           f"{max(rss_samples, default=float('nan')):.0f} MB")  # fmt: skip

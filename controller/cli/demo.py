@@ -39,6 +39,7 @@ from controller.telemetry import (
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
 from ._common import progress_bar
+from ._demo_station import demo_station, linger
 from .monitor import render_ward
 
 __all__ = ["register"]
@@ -200,6 +201,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
         async with (
             _private_broker(root, wanted=not args.no_mqtt) as broker,
             _ward_monitor(broker) as monitor,
+            demo_station(broker, wanted=args.station, ward=_WARD) as station_url,
             contextlib.AsyncExitStack() as stack,
         ):
             beds = []
@@ -228,6 +230,8 @@ async def _run_demo(args: argparse.Namespace) -> int:
                     for bed in beds:
                         await _wait_ready(bed.config)
                     code = await _scenario(beds, monitor)
+                    if broker is not None:
+                        await linger(station_url)
                 finally:
                     stop.set()
                 for service in services:
@@ -390,5 +394,10 @@ def register(subparsers: Any) -> None:
         "--no-mqtt",
         action="store_true",
         help="skip the private broker and the ward view (no 'mosquitto' needed)",
+    )
+    parser.add_argument(
+        "--station",
+        action="store_true",
+        help="also serve the ward station web page (prints its URL; the ward stays up until Enter)",
     )
     parser.set_defaults(handler=_demo)

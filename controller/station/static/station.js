@@ -12,7 +12,7 @@ const pending = new Set(); // keys to draw at the next frame
 let skewMs = 0; // local clock - station clock
 let me = { nurse: null, sign_in: "none", can_acknowledge: false };
 // Measurements for tests and bench/station_load.py: display lag of every drawn update.
-window.stationStats = { lagsMs: [], updates: 0, snapshots: 0 };
+window.stationStats = { lagsMs: [], stationLagMs: [], renderMs: [], applyMs: [], updates: 0, snapshots: 0 };
 
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -191,20 +191,26 @@ let frame = 0;
 function schedule() { if (!frame) frame = requestAnimationFrame(render); }
 function render() {
   frame = 0;
-  const drawnAt = Date.now();
+  const started = performance.now();
   const lags = window.stationStats.lagsMs;
+  const drawn = [];
   for (const key of pending) {
     const t = tiles.get(key);
     if (!t || !t.data) continue;
     draw(t);
-    if (t.data.data_ms != null && t.fresh) lags.push(drawnAt - t.data.data_ms);
+    if (t.data.data_ms != null && t.fresh) drawn.push(t.data.data_ms);
     t.fresh = false;
   }
+  const drawnAt = Date.now();
+  for (const ms of drawn) lags.push(drawnAt - ms);
   if (lags.length > 200000) lags.splice(0, lags.length - 100000);
   pending.clear();
   if (orderDirty) { reorder(); orderDirty = false; }
   summarise();
   audio.update();
+  const stats = window.stationStats;
+  stats.renderMs.push(performance.now() - started);
+  if (stats.renderMs.length > 10000) stats.renderMs.splice(0, 5000);
 }
 
 function summarise() {
@@ -219,6 +225,7 @@ function summarise() {
 }
 
 function apply(message) {
+  const started = performance.now();
   skewMs = Date.now() - message.server_ms;
   if (message.snapshot) window.stationStats.snapshots++;
   $("link").textContent = message.connected ? "broker connected" : "BROKER NOT CONNECTED";
@@ -226,12 +233,15 @@ function apply(message) {
   for (const d of message.tiles) {
     const t = tiles.get(d.key) || newTile(d.key);
     t.fresh = !t.data || t.data.data_ms !== d.data_ms;
+    if (t.fresh && d.data_ms != null) window.stationStats.stationLagMs.push(message.server_ms - d.data_ms);
     t.data = d;
     pending.add(d.key);
     window.stationStats.updates++;
   }
   if (message.order) { order = message.order; orderDirty = true; }
   schedule();
+  window.stationStats.applyMs.push(performance.now() - started);
+  if (window.stationStats.applyMs.length > 10000) window.stationStats.applyMs.splice(0, 5000);
 }
 
 let source = null;
