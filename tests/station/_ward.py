@@ -21,7 +21,16 @@ from controller.telemetry._ack_signer import AckSigningKey
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 from tests.support.mosquitto import MosquittoBroker
 
-__all__ = ["NURSE", "PASSWORD", "SENDER", "WARD", "Ward", "WardBed", "running_ward"]
+__all__ = [
+    "NURSE",
+    "PASSWORD",
+    "SENDER",
+    "WARD",
+    "Ward",
+    "WardBed",
+    "running_ward",
+    "start_session",
+]
 
 WARD = "3west"
 SENDER = "station-3west"
@@ -68,6 +77,17 @@ async def _wait_ready(config: NebuliserConfig) -> None:
             except ControlUnavailableError:
                 pass
             await asyncio.sleep(0.05)
+
+
+async def start_session(bed: WardBed) -> None:
+    """Start a dose at the bedside: request, then the head's CONFIRM button."""
+    async with ControlClient(path=bed.config.control_socket) as client:
+        await client.send("session.start")
+        message = await client.receive()
+        if message.get("event") == "awaiting_confirm":
+            bed.sim.apply(lambda model, now: model.press_confirm_button(now_ms=now))
+            message = await client.receive()
+    assert message.get("started"), message
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from controller.ledger import LEDGER_FILE_NAME, EventKind, Ledger
-from tests.station._ward import NURSE, PASSWORD, SENDER, Ward, running_ward
+from tests.station._ward import NURSE, PASSWORD, SENDER, Ward, running_ward, start_session
 from tests.support.browser import chromium
 from tests.support.mosquitto import MosquittoBroker
 
@@ -48,6 +48,10 @@ async def test_alarm_reaches_the_page_and_a_signed_in_nurse_acknowledges_it(
         # Quiet ward: sorted by bed.
         await expect(page.locator(f"{first_tile(page)} .bed")).to_have_text("bed-01")
         await expect(page.locator("#link")).to_have_text("broker connected")
+        await start_session(ward.beds[0])
+        running = page.locator("#beds > article", has_text="bed-01")
+        await expect(running.locator(".bar em")).to_contain_text("/ 0.20 mL", timeout=10_000)
+        await expect(running.locator(".state")).to_have_text("nebulising")
 
         faulty = ward.beds[2]
         raised_at = time.monotonic()
@@ -64,6 +68,12 @@ async def test_alarm_reaches_the_page_and_a_signed_in_nurse_acknowledges_it(
         await expect(alarm.locator(".action")).to_contain_text("Reconnect the head")
         assert "device_head_disconnected" not in await alarm.inner_text()
         assert seen_after_s <= 1.0, f"the alarm took {seen_after_s:.2f} s to reach the page"
+        # The audible signal: on after a click (a browser rule), pausable for 2 min only.
+        await page.click("#sound")
+        await page.click("#pause")
+        await expect(page.locator("#pause")).to_contain_text("Audio paused: 1 min 5")
+        audio = await page.evaluate("window.stationStats.audio")
+        assert audio == {"enabled": True, "paused": True, "priority": "medium"}
         # Not signed in: no Acknowledge button.
         assert await alarm.locator("button").count() == 0
         await shoot(page, "station-alarm.png")
@@ -101,6 +111,11 @@ async def _detail_view(page: Page) -> None:
     history = page.locator("#history tbody tr")
     await expect(history.first).to_contain_text("acknowledged", timeout=5_000)
     await expect(page.locator("#history tbody")).to_contain_text("raised")
+    await page.click("#detail-close")
+    # The running bed's delivery curve, with its cap.
+    await page.locator("#beds > article", has_text="bed-01").locator("header").click()
+    await expect(page.locator("#curve polyline")).to_have_count(1, timeout=5_000)
+    await shoot(page, "station-detail.png")
     await page.click("#detail-close")
 
 

@@ -142,7 +142,7 @@ function bodyHtml(d) {
   }
   const pct = d.cap_ul ? Math.min(100, (100 * (d.delivered_ul || 0)) / d.cap_ul) : 0;
   return `<div class="bar" title="delivered / cap"><span style="width:${pct.toFixed(1)}%"></span>` +
-    `<em>${mL(d.delivered_ul)} / ${mL(d.cap_ul)}</em></div><dl class="figures">` +
+    `<em>${d.cap_ul ? `${mL(d.delivered_ul)} / ${mL(d.cap_ul)}` : "no dose running"}</em></div><dl class="figures">` +
     `<dt>Time left</dt><dd>${d.running ? duration(d.time_left_s) : "–"}</dd>` +
     `<dt>Flow</dt><dd>${d.flow_ul_min == null ? "–" : (d.flow_ul_min / 1000).toFixed(2) + " mL/min"}</dd>` +
     `<dt>Reservoir</dt><dd>${mL(d.reservoir_ul)}</dd>` +
@@ -277,7 +277,13 @@ function drawDetail(d) {
   const W = 600, H = 220, L = 50, B = 25;
   const runs = d.runs;
   const cap = Math.max(1, ...runs.map((r) => r.cap_ul), ...runs.flatMap((r) => r.delivered_ul));
-  const span = Math.max(1000, ...runs.map((r) => r.utc_ms.length ? r.utc_ms[r.utc_ms.length - 1] - r.utc_ms[0] : 0));
+  let span = Math.max(1000, ...runs.map((r) => r.utc_ms.length ? r.utc_ms[r.utc_ms.length - 1] - r.utc_ms[0] : 0));
+  const cur = runs[runs.length - 1];
+  if (cur && cur.utc_ms.length >= 2) { // a run in progress: the axis reaches its expected end
+    const n = cur.utc_ms.length - 1;
+    const rate = (cur.delivered_ul[n] - cur.delivered_ul[0]) / (cur.utc_ms[n] - cur.utc_ms[0]);
+    if (rate > 0) span = Math.max(span, Math.min(4 * 3600e3, (cur.cap_ul - cur.delivered_ul[0]) / rate));
+  }
   const x = (ms, r) => L + ((ms - r.utc_ms[0]) / span) * (W - L - 10);
   const y = (ul) => H - B - (ul / cap) * (H - B - 10);
   let out = `<line x1="${L}" y1="${y(0)}" x2="${W - 10}" y2="${y(0)}" stroke="#90a4ae"/>` +
