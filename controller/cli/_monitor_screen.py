@@ -14,12 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from rich import box
 from rich.console import Group
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
 from controller.telemetry import AckRequest, BedRow, urgency_key
@@ -28,8 +24,8 @@ __all__ = ["AckChoice", "Page", "ack_choices", "layout_page", "render_rows"]
 
 _PRIORITY_STYLE = {"high": "bold white on red", "medium": "bold black on yellow", "low": "cyan"}
 _PRIORITY_MARK = {"high": "!!!", "medium": "!!", "low": "!"}
-#: Lines around the table rows: title, header, header rule, status, help.
-_CHROME_LINES = 6
+#: Lines around the rows: title, header, status, and a margin for the prompt.
+_CHROME_LINES = 4
 _MAX_CHOICES = 9
 
 
@@ -111,81 +107,119 @@ def _age(row: BedRow, now_s: float) -> str:
     return f"{_duration(max(0.0, now_s - row.last_seen_s))} ago"
 
 
-def _columns(width: int) -> list[str]:
-    """The columns that fit, most important first (the bed always)."""
-    columns = ["Bed", "State", "Data", "Alarm", "Delivered / cap"]
-    if width >= 110:
-        columns += ["Left", "Reservoir"]
-    if width >= 140:
-        columns += ["Progress", "Link", "Flow", "Seq"]
-    return columns
+#: Optional columns in the order they are given up on narrower terminals: name,
+#: width, and how wide the alarm message must still be for the column to be worth
+#: it. The bed comes first and the alarm message takes what is left.
+_COLUMNS: tuple[tuple[str, int, int], ...] = (
+    ("State", 13, 20),
+    ("Data", 9, 20),
+    ("Delivered / cap", 17, 20),
+    ("Left", 7, 30),
+    ("Reservoir", 9, 30),
+    ("Progress", 12, 40),
+    ("Link", 5, 40),
+    ("Flow", 12, 40),
+    ("Seq", 20, 50),
+)
+_GAP = 1
 
 
-def _state(row: BedRow, now_s: float) -> Text:
+def _columns(width: int, bed_width: int) -> list[tuple[str, int]]:
+    """The columns that fit `width`, most important first, the alarm last and widest."""
+    chosen = [("Bed", bed_width)]
+    used = bed_width
+    for name, size, alarm_floor in _COLUMNS:
+        if used + _GAP + size + _GAP + alarm_floor > width:
+            break
+        chosen.append((name, size))
+        used += _GAP + size
+    chosen.append(("Alarm", max(1, width - used - _GAP)))
+    return chosen
+
+
+def _fit(text: str, size: int) -> str:
+    """Pad or cut `text` to exactly `size` cells (cut with an ellipsis)."""
+    return text.ljust(size) if len(text) <= size else text[: max(0, size - 1)] + "…"
+
+
+def _state(row: BedRow, now_s: float) -> tuple[str, str]:
     if row.online is False:
         since = row.offline_since_s if row.offline_since_s is not None else row.last_seen_s
         ago = "" if since is None else f" {_duration(max(0.0, now_s - since))}"
-        return Text(f"OFFLINE{ago}", style="bold white on red")
+        return f"OFFLINE{ago}", "bold white on red"
     if row.stale:
-        return Text("NO DATA", style="bold black on yellow")
-    return Text((row.session_state or "-").replace("_", " "))
+        return "NO DATA", "bold black on yellow"
+    return (row.session_state or "-").replace("_", " "), ""
 
 
-def _alarm_cell(row: BedRow) -> Text:
-    cell = Text()
+def _alarm_cell(row: BedRow, size: int) -> Text:
+    cell = Text(no_wrap=True, overflow="ellipsis")
     for alarm in row.alarms:
         message = alarm.text or alarm.alarm_code.replace("_", " ")
         if alarm.acknowledged:
             cell.append(f"{message} (ack {alarm.acknowledged_by or ''}) ", style="dim")
         else:
-            cell.append(
-                f"{_PRIORITY_MARK[alarm.priority]} {message} ",
-                style=_PRIORITY_STYLE[alarm.priority],
-            )
+            mark = _PRIORITY_MARK[alarm.priority]
+            cell.append(f"{mark} {message} ", style=_PRIORITY_STYLE[alarm.priority])
+    cell.truncate(size, overflow="ellipsis", pad=True)
     return cell
 
 
-def _cells(row: BedRow, now_s: float) -> dict[str, Any]:
+def _bar(row: BedRow, size: int) -> str:
+    if not row.cap_ul:
+        return "-"
+    done = round(size * min(row.delivered_ul or 0, row.cap_ul) / row.cap_ul)
+    return "█" * done + "·" * (size - done)
+
+
+def _cells(row: BedRow, now_s: float) -> dict[str, tuple[str, str]]:
     current = not row.no_data  # a silent bed's last figures are not shown as if current
-    progress: Any = "-"
-    if current and row.cap_ul:
-        completed = min(row.delivered_ul or 0, row.cap_ul)
-        progress = ProgressBar(total=row.cap_ul, completed=completed, width=12)
-    seq = Text(f"gaps {row.gaps} dup {row.duplicates}")
+
+    def shown(text: str) -> tuple[str, str]:
+        return (text if current else "-"), ""
+
+    seq = f"gaps {row.gaps} dup {row.duplicates}"
     if row.unrecoverable:
-        seq.append(f" lost {row.unrecoverable}", style="red")
+        seq += f" lost {row.unrecoverable}"
     return {
-        "Bed": f"{row.ward}/{row.bed}",
+        "Bed": (f"{row.ward}/{row.bed}", "bold"),
         "State": _state(row, now_s),
-        "Data": _age(row, now_s),
-        "Alarm": _alarm_cell(row),
-        "Delivered / cap": (
-            f"{_volume(row.delivered_ul)} / {_volume(row.cap_ul)}" if current else "-"
-        ),
-        "Left": _duration(row.time_left_s) if current else "-",
-        "Reservoir": _volume(row.reservoir_ul) if current else "-",
-        "Progress": progress,
-        "Link": "-" if not current or row.link_quality_pct is None else f"{row.link_quality_pct}%",
-        "Flow": "-" if not current or row.flow_ul_min is None else f"{row.flow_ul_min} µL/min",
-        "Seq": seq,
+        "Data": (_age(row, now_s), "bold red" if row.no_data else ""),
+        "Delivered / cap": shown(f"{_volume(row.delivered_ul)} / {_volume(row.cap_ul)}"),
+        "Left": shown(_duration(row.time_left_s)),
+        "Reservoir": shown(_volume(row.reservoir_ul)),
+        "Progress": shown(_bar(row, 12)),
+        "Link": shown("-" if row.link_quality_pct is None else f"{row.link_quality_pct}%"),
+        "Flow": shown("-" if row.flow_ul_min is None else f"{row.flow_ul_min} µL/min"),
+        "Seq": (seq, "red" if row.unrecoverable else ""),
     }
 
 
 def render_rows(
     rows: Sequence[BedRow], *, now_s: float, width: int, title: str, status: str = ""
 ) -> Group:
-    """A table of exactly `rows` for a terminal `width` columns wide."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
-    bed_width = max((len(f"{r.ward}/{r.bed}") for r in rows), default=3)
-    for column in _columns(width):
-        if column == "Bed":
-            table.add_column(column, no_wrap=True, min_width=min(bed_width, width // 3))
-        elif column == "Alarm":
-            table.add_column(column, no_wrap=True, overflow="ellipsis", ratio=3)
-        else:
-            table.add_column(column, no_wrap=True, overflow="ellipsis")
-    names = _columns(width)
+    """Exactly `rows`, one line each, for a terminal `width` columns wide.
+
+    Drawn as fixed-width text lines rather than a rich Table: measuring a table
+    costs tens of milliseconds per frame, and the frame must stay cheap at 4 Hz.
+    """
+    bed_width = min(max((len(f"{r.ward}/{r.bed}") for r in rows), default=3), width // 3)
+    columns = _columns(width, bed_width)
+    header = Text(no_wrap=True, style="bold")
+    for index, (name, size) in enumerate(columns):
+        header.append(("" if index == 0 else " ") + _fit(name, size))
+    lines = [Text(title, style="bold", no_wrap=True, overflow="ellipsis"), header]
     for row in rows:
         cells = _cells(row, now_s)
-        table.add_row(*(cells[name] for name in names))
-    return Group(table, Text(status, style="dim", no_wrap=True, overflow="ellipsis"))
+        line = Text(no_wrap=True)
+        for index, (name, size) in enumerate(columns):
+            if index:
+                line.append(" ")
+            if name == "Alarm":
+                line.append_text(_alarm_cell(row, size))
+            else:
+                text, style = cells[name]
+                line.append(_fit(text, size), style=style)
+        lines.append(line)
+    lines.append(Text(status, style="dim", no_wrap=True, overflow="ellipsis"))
+    return Group(*lines)

@@ -105,10 +105,10 @@ def test_pages_sort_by_urgency_and_fit_the_terminal() -> None:
     rows[57].alarms = [alarm("DRY_CUP", "high", 0)]
     first = layout_page(rows, height=24, page=0)
     assert first.rows[0].bed == "B057", "the bed in alarm is on top, not below the fold"
-    assert len(first.rows) == 24 - 6
-    assert first.count == 6
+    assert len(first.rows) == 24 - 4
+    assert first.count == 5
     last = layout_page(rows, height=24, page=99)
-    assert (last.number, len(last.rows)) == (5, 100 - 5 * 18)
+    assert (last.number, len(last.rows)) == (4, 100 - 4 * 20)
 
 
 def test_narrow_terminal_keeps_the_bed_and_the_alarm_message() -> None:
