@@ -127,36 +127,60 @@ function newTile(key) {
   el.className = "tile";
   el.dataset.key = key;
   el.innerHTML = `<header><span class="bed"></span><span class="ward"></span><span class="state"></span></header>
-    <div class="age"></div><div class="body"></div><div class="alarms"></div>`;
-  const t = { el, data: null, alarmsHtml: null, bodyHtml: null };
+    <div class="age"></div>
+    <div class="silent" hidden></div><p class="hidden-note" hidden>Figures hidden: they are not current.</p>
+    <div class="current"><div class="bar" title="delivered / cap"><span></span><em></em></div>
+    <dl class="figures"><dt>Time left</dt><dd class="left"></dd><dt>Flow</dt><dd class="flow"></dd>
+    <dt>Reservoir</dt><dd class="reservoir"></dd><dt>Link</dt><dd class="linkq"></dd>
+    <dt class="rx-label">Prescription</dt><dd class="rx"></dd><dt class="lost-label">Lost samples</dt><dd class="lost"></dd></dl></div>
+    <div class="alarms"></div>`;
+  const q = (selector) => el.querySelector(selector);
+  // Element references are kept: a frame only sets text, it never re-parses HTML.
+  const t = {
+    el, data: null, alarmsHtml: null, fresh: false, cls: "",
+    bed: q(".bed"), ward: q(".ward"), state: q(".state"), age: q(".age"), silent: q(".silent"),
+    note: q(".hidden-note"), current: q(".current"), fill: q(".bar > span"), barText: q(".bar > em"),
+    left: q(".left"), flow: q(".flow"), reservoir: q(".reservoir"), linkq: q(".linkq"),
+    rx: q(".rx"), rxLabel: q(".rx-label"), lost: q(".lost"), lostLabel: q(".lost-label"), alarms: q(".alarms"),
+  };
   tiles.set(key, t);
   $("beds").appendChild(el);
   orderDirty = true;
   return t;
 }
 
-function bodyHtml(d) {
-  if (d.status !== "ok") {
-    const what = d.status === "offline" ? "OFFLINE" : "NO DATA";
-    return `<div class="silent">${what} since ${clock(d.since_ms)}</div><p>Figures hidden: they are not current.</p>`;
+function setText(node, text) { if (node.textContent !== text) node.textContent = text; }
+function show(node, visible) { if (node.hidden === visible) node.hidden = !visible; }
+
+function drawFigures(t, d) {
+  const ok = d.status === "ok";
+  show(t.current, ok);
+  show(t.silent, !ok);
+  show(t.note, !ok);
+  if (!ok) {  // stale figures are hidden, never shown as if current
+    setText(t.silent, `${d.status === "offline" ? "OFFLINE" : "NO DATA"} since ${clock(d.since_ms)}`);
+    return;
   }
   const pct = d.cap_ul ? Math.min(100, (100 * (d.delivered_ul || 0)) / d.cap_ul) : 0;
-  return `<div class="bar" title="delivered / cap"><span style="width:${pct.toFixed(1)}%"></span>` +
-    `<em>${d.cap_ul ? `${mL(d.delivered_ul)} / ${mL(d.cap_ul)}` : "no dose running"}</em></div><dl class="figures">` +
-    `<dt>Time left</dt><dd>${d.running ? duration(d.time_left_s) : "–"}</dd>` +
-    `<dt>Flow</dt><dd>${d.flow_ul_min == null ? "–" : (d.flow_ul_min / 1000).toFixed(2) + " mL/min"}</dd>` +
-    `<dt>Reservoir</dt><dd>${mL(d.reservoir_ul)}</dd>` +
-    `<dt>Link</dt><dd>${d.link_quality_pct == null ? "–" : d.link_quality_pct + " %"}</dd>` +
-    (d.prescription ? `<dt>Prescription</dt><dd>${esc(d.prescription)}</dd>` : "") +
-    (d.lost ? `<dt>Lost samples</dt><dd>${d.lost}</dd>` : "") + `</dl>`;
+  const width = `${pct.toFixed(1)}%`;
+  if (t.fill.style.width !== width) t.fill.style.width = width;
+  setText(t.barText, d.cap_ul ? `${mL(d.delivered_ul)} / ${mL(d.cap_ul)}` : "no dose running");
+  setText(t.left, d.running ? duration(d.time_left_s) : "–");
+  setText(t.flow, d.flow_ul_min == null ? "–" : (d.flow_ul_min / 1000).toFixed(2) + " mL/min");
+  setText(t.reservoir, mL(d.reservoir_ul));
+  setText(t.linkq, d.link_quality_pct == null ? "–" : d.link_quality_pct + " %");
+  show(t.rxLabel, !!d.prescription); show(t.rx, !!d.prescription);
+  setText(t.rx, d.prescription || "");
+  show(t.lostLabel, !!d.lost); show(t.lost, !!d.lost);
+  setText(t.lost, String(d.lost || ""));
 }
 
 function drawAge(t) {
   const d = t.data;
   const age = d.last_seen_ms == null ? null : (stationNow() - d.last_seen_ms) / 1000;
-  const el = t.el.querySelector(".age");
-  el.textContent = age == null ? "no data yet" : `data ${duration(age)} old`;
-  el.classList.toggle("old", d.status !== "ok");
+  setText(t.age, age == null ? "no data yet" : `data ${duration(age)} old`);
+  const old = d.status !== "ok";
+  if (t.age.classList.contains("old") !== old) t.age.classList.toggle("old", old);
 }
 
 function draw(t) {
@@ -165,14 +189,13 @@ function draw(t) {
   let cls = "tile";
   if (d.status !== "ok") cls += " " + d.status;
   if (top) cls += top.acknowledged ? " p-acked" : " p-" + top.priority;
-  if (t.el.className !== cls) t.el.className = cls;
-  t.el.querySelector(".bed").textContent = d.bed;
-  t.el.querySelector(".ward").textContent = d.ward;
-  t.el.querySelector(".state").textContent = d.status === "ok" ? (d.state || "–").replaceAll("_", " ") : d.status === "offline" ? "offline" : "no data";
-  const body = bodyHtml(d);
-  if (body !== t.bodyHtml) { t.el.querySelector(".body").innerHTML = body; t.bodyHtml = body; }
+  if (t.cls !== cls) { t.el.className = cls; t.cls = cls; }
+  setText(t.bed, d.bed);
+  setText(t.ward, d.ward);
+  setText(t.state, d.status === "ok" ? (d.state || "–").replaceAll("_", " ") : d.status === "offline" ? "offline" : "no data");
+  drawFigures(t, d);
   const alarms = alarmsHtml(d); // rebuilt only when it changed: a button under a finger stays put
-  if (alarms !== t.alarmsHtml) { t.el.querySelector(".alarms").innerHTML = alarms; t.alarmsHtml = alarms; }
+  if (alarms !== t.alarmsHtml) { t.alarms.innerHTML = alarms; t.alarmsHtml = alarms; }
   drawAge(t);
 }
 
