@@ -40,11 +40,13 @@ PASSWORD = "correct horse battery"
 
 @dataclass(frozen=True, kw_only=True)
 class WardBed:
-    """One bed: its simulated head and its controller's configuration."""
+    """One bed: its simulated head, its controller's configuration, and the event
+    that shuts its controller down (cleanly: it publishes itself offline)."""
 
     name: str
     sim: RunningSimulator
     config: NebuliserConfig
+    stop: asyncio.Event
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,11 +141,11 @@ async def running_ward(
                     host=broker.host, port=broker.port, client_id=f"ctl-{name}", telemetry_hz=1
                 ),
             )
-            ward_beds.append(WardBed(name=name, sim=sim, config=config))
-        stop = asyncio.Event()
+            ward_beds.append(WardBed(name=name, sim=sim, config=config, stop=asyncio.Event()))
         async with asyncio.TaskGroup() as group:
             services = [
-                group.create_task(run_service(bed.config, stop_requested=stop)) for bed in ward_beds
+                group.create_task(run_service(bed.config, stop_requested=bed.stop))
+                for bed in ward_beds
             ]
             serving = group.create_task(station.run())
             try:
@@ -152,7 +154,8 @@ async def running_ward(
                     await _wait_ready(bed.config)
                 yield Ward(broker=broker, beds=ward_beds, station=station)
             finally:
-                stop.set()
+                for bed in ward_beds:
+                    bed.stop.set()
                 station.request_stop()
             for task in (*services, serving):
                 await task

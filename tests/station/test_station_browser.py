@@ -103,6 +103,23 @@ async def test_alarm_reaches_the_page_and_a_signed_in_nurse_acknowledges_it(
         assert width <= 820, f"the tablet page scrolls sideways ({width} px)"
         await shoot(tablet, "station-tablet.png")
         await _acknowledgement_was_signed(ward)
+        await _offline_bed_hides_its_figures(page, ward)
+
+
+async def _offline_bed_hides_its_figures(page: Page, ward: Ward) -> None:
+    # bed-02's controller shuts down: it says so (retained presence), the tile turns
+    # OFFLINE with since when, hides its figures, and ranks above bed-03 (whose alarm
+    # is acknowledged now).
+    ward.beds[1].stop.set()
+    offline = page.locator("#beds > article", has_text="bed-02")
+    await expect(offline.locator(".silent")).to_contain_text("OFFLINE since", timeout=15_000)
+    await expect(offline.locator(".current")).to_be_hidden()
+    await expect(offline.locator(".state")).to_have_text("offline")
+    keys = await page.eval_on_selector_all(
+        "#beds > article", "tiles => tiles.map(t => t.dataset.key)"
+    )
+    assert keys.index("3west/bed-02") < keys.index("3west/bed-03"), keys
+    await shoot(page, "station-offline.png")
 
 
 async def _detail_view(page: Page) -> None:

@@ -218,3 +218,39 @@ async def test_acknowledging_needs_a_signed_in_nurse_and_a_signing_key(
         assert station.ward.monitor.acks_sent == 0
         with pytest.raises(AckError):
             station.ward.acknowledge(ward="W7", bed="B03", alarm_code="x", nurse="j.smith")
+
+
+@pytest.mark.slow
+async def test_reverse_proxy_header_names_the_nurse(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    station = Station(
+        StationOptions(
+            mqtt=MqttSettings(
+                host=mosquitto_broker.host, port=mosquitto_broker.port, client_id="station-proxy"
+            ),
+            listen_port=0,
+            proxy_header="X-Remote-User",
+        )
+    )
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(station.run())
+        await asyncio.wait_for(station.started.wait(), 20)
+        try:
+            _, me, _ = await asyncio.to_thread(
+                request, station.url + "api/me", None, {"X-Remote-User": "a.nurse"}
+            )
+            assert (me["nurse"], me["sign_in"]) == ("a.nurse", "proxy")
+            _, me, _ = await asyncio.to_thread(
+                request, station.url + "api/me", None, {"X-Remote-User": "bad name;"}
+            )
+            assert me["nurse"] is None, "a name that cannot be signed is nobody"
+            status, _, _ = await asyncio.to_thread(
+                request,
+                station.url + "api/login",
+                {"name": "a.nurse", "password": "x" * 8},
+                {"X-Station": "1"},
+            )
+            assert status == 400, "no passwords when the proxy signs nurses in"
+        finally:
+            station.request_stop()
