@@ -35,12 +35,19 @@ from controller.telemetry._schemas import (
     SessionMessage,
     StateMessage,
     TelemetryMessage,
+    _DeviceFields,
 )
-from controller.telemetry._topics import parse_bed_topic
+from controller.telemetry._topics import SCHEMA_ROUTES, parse_bed_topic
 
 __all__ = ["BackfillAsk", "BedRow", "SeqTracker", "WardModel", "urgency_key"]
 
 _PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
+# The schema each device topic carries (the publisher's routes), for the fast path.
+_SCHEMA_BY_SUFFIX: dict[str, type[_DeviceFields]] = {
+    route.suffix: DEVICE_SCHEMAS[schema]
+    for schema, route in SCHEMA_ROUTES.items()
+    if schema in DEVICE_SCHEMAS
+}
 # Topics under a bed that are not the device's own stream.
 _NOT_DEVICE_STREAM = ("backfill/request", "cmd/ack", "command")
 
@@ -236,13 +243,14 @@ class WardModel:
     ) -> list[dict[str, Any]]:
         """Apply one MQTT message; returns normalised events (one JSON object each)."""
         where = parse_bed_topic(self._root, topic)
-        if where is None:
-            return []
+        if where is None or where[2] in _NOT_DEVICE_STREAM:
+            return []  # not ours, or monitor -> controller traffic (not the device stream)
         ward, bed, suffix = where
-        if suffix in _NOT_DEVICE_STREAM:
-            return []  # monitor -> controller traffic; not part of the device stream
         if suffix == "command/reply":
             return self._apply_reply(ward, bed, payload)
+        fast = _parse_by_topic(suffix, payload)
+        if fast is not None:
+            return self._apply_device(fast, topic=topic, now_s=now_s, retained=retained)
         try:
             body = json.loads(payload)
             schema = body.get("schema") if isinstance(body, dict) else None
@@ -423,6 +431,19 @@ class WardModel:
                 for lo, hi in ranges
             )
         return asks
+
+
+def _parse_by_topic(suffix: str, payload: bytes) -> _DeviceFields | None:
+    """The usual case, where the topic says the schema: pydantic parses the JSON
+    itself (several times faster than json.loads + model_validate). None for
+    anything unexpected: the general path then names the error."""
+    model = _SCHEMA_BY_SUFFIX.get(suffix)
+    if model is None:
+        return None
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError:
+        return None
 
 
 def _apply_alarm_event(alarms: list[ActiveAlarm], event: AlarmMessage) -> list[ActiveAlarm]:

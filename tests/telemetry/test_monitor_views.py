@@ -170,3 +170,12 @@ def test_other_identity_rows_are_separate_beds() -> None:
     )
     assert model.row("W7", "B01") is not None
     assert model.row("W7", "B99") is None
+
+
+def test_a_message_on_an_unexpected_topic_still_goes_by_its_schema() -> None:
+    # The fast path trusts the topic only when the payload validates against it.
+    model = WardModel(root_topic=ROOT)
+    model.feed(TELEMETRY_TOPIC, alarm_payload(1, "raised"), now_s=0)
+    (row,) = model.rows(now_s=0)
+    assert [a.alarm_code for a in row.alarms] == ["device_head_disconnected"]
+    assert model.invalid == 0
