@@ -108,6 +108,8 @@ class StationWard:
         key = bed_key(ward, bed)
         history = self._acks.setdefault(key, [])
         history.append(ack)
+        for forgotten in history[:-_MAX_ACKS_PER_BED]:
+            self._acks_by_id.pop(forgotten.command_id, None)
         del history[:-_MAX_ACKS_PER_BED]
         self._acks_by_id[command_id] = (key, ack)
         self.monitor.acknowledge(

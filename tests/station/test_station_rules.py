@@ -175,6 +175,11 @@ def request(
         return exc.code, json.loads(exc.read()), ""
 
 
+def page_headers(url: str) -> dict[str, str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return {name.lower(): value for name, value in response.headers.items()}
+
+
 @pytest.mark.slow
 async def test_acknowledging_needs_a_signed_in_nurse_and_a_signing_key(
     mosquitto_broker: MosquittoBroker, tmp_path: Path
@@ -188,6 +193,9 @@ async def test_acknowledging_needs_a_signed_in_nurse_and_a_signing_key(
         assert (status, body["error"]) == (401, "sign in to acknowledge alarms")
         status, body, _ = await asyncio.to_thread(request, base + "api/ack", ack)
         assert status == 403, "a request without the page's header is refused (CSRF)"
+        headers = await asyncio.to_thread(page_headers, base)
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
         status, body, _ = await asyncio.to_thread(
             request,
             base + "api/login",
