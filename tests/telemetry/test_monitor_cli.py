@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -17,10 +18,11 @@ import pytest
 from rich.console import Console
 
 from controller.cli._monitor_screen import ack_choices, layout_page, render_rows
-from controller.cli.monitor import _LiveView, parse_broker_url
+from controller.cli.monitor import _LiveView, parse_broker_url, run_live
 from controller.telemetry import (
     ActiveAlarm,
     BedRow,
+    DeviceIdentity,
     MqttSettings,
     OutboxPublisher,
     WardModel,
@@ -29,6 +31,7 @@ from controller.telemetry import (
 from tests.support.mosquitto import MosquittoBroker
 from tests.support.outbox import LedgerBackedOutbox
 from tests.telemetry.helpers import IDENTITY, ROOT, settings_for, telemetry
+from tests.telemetry.test_publisher import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -242,3 +245,52 @@ async def test_json_mode_prints_one_event_per_line(
     assert child.returncode == 0
     assert [e["seq"] for e in telemetry_events()] == seqs
     assert {e["bed"] for e in telemetry_events()} == {"B03"}
+
+
+@pytest.mark.slow
+async def test_live_view_renders_at_a_bounded_rate_not_per_message(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    # 600 messages from 200 beds arrive within the run; the view still draws at most
+    # one frame per render interval, one page only, and a frame shows the newest data.
+    outbox = LedgerBackedOutbox(path=tmp_path / "ledger.sqlite3")
+    publisher = OutboxPublisher(
+        settings=settings_for(mosquitto_broker), identity=IDENTITY, outbox=outbox
+    )
+    frames: list[list[BedRow]] = []
+    model = WardModel(root_topic=ROOT, message_events=False)
+    console = Console(file=io.StringIO(), width=120, height=40, force_terminal=True)
+    run_s, interval_s = 4.0, 0.25
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(publisher.run())
+        await publisher.wait_connected()
+        live = tasks.create_task(
+            run_live(
+                settings_for(mosquitto_broker, client_id="live-view"),
+                model,
+                "test",
+                "W7",
+                run_s,
+                console=console,
+                render_interval_s=interval_s,
+                on_render=lambda rows, _at: frames.append(list(rows)),
+                keyboard=False,
+            )
+        )
+        identities = [
+            DeviceIdentity(device_id=f"MN1-{n:04d}", ward="W7", bed=f"B{n:03d}", boot_id="b")
+            for n in range(200)
+        ]
+        for round_ in range(3):
+            for identity in identities:
+                outbox.append(telemetry(round_, identity=identity))
+            publisher.notify()
+        await wait_until(lambda: outbox.count() == 0, timeout_s=10, what="drain")
+        await live
+        publisher.request_stop()
+    assert len(frames) <= run_s / interval_s + 2, f"{len(frames)} frames: drawn per message?"
+    assert len(frames[-1]) == 40 - 4, "one terminal page, not the whole ward"
+    beds = [[row for row in frame if row.device_id != IDENTITY.device_id] for frame in frames]
+    assert any(frame and all(row.delivered_ul == 2 for row in frame) for frame in beds), (
+        "no frame showed the newest data"
+    )
