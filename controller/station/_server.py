@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,18 @@ class StationOptions:
             )
 
 
+def _check_tls(cert: Path, key: Path) -> None:
+    """Load the page's certificate and key now, so a mistake is a clear message at
+    start-up rather than a traceback from inside the web server."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StationConfigError(
+            f"--tls-cert {cert} / --tls-key {key}: {exc}; give a PEM certificate and "
+            "its private key (readable by this user)"
+        ) from exc
+
+
 class _Server(uvicorn.Server):
     """uvicorn, telling the station when Ctrl-C or SIGTERM arrives (so the page
     streams end at once instead of holding the graceful shutdown open)."""
@@ -106,6 +119,13 @@ class Station:
         self.options = options
         users = UsersFile.load(options.users_file) if options.users_file else None
         loopback = is_loopback(options.listen_host)
+        if users is not None and not users.hashes and not loopback:
+            raise StationConfigError(
+                f"no accounts in {users.path}: nobody could sign in; add one with "
+                f"`nebuliser station --add-user NAME --users {users.path}`"
+            )
+        if options.tls_cert is not None and options.tls_key is not None:
+            _check_tls(options.tls_cert, options.tls_key)
         self.auth = StationAuth(
             users=users,
             proxy_header=options.proxy_header,

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from controller.cli import main
 from controller.station import (
@@ -97,6 +103,19 @@ def test_beyond_loopback_needs_tls_and_sign_in(changes: dict[str, Any], message:
         tls_key=Path("k"),
         users_file=Path("u"),
     ).check()
+
+
+def test_unusable_tls_files_or_an_empty_users_file_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = tmp_path / "users"
+    UsersFile.load(users).set_password("j.smith", "correct horse")
+    args = ["station", "--broker", "mqtt://127.0.0.1:1884", "--listen", "0.0.0.0:8443"]
+    tls = ["--tls-cert", str(tmp_path / "missing.crt"), "--tls-key", str(tmp_path / "k")]
+    assert main([*args, *tls, "--users", str(users)]) == 2
+    assert "give a PEM certificate" in capsys.readouterr().err
+    assert main([*args, *tls, "--users", str(tmp_path / "empty")]) == 2
+    assert "no accounts in" in capsys.readouterr().err
 
 
 def test_station_command_refuses_exposure_without_tls(capsys: pytest.CaptureFixture[str]) -> None:
@@ -260,5 +279,74 @@ async def test_reverse_proxy_header_names_the_nurse(
                 {"X-Station": "1"},
             )
             assert status == 400, "no passwords when the proxy signs nurses in"
+        finally:
+            station.request_stop()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1 (the page's TLS, not the broker's)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "station.test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "page.crt", tmp_path / "page.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def tls_login(url: str, cafile: Path) -> tuple[int, str]:
+    context = ssl.create_default_context(cafile=str(cafile))
+    body = json.dumps({"name": "j.smith", "password": "correct horse"}).encode()
+    req = urllib.request.Request(url, data=body, headers={"X-Station": "1"})
+    with urllib.request.urlopen(req, timeout=10, context=context) as response:
+        return response.status, response.headers.get("Set-Cookie", "")
+
+
+@pytest.mark.slow
+async def test_the_page_over_tls_sets_a_secure_cookie(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path)
+    users = UsersFile.load(tmp_path / "users")
+    users.set_password("j.smith", "correct horse")
+    station = Station(
+        StationOptions(
+            mqtt=MqttSettings(
+                host=mosquitto_broker.host, port=mosquitto_broker.port, client_id="station-tls"
+            ),
+            listen_port=0,
+            users_file=users.path,
+            tls_cert=cert,
+            tls_key=key,
+        )
+    )
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(station.run())
+        await asyncio.wait_for(station.started.wait(), 20)
+        try:
+            assert station.url.startswith("https://127.0.0.1:")
+            status, cookie = await asyncio.to_thread(tls_login, station.url + "api/login", cert)
+            assert status == 200
+            assert "Secure" in cookie
         finally:
             station.request_stop()
