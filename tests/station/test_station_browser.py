@@ -54,20 +54,25 @@ async def test_alarm_reaches_the_page_and_a_signed_in_nurse_acknowledges_it(
         await expect(running.locator(".state")).to_have_text("nebulising")
 
         faulty = ward.beds[2]
-        raised_at = time.monotonic()
+        raised_at = time.time()
         faulty.sim.apply(
             lambda model, now: model.set_condition("head_disconnected", True, now_ms=now)
         )
         top = page.locator(first_tile(page))
         await expect(top.locator(".alarm.high, .alarm.medium").first).to_be_visible(timeout=5_000)
-        seen_after_s = time.monotonic() - raised_at
+        # Measured by the page itself (when it first drew the alarm), not by polling.
+        drawn_ms = await page.evaluate(
+            "window.stationStats.alarmDrawnMs['3west/bed-03|device_head_disconnected']"
+        )
+        seen_after_s = drawn_ms / 1000 - raised_at
         # The alarm's bed moved to the top, with the message and the nurse action,
         # not the code.
         await expect(top.locator(".bed")).to_have_text("bed-03")
         alarm = top.locator(".alarm").first
         await expect(alarm.locator(".action")).to_contain_text("Reconnect the head")
         assert "device_head_disconnected" not in await alarm.inner_text()
-        assert seen_after_s <= 1.0, f"the alarm took {seen_after_s:.2f} s to reach the page"
+        print(f"alarm drawn on the page {seen_after_s:.3f} s after the fault")  # for the log
+        assert 0 < seen_after_s <= 1.0, f"the alarm took {seen_after_s:.2f} s to reach the page"
         # The audible signal: on after a click (a browser rule), pausable for 2 min only.
         await page.click("#sound")
         await page.click("#pause")

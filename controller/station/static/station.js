@@ -12,7 +12,7 @@ const pending = new Set(); // keys to draw at the next frame
 let skewMs = 0; // local clock - station clock
 let me = { nurse: null, sign_in: "none", can_acknowledge: false };
 // Measurements for tests and bench/station_load.py: display lag of every drawn update.
-window.stationStats = { lagsMs: [], stationLagMs: [], renderMs: [], applyMs: [], updates: 0, snapshots: 0 };
+window.stationStats = { lagsMs: [], stationLagMs: [], renderMs: [], applyMs: [], updates: 0, snapshots: 0, alarmDrawnMs: {} };
 
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -195,7 +195,12 @@ function draw(t) {
   setText(t.state, d.status === "ok" ? (d.state || "–").replaceAll("_", " ") : d.status === "offline" ? "offline" : "no data");
   drawFigures(t, d);
   const alarms = alarmsHtml(d); // rebuilt only when it changed: a button under a finger stays put
-  if (alarms !== t.alarmsHtml) { t.alarms.innerHTML = alarms; t.alarmsHtml = alarms; }
+  if (alarms !== t.alarmsHtml) {
+    t.alarms.innerHTML = alarms;
+    t.alarmsHtml = alarms;
+    const drawn = window.stationStats.alarmDrawnMs; // when each alarm was first on screen
+    for (const a of d.alarms) drawn[`${d.key}|${a.code}`] ??= Date.now();
+  }
   drawAge(t);
 }
 
