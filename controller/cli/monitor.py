@@ -237,6 +237,13 @@ def _cbreak(stream: TextIO, *, enabled: bool = True) -> Iterator[bool]:
 RenderHook = Callable[[list[BedRow], float], None]
 
 
+def _read_keys(fd: int, keys: asyncio.Queue[str]) -> None:
+    # Read the fd itself: sys.stdin.read(1) would pull several keys into Python's
+    # buffer and leave all but the first unseen until the next key press.
+    for key in os.read(fd, 64).decode(errors="ignore"):
+        keys.put_nowait(key)
+
+
 class _LiveView:
     """Key handling and paging state of the live view (the screen itself is pure:
     `controller.cli._monitor_screen`)."""
@@ -270,10 +277,7 @@ class _LiveView:
 
     def ask_which(self, rows: Sequence[BedRow]) -> None:
         if not self.can_sign:
-            self.status = (
-                "acknowledging needs the station's signing key: start with --key, "
-                "--sender and --counter-file (beds refuse unsigned acknowledgements)"
-            )
+            self.status = "to acknowledge, start with --key --sender --counter-file (signed only)"
             return
         self.choices = ack_choices(rows)
         if not self.choices:
@@ -320,7 +324,7 @@ async def run_live(
         Live(console=console, auto_refresh=False, screen=interactive) as live,
     ):
         if interactive:
-            loop.add_reader(sys.stdin.fileno(), lambda: keys.put_nowait(sys.stdin.read(1)))
+            loop.add_reader(sys.stdin.fileno(), _read_keys, sys.stdin.fileno(), keys)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(monitor.run())

@@ -85,7 +85,7 @@ def test_live_view_keys_page_and_ask_before_acknowledging() -> None:
     unsigned = _LiveView(monitor=monitor, can_sign=False)
     unsigned.key("a", rows)
     assert unsigned.choices is None
-    assert "signing key" in unsigned.status, "no key: says what it needs, sends nothing"
+    assert "--key" in unsigned.status, "no key: says what it needs, sends nothing"
     view = _LiveView(monitor=monitor, can_sign=True)
     view.key("n", rows)
     view.key("n", rows)
