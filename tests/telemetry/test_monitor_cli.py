@@ -18,7 +18,7 @@ import pytest
 from rich.console import Console
 
 from controller.cli._monitor_screen import ack_choices, layout_page, render_rows
-from controller.cli.monitor import _LiveView, parse_broker_url, run_live
+from controller.cli.monitor import _LiveView, _read_keys, parse_broker_url, run_live
 from controller.telemetry import (
     ActiveAlarm,
     BedRow,
@@ -294,3 +294,16 @@ async def test_live_view_renders_at_a_bounded_rate_not_per_message(
     assert any(frame and all(row.delivered_ul == 2 for row in frame) for frame in beds), (
         "no frame showed the newest data"
     )
+
+
+async def test_every_key_of_a_burst_is_seen() -> None:
+    # Two keys typed fast arrive in one read; both must reach the view.
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"na")
+        keys: asyncio.Queue[str] = asyncio.Queue()
+        _read_keys(read_end, keys)
+        assert [keys.get_nowait(), keys.get_nowait()] == ["n", "a"]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
