@@ -73,7 +73,9 @@ def register(subparsers: Any) -> None:
         "--broker",
         help="mqtt://HOST:PORT or mqtts://HOST:PORT (default: the [mqtt] section of --config)",
     )
-    parser.add_argument("--ward", help="only this ward (default: every ward under the root)")
+    parser.add_argument(
+        "--ward", help="only this ward, or W1,W2 for several (default: every ward under the root)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per event per line")
     parser.add_argument("--root", default=None, help="topic root (default nebuliser/v1)")
     add_broker_options(parser)

@@ -40,7 +40,9 @@ def register(subparsers: Any) -> None:
         default="127.0.0.1:8080",
         help="HOST:PORT to serve the page on (default 127.0.0.1:8080, loopback only)",
     )
-    parser.add_argument("--ward", help="only this ward (default: every ward under the root)")
+    parser.add_argument(
+        "--ward", help="only this ward, or W1,W2 for several (default: every ward under the root)"
+    )
     parser.add_argument("--root", default=None, help="topic root (default nebuliser/v1)")
     add_broker_options(parser)
     parser.add_argument("--config", type=Path, help="controller configuration file (TOML)")

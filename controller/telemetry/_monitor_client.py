@@ -68,7 +68,12 @@ class WardMonitor:
         self._settings = settings
         self.model = model
         self._sender = require_safe_level("sender", sender)
-        self._ward = require_safe_level("ward", ward) if ward is not None else None
+        # One ward, several (comma-separated: one subscription each), or every ward.
+        self._wards = (
+            [require_safe_level("ward", w.strip()) for w in ward.split(",")]
+            if ward is not None
+            else []
+        )
         self._on_events = on_events
         self._clock = clock
         self._backfill_interval_s = backfill_interval_s
@@ -79,9 +84,10 @@ class WardMonitor:
         self.acks_sent = 0
 
     @property
-    def subscription(self) -> str:
-        """The topic filter: one ward, or every ward under the root."""
-        return f"{self._settings.root_topic}/{self._ward or '+'}/+/#"
+    def subscriptions(self) -> list[str]:
+        """The topic filters: one per ward, or every ward under the root."""
+        root = self._settings.root_topic
+        return [f"{root}/{ward}/+/#" for ward in self._wards] or [f"{root}/+/+/#"]
 
     def acknowledge(self, request: AckRequest) -> None:
         """Queue an alarm acknowledgement (sent when connected)."""
@@ -103,7 +109,8 @@ class WardMonitor:
             try:
                 async with mqtt_client(self._settings, client_id=client_id) as client:
                     backoff_s = self._settings.reconnect_initial_s
-                    await client.subscribe(self.subscription, qos=1)
+                    for topic_filter in self.subscriptions:
+                        await client.subscribe(topic_filter, qos=1)
                     self.connected.set()
                     await self._serve(client)
                     return

@@ -11,7 +11,9 @@ from controller.telemetry import (
     ActiveAlarm,
     BedRow,
     DeviceIdentity,
+    MqttSettings,
     WardModel,
+    WardMonitor,
     encode_presence,
     outbox_entry,
     urgency_key,
@@ -179,3 +181,14 @@ def test_a_message_on_an_unexpected_topic_still_goes_by_its_schema() -> None:
     (row,) = model.rows(now_s=0)
     assert [a.alarm_code for a in row.alarms] == ["device_head_disconnected"]
     assert model.invalid == 0
+
+
+def test_monitor_subscribes_to_one_several_or_all_wards() -> None:
+    def filters(ward: str | None) -> list[str]:
+        settings = MqttSettings(client_id="t")
+        model = WardModel(root_topic=ROOT)
+        return WardMonitor(settings=settings, model=model, sender="s", ward=ward).subscriptions
+
+    assert filters("W7") == [f"{ROOT}/W7/+/#"]
+    assert filters("W7, W8") == [f"{ROOT}/W7/+/#", f"{ROOT}/W8/+/#"]
+    assert filters(None) == [f"{ROOT}/+/+/#"]
