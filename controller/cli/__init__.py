@@ -33,6 +33,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "prescription",
     "audit",
     "monitor",
+    "station",
     "report",
     "completion",
 )
@@ -58,6 +59,7 @@ _LAZY_COMMANDS: dict[str, dict[str, str]] = {
     "prescription": {"prescription": "sign or verify prescription files"},
     "audit": {"audit": "verify the tamper-evident audit log"},
     "monitor": {"monitor": "watch a ward's beds live over MQTT"},
+    "station": {"station": "serve the ward station web page (live beds, alarms, acknowledgement)"},
     "report": {"report": "clinical reports from the ledger: session table/CSV, FHIR, plots"},
     "completion": {"completion": "print a bash or zsh completion script"},
 }

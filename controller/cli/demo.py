@@ -44,6 +44,7 @@ from controller.telemetry import (
 )
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
+from ._demo_station import demo_station, linger
 from ._demo_view import BedProgress, DemoView
 from .monitor import render_ward
 
@@ -205,6 +206,7 @@ async def _run_demo(args: argparse.Namespace, view: DemoView) -> int:
         async with (
             _private_broker(root, view, wanted=not args.no_mqtt) as broker,
             _ward_monitor(broker) as monitor,
+            demo_station(broker, wanted=args.station, ward=_WARD) as station_url,
             contextlib.AsyncExitStack() as stack,
         ):
             beds = []
@@ -233,6 +235,8 @@ async def _run_demo(args: argparse.Namespace, view: DemoView) -> int:
                     for bed in beds:
                         await _wait_ready(bed.config)
                     code = await _scenario(beds, monitor, view)
+                    if broker is not None:
+                        await linger(station_url)
                 finally:
                     stop.set()
                 for service in services:
@@ -450,5 +454,10 @@ def register(subparsers: Any) -> None:
         "--no-mqtt",
         action="store_true",
         help="skip the private broker and the ward view (no 'mosquitto' needed)",
+    )
+    parser.add_argument(
+        "--station",
+        action="store_true",
+        help="also serve the ward station web page (prints its URL; the ward stays up until Enter)",
     )
     parser.set_defaults(handler=_demo)

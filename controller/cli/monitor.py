@@ -3,8 +3,11 @@
     nebuliser monitor --broker mqtt://ward-broker:1883 --ward W7
     nebuliser monitor --broker mqtt://127.0.0.1:1883 --json | jq .
 
-Keys in the live view: `a` acknowledges the most urgent unacknowledged alarm of
-the ward (over MQTT; the controller applies it and every monitor sees it), `q` quits.
+The live view lists the beds most urgent first, one terminal page at a time
+(n / space: next page, p / b: previous), with each alarm's message and the age
+of every bed's data. `a` lists the unacknowledged alarms and asks which one to
+acknowledge (1-9); the acknowledgement is a signed `alarm.ack` (needs --key,
+--sender and --counter-file, the same sender as a ward station). `q` quits.
 """
 
 from __future__ import annotations
@@ -19,30 +22,43 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from controller.config import ConfigError, load_config
+from controller.security import KeyFileError
 from controller.telemetry import (
     AckRequest,
+    AckSigner,
     BedRow,
     MqttSettings,
     TlsSettings,
     WardModel,
     WardMonitor,
 )
+from controller.telemetry._ack_signer import AckSigningKey
 
-__all__ = ["most_urgent_unacknowledged", "parse_broker_url", "register", "render_ward"]
+from ._monitor_screen import AckChoice, Page, ack_choices, layout_page, render_rows
+
+__all__ = [
+    "RENDER_INTERVAL_S",
+    "add_broker_options",
+    "mqtt_settings",
+    "parse_broker_url",
+    "register",
+    "render_ward",
+    "run_live",
+]
 
 EXIT_USAGE = 2
+#: The live view redraws at most this often, whatever the message rate.
+RENDER_INTERVAL_S = 0.25
 
 
 def register(subparsers: Any) -> None:
@@ -57,17 +73,23 @@ def register(subparsers: Any) -> None:
         "--broker",
         help="mqtt://HOST:PORT or mqtts://HOST:PORT (default: the [mqtt] section of --config)",
     )
-    parser.add_argument("--ward", help="only this ward (default: every ward under the root)")
+    parser.add_argument(
+        "--ward", help="only this ward, or W1,W2 for several (default: every ward under the root)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per event per line")
     parser.add_argument("--root", default=None, help="topic root (default nebuliser/v1)")
-    parser.add_argument("--ca", type=Path, help="CA certificate (PEM) for mqtts://")
-    parser.add_argument(
-        "--username", help="broker user name; the password is read from NEBULISER_MQTT_PASSWORD"
-    )
+    add_broker_options(parser)
     parser.add_argument(
         "--sender",
         default=None,
-        help="your name as recorded with alarm acknowledgements (default: monitor-<host>)",
+        help="sender id: the signing key's id as configured on the beds (with --key), "
+        "else a name for backfill requests (default: monitor-<host>)",
+    )
+    parser.add_argument("--key", type=Path, help="Ed25519 private key that signs acknowledgements")
+    parser.add_argument("--counter-file", type=Path, help="file holding the sender's last counter")
+    parser.add_argument(
+        "--operator",
+        help="your name, carried in signed acknowledgements (default: $USER)",
     )
     parser.add_argument(
         "--duration-s", type=float, default=None, help="exit after this many seconds"
@@ -88,12 +110,25 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
-def _settings(args: argparse.Namespace) -> MqttSettings:
+def add_broker_options(parser: argparse.ArgumentParser) -> None:
+    """--ca, --mqtt-cert/--mqtt-key and --username (shared with `nebuliser station`)."""
+    parser.add_argument("--ca", type=Path, help="CA certificate (PEM) for mqtts://")
+    parser.add_argument(
+        "--mqtt-cert", type=Path, help="client certificate (PEM) for brokers that require mTLS"
+    )
+    parser.add_argument("--mqtt-key", type=Path, help="key of --mqtt-cert (PEM)")
+    parser.add_argument(
+        "--username", help="broker user name; the password is read from NEBULISER_MQTT_PASSWORD"
+    )
+
+
+def mqtt_settings(args: argparse.Namespace, *, client_id: str) -> MqttSettings:
+    """The broker settings from --broker/--config and the options of `add_broker_options`."""
     base = MqttSettings()
     if args.config is not None:
         configured = load_config(args.config).mqtt
         base = configured if configured is not None else base
-    update: dict[str, Any] = {"client_id": "monitor"}
+    update: dict[str, Any] = {"client_id": client_id}
     if args.broker:
         host, port, tls = parse_broker_url(args.broker)
         update |= {"host": host, "port": port}
@@ -101,7 +136,9 @@ def _settings(args: argparse.Namespace) -> MqttSettings:
             if args.ca is None and base.tls is None:
                 raise ValueError("mqtts:// needs --ca FILE (the CA that signed the broker)")
             if args.ca is not None:
-                update["tls"] = TlsSettings(ca_file=args.ca)
+                update["tls"] = TlsSettings(
+                    ca_file=args.ca, cert_file=args.mqtt_cert, key_file=args.mqtt_key
+                )
     if args.root:
         update["root_topic"] = args.root
     if args.username:
@@ -115,16 +152,34 @@ def _default_sender() -> str:
     return f"monitor-{host}"[:64]
 
 
+def _signer(args: argparse.Namespace) -> AckSigner | None:
+    """The signing key for `a`, or None (then `a` explains what it needs)."""
+    if args.key is None:
+        return None
+    if args.sender is None or args.counter_file is None:
+        raise ValueError("--key needs --sender (its id on the beds) and --counter-file")
+    operator = args.operator or os.environ.get("USER") or None
+    key = AckSigningKey(key_file=args.key, sender_id=args.sender, counter_file=args.counter_file)
+
+    def sign(request: AckRequest) -> bytes:
+        return key(replace(request, operator=request.operator or operator))
+
+    return sign
+
+
 def handler(args: argparse.Namespace) -> int:
     """Run the monitor until interrupted (or `--duration-s`)."""
     try:
-        settings = _settings(args)
+        settings = mqtt_settings(args, client_id="monitor")
         model = WardModel(root_topic=settings.root_topic)
         sender = args.sender or _default_sender()
         if args.json:
             return asyncio.run(_run_json(settings, model, sender, args.ward, args.duration_s))
-        return asyncio.run(_run_live(settings, model, sender, args.ward, args.duration_s))
-    except (ValueError, ConfigError) as exc:
+        signer = _signer(args)
+        return asyncio.run(
+            run_live(settings, model, sender, args.ward, args.duration_s, signer=signer)
+        )
+    except (ValueError, ConfigError, KeyFileError) as exc:
         print(f"nebuliser monitor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -152,94 +207,24 @@ async def _run_json(
     return 0
 
 
-def most_urgent_unacknowledged(rows: Sequence[BedRow]) -> AckRequest | None:
-    """The alarm `a` acknowledges: highest priority, then oldest, across the ward."""
-    rank = {"high": 0, "medium": 1, "low": 2}
-    candidates = [
-        (rank[alarm.priority], alarm.raised_utc, row, alarm)
-        for row in rows
-        if row.device_id is not None
-        for alarm in row.alarms
-        if not alarm.acknowledged
-    ]
-    if not candidates:
-        return None
-    _, _, row, alarm = min(candidates, key=lambda c: (c[0], c[1]))
-    assert row.device_id is not None
-    return AckRequest(
-        ward=row.ward, bed=row.bed, device_id=row.device_id, alarm_code=alarm.alarm_code
-    )
-
-
-def _volume(ul: int | None) -> str:
-    return "-" if ul is None else f"{ul / 1000:.2f} mL"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}:{secs:02d}"
-
-
-def render_ward(rows: Sequence[BedRow], *, title: str, status: str = "") -> Group:
-    """The table a nurse sees: one row per bed (pure: rows in, renderable out)."""
-    table = Table(title=title, expand=True)
-    for column in (
-        "Bed",
-        "State",
-        "Progress",
-        "Delivered / cap",
-        "Flow",
-        "Reservoir",
-        "Left",
-        "Link",
-        "Alarms",
-        "Seq",
-    ):
-        table.add_column(column)
-    for row in rows:
-        if row.online is False:
-            state = Text("OFFLINE", style="bold white on red")
-        elif row.stale:
-            state = Text("NO DATA", style="bold black on yellow")
-        else:
-            state = Text(row.session_state or "-")
-        if row.cap_ul:
-            progress: Any = ProgressBar(
-                total=row.cap_ul, completed=min(row.delivered_ul or 0, row.cap_ul), width=14
-            )
-        else:
-            progress = Text("-")
-        dose = Text(f"{_volume(row.delivered_ul)} / {_volume(row.cap_ul)}")
-        alarms = Text()
-        for alarm in row.alarms:
-            style = {"high": "bold white on red", "medium": "black on yellow", "low": "cyan"}[
-                alarm.priority
-            ]
-            label = alarm.alarm_code + (" (ack)" if alarm.acknowledged else "")
-            alarms.append(label + " ", style="dim" if alarm.acknowledged else style)
-        seq_text = Text(f"gaps {row.gaps} dup {row.duplicates}")
-        if row.unrecoverable:
-            seq_text.append(f" lost {row.unrecoverable}", style="red")
-        table.add_row(
-            f"{row.ward}/{row.bed}",
-            state,
-            progress,
-            dose,
-            "-" if row.flow_ul_min is None else f"{row.flow_ul_min} uL/min",
-            _volume(row.reservoir_ul),
-            _duration(row.time_left_s),
-            "-" if row.link_quality_pct is None else f"{row.link_quality_pct}%",
-            alarms,
-            seq_text,
-        )
-    return Group(table, Text(status, style="dim"))
+def render_ward(
+    rows: Sequence[BedRow],
+    *,
+    title: str,
+    status: str = "",
+    now_s: float | None = None,
+    width: int = 160,
+) -> Group:
+    """Every given row, most urgent first, for a console `width` wide (the demo's
+    one-off picture of the ward; the live view pages instead)."""
+    now = time.monotonic() if now_s is None else now_s
+    page = layout_page(rows, height=len(rows) + 10, page=0)
+    return render_rows(page.rows, now_s=now, width=width, title=title, status=status)
 
 
 @contextlib.contextmanager
-def _cbreak(stream: TextIO) -> Iterator[bool]:
-    if not stream.isatty():
+def _cbreak(stream: TextIO, *, enabled: bool = True) -> Iterator[bool]:
+    if not enabled or not stream.isatty():
         yield False
         return
     fd = stream.fileno()
@@ -251,47 +236,126 @@ def _cbreak(stream: TextIO) -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-async def _run_live(
+RenderHook = Callable[[list[BedRow], float], None]
+
+
+def _read_keys(fd: int, keys: asyncio.Queue[str]) -> None:
+    # Read the fd itself: sys.stdin.read(1) would pull several keys into Python's
+    # buffer and leave all but the first unseen until the next key press.
+    for key in os.read(fd, 64).decode(errors="ignore"):
+        keys.put_nowait(key)
+
+
+class _LiveView:
+    """Key handling and paging state of the live view (the screen itself is pure:
+    `controller.cli._monitor_screen`)."""
+
+    def __init__(self, *, monitor: WardMonitor, can_sign: bool) -> None:
+        self.monitor = monitor
+        self.can_sign = can_sign
+        self.page = 0
+        self.choices: list[AckChoice] | None = None
+        self.status = ""
+        self.quit = False
+
+    def key(self, key: str, rows: Sequence[BedRow]) -> None:
+        """Apply one key press."""
+        if self.choices is not None:
+            chosen = next((c for c in self.choices if c.key == key), None)
+            self.choices = None
+            if chosen is not None:
+                self.monitor.acknowledge(chosen.request)
+                self.status = f"sent signed acknowledgement: {chosen.label[3:]}"
+            else:
+                self.status = "acknowledgement cancelled"
+        elif key == "q":
+            self.quit = True
+        elif key in ("n", " ", "j"):
+            self.page += 1
+        elif key in ("p", "b", "k"):
+            self.page = max(0, self.page - 1)
+        elif key == "a":
+            self.ask_which(rows)
+
+    def ask_which(self, rows: Sequence[BedRow]) -> None:
+        if not self.can_sign:
+            self.status = "to acknowledge, start with --key --sender --counter-file (signed only)"
+            return
+        self.choices = ack_choices(rows)
+        if not self.choices:
+            self.status = "no unacknowledged alarm"
+            self.choices = None
+
+    def footer(self, page: Page, *, broker: str) -> str:
+        """The status line: the question of `a`, or paging help and the last result."""
+        if self.choices is not None:
+            listed = "   ".join(c.label for c in self.choices)
+            return f"acknowledge which? {listed}   (any other key: cancel)"
+        keys = (
+            f"page {page.number + 1}/{page.count} ({page.total_beds} beds)   "
+            "n/p: page   a: acknowledge   q: quit"
+        )
+        return "   ".join(part for part in (self.status, keys, f"broker {broker}") if part)
+
+
+async def run_live(
     settings: MqttSettings,
     model: WardModel,
     sender: str,
     ward: str | None,
     duration_s: float | None,
+    *,
+    signer: AckSigner | None = None,
+    console: Console | None = None,
+    render_interval_s: float = RENDER_INTERVAL_S,
+    on_render: RenderHook | None = None,
+    keyboard: bool = True,
 ) -> int:
-    monitor = WardMonitor(settings=settings, model=model, sender=sender, ward=ward)
+    """The live view: renders the visible page at most every `render_interval_s`
+    (never per message); `on_render(rows_drawn, done_at)` lets a benchmark time it
+    (with `keyboard=False` it leaves the terminal's keyboard alone)."""
+    console = console or Console()
+    monitor = WardMonitor(settings=settings, model=model, sender=sender, ward=ward, signer=signer)
+    view = _LiveView(monitor=monitor, can_sign=signer is not None)
     keys: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    status = f"broker {settings.host}:{settings.port}   a: acknowledge top alarm   q: quit"
+    broker = f"{settings.host}:{settings.port}"
     deadline = None if duration_s is None else time.monotonic() + duration_s
     with (
-        _cbreak(sys.stdin) as interactive,
-        Live(
-            render_ward([], title="Ward monitor"), console=Console(), refresh_per_second=4
-        ) as live,
+        _cbreak(sys.stdin, enabled=keyboard) as interactive,
+        Live(console=console, auto_refresh=False, screen=interactive) as live,
     ):
         if interactive:
-            loop.add_reader(sys.stdin.fileno(), lambda: keys.put_nowait(sys.stdin.read(1)))
+            loop.add_reader(sys.stdin.fileno(), _read_keys, sys.stdin.fileno(), keys)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(monitor.run())
-                while deadline is None or time.monotonic() < deadline:
+                next_render = 0.0
+                while not view.quit and (deadline is None or time.monotonic() < deadline):
                     with contextlib.suppress(TimeoutError):
-                        key = await asyncio.wait_for(keys.get(), timeout=0.25)
-                        if key == "q":
-                            break
-                        if key == "a":
-                            request = most_urgent_unacknowledged(model.rows(now_s=time.monotonic()))
-                            if request is not None:
-                                monitor.acknowledge(request)
-                                status = f"sent ack for {request.alarm_code} at {request.bed}"
+                        wait_s = max(0.0, next_render - time.monotonic())
+                        key = await asyncio.wait_for(keys.get(), timeout=wait_s)
+                        view.key(key, model.rows(now_s=time.monotonic()))
+                    if time.monotonic() < next_render and view.choices is None and not view.quit:
+                        continue  # a key press redraws at the next tick, not at once
+                    now_s = time.monotonic()
+                    width, height = console.size
+                    page = layout_page(model.rows(now_s=now_s), height=height, page=view.page)
+                    view.page = page.number
                     connected = "connected" if monitor.connected.is_set() else "CONNECTING"
                     live.update(
-                        render_ward(
-                            model.rows(now_s=time.monotonic()),
+                        render_rows(
+                            page.rows,
+                            now_s=now_s,
+                            width=width,
                             title=f"Ward {ward or '*'} - {connected}",
-                            status=status,
-                        )
+                            status=view.footer(page, broker=broker),
+                        ),
+                        refresh=True,
                     )
+                    if on_render is not None:
+                        on_render(page.rows, time.time())
+                    next_render = now_s + render_interval_s
                 monitor.request_stop()
         finally:
             if interactive:

@@ -65,6 +65,10 @@ class AlarmAckBody(_Strict):
     """`alarm.ack`: acknowledge (silence) one active alarm by its code."""
 
     alarm_code: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    #: The person who acknowledged at the sender (a ward station's signed-in nurse);
+    #: recorded as `operator@sender` and published as `operator_sender` (so no `_`
+    #: in the name). Omitted from the wire when None.
+    operator: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,31}$")
 
 
 class RequestStartBody(_Strict):
@@ -141,7 +145,7 @@ def sign_command(
         "issued_at_ms": issued_at_ms,
         "expires_at_ms": issued_at_ms + validity_s * 1000,
         "command": command.value,
-        "body": body.model_dump(mode="json"),
+        "body": body.model_dump(mode="json", exclude_none=True),
     }
     signature = key.sign(signing_input(unsigned))
     signed = {**unsigned, "signature": base64.b64encode(signature).decode("ascii")}

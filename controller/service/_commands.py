@@ -282,7 +282,10 @@ class CommandIntake:
                 reason=f"no alarm is called {body.alarm_code!r}",
             )
         try:
-            self._ctx.supervisor.acknowledge_alarm(code, f"remote:{accepted.sender_id}")
+            by = f"remote:{accepted.sender_id}"
+            if body.operator is not None:  # a named person at the sender (ward station nurse)
+                by = f"{body.operator}@{accepted.sender_id}"
+            self._ctx.supervisor.acknowledge_alarm(code, by)
         except AlarmNotActiveError as exc:
             return _Result(status="refused", reason_code="alarm_not_active", reason=str(exc))
         return _Result(status="accepted", extra={"alarm_code": str(code)})

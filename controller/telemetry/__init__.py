@@ -25,8 +25,9 @@ from controller.telemetry._builders import (
 )
 from controller.telemetry._export import json_schema_documents, write_json_schemas
 from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
-from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel
-from controller.telemetry._monitor_client import AckRequest, WardMonitor
+from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel, urgency_key
+from controller.telemetry._monitor_client import AckRequest, AckSigner, EventSink, WardMonitor
+from controller.telemetry._monitor_history import AlarmEvent, BedHistory, Run
 from controller.telemetry._outbox import (
     OutboxReader,
     OutboxRowLike,
@@ -70,21 +71,25 @@ __all__ = [
     "MAX_BACKFILL_SPAN",
     "SCHEMA_ROUTES",
     "AckRequest",
+    "AckSigner",
     "ActiveAlarm",
     "ActiveAlarmsMessage",
     "AlarmAckCommand",
     "AlarmAckHandler",
+    "AlarmEvent",
     "AlarmMessage",
     "ArchivedMessage",
     "BackfillAsk",
     "BackfillReplyMessage",
     "BackfillRequest",
+    "BedHistory",
     "BedRow",
     "BedTopics",
     "BreathingMessage",
     "ConstraintResult",
     "DecisionMessage",
     "DeviceIdentity",
+    "EventSink",
     "MosquittoBroker",
     "MosquittoMissingError",
     "MqttSettings",
@@ -99,6 +104,7 @@ __all__ = [
     "Reason",
     "ReplyAppender",
     "Route",
+    "Run",
     "SentArchive",
     "SeqTracker",
     "SessionMessage",
@@ -123,6 +129,7 @@ __all__ = [
     "publish_alarm_ack",
     "publish_backfill_ask",
     "require_safe_level",
+    "urgency_key",
     "utc_text",
     "write_json_schemas",
 ]

@@ -9,16 +9,22 @@ that jumps ahead opens a gap; a seq seen before is a duplicate (counted, then
 ignored). Missing seqs are asked for again with a backfill request after
 `gap_grace_s` (QoS 1 can reorder slightly) and again every `backfill_retry_s`;
 seqs the controller reports unavailable are counted as unrecoverable.
+
+One model serves every view: `nebuliser monitor` (terminal) and `nebuliser
+station` (web page) both read `rows()`, sort with `urgency_key`, and push only the
+beds whose `version` moved since they last drew (`WardModel.version`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from controller.telemetry._monitor_history import AlarmEvent, BedHistory
 from controller.telemetry._schemas import (
     DEVICE_SCHEMAS,
     ActiveAlarm,
@@ -29,12 +35,21 @@ from controller.telemetry._schemas import (
     SessionMessage,
     StateMessage,
     TelemetryMessage,
+    _DeviceFields,
 )
-from controller.telemetry._topics import parse_bed_topic
+from controller.telemetry._topics import SCHEMA_ROUTES, parse_bed_topic
 
-__all__ = ["BackfillAsk", "BedRow", "SeqTracker", "WardModel"]
+__all__ = ["BackfillAsk", "BedRow", "SeqTracker", "WardModel", "urgency_key"]
 
 _PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
+# The schema each device topic carries (the publisher's routes), for the fast path.
+_SCHEMA_BY_SUFFIX: dict[str, type[_DeviceFields]] = {
+    route.suffix: DEVICE_SCHEMAS[schema]
+    for schema, route in SCHEMA_ROUTES.items()
+    if schema in DEVICE_SCHEMAS
+}
+# Topics under a bed that are not the device's own stream.
+_NOT_DEVICE_STREAM = ("backfill/request", "cmd/ack", "command")
 
 
 @dataclass(kw_only=True)
@@ -128,6 +143,18 @@ class BedRow:
     duplicates: int = 0
     unrecoverable: int = 0
     applied_seq: dict[str, int] = field(default_factory=dict)
+    session_id: int | None = None
+    #: Monotonic time the bed's presence went offline (None while online).
+    offline_since_s: float | None = None
+    #: The device's UTC stamp of the newest live message (display lag = now - this).
+    data_utc: datetime | None = None
+    #: `WardModel.version` when this row last changed (views redraw only moved rows).
+    version: int = 0
+
+    @property
+    def no_data(self) -> bool:
+        """Offline or stale: the figures on the row are not current."""
+        return self.online is False or self.stale
 
     @property
     def time_left_s(self) -> float | None:
@@ -142,6 +169,28 @@ class BedRow:
         return max(0, self.cap_ul - self.delivered_ul) * 60.0 / self.flow_ul_min
 
 
+def urgency_key(row: BedRow) -> tuple[int, str, str]:
+    """Sort key of a bed: most urgent first, then ward and bed.
+
+    Unacknowledged HIGH, then unacknowledged MEDIUM, then beds with no data
+    (offline or stale: nobody knows what they are doing), then unacknowledged LOW,
+    then beds whose alarms are all acknowledged, then quiet beds.
+    """
+    unacked = [_PRIORITY_RANK[a.priority] for a in row.alarms if not a.acknowledged]
+    top = min(unacked, default=None)
+    if top is not None and top < _PRIORITY_RANK["low"]:
+        rank = top
+    elif row.no_data:
+        rank = 2
+    elif top is not None:
+        rank = 3
+    elif row.alarms:
+        rank = 4
+    else:
+        rank = 5
+    return rank, row.ward, row.bed
+
+
 class WardModel:
     """Feed messages in, read `rows()` out. See the module docstring."""
 
@@ -152,15 +201,35 @@ class WardModel:
         gap_grace_s: float = 1.0,
         backfill_retry_s: float = 5.0,
         stale_factor: float = 2.0,
+        message_events: bool = True,
     ) -> None:
+        """`message_events=False` makes `feed()` return only gap, duplicate, invalid
+        and command-reply events (a view that reads `rows()` needs no per-message
+        JSON, and building it is most of the cost at 1000 beds)."""
         self._root = root_topic
         self._gap_grace_s = gap_grace_s
         self._backfill_retry_s = backfill_retry_s
         self._stale_factor = stale_factor
+        self._message_events = message_events
         self._beds: dict[tuple[str, str], BedRow] = {}
         self._trackers: dict[str, SeqTracker] = {}
         self._device_bed: dict[str, tuple[str, str]] = {}
+        self._history: dict[tuple[str, str], BedHistory] = {}
         self.invalid = 0
+        #: Bumped on every change to any row; see `BedRow.version`.
+        self.version = 0
+
+    def _touch(self, row: BedRow) -> None:
+        self.version += 1
+        row.version = self.version
+
+    def history(self, ward: str, bed: str) -> BedHistory:
+        """The alarm history and recent runs of one bed (empty if never seen)."""
+        return self._history.setdefault((ward, bed), BedHistory())
+
+    def row(self, ward: str, bed: str) -> BedRow | None:
+        """One bed's row, if the bed has been seen."""
+        return self._beds.get((ward, bed))
 
     def tracker(self, device_id: str) -> SeqTracker:
         """The sequence tracker of one device (created on first use)."""
@@ -174,11 +243,14 @@ class WardModel:
     ) -> list[dict[str, Any]]:
         """Apply one MQTT message; returns normalised events (one JSON object each)."""
         where = parse_bed_topic(self._root, topic)
-        if where is None:
-            return []
-        _ward, _bed, suffix = where
-        if suffix in ("backfill/request", "cmd/ack"):
-            return []  # monitor -> controller traffic; not part of the device stream
+        if where is None or where[2] in _NOT_DEVICE_STREAM:
+            return []  # not ours, or monitor -> controller traffic (not the device stream)
+        ward, bed, suffix = where
+        if suffix == "command/reply":
+            return self._apply_reply(ward, bed, payload)
+        fast = _parse_by_topic(suffix, payload)
+        if fast is not None:
+            return self._apply_device(fast, topic=topic, now_s=now_s, retained=retained)
         try:
             body = json.loads(payload)
             schema = body.get("schema") if isinstance(body, dict) else None
@@ -196,15 +268,32 @@ class WardModel:
         self, presence: PresenceMessage, *, now_s: float, topic: str
     ) -> dict[str, Any]:
         row = self._bed(presence.ward, presence.bed)
+        if presence.online:
+            row.offline_since_s = None
+        elif row.online is not False:
+            row.offline_since_s = now_s
         row.online = presence.online
         row.device_id = presence.device_id
         row.telemetry_hz = presence.telemetry_hz
         row.last_seen_s = now_s
+        self._touch(row)
+        if not self._message_events:
+            return {"event": "presence"}
         return {
             "event": "presence",
             "topic": topic,
             **presence.model_dump(mode="json", by_alias=True),
         }
+
+    @staticmethod
+    def _apply_reply(ward: str, bed: str, payload: bytes) -> list[dict[str, Any]]:
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return []
+        if not isinstance(body, dict) or not isinstance(body.get("command_id"), str):
+            return []
+        return [{"event": "command_reply", "ward": ward, "bed": bed, **body}]
 
     def _apply_device(
         self, message: Any, *, topic: str, now_s: float, retained: bool
@@ -215,6 +304,8 @@ class WardModel:
         row.device_id = message.device_id
         if not retained and not message.historical:
             row.last_seen_s = now_s
+            if row.data_utc is None or message.utc > row.data_utc:
+                row.data_utc = message.utc
         duplicate, newly_missing = tracker.observe(message.seq, now_s=now_s, retained=retained)
         events: list[dict[str, Any]] = []
         base = {"ward": message.ward, "bed": message.bed, "device_id": message.device_id}
@@ -230,15 +321,17 @@ class WardModel:
         if duplicate:
             events.append({"event": "duplicate", **base, "seq": message.seq})
         else:
-            events.append(
-                {
-                    "event": message.SCHEMA.removeprefix("nebuliser."),
-                    "topic": topic,
-                    "retained": retained,
-                    **message.model_dump(mode="json", by_alias=True, exclude={"messages"}),
-                }
-            )
+            if self._message_events or isinstance(message, BackfillReplyMessage):
+                events.append(
+                    {
+                        "event": message.SCHEMA.removeprefix("nebuliser."),
+                        "topic": topic,
+                        "retained": retained,
+                        **message.model_dump(mode="json", by_alias=True, exclude={"messages"}),
+                    }
+                )
             self._update_view(row, message)
+            self._touch(row)
             if isinstance(message, BackfillReplyMessage):
                 tracker.give_up(list(message.unavailable))
                 for embedded in message.messages:
@@ -261,11 +354,36 @@ class WardModel:
         return True
 
     def _update_view(self, row: BedRow, message: Any) -> None:
+        # The curve takes every sample, backfilled ones too (it is drawn in time order).
+        if (
+            isinstance(message, TelemetryMessage)
+            and message.session_id is not None
+            and (message.running or message.delivered_ul)
+        ):
+            self.history(row.ward, row.bed).add_sample(
+                session_id=message.session_id,
+                cap_ul=message.cap_ul,
+                utc=message.utc,
+                delivered_ul=message.delivered_ul,
+            )
+        if isinstance(message, AlarmMessage):
+            self.history(row.ward, row.bed).alarms.append(
+                AlarmEvent(
+                    utc=message.utc,
+                    event=message.event,
+                    alarm_code=message.alarm_code,
+                    priority=message.priority,
+                    text=message.text,
+                    acknowledged_by=message.acknowledged_by,
+                )
+            )
         if isinstance(message, StateMessage) and self._newer(row, "state", message.seq):
             row.session_state = message.session_state
+            row.session_id = message.session_id
             row.telemetry_hz = message.telemetry_hz
             row.prescription_label = message.prescription.label if message.prescription else None
         elif isinstance(message, TelemetryMessage) and self._newer(row, "telemetry", message.seq):
+            row.session_id = message.session_id
             row.running = message.running
             row.delivered_ul = message.delivered_ul
             row.cap_ul = message.cap_ul
@@ -282,12 +400,16 @@ class WardModel:
             row.alarms = _sorted_alarms(_apply_alarm_event(row.alarms, message))
 
     def rows(self, *, now_s: float) -> list[BedRow]:
-        """Every bed, sorted by ward and bed, with staleness evaluated at `now_s`."""
+        """Every bed, sorted by ward and bed, with staleness evaluated at `now_s`
+        (a row whose staleness flips counts as changed: see `BedRow.version`)."""
         for row in self._beds.values():
             interval_s = 1.0 / max(1, row.telemetry_hz)
-            row.stale = row.online is not False and (
+            stale = row.online is not False and (
                 row.last_seen_s is None or now_s - row.last_seen_s > self._stale_factor * interval_s
             )
+            if stale != row.stale:
+                row.stale = stale
+                self._touch(row)
         return [self._beds[key] for key in sorted(self._beds)]
 
     def backfill_asks(self, *, now_s: float) -> list[BackfillAsk]:
@@ -309,6 +431,19 @@ class WardModel:
                 for lo, hi in ranges
             )
         return asks
+
+
+def _parse_by_topic(suffix: str, payload: bytes) -> _DeviceFields | None:
+    """The usual case, where the topic says the schema: pydantic parses the JSON
+    itself (several times faster than json.loads + model_validate). None for
+    anything unexpected: the general path then names the error."""
+    model = _SCHEMA_BY_SUFFIX.get(suffix)
+    if model is None:
+        return None
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError:
+        return None
 
 
 def _apply_alarm_event(alarms: list[ActiveAlarm], event: AlarmMessage) -> list[ActiveAlarm]:

@@ -1,5 +1,9 @@
 """The ward monitor's MQTT side: subscribe to a ward, feed the `WardModel`, ask
-for backfill of gaps, send alarm acknowledgements. Reconnects with back-off."""
+for backfill of gaps, send alarm acknowledgements. Reconnects with back-off.
+
+With a `signer` every acknowledgement is a signed `alarm.ack` command on
+`<bed>/command` (the bed answers on `<bed>/command/reply`, which the ward
+subscription already covers); without one, the provisional unsigned `cmd/ack`."""
 
 from __future__ import annotations
 
@@ -14,12 +18,13 @@ from typing import Any
 import aiomqtt
 
 from controller.logging import get_logger
+from controller.security._topics import command_topic
 from controller.telemetry._monitor import WardModel
 from controller.telemetry._publisher import mqtt_client
 from controller.telemetry._remote import publish_alarm_ack, publish_backfill_ask
 from controller.telemetry._settings import MqttSettings, require_safe_level
 
-__all__ = ["AckRequest", "WardMonitor"]
+__all__ = ["AckRequest", "AckSigner", "EventSink", "WardMonitor"]
 
 _log = get_logger(__name__)
 
@@ -34,6 +39,15 @@ class AckRequest:
     bed: str
     device_id: str
     alarm_code: str
+    #: The signed-in person acknowledging (carried in the signed command).
+    operator: str | None = None
+    #: Echoed by the bed in its reply; set by the caller to match the reply.
+    command_id: str | None = None
+
+
+#: Builds the signed envelope for an acknowledgement (blocking: it stores the
+#: sender's counter durably, so it runs in a worker thread).
+AckSigner = Callable[[AckRequest], bytes]
 
 
 class WardMonitor:
@@ -49,27 +63,39 @@ class WardMonitor:
         on_events: EventSink | None = None,
         clock: Callable[[], float] = time.monotonic,
         backfill_interval_s: float = 0.5,
+        signer: AckSigner | None = None,
     ) -> None:
         self._settings = settings
         self.model = model
         self._sender = require_safe_level("sender", sender)
-        self._ward = require_safe_level("ward", ward) if ward is not None else None
+        # One ward, several (comma-separated: one subscription each), or every ward.
+        self._wards = (
+            [require_safe_level("ward", w.strip()) for w in ward.split(",")]
+            if ward is not None
+            else []
+        )
         self._on_events = on_events
         self._clock = clock
         self._backfill_interval_s = backfill_interval_s
+        self._signer = signer
         self._acks: asyncio.Queue[AckRequest] = asyncio.Queue()
         self._stop = asyncio.Event()
         self.connected = asyncio.Event()
         self.acks_sent = 0
 
     @property
-    def subscription(self) -> str:
-        """The topic filter: one ward, or every ward under the root."""
-        return f"{self._settings.root_topic}/{self._ward or '+'}/+/#"
+    def subscriptions(self) -> list[str]:
+        """The topic filters: one per ward, or every ward under the root."""
+        root = self._settings.root_topic
+        return [f"{root}/{ward}/+/#" for ward in self._wards] or [f"{root}/+/+/#"]
 
     def acknowledge(self, request: AckRequest) -> None:
         """Queue an alarm acknowledgement (sent when connected)."""
         self._acks.put_nowait(request)
+
+    def pending_acks(self) -> int:
+        """Acknowledgements queued and not yet published."""
+        return self._acks.qsize()
 
     def request_stop(self) -> None:
         """Make `run()` return."""
@@ -83,7 +109,8 @@ class WardMonitor:
             try:
                 async with mqtt_client(self._settings, client_id=client_id) as client:
                     backoff_s = self._settings.reconnect_initial_s
-                    await client.subscribe(self.subscription, qos=1)
+                    for topic_filter in self.subscriptions:
+                        await client.subscribe(topic_filter, qos=1)
                     self.connected.set()
                     await self._serve(client)
                     return
@@ -119,15 +146,20 @@ class WardMonitor:
                 request = await asyncio.wait_for(
                     self._acks.get(), timeout=self._backfill_interval_s
                 )
-                await publish_alarm_ack(
-                    client,
-                    root_topic=root,
-                    ward=request.ward,
-                    bed=request.bed,
-                    device_id=request.device_id,
-                    alarm_code=request.alarm_code,
-                    sender=self._sender,
-                )
+                if self._signer is not None:
+                    envelope = await asyncio.to_thread(self._signer, request)
+                    topic = command_topic(ward=request.ward, bed=request.bed, root=root)
+                    await client.publish(topic, envelope, qos=1, retain=False)
+                else:
+                    await publish_alarm_ack(
+                        client,
+                        root_topic=root,
+                        ward=request.ward,
+                        bed=request.bed,
+                        device_id=request.device_id,
+                        alarm_code=request.alarm_code,
+                        sender=self._sender,
+                    )
                 self.acks_sent += 1
             for ask in self.model.backfill_asks(now_s=self._clock()):
                 await publish_backfill_ask(client, root_topic=root, ask=ask, requester=self._sender)

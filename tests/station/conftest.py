@@ -1,0 +1,3 @@
+from tests.support.fixtures import mosquitto_broker
+
+__all__ = ["mosquitto_broker"]
