@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import re
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -44,12 +45,15 @@ from controller.ledger import LEDGER_FILE_NAME, Ledger, Outbox, OutboxMessage, O
 from controller.logging import get_logger
 from controller.telemetry import (
     AlarmAckCommand,
+    ArchivePruner,
     DeviceIdentity,
     OutboxEntry,
     OutboxPublisher,
+    OutboxRowLike,
     SentArchive,
     ledger_message,
     outbox_entry,
+    utc_text,
 )
 from drivers.mn1 import FaultBits, Status
 
@@ -281,15 +285,25 @@ def _utc_now() -> datetime:
 
 class _OutboxView:
     """What the publisher sees of the ledger's outbox: reads through a read-only
-    connection on the loop (no fsync), deletes queued on the ledger's writer thread.
+    connection on the loop (no fsync); acknowledged rows are archived, deleted and
+    the archive pruned on the ledger's writer thread (`settle`).
 
     Rows whose delete is still queued are hidden, so they are not published again.
     A failed delete makes them visible again (re-sent; monitors drop duplicates).
     """
 
-    def __init__(self, *, reader: Outbox, recorder: Recorder[Ledger]) -> None:
+    def __init__(
+        self,
+        *,
+        reader: Outbox,
+        recorder: Recorder[Ledger],
+        archive_writer: SentArchive | None = None,
+        pruner: ArchivePruner | None = None,
+    ) -> None:
         self._reader = reader
         self._recorder = recorder
+        self._archive_writer = archive_writer
+        self._pruner = pruner or ArchivePruner()
         self._deleting: set[int] = set()
         self._finished: deque[list[int]] = deque()  # appended by the writer thread
 
@@ -302,18 +316,31 @@ class _OutboxView:
 
     def delete(self, seqs: Iterable[int]) -> int:
         """Queue the delete of acknowledged rows (never waits for the disk)."""
-        batch = list(seqs)
+        self._queue(list(seqs), archived=(), sent_utc="")
+        return 0
+
+    def settle(self, rows: Sequence[OutboxRowLike], sent: datetime) -> None:
+        """The publisher's `Settler`: archive, delete and (rarely, bounded) prune, all
+        queued on the writer thread. Nothing here touches the disk on the loop."""
+        self._queue([row.seq for row in rows], archived=tuple(rows), sent_utc=utc_text(sent))
+
+    def _queue(self, batch: list[int], *, archived: Sequence[OutboxRowLike], sent_utc: str) -> None:
         self._deleting.update(batch)
         finished = self._finished
+        archive, pruner = self._archive_writer, self._pruner
 
-        def _delete(ledger: Ledger) -> int:
+        def _settle(ledger: Ledger) -> int:
             try:
+                if archive is not None and archived:
+                    # Archive first: a row is never gone from both places.
+                    archive.record(archived, sent_utc=sent_utc)
                 return ledger.outbox.delete(batch)
             finally:
                 finished.append(batch)
+                if archive is not None:
+                    pruner.prune_if_due(archive, now_s=time.monotonic(), now_utc=_utc_now())
 
-        self._recorder.submit(_delete, what="outbox delete")
-        return len(batch)
+        self._recorder.submit(_settle, what="outbox settle")
 
     def waiting(self) -> bool:
         """Whether any row is still waiting for its PUBACK."""
@@ -476,14 +503,27 @@ async def run_telemetry(ctx: ServiceContext) -> None:
     reader_ledger = await asyncio.to_thread(
         Ledger.open, data_dir / LEDGER_FILE_NAME, read_only=True
     )
-    archive = SentArchive(path=data_dir / SENT_ARCHIVE_FILE_NAME)
+    archive_path = data_dir / SENT_ARCHIVE_FILE_NAME
+    # The writing connection lives on the ledger's writer thread (record, prune); the
+    # loop keeps a read-only one for backfill and republish (indexed reads only).
+    archive_writer = await ctx.recorder.call(lambda _ledger: SentArchive(path=archive_path))
+    archive = SentArchive(path=archive_path, read_only=True)
     try:
-        view = _OutboxView(reader=reader_ledger.outbox, recorder=ctx.recorder)
+        view = _OutboxView(
+            reader=reader_ledger.outbox, recorder=ctx.recorder, archive_writer=archive_writer
+        )
+        wake: list[Callable[[], None]] = []
+
+        def wake_publisher() -> None:
+            for notify in wake:
+                notify()
 
         def append_reply(entry: OutboxEntry) -> int:
             message, at = ledger_message(entry), ctx.clock.now()
             ctx.recorder.submit(
-                lambda ledger: ledger.outbox.append(message, at=at), what="backfill reply"
+                lambda ledger: ledger.outbox.append(message, at=at),
+                what="backfill reply",
+                then=wake_publisher,  # committed: the publisher can see it now
             )
             return 0  # the seq is assigned on the writer thread; the publisher ignores it
 
@@ -510,7 +550,9 @@ async def run_telemetry(ctx: ServiceContext) -> None:
             # With signed commands configured, only signed `alarm.ack` commands count
             # (controller/service/_commands.py); the provisional unsigned topic is ignored.
             on_alarm_ack=None if _signed_commands(ctx) else on_alarm_ack,
+            settle=view.settle,
         )
+        wake.append(publisher.notify)
         sampler = _Sampler(ctx=ctx, identity=identity, notify=publisher.notify)
         publications = ctx.supervisor.publications
         if isinstance(publications, MqttPublications):
@@ -518,6 +560,7 @@ async def run_telemetry(ctx: ServiceContext) -> None:
         await _serve_telemetry(ctx, publisher, sampler, view, reader_ledger.outbox)
     finally:
         archive.close()
+        await ctx.recorder.call(lambda _ledger: archive_writer.close())
         reader_ledger.close()
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "encode_backfill_request",
     "encode_presence",
     "mark_historical",
+    "mark_republished",
     "outbox_entry",
 ]
 
@@ -117,6 +118,20 @@ def mark_historical(payload: bytes) -> bytes:
     if not isinstance(body, dict) or body.get("historical") is True:
         return payload
     body["historical"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def mark_republished(payload: bytes) -> bytes:
+    """Return the payload flagged as a republished retained message (`historical`
+    and `republished` both true; its seq unchanged)."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return payload
+    if not isinstance(body, dict):
+        return payload
+    body["historical"] = True
+    body["republished"] = True
     return json.dumps(body, separators=(",", ":")).encode()
 
 

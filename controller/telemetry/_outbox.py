@@ -13,7 +13,7 @@ from typing import Protocol
 
 from controller.telemetry._builders import OutboxEntry
 
-__all__ = ["OutboxReader", "OutboxRowLike", "ReplyAppender", "utc_text"]
+__all__ = ["OutboxReader", "OutboxRowLike", "ReplyAppender", "Settler", "utc_text"]
 
 
 def utc_text(moment: datetime) -> str:
@@ -52,3 +52,9 @@ class OutboxReader(Protocol):
 
 # Commits one backfill reply to the outbox and returns its seq.
 ReplyAppender = Callable[[OutboxEntry], int]
+
+
+# Takes over rows the broker acknowledged (PUBACK) at `sent` (UTC): archive them for
+# backfill, then delete them from the outbox. The controller's settler queues this on
+# the ledger's writer thread (controller/service/_telemetry.py); it must not block.
+Settler = Callable[[Sequence[OutboxRowLike], datetime], None]

@@ -76,6 +76,8 @@ class _DeviceFields(_Message):
     boot_id: _Name
     seq: Annotated[int, Field(ge=1)]
     historical: bool = False
+    # A retained message published again after a (re)connect, same seq (docs/mqtt.md).
+    republished: bool = False
 
 
 class Reason(BaseModel):
