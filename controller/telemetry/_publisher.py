@@ -106,6 +106,8 @@ class PublisherStats:
 
     connected: bool = False
     connections: int = 0
+    # Connection attempts or connections that ended in an error (back-off waits).
+    connection_failures: int = 0
     published: int = 0
     published_historical: int = 0
     rejected_commands: int = 0
@@ -198,6 +200,7 @@ class OutboxPublisher:
             try:
                 await self._one_connection()
             except aiomqtt.MqttError as exc:
+                self.stats.connection_failures += 1
                 retry_in_s = self._backoff.next_wait_s()
                 _log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(retry_in_s, 2))
             else:
