@@ -130,14 +130,17 @@ async def test_json_mode_prints_one_event_per_line(
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(publisher.run())
         await publisher.wait_connected()
-        await asyncio.sleep(1.0)  # let the monitor subscribe
+        # The monitor has subscribed once it prints the retained presence (its start-up
+        # takes over a second on a loaded machine: no fixed sleep).
+        assert child.stdout is not None
+        first = await asyncio.wait_for(child.stdout.readline(), timeout=20)
         seqs = [outbox.append(telemetry(n)) for n in range(3)]
         publisher.notify()
         await wait_until(lambda: outbox.count() == 0, timeout_s=5, what="drain")
         out, err = await asyncio.wait_for(child.communicate(), timeout=20)
         publisher.request_stop()
     assert child.returncode == 0, err.decode()
-    events = [json.loads(line) for line in out.decode().splitlines()]
+    events = [json.loads(line) for line in (first + out).decode().splitlines()]
     telemetry_events = [e for e in events if e["event"] == "telemetry"]
     assert [e["seq"] for e in telemetry_events] == seqs
     assert {e["bed"] for e in telemetry_events} == {"B03"}
