@@ -25,7 +25,7 @@ class Outbox:
         """Commit one message on its own (telemetry samples); returns its seq.
 
         When the outbox exceeds its byte budget, the oldest telemetry rows are dropped in
-        the same transaction and an `outbox_drop` event records how many.
+        the same transaction and counted in the outbox's own counters (`drops()`).
         """
         (seq,) = self.append_many((message,), at=at)
         return seq
@@ -86,13 +86,16 @@ class Outbox:
         return self._db.budget_bytes
 
     def dropped_total(self) -> int:
-        """Telemetry messages dropped by the budget since the ledger was created."""
+        """Telemetry messages dropped by the budget since the ledger was created (O(1))."""
+        return self.drops()[0]
+
+    def drops(self) -> tuple[int, int, int]:
+        """(messages, bytes, highest seq) dropped by the budget, ever (one-row read)."""
         with self._db.reading() as connection:
             row = connection.execute(
-                "SELECT coalesce(sum(json_extract(body, '$.count')), 0) FROM events"
-                " WHERE kind = 'outbox_drop'"
+                "SELECT dropped_count, dropped_bytes, last_dropped_seq FROM outbox_stats"
             ).fetchone()
-        return int(row[0])
+        return int(row[0]), int(row[1]), int(row[2])
 
     def last_seq(self) -> int:
         """The highest seq ever allocated (0 if none); survives deletes and restarts."""
