@@ -144,9 +144,15 @@ def mark_republished(payload: bytes) -> bytes:
 
 
 def encode_presence(
-    identity: DeviceIdentity, *, online: bool, reason: str, utc: datetime, telemetry_hz: int
+    identity: DeviceIdentity,
+    *,
+    online: bool,
+    reason: str,
+    utc: datetime | None,
+    telemetry_hz: int,
 ) -> bytes:
-    """Payload of the retained presence message (and of the Last Will)."""
+    """Payload of the retained presence message (and of the Last Will, with `utc`
+    None: the broker publishes it at an unknown later time)."""
     return (
         PresenceMessage.model_validate(
             {

@@ -218,7 +218,8 @@ class OutboxPublisher:
             self._identity,
             online=online,
             reason=reason,
-            utc=self._clock(),
+            # The Will's time would be the connect time, not when the broker sends it.
+            utc=None if reason == "last_will" else self._clock(),
             telemetry_hz=self._settings.telemetry_hz,
         )
 
