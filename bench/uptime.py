@@ -147,9 +147,10 @@ async def measure(directory: Path, broker: MosquittoBroker, samples: int, rows: 
         head.close()
         os.close(slave_fd)
     if rows:
-        left = SentArchive(path=config.storage.data_dir / SENT_ARCHIVE_FILE_NAME)
-        print(f"  archive after the run: {left.count()} rows (aged-out rows pruned)")
-        left.close()
+        archive_path = config.storage.data_dir / SENT_ARCHIVE_FILE_NAME
+        with contextlib.closing(sqlite3.connect(archive_path)) as db:
+            (left,) = db.execute("SELECT count(*) FROM sent").fetchone()
+        print(f"  archive after the run: {left} rows (aged-out rows pruned)")
     return latencies
 
 
