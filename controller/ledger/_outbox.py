@@ -60,6 +60,36 @@ class Outbox:
             for seq, kind, topic, payload, qos, retain, created_utc in rows
         ]
 
+    def high_seq(self) -> int:
+        """The highest seq waiting (0 when empty); one index probe."""
+        with self._db.reading() as connection:
+            row = connection.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
+        return int(row[0])
+
+    def newest_retained(self) -> list[OutboxRow]:
+        """The newest waiting row of each retained topic, in seq order.
+
+        Walks only the kinds that can be retained (state, session, alarm) through the
+        `outbox_by_kind` index, never the telemetry backlog.
+        """
+        with self._db.reading() as connection:
+            rows = connection.execute(
+                "SELECT seq, kind, topic, payload, qos, retain, created_utc FROM outbox"
+                " WHERE kind IN ('state', 'session', 'alarm') AND retain = 1 ORDER BY seq"
+            ).fetchall()
+        newest: dict[str, OutboxRow] = {}
+        for seq, kind, topic, payload, qos, retain, created_utc in rows:
+            newest[str(topic)] = OutboxRow(
+                seq=int(seq),
+                kind=OutboxKind(kind),
+                topic=str(topic),
+                payload=bytes(payload),
+                qos=int(qos),
+                retain=bool(retain),
+                created_utc=parse_utc(str(created_utc)),
+            )
+        return sorted(newest.values(), key=lambda row: row.seq)
+
     def delete(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged rows (after PUBACK); returns how many existed."""
         keys = [(int(seq),) for seq in seqs]

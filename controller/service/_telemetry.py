@@ -314,6 +314,15 @@ class _OutboxView:
         rows = self._reader.pending(limit=limit + len(self._deleting), after_seq=after_seq)
         return [row for row in rows if row.seq not in self._deleting][:limit]
 
+    def high_seq(self) -> int:
+        """The highest seq waiting (rows being deleted included: they are below it)."""
+        return self._reader.high_seq()
+
+    def newest_retained(self) -> list[OutboxRow]:
+        """The newest waiting row of each retained topic (one being deleted included:
+        republishing it again is harmless, and hiding it could expose an older one)."""
+        return self._reader.newest_retained()
+
     def delete(self, seqs: Iterable[int]) -> int:
         """Queue the delete of acknowledged rows (never waits for the disk)."""
         self._queue(list(seqs), archived=(), sent_utc="")

@@ -45,6 +45,14 @@ class OutboxReader(Protocol):
         """Up to `limit` rows with seq > `after_seq`, in seq order."""
         ...
 
+    def high_seq(self) -> int:
+        """The highest seq waiting (0 when empty); must not scan the backlog."""
+        ...
+
+    def newest_retained(self) -> Sequence[OutboxRowLike]:
+        """The newest waiting row of each retained topic; must not scan telemetry."""
+        ...
+
     def delete(self, seqs: Iterable[int]) -> object:
         """Delete rows (called only after their PUBACK)."""
         ...

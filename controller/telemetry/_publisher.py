@@ -287,17 +287,10 @@ class OutboxPublisher:
 
     def _backlog_ceiling(self) -> tuple[int, dict[str, OutboxRowLike]]:
         """The highest seq waiting now, and the newest waiting row of each retained
-        topic (one pass over the backlog, at connect time only)."""
-        ceiling = 0
-        retained: dict[str, OutboxRowLike] = {}
-        while True:
-            page = self._outbox.pending(limit=1000, after_seq=ceiling)
-            if not page:
-                return ceiling, retained
-            for row in page:
-                if row.retain:
-                    retained[row.topic] = row
-            ceiling = page[-1].seq
+        topic: two index reads, whatever the length of the backlog (an outage of hours
+        must not stall the event loop at reconnect)."""
+        retained = {row.topic: row for row in self._outbox.newest_retained()}
+        return self._outbox.high_seq(), retained
 
     async def _republish_retained(
         self, client: aiomqtt.Client, pending: dict[str, OutboxRowLike]

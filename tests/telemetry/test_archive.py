@@ -141,3 +141,23 @@ def test_cutoff_text_sorts_like_time() -> None:
     # Retention compares sent_utc as text: the one UTC spelling must sort by time.
     earlier = datetime(2026, 11, 25, 9, tzinfo=UTC)
     assert utc_text(earlier) < utc_text(earlier + timedelta(milliseconds=1))
+
+
+def test_reconnect_reads_of_the_outbox_do_not_walk_the_backlog(tmp_path: Path) -> None:
+    """At every reconnect the publisher asks for the backlog ceiling and the newest
+    retained rows: index probes, not a pass over hours of queued telemetry."""
+    outbox = LedgerBackedOutbox(path=tmp_path / "ledger.sqlite3")
+    outbox.append_many([telemetry(n) for n in range(2000)])
+    probe = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    statements: list[str] = []
+    ledger = outbox._ledger
+    ledger._db.connection.set_trace_callback(statements.append)
+    assert outbox.high_seq() == 2000
+    assert outbox.newest_retained() == []
+    ledger._db.connection.set_trace_callback(None)
+    checked = [s for s in statements if "FROM outbox" in s]
+    assert len(checked) == 2
+    for statement in checked:
+        plan = " / ".join(row[3] for row in probe.execute("EXPLAIN QUERY PLAN " + statement))
+        assert "SCAN outbox" not in plan, f"{statement!r} walks the outbox: {plan}"
+    outbox.close()
