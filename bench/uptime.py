@@ -1,7 +1,8 @@
 """Cap → STOP on the wire after a day of uptime: empty vs full sent-message archive.
 
-Issue 14: the STOP path must not degrade with uptime. Two controllers run one after
-the other in the same run, each a real `nebuliser serve` subprocess with MQTT
+Issue 14: the STOP path must not degrade with uptime. Two controllers run side by
+side in the same run, samples alternating between them so that the machine's other
+load hits both alike; each is a real `nebuliser serve` subprocess with MQTT
 configured (a private Mosquitto, telemetry at 10 Hz, so the publisher settles a batch
 about ten times a second) and a scripted head on a pty (`bench/_bed.py`):
 
@@ -30,6 +31,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,6 +50,7 @@ from bench._bed import (
 from bench.serial_backends import new_pty
 from controller.benchconfig import bench_mqtt_section
 from controller.clock import SystemClock
+from controller.config import NebuliserConfig
 from controller.ledger import LEDGER_FILE_NAME, Ledger, OutboxKind, OutboxMessage, OutboxRow
 from controller.service import device_identity
 from controller.service._telemetry import SENT_ARCHIVE_FILE_NAME
@@ -96,13 +100,27 @@ def advance_outbox_seq(ledger_path: Path, last_seq: int) -> None:
         db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (last_seq,))
 
 
-async def measure(directory: Path, broker: MosquittoBroker, samples: int, rows: int) -> list[float]:
-    """Cap → STOP latencies (ms) of one controller; its archive pre-filled with `rows`."""
+@dataclass
+class Bed:
+    """One controller with its scripted head; its archive pre-filled with `rows`."""
+
+    label: str
+    rows: int
+    head: ScriptedHead
+    config: NebuliserConfig
+    latencies: list[float] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def running_bed(
+    directory: Path, broker: MosquittoBroker, label: str, rows: int
+) -> AsyncIterator[Bed]:
+    """Start a controller (MQTT at 10 Hz) and its head; stop both afterwards."""
     master_fd, slave_fd, path = new_pty()
     head = ScriptedHead(master_fd)
     head.start()
     mqtt = bench_mqtt_section(
-        host=broker.host, port=broker.port, client_id=f"uptime-{rows}", telemetry_hz=10
+        host=broker.host, port=broker.port, client_id=f"uptime-{label}", telemetry_hz=10
     )
     config_path, config = write_bench_config(directory, port=path, session_ul=100, mqtt=mqtt)
     if rows:
@@ -121,27 +139,11 @@ async def measure(directory: Path, broker: MosquittoBroker, samples: int, rows: 
             payload=sample.build(1),
         )
         advance_outbox_seq(config.storage.data_dir / LEDGER_FILE_NAME, rows)
-        print(f"  archive pre-filled with {rows} rows in {took_s:.1f} s")
-    latencies: list[float] = []
-    rng = random.Random(1)
+        print(f"  {label}: archive pre-filled with {rows} rows in {took_s:.1f} s")
     process = await controller_process(config_path)
     try:
-        await wait_status(config, lambda s: s["link_up"] and s["state"] == "idle", 20)
-        for _ in range(samples):
-            reply = await start_confirmed(config)
-            if not reply.get("started"):
-                raise RuntimeError(f"start refused: {reply}")
-            await wait_status(config, lambda s: s["state"] == "nebulising", 5)
-            await asyncio.sleep(rng.uniform(0.05, 0.25))
-            began = time.monotonic()
-            head.trigger("cap")
-            if not await asyncio.to_thread(head.stop_event.wait, 3.0):
-                raise RuntimeError("no STOP after a cap trigger")
-            assert head.trigger_written_ns is not None
-            assert head.stop_arrived_ns is not None
-            latencies.append((head.stop_arrived_ns - head.trigger_written_ns) / 1e6)
-            await wait_status(config, lambda s: s["session"] is None, 5)
-            await asyncio.sleep(max(0.0, 1.05 - (time.monotonic() - began)))
+        await wait_status(config, lambda s: s["link_up"] and s["state"] == "idle", 30)
+        yield Bed(label=label, rows=rows, head=head, config=config)
     finally:
         await stop_process(process)
         head.close()
@@ -150,8 +152,23 @@ async def measure(directory: Path, broker: MosquittoBroker, samples: int, rows: 
         archive_path = config.storage.data_dir / SENT_ARCHIVE_FILE_NAME
         with contextlib.closing(sqlite3.connect(archive_path)) as db:
             (left,) = db.execute("SELECT count(*) FROM sent").fetchone()
-        print(f"  archive after the run: {left} rows (aged-out rows pruned)")
-    return latencies
+        print(f"  {label}: archive after the run: {left} rows (aged-out rows pruned)")
+
+
+async def sample(bed: Bed, rng: random.Random) -> None:
+    """One session, stopped by a cap STATUS; appends the latency (ms)."""
+    reply = await start_confirmed(bed.config)
+    if not reply.get("started"):
+        raise RuntimeError(f"{bed.label}: start refused: {reply}")
+    await wait_status(bed.config, lambda s: s["state"] == "nebulising", 5)
+    await asyncio.sleep(rng.uniform(0.05, 0.25))
+    bed.head.trigger("cap")
+    if not await asyncio.to_thread(bed.head.stop_event.wait, 3.0):
+        raise RuntimeError(f"{bed.label}: no STOP after a cap trigger")
+    assert bed.head.trigger_written_ns is not None
+    assert bed.head.stop_arrived_ns is not None
+    bed.latencies.append((bed.head.stop_arrived_ns - bed.head.trigger_written_ns) / 1e6)
+    await wait_status(bed.config, lambda s: s["session"] is None, 5)
 
 
 async def main() -> None:
@@ -161,16 +178,26 @@ async def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}")
     print("command: uv run python bench/uptime.py " + " ".join(sys.argv[1:]))
-    results: dict[str, list[float]] = {}
+    rng = random.Random(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "mosquitto").mkdir()
-        async with MosquittoBroker(workdir=root / "mosquitto") as broker:
+        async with contextlib.AsyncExitStack() as stack:
+            broker = await stack.enter_async_context(MosquittoBroker(workdir=root / "mosquitto"))
+            beds = []
             for label, rows in (("empty", 0), ("full", args.archive_rows)):
-                print(f"{label} archive ({rows} rows): {args.samples} cap samples …")
-                directory = root / label
-                directory.mkdir()
-                results[label] = await measure(directory, broker, args.samples, rows)
+                (root / label).mkdir()
+                beds.append(
+                    await stack.enter_async_context(running_bed(root / label, broker, label, rows))
+                )
+            print(f"{args.samples} cap samples per controller, alternating …")
+            for _ in range(args.samples):
+                for bed in beds:
+                    began = time.monotonic()
+                    await sample(bed, rng)
+                    # The other bed's session fills the 1 s minimum interval.
+                    await asyncio.sleep(max(0.0, 0.55 - (time.monotonic() - began)))
+    results = {bed.label: bed.latencies for bed in beds}
     print(f"{'cap STATUS → STOP on wire':34s} {'n':>4s} {'p50 ms':>8s} {'max ms':>8s}")
     for label, values in results.items():
         name = f"{label} archive"
