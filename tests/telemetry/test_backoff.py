@@ -1,4 +1,4 @@
-"""The one reconnect back-off: prompt first retry, 2 s cap, jitter (docs/mqtt.md)."""
+"""The one reconnect back-off: prompt first retry, 1 s cap (issue: ≤ 2 s), jitter (docs/mqtt.md)."""
 
 from __future__ import annotations
 
