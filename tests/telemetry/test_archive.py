@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from controller.ledger import Ledger
+from controller.service._outbox_view import OutboxView
 from controller.service._recorder import Recorder
-from controller.service._telemetry import _OutboxView
 from controller.telemetry import PRUNE_BATCH_ROWS, ArchivePruner, SentArchive, utc_text
 from controller.telemetry._outbox import OutboxRowLike
 from tests.support.outbox import LedgerBackedOutbox
@@ -123,7 +123,7 @@ async def test_controller_settles_and_prunes_on_the_writer_thread(tmp_path: Path
         )
         writer.threads = set()
         with Ledger.open(ledger_path, read_only=True) as reader:
-            view = _OutboxView(reader=reader.outbox, recorder=recorder, archive_writer=writer)
+            view = OutboxView(reader=reader.outbox, recorder=recorder, archive_writer=writer)
             rows = view.pending(limit=100)
             assert [r.seq for r in rows] == seqs
             view.settle(rows, datetime.now(UTC))
