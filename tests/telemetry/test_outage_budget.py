@@ -4,12 +4,16 @@ real alarm rules, the way the service wires them (drop counter read every 5 s)."
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from controller.alarms import AlarmCode, AlarmEventKind, AlarmState, evaluate
 from controller.dosing import Instant
-from controller.ledger import AlarmAction, Ledger
+from controller.ledger import AlarmAction, EventKind, Ledger
+from controller.ledger._schema import MIGRATIONS
 from controller.service import MqttPublications
 from controller.telemetry import ledger_message
 from tests.alarms.test_alarms import quiet
@@ -73,3 +77,26 @@ def test_two_hour_outage_at_10_hz_stays_within_a_1_mb_budget(tmp_path: Path) -> 
     # The running count: everything dropped up to the last 5 s read of the counter.
     assert f"({counted} in total)" in alarm.message
     assert dropped - counted <= DROP_CHECK_S * HZ
+
+
+def test_schema_2_folds_earlier_drop_events_into_the_outbox_counters(tmp_path: Path) -> None:
+    """A ledger written by schema 1 (one `outbox_drop` event per drop) opens with its
+    drops already counted in the outbox's own counters; the old events stay."""
+    path = tmp_path / "ledger.sqlite3"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("BEGIN")
+        for statement in dict(MIGRATIONS)[1]:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version, applied_utc) VALUES (1, 'then')")
+        for count, size, last in ((3, 1000, 12), (2, 700, 20)):
+            body = json.dumps({"count": count, "bytes": size, "first_seq": 1, "last_seq": last})
+            db.execute(
+                "INSERT INTO events (kind, utc, boot_id, monotonic_ns, body)"
+                " VALUES ('outbox_drop', '2026-11-25T00:00:00+00:00', 'b', 0, ?)",
+                (body,),
+            )
+        db.execute("COMMIT")
+    with Ledger.open(path) as ledger:
+        assert ledger.outbox.drops() == (5, 1700, 20)
+        assert len(ledger.events(kinds=[EventKind.OUTBOX_DROP])) == 2
