@@ -3,9 +3,10 @@
 The controller's outbox is filled with what it queues at 1 Hz over a 2 h outage
 (7200 telemetry messages, built with the service's own builders, stamped over the
 last two hours). Then a private Mosquitto, the simulator and `nebuliser serve`
-(telemetry 1 Hz) start; a bare paho subscriber on the whole tree counts replayed
-(historical) messages and measures, for each live telemetry message that arrives
-while the backlog drains, its lag = arrival − its own UTC stamp.
+(telemetry 10 Hz, so the live lag is sampled often) start; a bare paho subscriber on
+the whole tree counts replayed (historical) messages and measures, for each live
+telemetry message that arrives while the backlog drains, its lag = arrival − its own
+UTC stamp.
 Reference in the same run: bare paho QoS 1 publish throughput to the same broker.
 
 Run: uv run python bench/outbox_drain.py [--outage-s 7200]
@@ -121,7 +122,7 @@ async def main() -> None:
         async with MosquittoBroker(workdir=directory / "mosquitto") as broker:
             mqtt_section = (
                 f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
-                'client_id = "ctl-bench"\ntelemetry_hz = 1\n'
+                'client_id = "ctl-bench"\ntelemetry_hz = 10\n'
             )
             simulator = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "controller.cli", "simulate", "--pty",

@@ -89,6 +89,10 @@ class AlarmSettings:
     dose_late_margin_ms: int = 60_000
     stop_ignored_after_ms: int = 500
     overshoot_budget_ul: int = 3
+    # Telemetry drops belong to one outage while the drop counter keeps growing
+    # within this time (the outbox drops a sample for each new one once full; the
+    # service reads the counter every 5 s). One alarm per outage, not one per read.
+    telemetry_drop_quiet_ms: int = 60_000
 
     def __post_init__(self) -> None:
         for name, low, high in (
@@ -98,6 +102,7 @@ class AlarmSettings:
             ("dose_late_margin_ms", 0, 3_600_000),
             ("stop_ignored_after_ms", 1, 60_000),
             ("overshoot_budget_ul", 0, 1_000),
+            ("telemetry_drop_quiet_ms", 1, 3_600_000),
         ):
             value = getattr(self, name)
             if not low <= value <= high:
@@ -220,6 +225,10 @@ class AlarmState:
     active: tuple[ActiveAlarm, ...] = ()
     output_low_since_ms: int | None = None
     telemetry_dropped_seen: int = 0
+    # The current drop episode (outage): the counter when it began and when it last
+    # grew (monotonic ms); None when no episode is running.
+    telemetry_drop_baseline: int = 0
+    telemetry_drop_grew_at_ms: int | None = None
 
     def get(self, code: AlarmCode) -> ActiveAlarm | None:
         """The active alarm with this code, or None."""
@@ -343,28 +352,70 @@ def _treatment_conditions(
         }
 
 
-def _controller_conditions(inputs: AlarmInputs, previous: AlarmState, present: _Present) -> int:
+#: Alarms whose text is kept current while they last (no event for the update).
+_RUNNING_COUNT = frozenset({AlarmCode.TELEMETRY_DROPPED})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _DropEpisode:
+    seen: int
+    baseline: int
+    grew_at_ms: int | None
+
+
+def _controller_conditions(
+    inputs: AlarmInputs,
+    previous: AlarmState,
+    now_ms: int,
+    settings: AlarmSettings,
+    present: _Present,
+) -> _DropEpisode:
     if not inputs.clock_trusted:
         present[AlarmCode.CLOCK_UNTRUSTED] = {}
     if inputs.storage_low:
         present[AlarmCode.STORAGE_LOW] = {"free_mib": inputs.storage_free_mib}
     if not inputs.ledger_ok:
         present[AlarmCode.LEDGER_UNAVAILABLE] = {}
-    # Telemetry drops: a one-shot condition each time the total grows (latching,
-    # so the nurse sees it until acknowledged). A smaller total (a counter reset)
-    # is taken as the new baseline.
-    dropped_total = inputs.telemetry_dropped_total
-    if dropped_total > previous.telemetry_dropped_seen:
+    return _telemetry_drops(inputs, previous, now_ms, settings, present)
+
+
+def _telemetry_drops(
+    inputs: AlarmInputs,
+    previous: AlarmState,
+    now_ms: int,
+    settings: AlarmSettings,
+    present: _Present,
+) -> _DropEpisode:
+    """One latching alarm per outage with a running count (no raise/clear flapping).
+
+    An episode starts when the outbox's drop counter grows and lasts while it keeps
+    growing within `telemetry_drop_quiet_ms`; the alarm's text carries the count of
+    this episode and the total. A smaller total (a counter reset) is taken as the new
+    baseline.
+    """
+    total = inputs.telemetry_dropped_total
+    seen = previous.telemetry_dropped_seen
+    grew_at_ms = previous.telemetry_drop_grew_at_ms
+    baseline = previous.telemetry_drop_baseline
+    if total < seen:
+        return _DropEpisode(seen=total, baseline=total, grew_at_ms=None)
+    if grew_at_ms is not None and now_ms - grew_at_ms >= settings.telemetry_drop_quiet_ms:
+        grew_at_ms = None  # the outage is over: the next drop opens a new episode
+    if total > seen:
+        if grew_at_ms is None:
+            baseline = seen
+        grew_at_ms = now_ms
+    if grew_at_ms is not None:
         present[AlarmCode.TELEMETRY_DROPPED] = {
-            "dropped_now": dropped_total - previous.telemetry_dropped_seen,
-            "dropped_total": dropped_total,
+            "dropped_now": total - baseline,
+            "dropped_total": total,
         }
-    return dropped_total
+    return _DropEpisode(seen=total, baseline=baseline, grew_at_ms=grew_at_ms)
 
 
 def _conditions(
     inputs: AlarmInputs, previous: AlarmState, now_ms: int, settings: AlarmSettings
-) -> tuple[_Present, int | None, int]:
+) -> tuple[_Present, int | None, _DropEpisode]:
     """Which conditions hold now (with their message fields), and the new timers."""
     present: _Present = {}
     _device_conditions(inputs, present)
@@ -372,8 +423,8 @@ def _conditions(
     _treatment_conditions(inputs, now_ms, settings, present)
     if inputs.breathing is not None:
         present |= breathing_conditions(inputs.breathing)
-    dropped_seen = _controller_conditions(inputs, previous, present)
-    return present, output_low_since_ms, dropped_seen
+    drops = _controller_conditions(inputs, previous, now_ms, settings, present)
+    return present, output_low_since_ms, drops
 
 
 def evaluate(
@@ -388,7 +439,7 @@ def evaluate(
     Returns the new state and the events (RAISED / CLEARED) in table order, HIGH
     priority first. Pure: the same arguments always give the same answer.
     """
-    present, output_low_since_ms, dropped_seen = _conditions(inputs, previous, now_ms, settings)
+    present, output_low_since_ms, drops = _conditions(inputs, previous, now_ms, settings)
     events: list[AlarmEvent] = []
     active: list[ActiveAlarm] = []
     for code, rule in ALARM_RULES.items():
@@ -412,6 +463,9 @@ def evaluate(
                 # it: a new occurrence, raised again.
                 alarm = replace(alarm, condition_present=True, message=message)
                 events.append(_event(AlarmEventKind.RAISED, alarm, at_ms=now_ms, still_active=True))
+            elif code in _RUNNING_COUNT and alarm.message != message:
+                # A running count: the active list shows it, without a new event.
+                alarm = replace(alarm, message=message)
             active.append(alarm)
         elif alarm is not None:
             if not alarm.condition_present:
@@ -425,7 +479,9 @@ def evaluate(
     state = AlarmState(
         active=tuple(active),
         output_low_since_ms=output_low_since_ms,
-        telemetry_dropped_seen=dropped_seen,
+        telemetry_dropped_seen=drops.seen,
+        telemetry_drop_baseline=drops.baseline,
+        telemetry_drop_grew_at_ms=drops.grew_at_ms,
     )
     return state, events
 

@@ -470,12 +470,15 @@ _RULES: tuple[AlarmRule, ...] = (
     ),
     AlarmRule(
         code=AlarmCode.TELEMETRY_DROPPED,
-        cause="the outbox dropped telemetry samples to stay within its disk budget",
+        cause=(
+            "the outbox dropped telemetry samples to stay within its disk budget "
+            "(one alarm per outage: drops less than 60 s apart belong to one outage)"
+        ),
         priority=_L,
         category=_TECH,
         latching=True,
         message=(
-            "{dropped_now} telemetry messages dropped by the disk budget "
+            "{dropped_now} telemetry messages dropped by the disk budget in this outage "
             "({dropped_total} in total); dose records are kept"
         ),
         action="Call clinical engineering: the ward monitor is missing data.",

@@ -377,17 +377,13 @@ class Database:
         if not dropped:
             return  # only undroppable messages: the controller alarms on outbox bytes
         connection.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in dropped])
-        self.insert_event(
-            connection,
-            kind="outbox_drop",
-            at=at,
-            body={
-                "count": len(dropped),
-                "bytes": freed,
-                "first_seq": dropped[0],
-                "last_seq": dropped[-1],
-                "budget_bytes": self.budget_bytes,
-            },
+        # The outbox's own counters (schema 2), in the same transaction: no ledger
+        # event per drop, so a long outage cannot grow the ledger with drop records.
+        connection.execute(
+            "UPDATE outbox_stats SET dropped_count = dropped_count + ?,"
+            " dropped_bytes = dropped_bytes + ?, last_dropped_seq = max(last_dropped_seq, ?)"
+            " WHERE id = 1",
+            (len(dropped), freed, dropped[-1]),
         )
 
 

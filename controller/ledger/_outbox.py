@@ -25,7 +25,7 @@ class Outbox:
         """Commit one message on its own (telemetry samples); returns its seq.
 
         When the outbox exceeds its byte budget, the oldest telemetry rows are dropped in
-        the same transaction and an `outbox_drop` event records how many.
+        the same transaction and counted in the outbox's own counters (`drops()`).
         """
         (seq,) = self.append_many((message,), at=at)
         return seq
@@ -60,6 +60,36 @@ class Outbox:
             for seq, kind, topic, payload, qos, retain, created_utc in rows
         ]
 
+    def high_seq(self) -> int:
+        """The highest seq waiting (0 when empty); one index probe."""
+        with self._db.reading() as connection:
+            row = connection.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
+        return int(row[0])
+
+    def newest_retained(self) -> list[OutboxRow]:
+        """The newest waiting row of each retained topic, in seq order.
+
+        Walks only the kinds that can be retained (state, session, alarm) through the
+        `outbox_by_kind` index, never the telemetry backlog.
+        """
+        with self._db.reading() as connection:
+            rows = connection.execute(
+                "SELECT seq, kind, topic, payload, qos, retain, created_utc FROM outbox"
+                " WHERE kind IN ('state', 'session', 'alarm') AND retain = 1 ORDER BY seq"
+            ).fetchall()
+        newest: dict[str, OutboxRow] = {}
+        for seq, kind, topic, payload, qos, retain, created_utc in rows:
+            newest[str(topic)] = OutboxRow(
+                seq=int(seq),
+                kind=OutboxKind(kind),
+                topic=str(topic),
+                payload=bytes(payload),
+                qos=int(qos),
+                retain=bool(retain),
+                created_utc=parse_utc(str(created_utc)),
+            )
+        return sorted(newest.values(), key=lambda row: row.seq)
+
     def delete(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged rows (after PUBACK); returns how many existed."""
         keys = [(int(seq),) for seq in seqs]
@@ -86,13 +116,16 @@ class Outbox:
         return self._db.budget_bytes
 
     def dropped_total(self) -> int:
-        """Telemetry messages dropped by the budget since the ledger was created."""
+        """Telemetry messages dropped by the budget since the ledger was created (O(1))."""
+        return self.drops()[0]
+
+    def drops(self) -> tuple[int, int, int]:
+        """(messages, bytes, highest seq) dropped by the budget, ever (one-row read)."""
         with self._db.reading() as connection:
             row = connection.execute(
-                "SELECT coalesce(sum(json_extract(body, '$.count')), 0) FROM events"
-                " WHERE kind = 'outbox_drop'"
+                "SELECT dropped_count, dropped_bytes, last_dropped_seq FROM outbox_stats"
             ).fetchone()
-        return int(row[0])
+        return int(row[0]), int(row[1]), int(row[2])
 
     def last_seq(self) -> int:
         """The highest seq ever allocated (0 if none); survives deletes and restarts."""

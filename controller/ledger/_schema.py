@@ -173,7 +173,29 @@ _V2_BREATH: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'breath summary without a recorded intent'); END""",
 )
 
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2_BREATH))
+# Version 3: telemetry drop counters in the outbox's own table.
+_V3_DROPS: tuple[str, ...] = (
+    # Telemetry dropped by the outbox budget is counted in the outbox's own counters,
+    # not as `outbox_drop` dose-ledger events (a long outage wrote one per sample).
+    # Earlier `outbox_drop` events stay and are folded into the counters once.
+    "ALTER TABLE outbox_stats ADD COLUMN dropped_count INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE outbox_stats ADD COLUMN dropped_bytes INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE outbox_stats ADD COLUMN last_dropped_seq INTEGER NOT NULL DEFAULT 0",
+    """UPDATE outbox_stats SET
+        dropped_count = (SELECT coalesce(sum(json_extract(body, '$.count')), 0)
+            FROM events WHERE kind = 'outbox_drop'),
+        dropped_bytes = (SELECT coalesce(sum(json_extract(body, '$.bytes')), 0)
+            FROM events WHERE kind = 'outbox_drop'),
+        last_dropped_seq = (SELECT coalesce(max(json_extract(body, '$.last_seq')), 0)
+            FROM events WHERE kind = 'outbox_drop')
+        WHERE id = 1""",
+)
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1, _V1),
+    (2, _V2_BREATH),
+    (3, _V3_DROPS),
+)
 """(version, statements) in ascending order; versions are 1, 2, 3, ... without gaps."""
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]

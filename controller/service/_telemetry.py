@@ -32,15 +32,14 @@ import asyncio
 import contextlib
 import re
 import secrets
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from controller.alarms import AlarmCode, AlarmEvent, AlarmNotActiveError, AlarmState
 from controller.config import NebuliserConfig
 from controller.dosing import Decision, Prescription
-from controller.ledger import LEDGER_FILE_NAME, Ledger, Outbox, OutboxMessage, OutboxRow
+from controller.ledger import LEDGER_FILE_NAME, Ledger, Outbox, OutboxMessage
 from controller.logging import get_logger
 from controller.telemetry import (
     AlarmAckCommand,
@@ -53,7 +52,7 @@ from controller.telemetry import (
 )
 from drivers.mn1 import FaultBits, Status
 
-from ._recorder import Recorder
+from ._outbox_view import OutboxView
 from ._supervisor import Publications, Supervisor
 
 if TYPE_CHECKING:  # a type only: no import at run time
@@ -279,47 +278,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class _OutboxView:
-    """What the publisher sees of the ledger's outbox: reads through a read-only
-    connection on the loop (no fsync), deletes queued on the ledger's writer thread.
-
-    Rows whose delete is still queued are hidden, so they are not published again.
-    A failed delete makes them visible again (re-sent; monitors drop duplicates).
-    """
-
-    def __init__(self, *, reader: Outbox, recorder: Recorder[Ledger]) -> None:
-        self._reader = reader
-        self._recorder = recorder
-        self._deleting: set[int] = set()
-        self._finished: deque[list[int]] = deque()  # appended by the writer thread
-
-    def pending(self, *, limit: int = 100, after_seq: int = 0) -> list[OutboxRow]:
-        """Up to `limit` rows with seq > `after_seq`, not being deleted, in seq order."""
-        while self._finished:
-            self._deleting.difference_update(self._finished.popleft())
-        rows = self._reader.pending(limit=limit + len(self._deleting), after_seq=after_seq)
-        return [row for row in rows if row.seq not in self._deleting][:limit]
-
-    def delete(self, seqs: Iterable[int]) -> int:
-        """Queue the delete of acknowledged rows (never waits for the disk)."""
-        batch = list(seqs)
-        self._deleting.update(batch)
-        finished = self._finished
-
-        def _delete(ledger: Ledger) -> int:
-            try:
-                return ledger.outbox.delete(batch)
-            finally:
-                finished.append(batch)
-
-        self._recorder.submit(_delete, what="outbox delete")
-        return len(batch)
-
-    def waiting(self) -> bool:
-        """Whether any row is still waiting for its PUBACK."""
-        return bool(self.pending(limit=1))
-
-
 class _Sampler:
     """Appends `telemetry` rows at the configured rate and `state` rows on change."""
 
@@ -472,14 +430,27 @@ async def run_telemetry(ctx: ServiceContext) -> None:
     reader_ledger = await asyncio.to_thread(
         Ledger.open, data_dir / LEDGER_FILE_NAME, read_only=True
     )
-    archive = SentArchive(path=data_dir / SENT_ARCHIVE_FILE_NAME)
+    archive_path = data_dir / SENT_ARCHIVE_FILE_NAME
+    # The writing connection lives on the ledger's writer thread (record, prune); the
+    # loop keeps a read-only one for backfill and republish (indexed reads only).
+    archive_writer = await ctx.recorder.call(lambda _ledger: SentArchive(path=archive_path))
+    archive = SentArchive(path=archive_path, read_only=True)
     try:
-        view = _OutboxView(reader=reader_ledger.outbox, recorder=ctx.recorder)
+        view = OutboxView(
+            reader=reader_ledger.outbox, recorder=ctx.recorder, archive_writer=archive_writer
+        )
+        wake: list[Callable[[], None]] = []
+
+        def wake_publisher() -> None:
+            for notify in wake:
+                notify()
 
         def append_reply(entry: OutboxEntry) -> int:
             message, at = ledger_message(entry), ctx.clock.now()
             ctx.recorder.submit(
-                lambda ledger: ledger.outbox.append(message, at=at), what="backfill reply"
+                lambda ledger: ledger.outbox.append(message, at=at),
+                what="backfill reply",
+                then=wake_publisher,  # committed: the publisher can see it now
             )
             return 0  # the seq is assigned on the writer thread; the publisher ignores it
 
@@ -506,7 +477,9 @@ async def run_telemetry(ctx: ServiceContext) -> None:
             # With signed commands configured, only signed `alarm.ack` commands count
             # (controller/service/_commands.py); the provisional unsigned topic is ignored.
             on_alarm_ack=None if _signed_commands(ctx) else on_alarm_ack,
+            settle=view.settle,
         )
+        wake.append(publisher.notify)
         sampler = _Sampler(ctx=ctx, identity=identity, notify=publisher.notify)
         publications = ctx.supervisor.publications
         if isinstance(publications, MqttPublications):
@@ -514,6 +487,7 @@ async def run_telemetry(ctx: ServiceContext) -> None:
         await _serve_telemetry(ctx, publisher, sampler, view, reader_ledger.outbox)
     finally:
         archive.close()
+        await ctx.recorder.call(lambda _ledger: archive_writer.close())
         reader_ledger.close()
 
 
@@ -521,7 +495,7 @@ async def _serve_telemetry(
     ctx: ServiceContext,
     publisher: OutboxPublisher,
     sampler: _Sampler,
-    view: _OutboxView,
+    view: OutboxView,
     reader: Outbox,
 ) -> None:
     cancelled = False

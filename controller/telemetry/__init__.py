@@ -2,12 +2,18 @@
 publisher that drains the ledger's outbox, backfill, and the ward monitor's model.
 See docs/mqtt.md."""
 
-from controller.telemetry._archive import ArchivedMessage, SentArchive
+from controller.telemetry._archive import (
+    PRUNE_BATCH_ROWS,
+    ArchivedMessage,
+    ArchivePruner,
+    SentArchive,
+)
 from controller.telemetry._backfill import (
     MAX_BACKFILL_MESSAGES,
     MAX_BACKFILL_SPAN,
     build_backfill_reply,
 )
+from controller.telemetry._backoff import ReconnectBackoff
 from controller.telemetry._broker import (
     MosquittoBroker,
     MosquittoMissingError,
@@ -21,6 +27,7 @@ from controller.telemetry._builders import (
     encode_backfill_request,
     encode_presence,
     mark_historical,
+    mark_republished,
     outbox_entry,
 )
 from controller.telemetry._export import json_schema_documents, write_json_schemas
@@ -32,6 +39,7 @@ from controller.telemetry._outbox import (
     OutboxReader,
     OutboxRowLike,
     ReplyAppender,
+    Settler,
     utc_text,
 )
 from controller.telemetry._publisher import (
@@ -69,6 +77,7 @@ __all__ = [
     "DEVICE_SCHEMAS",
     "MAX_BACKFILL_MESSAGES",
     "MAX_BACKFILL_SPAN",
+    "PRUNE_BATCH_ROWS",
     "SCHEMA_ROUTES",
     "AckRequest",
     "AckSigner",
@@ -78,6 +87,7 @@ __all__ = [
     "AlarmAckHandler",
     "AlarmEvent",
     "AlarmMessage",
+    "ArchivePruner",
     "ArchivedMessage",
     "BackfillAsk",
     "BackfillReplyMessage",
@@ -102,12 +112,14 @@ __all__ = [
     "PublishRefusedError",
     "PublisherStats",
     "Reason",
+    "ReconnectBackoff",
     "ReplyAppender",
     "Route",
     "Run",
     "SentArchive",
     "SeqTracker",
     "SessionMessage",
+    "Settler",
     "StateMessage",
     "TelemetryMessage",
     "TlsSettings",
@@ -123,6 +135,7 @@ __all__ = [
     "ledger_appender",
     "ledger_message",
     "mark_historical",
+    "mark_republished",
     "mqtt_client",
     "outbox_entry",
     "parse_bed_topic",

@@ -56,6 +56,7 @@ class MosquittoBroker:
         workdir: Path,
         port: int | None = None,
         max_queued_messages: int = 100_000,
+        persistence: bool = True,
         extra_config: Sequence[str] = (),
     ) -> None:
         binary = find_mosquitto()
@@ -70,6 +71,9 @@ class MosquittoBroker:
             )
         self.host = "127.0.0.1"
         self.max_queued_messages = max_queued_messages
+        # False: a restart forgets retained messages and queued QoS 1 messages, like a
+        # ward broker installed with Mosquitto's defaults.
+        self.persistence = persistence
         self.extra_config = tuple(extra_config)
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
@@ -82,7 +86,7 @@ class MosquittoBroker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence true",
+            f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {persistence}/",
             "autosave_interval 1",
             "set_tcp_nodelay true",

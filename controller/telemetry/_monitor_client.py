@@ -19,6 +19,7 @@ import aiomqtt
 
 from controller.logging import get_logger
 from controller.security._topics import command_topic
+from controller.telemetry._backoff import ReconnectBackoff
 from controller.telemetry._monitor import WardModel
 from controller.telemetry._publisher import mqtt_client
 from controller.telemetry._remote import publish_alarm_ack, publish_backfill_ask
@@ -103,12 +104,14 @@ class WardMonitor:
 
     async def run(self) -> None:
         """Subscribe, feed the model, ask for backfill; reconnect on failure."""
-        backoff_s = self._settings.reconnect_initial_s
+        backoff = ReconnectBackoff(
+            initial_s=self._settings.reconnect_initial_s, max_s=self._settings.reconnect_max_s
+        )
         client_id = f"{self._settings.client_id}-mon-{uuid.uuid4().hex[:8]}"
         while not self._stop.is_set():
             try:
                 async with mqtt_client(self._settings, client_id=client_id) as client:
-                    backoff_s = self._settings.reconnect_initial_s
+                    backoff.reset()
                     for topic_filter in self.subscriptions:
                         await client.subscribe(topic_filter, qos=1)
                     self.connected.set()
@@ -119,8 +122,7 @@ class WardMonitor:
             finally:
                 self.connected.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=backoff_s)
-            backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
+                await asyncio.wait_for(self._stop.wait(), timeout=backoff.next_wait_s())
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         async with asyncio.TaskGroup() as tasks:

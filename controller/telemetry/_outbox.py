@@ -13,7 +13,7 @@ from typing import Protocol
 
 from controller.telemetry._builders import OutboxEntry
 
-__all__ = ["OutboxReader", "OutboxRowLike", "ReplyAppender", "utc_text"]
+__all__ = ["OutboxReader", "OutboxRowLike", "ReplyAppender", "Settler", "utc_text"]
 
 
 def utc_text(moment: datetime) -> str:
@@ -45,6 +45,14 @@ class OutboxReader(Protocol):
         """Up to `limit` rows with seq > `after_seq`, in seq order."""
         ...
 
+    def high_seq(self) -> int:
+        """The highest seq waiting (0 when empty); must not scan the backlog."""
+        ...
+
+    def newest_retained(self) -> Sequence[OutboxRowLike]:
+        """The newest waiting row of each retained topic; must not scan telemetry."""
+        ...
+
     def delete(self, seqs: Iterable[int]) -> object:
         """Delete rows (called only after their PUBACK)."""
         ...
@@ -52,3 +60,9 @@ class OutboxReader(Protocol):
 
 # Commits one backfill reply to the outbox and returns its seq.
 ReplyAppender = Callable[[OutboxEntry], int]
+
+
+# Takes over rows the broker acknowledged (PUBACK) at `sent` (UTC): archive them for
+# backfill, then delete them from the outbox. The controller's settler queues this on
+# the ledger's writer thread (controller/service/_telemetry.py); it must not block.
+Settler = Callable[[Sequence[OutboxRowLike], datetime], None]

@@ -9,6 +9,16 @@ Each drain step publishes all waiting live rows first (up to `live_batch`), then
 most `backlog_batch` backlog rows, so a long backlog never starves live telemetry.
 A retained topic is published with retain only when its seq is the newest seen on
 that topic, so replaying an old `state` never overwrites the current one.
+
+Republish (exact state after any outage): right after every (re)connect, before the
+backlog, the newest known message of every retained topic (`state`, `session`,
+`alarms/active`) is published again with retain, with its ORIGINAL seq and flagged
+`"historical": true, "republished": true`. A broker restarted without persistence
+therefore has the bed's full retained picture within one round trip of the
+controller's reconnect; subscribers that saw that seq before drop it as a duplicate.
+
+No polling: the drain loop sleeps on an event that `notify()` sets (the controller
+calls it after every commit that carries a message).
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,10 +37,22 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from controller.logging import get_logger
-from controller.telemetry._archive import SentArchive
+from controller.telemetry._archive import ArchivePruner, SentArchive
 from controller.telemetry._backfill import build_backfill_reply
-from controller.telemetry._builders import DeviceIdentity, encode_presence, mark_historical
-from controller.telemetry._outbox import OutboxReader, OutboxRowLike, ReplyAppender, utc_text
+from controller.telemetry._backoff import ReconnectBackoff
+from controller.telemetry._builders import (
+    DeviceIdentity,
+    encode_presence,
+    mark_historical,
+    mark_republished,
+)
+from controller.telemetry._outbox import (
+    OutboxReader,
+    OutboxRowLike,
+    ReplyAppender,
+    Settler,
+    utc_text,
+)
 from controller.telemetry._schemas import AlarmAckCommand, BackfillRequest
 from controller.telemetry._settings import MqttSettings
 
@@ -83,6 +106,8 @@ class PublisherStats:
 
     connected: bool = False
     connections: int = 0
+    # Connection attempts or connections that ended in an error (back-off waits).
+    connection_failures: int = 0
     published: int = 0
     published_historical: int = 0
     rejected_commands: int = 0
@@ -90,6 +115,8 @@ class PublisherStats:
     # PUBACKs with an MQTT v5 failure reason (e.g. "Not authorized" from an ACL).
     refused_publishes: int = 0
     last_refusal: str = ""
+    # Retained messages published again after a (re)connect.
+    republished: int = 0
 
 
 class PublishRefusedError(aiomqtt.MqttError):
@@ -100,8 +127,14 @@ class OutboxPublisher:
     """Publishes outbox rows in seq order; see the module docstring for the policy.
 
     Run it with `await publisher.run()` inside the runtime's TaskGroup; call
-    `notify()` after inserting outbox rows (it also polls every `poll_interval_s`)
-    and `request_stop()` for a graceful shutdown (presence goes offline first).
+    `notify()` after committing outbox rows (there is no idle poll unless
+    `poll_interval_s` is given) and `request_stop()` for a graceful shutdown
+    (presence goes offline first).
+
+    `settle` takes acknowledged rows over (archive, then delete from the outbox). The
+    controller passes one that runs on the ledger's writer thread; without it the
+    publisher does it itself: `archive.record`, a bounded `archive.prune` at most
+    once a minute, then `outbox.delete`.
     """
 
     def __init__(
@@ -113,11 +146,12 @@ class OutboxPublisher:
         archive: SentArchive | None = None,
         append_reply: ReplyAppender | None = None,
         on_alarm_ack: AlarmAckHandler | None = None,
+        settle: Settler | None = None,
         clock: Callable[[], datetime] = _utc_now,
         historical_age_s: float = 10.0,
         live_batch: int = 100,
         backlog_batch: int = 200,
-        poll_interval_s: float = 0.1,
+        poll_interval_s: float | None = None,
         archive_retention_s: float = 24 * 3600.0,
     ) -> None:
         if live_batch < 1 or backlog_batch < 1:
@@ -129,12 +163,16 @@ class OutboxPublisher:
         self._archive = archive
         self._append_reply = append_reply
         self._on_alarm_ack = on_alarm_ack
+        self._settle_rows: Settler = settle if settle is not None else self._settle_here
         self._clock = clock
         self._historical_age_s = historical_age_s
         self._live_batch = live_batch
         self._backlog_batch = backlog_batch
         self._poll_interval_s = poll_interval_s
-        self._archive_retention_s = archive_retention_s
+        self._pruner = ArchivePruner(retention_s=archive_retention_s)
+        self._backoff = ReconnectBackoff(
+            initial_s=settings.reconnect_initial_s, max_s=settings.reconnect_max_s
+        )
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._retained_high_seq: dict[str, int] = {}
@@ -155,30 +193,33 @@ class OutboxPublisher:
         self._wake.set()
 
     async def run(self) -> None:
-        """Connect, drain, reconnect with exponential back-off; returns after
-        `request_stop()`. Never gives up while the broker is unreachable."""
-        backoff_s = self._settings.reconnect_initial_s
+        """Connect, drain, reconnect with jittered exponential back-off
+        (`ReconnectBackoff`); returns after `request_stop()`. Never gives up while the
+        broker is unreachable."""
         while not self._stop.is_set():
             try:
                 await self._one_connection()
-                backoff_s = self._settings.reconnect_initial_s
             except aiomqtt.MqttError as exc:
-                _log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(backoff_s, 2))
+                self.stats.connection_failures += 1
+                retry_in_s = self._backoff.next_wait_s()
+                _log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(retry_in_s, 2))
+            else:
+                retry_in_s = self._backoff.initial_s
             finally:
                 self.stats.connected = False
                 self._connected.clear()
             if self._stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=backoff_s)
-            backoff_s = min(backoff_s * 2, self._settings.reconnect_max_s)
+                await asyncio.wait_for(self._stop.wait(), timeout=retry_in_s)
 
     def _presence(self, *, online: bool, reason: str) -> bytes:
         return encode_presence(
             self._identity,
             online=online,
             reason=reason,
-            utc=self._clock(),
+            # The Will's time would be the connect time, not when the broker sends it.
+            utc=None if reason == "last_will" else self._clock(),
             telemetry_hz=self._settings.telemetry_hz,
         )
 
@@ -197,7 +238,9 @@ class OutboxPublisher:
             self.stats.connected = True
             self._connected.set()
             self.stats.connections += 1
-            ceiling = self._backlog_ceiling()
+            # A connection that came up resets the back-off, whatever breaks it later.
+            self._backoff.reset()
+            ceiling, pending_retained = self._backlog_ceiling()
             _log.info("mqtt_connected", backlog_ceiling_seq=ceiling)
             await client.publish(
                 self._topics.presence,
@@ -205,6 +248,7 @@ class OutboxPublisher:
                 qos=1,
                 retain=True,
             )
+            await self._republish_retained(client, pending_retained)
             await client.subscribe(self._topics.backfill_request, qos=1)
             await client.subscribe(self._topics.cmd_ack, qos=1)
             try:
@@ -241,13 +285,44 @@ class OutboxPublisher:
 
         paho.on_publish = on_publish
 
-    def _backlog_ceiling(self) -> int:
-        ceiling = 0
-        while True:
-            page = self._outbox.pending(limit=1000, after_seq=ceiling)
-            if not page:
-                return ceiling
-            ceiling = page[-1].seq
+    def _backlog_ceiling(self) -> tuple[int, dict[str, OutboxRowLike]]:
+        """The highest seq waiting now, and the newest waiting row of each retained
+        topic: two index reads, whatever the length of the backlog (an outage of hours
+        must not stall the event loop at reconnect)."""
+        retained = {row.topic: row for row in self._outbox.newest_retained()}
+        return self._outbox.high_seq(), retained
+
+    async def _republish_retained(
+        self, client: aiomqtt.Client, pending: dict[str, OutboxRowLike]
+    ) -> None:
+        """Publish the newest message of every retained topic again (see module doc).
+
+        Candidates are the archive's last acknowledged copy of each topic and any newer
+        row still waiting in the outbox. A waiting row published here is settled like
+        any other (archived, deleted), so it does not go out a second time.
+        """
+        newest: dict[str, tuple[int, bytes, OutboxRowLike | None]] = {}
+        if self._archive is not None:
+            for archived in self._archive.retained_latest():
+                newest[archived.topic] = (archived.seq, archived.payload, None)
+        for topic, waiting in pending.items():
+            if waiting.seq > newest.get(topic, (0, b"", None))[0]:
+                newest[topic] = (waiting.seq, waiting.payload, waiting)
+        for topic, (seq, payload, row) in sorted(newest.items(), key=lambda item: item[1][0]):
+            if seq < self._retained_high_seq.get(topic, 0):
+                continue
+            self._retained_high_seq[topic] = seq
+            refusals_before = self.stats.refused_publishes
+            await client.publish(topic, mark_republished(payload), qos=1, retain=True)
+            if self.stats.refused_publishes != refusals_before:
+                raise PublishRefusedError(
+                    f"broker refused the republish of {topic} ({self.stats.last_refusal}); "
+                    f"check the broker ACL lets this controller publish under "
+                    f"{self._topics.base}/#"
+                )
+            self.stats.republished += 1
+            if row is not None:
+                self._settle([row])
 
     async def _drain(self, client: aiomqtt.Client, ceiling: int) -> None:
         while not self._stop.is_set():
@@ -259,8 +334,11 @@ class OutboxPublisher:
                 if r.seq <= ceiling
             ]
             if not live and not backlog:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
+                if self._poll_interval_s is None:
+                    await self._wake.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
                 continue
             now = self._clock()
             batch = [(row, self._is_old(row, now)) for row in live]
@@ -311,13 +389,15 @@ class OutboxPublisher:
             )
 
     def _settle(self, acked: Sequence[OutboxRowLike]) -> None:
-        if not acked:
-            return
+        if acked:
+            self._settle_rows(acked, self._clock())
+
+    def _settle_here(self, acked: Sequence[OutboxRowLike], sent: datetime) -> None:
+        """Settle on the calling thread (integrators and tests without a writer thread):
+        archive, a bounded prune at most once a minute, then delete."""
         if self._archive is not None:
-            now = self._clock()
-            self._archive.record(acked, sent_utc=utc_text(now))
-            cutoff = datetime.fromtimestamp(now.timestamp() - self._archive_retention_s, UTC)
-            self._archive.prune(sent_before_utc=utc_text(cutoff))
+            self._archive.record(acked, sent_utc=utc_text(sent))
+            self._pruner.prune_if_due(self._archive, now_s=time.monotonic(), now_utc=sent)
         self._outbox.delete([row.seq for row in acked])
 
     async def _intake(self, client: aiomqtt.Client) -> None:

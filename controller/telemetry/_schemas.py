@@ -77,6 +77,8 @@ class _DeviceFields(_Message):
     boot_id: _Name
     seq: Annotated[int, Field(ge=1)]
     historical: bool = False
+    # A retained message published again after a (re)connect, same seq (docs/mqtt.md).
+    republished: bool = False
 
 
 class Reason(BaseModel):
@@ -254,6 +256,11 @@ class PresenceMessage(_Message):
     online: bool
     reason: Literal["connected", "shutdown", "last_will"]
     telemetry_hz: Annotated[int, Field(ge=1, le=10)] = 1
+    # The Last Will is handed to the broker at connect time and published by the
+    # broker much later, so it carries no time (null): a subscriber stamps its arrival.
+    # Widening the base's required field is what pydantic supports for a subclass;
+    # mypy flags any change of a base attribute's type.
+    utc: UtcTime | None = None  # type: ignore[assignment]
 
 
 class BackfillRequest(_Message):

@@ -9,6 +9,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from controller.telemetry._backoff import DEFAULT_RECONNECT_INITIAL_S, DEFAULT_RECONNECT_MAX_S
+
 __all__ = ["MqttSettings", "TlsSettings", "require_safe_level"]
 
 # Characters that are safe in an MQTT client id, a topic level and a file name.
@@ -50,9 +52,10 @@ class MqttSettings(BaseModel):
     keepalive_s: Annotated[int, Field(ge=1, le=3600)] = 10
     root_topic: str = "nebuliser/v1"
     telemetry_hz: Annotated[int, Field(ge=1, le=10)] = 1
-    # Reconnect back-off: first wait and the cap (seconds).
-    reconnect_initial_s: Annotated[float, Field(gt=0, le=60)] = 0.2
-    reconnect_max_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # Reconnect back-off (controller.telemetry.ReconnectBackoff): first wait and the
+    # cap in seconds; every wait is jittered down to half its step.
+    reconnect_initial_s: Annotated[float, Field(gt=0, le=60)] = DEFAULT_RECONNECT_INITIAL_S
+    reconnect_max_s: Annotated[float, Field(gt=0, le=300)] = DEFAULT_RECONNECT_MAX_S
     # How long to wait for a PUBACK before treating the connection as broken.
     publish_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
 

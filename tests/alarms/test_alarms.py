@@ -235,7 +235,7 @@ def test_raise_carries_the_rule(code: AlarmCode) -> None:
 @pytest.mark.parametrize("code", list(AlarmCode))
 def test_clear_then_latch_then_acknowledge(code: AlarmCode) -> None:
     state, _ = SCENARIOS[code]()
-    now = T0 + 20_000
+    now = T0 + 60_000  # past every hold time (telemetry drops: 60 s without a new drop)
     state, events = evaluate(_cleared_inputs(state), state, now)
     cleared = [e for e in events if e.code is code]
     assert [e.kind for e in cleared] == [AlarmEventKind.CLEARED]
@@ -274,7 +274,7 @@ def test_acknowledge_while_present_then_clear_removes(code: AlarmCode) -> None:
     )
     # Acknowledging again changes nothing.
     assert acknowledge(state, code, "someone else", T0 + 10_600) == (state, [])
-    state, events = evaluate(_cleared_inputs(state), state, T0 + 20_000)
+    state, events = evaluate(_cleared_inputs(state), state, T0 + 60_000)
     assert [(e.kind, e.still_active) for e in events if e.code is code] == [
         (AlarmEventKind.CLEARED, False)
     ]
@@ -448,16 +448,38 @@ def test_dose_reached_on_time_raises_nothing() -> None:
     assert evaluate(inputs, AlarmState(), T0)[1] == []
 
 
-def test_telemetry_drops_alarm_on_each_increase_and_count() -> None:
+def test_telemetry_drops_latch_once_per_outage_with_a_running_count() -> None:
+    # A 10 minute outage: the service reads the drop counter every 5 s and it grows
+    # at every read once the outbox is full; the alarm rules run every 100 ms.
     state, events = evaluate(quiet(telemetry_dropped_total=5), AlarmState(), T0)
+    assert [(e.kind, e.code) for e in events] == [
+        (AlarmEventKind.RAISED, AlarmCode.TELEMETRY_DROPPED)
+    ]
     assert "5 telemetry messages dropped" in events[0].message
-    state, _ = evaluate(quiet(telemetry_dropped_total=5), state, T0 + 1)  # cleared, latched
-    state, events = evaluate(quiet(telemetry_dropped_total=8), state, T0 + 2)
+    every: list[AlarmEvent] = []
+    total = 5
+    for now in range(T0 + 100, T0 + 600_000, 100):
+        if (now - T0) % 5_000 == 0:
+            total += 50
+        state, events = evaluate(quiet(telemetry_dropped_total=total), state, now)
+        every.extend(e for e in events if e.code is AlarmCode.TELEMETRY_DROPPED)
+    assert every == [], "no raise/clear flapping during one outage"
+    alarm = state.get(AlarmCode.TELEMETRY_DROPPED)
+    assert alarm is not None
+    assert f"{total} telemetry messages dropped" in alarm.message, "running count"
+    # The outage ends (no new drops): one CLEARED after the quiet time, still latched.
+    last_growth = T0 + 595_000
+    state, events = evaluate(quiet(telemetry_dropped_total=total), state, last_growth + 59_999)
+    assert events == []
+    state, events = evaluate(quiet(telemetry_dropped_total=total), state, last_growth + 60_000)
+    assert [(e.kind, e.still_active) for e in events] == [(AlarmEventKind.CLEARED, True)]
+    # The next outage is a new occurrence with its own count.
+    state, events = evaluate(quiet(telemetry_dropped_total=total + 3), state, T0 + 700_000)
     assert [(e.kind, e.code) for e in events] == [
         (AlarmEventKind.RAISED, AlarmCode.TELEMETRY_DROPPED)
     ]
     assert "3 telemetry messages dropped" in events[0].message
-    assert "(8 in total)" in events[0].message
+    assert f"({total + 3} in total)" in events[0].message
 
 
 def test_telemetry_counter_reset_is_a_new_baseline() -> None:

@@ -172,3 +172,51 @@ async def test_controller_killed_mid_session_will_fires_and_seqs_continue(
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(process.wait(), 10)
+
+
+async def test_controller_republishes_retained_state_after_broker_restart_without_persistence(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    model = DeviceModel(nominal_ul_min=600, fill_ul=3000)  # 10 µL/s: still running below
+    broker = MosquittoBroker(workdir=workdir, persistence=False)
+    async with run_pty_simulator(model) as sim:
+        broker.start()
+        try:
+            _, config = write_config(
+                tmp_path, port=sim.device_path, session_ul=400, extra=mqtt_section(broker)
+            )
+            async with running_controller(config):
+                await wait_status(config, lambda s: s["link_up"] and s["device"], 5)
+                assert (await start_confirmed(config))["started"]
+                async with capturing(broker) as before:
+                    await until(
+                        lambda: any(
+                            b["session_state"] == "nebulising" for b in before.bodies("state")
+                        ),
+                        10,
+                        "the nebulising state published",
+                    )
+                await until(lambda: outbox_count(config) == 0, 10, "state and session sent")
+                broker.kill()
+                broker.restart()  # no persistence: the retained state is gone
+                async with capturing(broker) as capture:
+
+                    def retained(suffix: str) -> list[dict[str, Any]]:
+                        # Retained on the broker: delivered with the retain flag if
+                        # the republish came first, live (flag off) if it came after.
+                        return [body for body in capture.bodies(suffix) if body["republished"]]
+
+                    await until(
+                        lambda: bool(retained("state") and retained("session")),
+                        5,
+                        "retained state and session back on the broker",
+                    )
+                state = validate_json(json.dumps(retained("state")[-1]).encode())
+                session = retained("session")[-1]
+                assert state["session_state"] == "nebulising"
+                assert state["republished"] is True
+                assert session["event"] == "started"
+        finally:
+            broker.stop()

@@ -69,10 +69,12 @@ def test_a_version_1_ledger_file_migrates_to_2(db_path: Path) -> None:
     with Ledger.open(db_path):
         pass
     raw = sqlite3.connect(db_path)
-    try:  # make it a version-1 file again: drop what migration 2 added
+    try:  # make it a version-1 file again: drop what migrations 2 and 3 added
         raw.execute("DROP TABLE breath_summaries")
+        for column in ("dropped_count", "dropped_bytes", "last_dropped_seq"):
+            raw.execute(f"ALTER TABLE outbox_stats DROP COLUMN {column}")
         raw.execute("DROP TRIGGER IF EXISTS schema_version_no_delete")
-        raw.execute("DELETE FROM schema_version WHERE version = 2")
+        raw.execute("DELETE FROM schema_version WHERE version >= 2")
         raw.commit()
     finally:
         raw.close()

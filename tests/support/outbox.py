@@ -48,6 +48,14 @@ class LedgerBackedOutbox:
         """Rows waiting, oldest first."""
         return self._ledger.outbox.pending(limit=limit, after_seq=after_seq)
 
+    def high_seq(self) -> int:
+        """The highest seq waiting."""
+        return self._ledger.outbox.high_seq()
+
+    def newest_retained(self) -> list[OutboxRow]:
+        """The newest waiting row of each retained topic."""
+        return self._ledger.outbox.newest_retained()
+
     def delete(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged rows."""
         return self._ledger.outbox.delete(seqs)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from controller.ledger import OutboxRow
 from controller.telemetry import (
     AckRequest,
     AlarmAckCommand,
@@ -419,3 +420,35 @@ async def test_broker_refusal_keeps_rows_until_the_acl_is_fixed(tmp_path: Path) 
             broker.restart()
             await wait_until(lambda: outbox.count() == 0, timeout_s=10, what="drain after fix")
             publisher.request_stop()
+
+
+class CountingOutbox(LedgerBackedOutbox):
+    """The real outbox, counting the publisher's reads."""
+
+    reads = 0
+
+    def pending(self, *, limit: int = 100, after_seq: int = 0) -> list[OutboxRow]:
+        self.reads += 1
+        return super().pending(limit=limit, after_seq=after_seq)
+
+
+async def test_idle_publisher_does_not_poll_and_wakes_on_notify(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    outbox = CountingOutbox(path=tmp_path / "ledger.sqlite3")
+    publisher = OutboxPublisher(
+        settings=settings_for(mosquitto_broker), identity=IDENTITY, outbox=outbox
+    )
+    async with collecting(mosquitto_broker) as seen, asyncio.TaskGroup() as tasks:
+        tasks.create_task(publisher.run())
+        await wait_until(lambda: publisher.stats.connected, timeout_s=10, what="connect")
+        await wait_until(lambda: len(seen) >= 1, timeout_s=10, what="presence online")
+        reads_when_idle = outbox.reads
+        # Absence of activity can only be shown over an interval: the old publisher
+        # read the outbox twice every 100 ms while idle (CPU on an idle bed).
+        await asyncio.sleep(0.5)
+        assert outbox.reads == reads_when_idle, "the idle publisher polled the outbox"
+        outbox.append(telemetry(1))
+        publisher.notify()
+        await wait_until(lambda: outbox.count() == 0, timeout_s=5, what="notified row sent")
+        publisher.request_stop()

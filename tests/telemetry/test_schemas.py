@@ -182,6 +182,14 @@ def test_mark_historical_flips_only_the_flag() -> None:
     flipped = json.loads(mark_historical(entry.build(5)))
     assert flipped == {**original, "historical": True}
     assert mark_historical(b"not json") == b"not json"
+    # A backfill reply: only its own flag flips, not those of the messages it carries.
+    reply = outbox_entry(
+        IDENTITY, root_topic=ROOT, schema="nebuliser.backfill_reply", utc=NOW,
+        request_id="r1", from_seq=3, to_seq=3, messages=[{**original, "historical": False}],
+    )  # fmt: skip
+    body = json.loads(mark_historical(reply.build(9)))
+    assert body["historical"] is True
+    assert body["messages"][0]["historical"] is False
 
 
 def test_monitor_and_presence_payloads_validate() -> None:
