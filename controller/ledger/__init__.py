@@ -3,16 +3,47 @@
 See docs/ledger.md for the schema, durability guarantees and the restart procedure.
 """
 
+from controller.ledger._anchor import (
+    ANCHOR_FILE_NAME,
+    AnchoredSession,
+    AnchorReading,
+    ContinuityCode,
+    ContinuityVerdict,
+    LedgerAnchor,
+    LedgerFacts,
+    LedgerFileState,
+    anchor_from_json,
+    anchor_to_json,
+    check_continuity,
+)
+from controller.ledger._chain import ChainHead, ChainReport, verify_chain
+from controller.ledger._continuity import (
+    DISCONTINUITY_ALARM,
+    AnchorWriter,
+    LedgerLocation,
+    open_checked,
+    read_readings,
+)
 from controller.ledger._errors import (
     LedgerCorruptError,
+    LedgerDiscontinuityError,
     LedgerError,
+    LedgerExistsError,
+    LedgerMissingError,
     LedgerQuarantinedError,
     LedgerSchemaTooNewError,
+    LedgerSchemaUnexpectedError,
     LedgerWriteError,
     SessionStateError,
     UnknownSessionError,
 )
-from controller.ledger._ledger import DEFAULT_OUTBOX_BUDGET_BYTES, LEDGER_FILE_NAME, Ledger
+from controller.ledger._init import EmptyHistoryAcceptance, init_ledger
+from controller.ledger._ledger import (
+    DEFAULT_OUTBOX_BUDGET_BYTES,
+    LEDGER_FILE_NAME,
+    AnchorSink,
+    Ledger,
+)
 from controller.ledger._model import (
     AlarmAction,
     AlarmEntry,
@@ -32,22 +63,49 @@ from controller.ledger._model import (
 )
 from controller.ledger._outbox import Outbox
 from controller.ledger._schema import SCHEMA_VERSION
-from controller.ledger._storage import StorageReport, check_storage_floor
+from controller.ledger._storage import (
+    RESERVE_FILE_NAME,
+    ReserveFile,
+    StorageLevel,
+    StorageReport,
+    check_storage_floor,
+    classify_storage,
+)
 
 __all__ = [
+    "ANCHOR_FILE_NAME",
     "DEFAULT_OUTBOX_BUDGET_BYTES",
+    "DISCONTINUITY_ALARM",
     "LEDGER_FILE_NAME",
+    "RESERVE_FILE_NAME",
     "SCHEMA_VERSION",
     "AlarmAction",
     "AlarmEntry",
+    "AnchorReading",
+    "AnchorSink",
+    "AnchorWriter",
+    "AnchoredSession",
+    "ChainHead",
+    "ChainReport",
+    "ContinuityCode",
+    "ContinuityVerdict",
+    "EmptyHistoryAcceptance",
     "EndSource",
     "EventKind",
     "Ledger",
+    "LedgerAnchor",
     "LedgerCorruptError",
+    "LedgerDiscontinuityError",
     "LedgerError",
     "LedgerEvent",
+    "LedgerExistsError",
+    "LedgerFacts",
+    "LedgerFileState",
+    "LedgerLocation",
+    "LedgerMissingError",
     "LedgerQuarantinedError",
     "LedgerSchemaTooNewError",
+    "LedgerSchemaUnexpectedError",
     "LedgerWriteError",
     "Outbox",
     "OutboxKind",
@@ -56,12 +114,22 @@ __all__ = [
     "OutboxStamp",
     "PayloadBuilder",
     "ReconcileSource",
+    "ReserveFile",
     "SessionStateError",
     "SessionSummary",
+    "StorageLevel",
     "StorageReport",
     "SubjectTotals",
     "UnknownSessionError",
+    "anchor_from_json",
+    "anchor_to_json",
+    "check_continuity",
     "check_storage_floor",
+    "classify_storage",
     "decision_to_json",
+    "init_ledger",
+    "open_checked",
+    "read_readings",
     "summary_to_json",
+    "verify_chain",
 ]

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from controller.dosing import Instant, Override, SessionRecord, SessionStatus
+from controller.ledger._anchor import AnchoredSession, LedgerAnchor
+from controller.ledger._chain import GENESIS_HASH, ChainHead, stored_hash_at, stored_head
 from controller.ledger._database import (
     Database,
     instant_from_row,
+    is_disk_full,
     utc_text,
 )
-from controller.ledger._errors import SessionStateError, UnknownSessionError
+from controller.ledger._errors import (
+    LedgerWriteError,
+    SessionStateError,
+    UnknownSessionError,
+)
 from controller.ledger._model import (
     AlarmAction,
     AlarmEntry,
@@ -36,8 +43,12 @@ from controller.ledger._model import (
 )
 from controller.ledger._outbox import Outbox
 from controller.ledger._schema import SCHEMA_VERSION
+from controller.ledger._storage import ReserveFile
 
-__all__ = ["DEFAULT_OUTBOX_BUDGET_BYTES", "LEDGER_FILE_NAME", "Ledger"]
+__all__ = ["DEFAULT_OUTBOX_BUDGET_BYTES", "LEDGER_FILE_NAME", "AnchorSink", "Ledger"]
+
+AnchorSink = Callable[[LedgerAnchor], None]
+"""Receives the ledger's high-water mark after every committed session event."""
 
 LEDGER_FILE_NAME = "ledger.sqlite3"
 """File name of the ledger inside the data directory."""
@@ -54,6 +65,13 @@ _STATUS_COLUMNS = (
     "session_id, subject_id, intent_utc, intent_boot_id, intent_monotonic_ns,"
     " planned_cap_ul, status, delivered_ul, started"
 )
+
+
+def _check_arguments(outbox_budget_bytes: int, progress_interval_ms: int) -> None:
+    if outbox_budget_bytes < 1:
+        raise ValueError(f"outbox_budget_bytes must be >= 1, got {outbox_budget_bytes}")
+    if progress_interval_ms < 0:
+        raise ValueError(f"progress_interval_ms must be >= 0, got {progress_interval_ms}")
 
 
 def _non_negative(name: str, value: int) -> None:
@@ -87,12 +105,27 @@ def _record_from_row(row: sqlite3.Row | tuple[Any, ...]) -> SessionRecord:
 class Ledger:
     """One open ledger database. Use `Ledger.open(path)`; close it (or use `with`)."""
 
-    def __init__(self, *, database: Database, progress_interval_ms: int) -> None:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        progress_interval_ms: int,
+        anchor_sink: AnchorSink | None = None,
+        reserve: ReserveFile | None = None,
+    ) -> None:
         self._db = database
         self._progress_interval_ns = progress_interval_ms * _NS_PER_MS
         self._last_progress: dict[int, Instant] = {}
         self.outbox = Outbox(database=database)
         """The MQTT outbox in the same database (see `Outbox`)."""
+        self.anchor_sink = anchor_sink
+        """Where anchors go after each session event (`None`: not anchored)."""
+        self.anchor_failures = 0
+        """Anchors that could not be written after a committed end/refusal (retried next)."""
+        self.reserve = reserve
+        """Disk space held back for end records (released when the disk is full)."""
+        with database.reading() as connection:
+            database.head = stored_head(connection)
 
     # ----------------------------------------------------------------- life cycle
 
@@ -104,25 +137,65 @@ class Ledger:
         outbox_budget_bytes: int = DEFAULT_OUTBOX_BUDGET_BYTES,
         progress_interval_ms: int = 1000,
         read_only: bool = False,
+        anchor_sink: AnchorSink | None = None,
+        reserve: ReserveFile | None = None,
     ) -> Ledger:
-        """Open the ledger at `path`, creating and migrating it if needed.
+        """Open the existing ledger at `path` and migrate it if needed; never creates one.
 
-        Runs `PRAGMA integrity_check` (read-only: `quick_check`). Raises
-        `LedgerCorruptError` (the file and its -wal/-shm are moved aside to
+        Runs `PRAGMA integrity_check` (read-only: `quick_check`) and compares the schema
+        with what the migrations create. Raises `LedgerMissingError` (no file: use
+        `Ledger.create` through `nebuliser ledger init`), `LedgerCorruptError` or
+        `LedgerSchemaUnexpectedError` (the file and its -wal/-shm are moved aside to
         `<name>.corrupt-<utc>` unless read-only), `LedgerSchemaTooNewError`, or
         `LedgerQuarantinedError` when a corrupt ledger was moved aside and nothing
         replaced it. The controller treats each as "stop delivery + alarm".
         """
-        if outbox_budget_bytes < 1:
-            raise ValueError(f"outbox_budget_bytes must be >= 1, got {outbox_budget_bytes}")
-        if progress_interval_ms < 0:
-            raise ValueError(f"progress_interval_ms must be >= 0, got {progress_interval_ms}")
+        _check_arguments(outbox_budget_bytes, progress_interval_ms)
         database = Database.open(path, read_only=read_only, budget_bytes=outbox_budget_bytes)
+        return cls(
+            database=database,
+            progress_interval_ms=progress_interval_ms,
+            anchor_sink=anchor_sink,
+            reserve=reserve,
+        )
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        *,
+        device_id: str,
+        subject_id: str,
+        outbox_budget_bytes: int = DEFAULT_OUTBOX_BUDGET_BYTES,
+        progress_interval_ms: int = 1000,
+    ) -> Ledger:
+        """Create a new, empty ledger for `device_id` (and the prescription's subject).
+
+        Refuses (`LedgerExistsError`) when a ledger, or one moved aside, is already
+        there. Only `nebuliser ledger init` and tests call this: nothing else ever
+        creates a ledger (docs/ledger.md).
+        """
+        _check_arguments(outbox_budget_bytes, progress_interval_ms)
+        if not device_id or not subject_id:
+            raise ValueError("a ledger needs a device id and a subject id")
+        database = Database.open(
+            path,
+            read_only=False,
+            budget_bytes=outbox_budget_bytes,
+            create_meta={
+                "device_id": device_id,
+                "subject_id": subject_id,
+                "initialised_utc": utc_text(datetime.now(UTC)),
+            },
+        )
         return cls(database=database, progress_interval_ms=progress_interval_ms)
 
     def close(self) -> None:
-        """Close the database (checkpoints the WAL into the main file)."""
+        """Close the database (checkpoints the WAL into the main file) and the anchor sink."""
         self._db.close()
+        closer = getattr(self.anchor_sink, "close", None)
+        if callable(closer):
+            closer()
 
     def __enter__(self) -> Self:
         return self
@@ -153,6 +226,95 @@ class Ledger:
                 "SELECT value FROM ledger_meta WHERE key = 'ledger_id'"
             ).fetchone()
         return str(row[0])
+
+    def meta(self, key: str) -> str | None:
+        """A `ledger_meta` value (`device_id`, `subject_id`, `created_utc`, ...), or None."""
+        with self._db.reading() as connection:
+            row = connection.execute(
+                "SELECT value FROM ledger_meta WHERE key = ?", (key,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    @property
+    def device_id(self) -> str | None:
+        """The device this ledger was initialised for (None for ledgers from before `init`)."""
+        return self.meta("device_id")
+
+    @property
+    def head(self) -> ChainHead | None:
+        """The newest event: its id and chain hash (None for a ledger without events)."""
+        return self._db.head
+
+    def chain_hash_at(self, seq: int) -> str | None:
+        """The chain hash of event `seq` (None when the ledger has no such event)."""
+        with self._db.reading() as connection:
+            return stored_hash_at(connection, seq)
+
+    def anchor(self, *, reason: str, session_id: int | None = None) -> LedgerAnchor:
+        """The ledger's current high-water mark (for the anchor file, audit log and MQTT)."""
+        with self._db.reading() as connection:
+            last_session = connection.execute("SELECT max(session_id) FROM sessions").fetchone()
+            session = None
+            if session_id is not None:
+                row = connection.execute(
+                    "SELECT session_id, subject_id, planned_cap_ul, status, delivered_ul,"
+                    " intent_utc FROM session_status WHERE session_id = ?",
+                    (session_id,),
+                ).fetchone()
+                if row is not None:
+                    session = AnchoredSession(
+                        session_id=int(row[0]),
+                        subject_id=str(row[1]),
+                        planned_cap_ul=int(row[2]),
+                        status=str(row[3]),
+                        delivered_ul=None if row[4] is None else int(row[4]),
+                        intent_utc=str(row[5]),
+                    )
+            ledger_id = connection.execute(
+                "SELECT value FROM ledger_meta WHERE key = 'ledger_id'"
+            ).fetchone()[0]
+            device = connection.execute(
+                "SELECT value FROM ledger_meta WHERE key = 'device_id'"
+            ).fetchone()
+        head = self._db.head
+        return LedgerAnchor(
+            ledger_id=str(ledger_id),
+            device_id="" if device is None else str(device[0]),
+            last_event_seq=0 if head is None else head.seq,
+            last_event_hash=GENESIS_HASH if head is None else head.hash,
+            last_session_id=int(last_session[0] or 0),
+            reason=reason,
+            written_utc=utc_text(datetime.now(UTC)),
+            session=session,
+        )
+
+    def _anchor_after(self, session_id: int, reason: str, *, strict: bool) -> None:
+        """Hand the new high-water mark to the anchor sink after a committed session event.
+
+        `strict` (the intent): a failure raises, so START is never sent for a session
+        whose intent is not anchored outside the ledger file. Otherwise the failure is
+        counted and the next anchor catches up (a ledger newer than its anchors is fine).
+        """
+        if self.anchor_sink is None:
+            return
+        try:
+            self.anchor_sink(self.anchor(reason=reason, session_id=session_id))
+        except Exception as exc:
+            self.anchor_failures += 1
+            if strict:
+                raise LedgerWriteError(
+                    f"session {session_id}'s intent is recorded but its anchor could not be "
+                    f"written ({exc}); not starting. The session counts its full cap."
+                ) from exc
+
+    def _end_record(self, write: Callable[[], int]) -> int:
+        """Write an end-type record; on a full disk release the reserve and try once more."""
+        try:
+            return write()
+        except LedgerWriteError as exc:
+            if not is_disk_full(exc) or self.reserve is None or not self.reserve.release():
+                raise
+        return write()
 
     def backup(self, destination: Path) -> None:
         """Copy the live database to `destination` with SQLite's online backup API.
@@ -238,6 +400,7 @@ class Ledger:
             self._db.insert_outbox(
                 connection, publish, at=at, event_id=event_id, session_id=session_id
             )
+        self._anchor_after(session_id, "intent", strict=True)
         return session_id
 
     def record_started(
@@ -332,19 +495,22 @@ class Ledger:
         _non_negative("duration_ms", duration_ms)
         if not reason:
             raise ValueError("reason must be a non-empty code")
-        event_id = self._session_event(
-            session_id,
-            kind=EventKind.ENDED,
-            at=at,
-            body={
-                "delivered_ul": delivered_ul,
-                "duration_ms": duration_ms,
-                "reason": reason,
-                "source": str(EndSource(source)),
-            },
-            delivered_ul=delivered_ul,
-            allowed=(SessionStatus.OPEN,),
-            publish=publish,
+        # The end record must be written even on a full disk: the reserve is for it.
+        event_id = self._end_record(
+            lambda: self._session_event(
+                session_id,
+                kind=EventKind.ENDED,
+                at=at,
+                body={
+                    "delivered_ul": delivered_ul,
+                    "duration_ms": duration_ms,
+                    "reason": reason,
+                    "source": str(EndSource(source)),
+                },
+                delivered_ul=delivered_ul,
+                allowed=(SessionStatus.OPEN,),
+                publish=publish,
+            )
         )
         self._last_progress.pop(session_id, None)
         return event_id
@@ -364,13 +530,15 @@ class Ledger:
         """
         if not reason:
             raise ValueError("reason must be a non-empty code")
-        event_id = self._session_event(
-            session_id,
-            kind=EventKind.UNCERTAIN,
-            at=at,
-            body={"reason": reason},
-            allowed=(SessionStatus.OPEN,),
-            publish=publish,
+        event_id = self._end_record(
+            lambda: self._session_event(
+                session_id,
+                kind=EventKind.UNCERTAIN,
+                at=at,
+                body={"reason": reason},
+                allowed=(SessionStatus.OPEN,),
+                publish=publish,
+            )
         )
         self._last_progress.pop(session_id, None)
         return event_id
@@ -621,21 +789,43 @@ class Ledger:
                 raise SessionStateError(
                     f"cannot record {kind} for session {session_id}: it has already started"
                 )
-            subject = connection.execute(
-                "SELECT subject_id FROM sessions WHERE session_id = ?", (session_id,)
-            ).fetchone()[0]
-            event_id = self._db.insert_event(
+            event_id = self._insert_session_event(
                 connection,
+                session_id,
                 kind=kind,
                 at=at,
-                session_id=session_id,
-                subject_id=str(subject),
-                delivered_ul=delivered_ul,
                 body=body,
+                delivered_ul=delivered_ul,
+                publish=publish,
             )
-            self._db.insert_outbox(
-                connection, publish, at=at, event_id=event_id, session_id=session_id
-            )
+        if kind is not EventKind.PROGRESS:
+            self._anchor_after(session_id, str(kind), strict=False)
+        return event_id
+
+    def _insert_session_event(
+        self,
+        connection: sqlite3.Connection,
+        session_id: int,
+        *,
+        kind: EventKind,
+        at: Instant,
+        body: Mapping[str, Any],
+        delivered_ul: int | None,
+        publish: Sequence[OutboxMessage],
+    ) -> int:
+        subject = connection.execute(
+            "SELECT subject_id FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()[0]
+        event_id = self._db.insert_event(
+            connection,
+            kind=kind,
+            at=at,
+            session_id=session_id,
+            subject_id=str(subject),
+            delivered_ul=delivered_ul,
+            body=body,
+        )
+        self._db.insert_outbox(connection, publish, at=at, event_id=event_id, session_id=session_id)
         return event_id
 
     def _free_event(

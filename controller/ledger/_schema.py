@@ -155,7 +155,16 @@ _V1: tuple[str, ...] = (
         {_session_join("r", "reconciled")}""",  # noqa: S608
 )
 
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1),)
+_V2: tuple[str, ...] = (
+    # The hash chain over events (docs/ledger.md "Continuity"): each event's
+    # SHA-256 over the previous event's chain hash and its own columns, computed by
+    # the writer. Events written before version 2 have NULL here; their hashes are
+    # recomputed from their columns when the chain is checked.
+    "ALTER TABLE events ADD COLUMN chain_hash TEXT"
+    " CHECK (chain_hash IS NULL OR length(chain_hash) = 64)",
+)
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))
 """(version, statements) in ascending order; versions are 1, 2, 3, ... without gaps."""
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]

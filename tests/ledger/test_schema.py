@@ -12,6 +12,7 @@ from controller.ledger import (
     EndSource,
     Ledger,
     LedgerCorruptError,
+    LedgerMissingError,
     LedgerSchemaTooNewError,
     OutboxKind,
     OutboxMessage,
@@ -19,12 +20,25 @@ from controller.ledger import (
     SessionStateError,
     UnknownSessionError,
 )
-from tests.ledger.conftest import SimClock, intent
+from tests.ledger.conftest import SimClock, create_ledger, intent
 
 
-def test_migrates_an_empty_file_and_reopens_idempotently(db_path: Path) -> None:
-    db_path.touch()  # an empty file is a valid, empty SQLite database
-    with Ledger.open(db_path) as first:
+def test_an_empty_file_is_refused_and_set_aside_never_taken_for_a_new_ledger(
+    db_path: Path,
+) -> None:
+    db_path.touch()  # SQLite would take a 0-byte file for a valid, empty database
+    with pytest.raises(LedgerCorruptError, match="empty") as caught:
+        Ledger.open(db_path)
+    assert caught.value.quarantined_to is not None
+    assert caught.value.quarantined_to.exists()
+    assert not db_path.exists()
+
+
+def test_creates_only_on_purpose_and_reopens_idempotently(db_path: Path) -> None:
+    with pytest.raises(LedgerMissingError, match="ledger init"):
+        Ledger.open(db_path)
+    assert not db_path.exists()
+    with create_ledger(db_path) as first:
         ledger_id = first.ledger_id
     with Ledger.open(db_path) as second:
         assert second.ledger_id == ledger_id
@@ -128,7 +142,7 @@ def test_device_cap_above_planned_cap_is_refused(ledger: Ledger, clock: SimClock
 
 
 def test_newer_schema_is_refused_and_left_in_place(db_path: Path) -> None:
-    Ledger.open(db_path).close()
+    create_ledger(db_path).close()
     raw = sqlite3.connect(db_path)
     raw.execute("INSERT INTO schema_version (version, applied_utc) VALUES (?, 'future')", (99,))
     raw.commit()
@@ -150,7 +164,7 @@ def test_a_foreign_database_is_not_taken_for_a_ledger(db_path: Path) -> None:
 
 
 def test_session_ids_are_monotonic_and_survive_reopen(db_path: Path, clock: SimClock) -> None:
-    with Ledger.open(db_path) as ledger:
+    with create_ledger(db_path) as ledger:
         first = [intent(ledger, clock) for _ in range(3)]
     with Ledger.open(db_path) as ledger:
         later = intent(ledger, clock)
