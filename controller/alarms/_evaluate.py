@@ -140,6 +140,11 @@ class AlarmInputs:
     * `swapped_to_serial` — the new head's serial if the head changed mid-session.
     * `device_rebooted_mid_session` — STATUS uptime dropped during a session.
     * `telemetry_dropped_total` — messages the outbox has dropped, ever (monotonic).
+    * `ledger_discontinuity` — the ledger does not continue its anchors (controller.
+      ledger.check_continuity refused it); `storage_emergency` — free space is below the
+      emergency level or the end-record reserve is gone (controller.ledger.
+      classify_storage returned EMERGENCY). Both default to False for callers that
+      predate them.
     """
 
     device_faults: int
@@ -159,6 +164,8 @@ class AlarmInputs:
     swapped_to_serial: str | None
     device_rebooted_mid_session: bool
     telemetry_dropped_total: int
+    ledger_discontinuity: bool = False
+    storage_emergency: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -338,6 +345,10 @@ def _controller_conditions(inputs: AlarmInputs, previous: AlarmState, present: _
         present[AlarmCode.STORAGE_LOW] = {"free_mib": inputs.storage_free_mib}
     if not inputs.ledger_ok:
         present[AlarmCode.LEDGER_UNAVAILABLE] = {}
+    if inputs.ledger_discontinuity:
+        present[AlarmCode.LEDGER_DISCONTINUITY] = {}
+    if inputs.storage_emergency:
+        present[AlarmCode.STORAGE_EMERGENCY] = {"free_mib": inputs.storage_free_mib}
     # Telemetry drops: a one-shot condition each time the total grows (latching,
     # so the nurse sees it until acknowledged). A smaller total (a counter reset)
     # is taken as the new baseline.

@@ -76,6 +76,8 @@ class AlarmCode(StrEnum):
     STORAGE_LOW = "storage_low"
     LEDGER_UNAVAILABLE = "ledger_unavailable"
     TELEMETRY_DROPPED = "telemetry_dropped"
+    LEDGER_DISCONTINUITY = "ledger_discontinuity"
+    STORAGE_EMERGENCY = "storage_emergency"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +169,29 @@ _RULES: tuple[AlarmRule, ...] = (
             "let the head cool; call clinical engineering before reuse."
         ),
         why="A hot mesh at the patient interface risks a burn; act at once.",
+    ),
+    AlarmRule(
+        code=AlarmCode.LEDGER_DISCONTINUITY,
+        cause=(
+            "at start-up the dose ledger is missing, empty, unreadable, of another device, "
+            "of an unexpected schema, or older than its anchors (audit log, anchor file, "
+            "ward station)"
+        ),
+        priority=_H,
+        category=_CLIN,
+        latching=True,
+        message=(
+            "Dose history missing or rolled back: the controller refuses every start until "
+            "the ledger is restored"
+        ),
+        action=(
+            "Give no dose from this controller; call clinical engineering to restore the "
+            "ledger (docs/ledger.md) and check the ward record for doses since the backup."
+        ),
+        why=(
+            "With part of the history gone the dose limits would admit a dose already "
+            "given (e.g. a second once-daily dose): direct risk of over-delivery."
+        ),
     ),
     AlarmRule(
         code=AlarmCode.DELIVERY_UNCERTAIN,
@@ -347,6 +372,25 @@ _RULES: tuple[AlarmRule, ...] = (
         message="Controller storage low ({free_mib} MiB free); records may soon be refused",
         action="Call clinical engineering to free storage.",
         why="Dose records are at risk soon; starts will be refused at the floor.",
+    ),
+    AlarmRule(
+        code=AlarmCode.STORAGE_EMERGENCY,
+        cause=(
+            "free disk space below the emergency level, or the ledger's end-record reserve "
+            "is used up"
+        ),
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message=(
+            "Controller storage critically low ({free_mib} MiB free): the running session "
+            "was stopped so that its end could still be recorded"
+        ),
+        action="Call clinical engineering to free storage before the next dose.",
+        why=(
+            "Therapy is interrupted (device safe, end recorded); without space no further "
+            "dose record could be kept."
+        ),
     ),
     AlarmRule(
         code=AlarmCode.LINK_LOST,

@@ -173,6 +173,7 @@ def _refuse(
     verdict: ContinuityVerdict,
     *,
     quarantined_to: Path | None,
+    audit: bool = True,
 ) -> LedgerDiscontinuityError:
     error = LedgerDiscontinuityError(
         path=location.ledger_path,
@@ -181,6 +182,8 @@ def _refuse(
         action=verdict.action,
         quarantined_to=quarantined_to,
     )
+    if not audit:
+        return error
     # Record third, but record: the audit log is independent of the ledger file.
     with contextlib.suppress(OSError, sqlite3.Error):
         audit_record(
@@ -224,7 +227,10 @@ def open_checked(
         if pre.state is LedgerFileState.EMPTY:
             moved = quarantine(path, label="suspect")
         verdict = check_continuity(readings=readings, facts=pre, device_id=device_id)
-        raise _refuse(location, verdict, quarantined_to=moved)
+        # A new install that skipped `ledger init` is not a loss: no alarm record, which
+        # would also make the data directory look used and `init` refuse.
+        fresh = not pre.earlier_use and not any(r.anchor or r.problem for r in readings)
+        raise _refuse(location, verdict, quarantined_to=moved, audit=not fresh)
     try:
         ledger = Ledger.open(
             path,
