@@ -28,6 +28,8 @@ from controller.ledger import (
     LedgerLocation,
     SessionSummary,
     init_ledger,
+    plan_restore,
+    restore_ledger,
     summary_to_json,
 )
 
@@ -212,6 +214,51 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_and_dir(args: argparse.Namespace) -> tuple[Path, str]:
+    config = None
+    if args.config is not None or args.device_id is None or args.data_dir is None:
+        config = load_config(Path(args.config) if args.config else None)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is None:
+        assert config is not None
+        data_dir = config.storage.data_dir
+    device_id = args.device_id or (config.device.device_id if config else "")
+    return data_dir, device_id
+
+
+def _restore(args: argparse.Namespace) -> int:
+    try:
+        data_dir, device_id = _device_and_dir(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIG
+    if not args.dry_run and not (args.by or "").strip():
+        sys.stderr.write("say who restores the ledger: --by NAME (recorded in the audit log)\n")
+        return EXIT_CONFIG
+    location = LedgerLocation(data_dir=data_dir)
+    backup = Path(args.backup)
+    try:
+        if args.dry_run:
+            plan = plan_restore(location, backup, device_id=device_id)
+        else:
+            plan = restore_ledger(
+                location, backup, device_id=device_id, by=args.by, reason=args.reason or ""
+            )
+    except (LedgerError, OSError) as exc:
+        sys.stderr.write(f"ledger restore refused (nothing was changed): {exc}\n")
+        return EXIT_LEDGER
+    lines = plan.describe()
+    if args.dry_run:
+        lines.append("dry run: nothing was changed")
+    else:
+        lines.append(
+            f"restored to {location.ledger_path} by {args.by}; recorded in the audit log. "
+            "Start the controller; sessions restored as UNCERTAIN count their full cap."
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def _add_location(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="controller configuration (TOML)")
     parser.add_argument(
@@ -267,3 +314,18 @@ def register(subparsers: Any) -> None:
     backup.add_argument("destination", metavar="DEST", help="file to write the copy to")
     _add_location(backup)
     backup.set_defaults(handler=_backup)
+    restore = sub.add_parser(
+        "restore",
+        help="put a verified backup back after a loss (controller stopped; audited)",
+    )
+    restore.add_argument("backup", metavar="BACKUP", help="a file made by `ledger backup`")
+    restore.add_argument("--by", metavar="NAME", help="who restores (recorded in the audit log)")
+    restore.add_argument("--reason", metavar="TEXT", help="why (recorded in the audit log)")
+    restore.add_argument(
+        "--dry-run", action="store_true", help="verify and show what is missing; change nothing"
+    )
+    restore.add_argument(
+        "--device-id", metavar="ID", help="this controller's device id (default: from --config)"
+    )
+    _add_location(restore)
+    restore.set_defaults(handler=_restore)

@@ -24,6 +24,7 @@ from controller.ledger._continuity import (
     open_checked,
     read_readings,
 )
+from controller.ledger._continuity_mixin import RESTORED_FROM_ANCHOR, AnchorSink
 from controller.ledger._errors import (
     LedgerCorruptError,
     LedgerDiscontinuityError,
@@ -38,12 +39,7 @@ from controller.ledger._errors import (
     UnknownSessionError,
 )
 from controller.ledger._init import EmptyHistoryAcceptance, init_ledger
-from controller.ledger._ledger import (
-    DEFAULT_OUTBOX_BUDGET_BYTES,
-    LEDGER_FILE_NAME,
-    AnchorSink,
-    Ledger,
-)
+from controller.ledger._ledger import DEFAULT_OUTBOX_BUDGET_BYTES, LEDGER_FILE_NAME, Ledger
 from controller.ledger._model import (
     AlarmAction,
     AlarmEntry,
@@ -62,6 +58,7 @@ from controller.ledger._model import (
     summary_to_json,
 )
 from controller.ledger._outbox import Outbox
+from controller.ledger._restore import RestorePlan, plan_restore, restore_ledger
 from controller.ledger._schema import SCHEMA_VERSION
 from controller.ledger._storage import (
     RESERVE_FILE_NAME,
@@ -78,6 +75,7 @@ __all__ = [
     "DISCONTINUITY_ALARM",
     "LEDGER_FILE_NAME",
     "RESERVE_FILE_NAME",
+    "RESTORED_FROM_ANCHOR",
     "SCHEMA_VERSION",
     "AlarmAction",
     "AlarmEntry",
@@ -115,6 +113,7 @@ __all__ = [
     "PayloadBuilder",
     "ReconcileSource",
     "ReserveFile",
+    "RestorePlan",
     "SessionStateError",
     "SessionSummary",
     "StorageLevel",
@@ -129,7 +128,9 @@ __all__ = [
     "decision_to_json",
     "init_ledger",
     "open_checked",
+    "plan_restore",
     "read_readings",
+    "restore_ledger",
     "summary_to_json",
     "verify_chain",
 ]

@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from controller.dosing import Instant, Override, SessionRecord, SessionStatus
-from controller.ledger._anchor import AnchoredSession, LedgerAnchor
-from controller.ledger._chain import GENESIS_HASH, ChainHead, stored_hash_at, stored_head
+from controller.ledger._chain import stored_head
+from controller.ledger._continuity_mixin import AnchorSink, ContinuityMixin
 from controller.ledger._database import (
     Database,
     instant_from_row,
-    is_disk_full,
     utc_text,
 )
 from controller.ledger._errors import (
-    LedgerWriteError,
     SessionStateError,
     UnknownSessionError,
 )
@@ -47,8 +45,6 @@ from controller.ledger._storage import ReserveFile
 
 __all__ = ["DEFAULT_OUTBOX_BUDGET_BYTES", "LEDGER_FILE_NAME", "AnchorSink", "Ledger"]
 
-AnchorSink = Callable[[LedgerAnchor], None]
-"""Receives the ledger's high-water mark after every committed session event."""
 
 LEDGER_FILE_NAME = "ledger.sqlite3"
 """File name of the ledger inside the data directory."""
@@ -102,7 +98,7 @@ def _record_from_row(row: sqlite3.Row | tuple[Any, ...]) -> SessionRecord:
     )
 
 
-class Ledger:
+class Ledger(ContinuityMixin):
     """One open ledger database. Use `Ledger.open(path)`; close it (or use `with`)."""
 
     def __init__(
@@ -226,95 +222,6 @@ class Ledger:
                 "SELECT value FROM ledger_meta WHERE key = 'ledger_id'"
             ).fetchone()
         return str(row[0])
-
-    def meta(self, key: str) -> str | None:
-        """A `ledger_meta` value (`device_id`, `subject_id`, `created_utc`, ...), or None."""
-        with self._db.reading() as connection:
-            row = connection.execute(
-                "SELECT value FROM ledger_meta WHERE key = ?", (key,)
-            ).fetchone()
-        return None if row is None else str(row[0])
-
-    @property
-    def device_id(self) -> str | None:
-        """The device this ledger was initialised for (None for ledgers from before `init`)."""
-        return self.meta("device_id")
-
-    @property
-    def head(self) -> ChainHead | None:
-        """The newest event: its id and chain hash (None for a ledger without events)."""
-        return self._db.head
-
-    def chain_hash_at(self, seq: int) -> str | None:
-        """The chain hash of event `seq` (None when the ledger has no such event)."""
-        with self._db.reading() as connection:
-            return stored_hash_at(connection, seq)
-
-    def anchor(self, *, reason: str, session_id: int | None = None) -> LedgerAnchor:
-        """The ledger's current high-water mark (for the anchor file, audit log and MQTT)."""
-        with self._db.reading() as connection:
-            last_session = connection.execute("SELECT max(session_id) FROM sessions").fetchone()
-            session = None
-            if session_id is not None:
-                row = connection.execute(
-                    "SELECT session_id, subject_id, planned_cap_ul, status, delivered_ul,"
-                    " intent_utc FROM session_status WHERE session_id = ?",
-                    (session_id,),
-                ).fetchone()
-                if row is not None:
-                    session = AnchoredSession(
-                        session_id=int(row[0]),
-                        subject_id=str(row[1]),
-                        planned_cap_ul=int(row[2]),
-                        status=str(row[3]),
-                        delivered_ul=None if row[4] is None else int(row[4]),
-                        intent_utc=str(row[5]),
-                    )
-            ledger_id = connection.execute(
-                "SELECT value FROM ledger_meta WHERE key = 'ledger_id'"
-            ).fetchone()[0]
-            device = connection.execute(
-                "SELECT value FROM ledger_meta WHERE key = 'device_id'"
-            ).fetchone()
-        head = self._db.head
-        return LedgerAnchor(
-            ledger_id=str(ledger_id),
-            device_id="" if device is None else str(device[0]),
-            last_event_seq=0 if head is None else head.seq,
-            last_event_hash=GENESIS_HASH if head is None else head.hash,
-            last_session_id=int(last_session[0] or 0),
-            reason=reason,
-            written_utc=utc_text(datetime.now(UTC)),
-            session=session,
-        )
-
-    def _anchor_after(self, session_id: int, reason: str, *, strict: bool) -> None:
-        """Hand the new high-water mark to the anchor sink after a committed session event.
-
-        `strict` (the intent): a failure raises, so START is never sent for a session
-        whose intent is not anchored outside the ledger file. Otherwise the failure is
-        counted and the next anchor catches up (a ledger newer than its anchors is fine).
-        """
-        if self.anchor_sink is None:
-            return
-        try:
-            self.anchor_sink(self.anchor(reason=reason, session_id=session_id))
-        except Exception as exc:
-            self.anchor_failures += 1
-            if strict:
-                raise LedgerWriteError(
-                    f"session {session_id}'s intent is recorded but its anchor could not be "
-                    f"written ({exc}); not starting. The session counts its full cap."
-                ) from exc
-
-    def _end_record(self, write: Callable[[], int]) -> int:
-        """Write an end-type record; on a full disk release the reserve and try once more."""
-        try:
-            return write()
-        except LedgerWriteError as exc:
-            if not is_disk_full(exc) or self.reserve is None or not self.reserve.release():
-                raise
-        return write()
 
     def backup(self, destination: Path) -> None:
         """Copy the live database to `destination` with SQLite's online backup API.

@@ -31,6 +31,7 @@ from controller.config import NebuliserConfig
 from controller.ledger import (
     ANCHOR_FILE_NAME,
     LEDGER_FILE_NAME,
+    Ledger,
     LedgerLocation,
     init_ledger,
     open_checked,
@@ -218,3 +219,92 @@ def test_a_new_install_without_init_is_refused_and_told_to_init(tmp_path: Path) 
     assert result.returncode == EXIT_LEDGER, result.stdout
     assert "nebuliser ledger init" in result.stdout
     assert not (tmp_path / "data" / LEDGER_FILE_NAME).exists()
+
+
+def test_restore_end_to_end_after_a_lost_wal(
+    used_bed: UsedBed, bed_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The documented procedure: refused start, restore with a name, start accepted."""
+    config_path, data_dir = bed_copy
+    for suffix in _SIDECARS:
+        (data_dir / (LEDGER_FILE_NAME + suffix)).unlink()
+    assert _serve(config_path).returncode == EXIT_LEDGER
+    config = ["--config", str(config_path)]
+
+    assert main(["ledger", "restore", str(used_bed.backup), "--dry-run", *config]) == 0
+    dry = capsys.readouterr().out
+    assert "MISSING" in dry
+    assert "session #1 TEST-001" in dry
+    assert "dry run: nothing was changed" in dry
+    assert not (data_dir / LEDGER_FILE_NAME).exists()
+
+    assert main(["ledger", "restore", str(used_bed.backup), *config]) == 2  # who?
+    assert "--by NAME" in capsys.readouterr().err
+    restored = [
+        "ledger", "restore", str(used_bed.backup), "--by", "CE J. Smith",
+        "--reason", "WAL lost after power cut", *config,
+    ]  # fmt: skip
+    assert main(restored) == 0
+    out = capsys.readouterr().out
+    assert "restored as UNCERTAIN, counts its full cap until reconciled" in out
+
+    with contextlib.closing(sqlite3.connect(data_dir / "audit.sqlite3")) as audit:
+        [(body,)] = audit.execute(
+            "SELECT body_json FROM audit_log WHERE kind = 'ledger_restore'"
+        ).fetchall()
+    record = json.loads(body)
+    assert record["by"] == "CE J. Smith"
+    assert record["reason"] == "WAL lost after power cut"
+    assert record["backup"] == str(used_bed.backup)
+    assert len(record["backup_sha256"]) == 64
+    assert record["sessions_restored_uncertain"] == [1]
+
+    # The restored ledger continues its (new) anchors; the lost session counts its cap.
+    with open_checked(LedgerLocation(data_dir=data_dir), device_id=DEVICE_ID) as ledger:
+        [session] = ledger.history(SUBJECT)
+    assert session.session_id == 1
+    assert session.status.value == "uncertain"
+    assert session.counted_ul == 200
+    assert main(["ledger", "show", *config]) == 0
+    assert "NOT reconciled: counts its full planned cap of 200 uL" in capsys.readouterr().out
+
+
+def test_restore_refuses_another_devices_backup_and_changes_nothing(
+    bed_copy: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_path, data_dir = bed_copy
+    other = LedgerLocation(data_dir=tmp_path / "other-bed")
+    init_ledger(other, device_id="neb-other", subject_id=SUBJECT)
+    for path in data_dir.glob(f"{LEDGER_FILE_NAME}*"):
+        path.unlink()
+    args = ["ledger", "restore", str(other.ledger_path), "--by", "CE", "--config", str(config_path)]
+    assert main(args) == 3
+    assert "belongs to device 'neb-other'" in capsys.readouterr().err
+    assert sorted(p.name for p in data_dir.glob(f"*{LEDGER_FILE_NAME}*")) == []
+
+
+def test_restore_refuses_a_backup_with_an_altered_event(
+    used_bed: UsedBed, bed_copy: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    config_path, data_dir = bed_copy
+    tampered = tmp_path / "tampered.sqlite3"
+    with Ledger.open(data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+        ledger.backup(tampered)  # a full backup: it holds the session's intent
+        [session] = ledger.summaries()
+    for path in data_dir.glob(f"{LEDGER_FILE_NAME}*"):
+        path.unlink()
+    with contextlib.closing(sqlite3.connect(tampered)) as raw:
+        raw.executescript(
+            "DROP TRIGGER events_no_update;"
+            "UPDATE events SET body = json_set(body, '$.planned_cap_ul', 50)"
+            f" WHERE session_id = {session.session_id} AND kind = 'intent';"
+            "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN "
+            "SELECT RAISE(ABORT, 'ledger table events is append-only: UPDATE is not allowed');"
+            " END;"
+        )
+    args = ["ledger", "restore", str(tampered), "--by", "CE", "--config", str(config_path)]
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    assert "hash chain is broken" in err or "differs from the anchor" in err, err
+    assert not (data_dir / LEDGER_FILE_NAME).exists()
