@@ -142,6 +142,18 @@ class StorageReport:
     data_dir: Path
     free_bytes: int
     floor_bytes: int
+    emergency_bytes: int = 0
+    reserve_intact: bool = True
+
+    @property
+    def level(self) -> StorageLevel:
+        """OK, BELOW_FLOOR (refuse new starts) or EMERGENCY (stop the running session)."""
+        return classify_storage(
+            free_bytes=self.free_bytes,
+            floor_bytes=self.floor_bytes,
+            emergency_bytes=min(self.emergency_bytes, self.floor_bytes),
+            reserve_intact=self.reserve_intact,
+        )
 
     @property
     def ok(self) -> bool:
@@ -164,11 +176,19 @@ class StorageReport:
         return StorageStatus(ok=self.ok, reason=self.reason)
 
 
-def check_storage_floor(data_dir: Path, *, floor_bytes: int) -> StorageReport:
+def check_storage_floor(
+    data_dir: Path,
+    *,
+    floor_bytes: int,
+    emergency_bytes: int = 0,
+    reserve: ReserveFile | None = None,
+) -> StorageReport:
     """Report free bytes of `data_dir` (via `shutil.disk_usage`) against `floor_bytes`.
 
-    The controller refuses new starts and raises an alarm while the report is not ok.
-    A missing or unreadable directory reports 0 free bytes (fail safe).
+    The controller refuses new starts and raises an alarm while the report is not ok;
+    `report.level` adds the emergency level and the reserve (EMERGENCY: stop the
+    running session, reason `storage_emergency`). A missing or unreadable directory
+    reports 0 free bytes (fail safe).
     """
     if floor_bytes < 0:
         raise ValueError(f"floor_bytes must be >= 0, got {floor_bytes}")
@@ -176,4 +196,10 @@ def check_storage_floor(data_dir: Path, *, floor_bytes: int) -> StorageReport:
         free_bytes = shutil.disk_usage(data_dir).free
     except OSError:
         free_bytes = 0
-    return StorageReport(data_dir=data_dir, free_bytes=free_bytes, floor_bytes=floor_bytes)
+    return StorageReport(
+        data_dir=data_dir,
+        free_bytes=free_bytes,
+        floor_bytes=floor_bytes,
+        emergency_bytes=emergency_bytes,
+        reserve_intact=True if reserve is None else reserve.intact,
+    )
