@@ -13,6 +13,7 @@ from controller.ledger._anchor import (
     LedgerFacts,
     LedgerFileState,
     anchor_from_json,
+    anchor_outbox_message,
     anchor_to_json,
     check_continuity,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "SubjectTotals",
     "UnknownSessionError",
     "anchor_from_json",
+    "anchor_outbox_message",
     "anchor_to_json",
     "check_continuity",
     "check_storage_floor",

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from controller.dosing import Instant
 from controller.ledger._anchor import (
     AnchorReading,
     ContinuityVerdict,
@@ -38,6 +40,7 @@ from controller.ledger._errors import (
     LedgerQuarantinedError,
 )
 from controller.ledger._ledger import DEFAULT_OUTBOX_BUDGET_BYTES, LEDGER_FILE_NAME, Ledger
+from controller.ledger._model import OutboxMessage
 from controller.ledger._storage import ReserveFile
 
 if TYPE_CHECKING:
@@ -209,12 +212,13 @@ def open_checked(
     outbox_budget_bytes: int = DEFAULT_OUTBOX_BUDGET_BYTES,
     progress_interval_ms: int = 1000,
     reserve_bytes: int = 0,
-    publish_anchor: Callable[[LedgerAnchor], None] | None = None,
+    anchor_message: Callable[[LedgerAnchor], OutboxMessage] | None = None,
 ) -> Ledger:
     """Open the ledger only if it continues its anchors; never creates one.
 
-    On success the ledger writes an anchor (file + audit log + `publish_anchor`) after
-    every session event, and one now ("startup"); the end-record reserve is allocated.
+    On success the ledger writes an anchor (file + audit log, and `anchor_message` into
+    its own outbox for MQTT) after every session event, and one now ("startup"); the
+    end-record reserve is allocated.
     On refusal the suspect file is moved aside (`ledger.sqlite3.suspect-<utc>`), a
     HIGH `ledger_discontinuity` alarm is recorded in the audit log, and a `LedgerError`
     (usually `LedgerDiscontinuityError`) is raised whose message says what to do.
@@ -253,7 +257,16 @@ def open_checked(
     if not verdict.ok:
         ledger.close()
         raise _refuse(location, verdict, quarantined_to=quarantine(path, label="suspect"))
-    writer = AnchorWriter(location, publish=publish_anchor)
+    publish = None
+    if anchor_message is not None:
+        build = anchor_message
+
+        def publish(anchor: LedgerAnchor) -> None:
+            now = datetime.now(UTC)
+            at = Instant(utc=now, boot_id="anchor", monotonic_ns=time.monotonic_ns())
+            ledger.outbox.append(build(anchor), at=at)
+
+    writer = AnchorWriter(location, publish=publish)
     try:
         writer(ledger.anchor(reason="startup"))
     except (OSError, sqlite3.Error) as exc:

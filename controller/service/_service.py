@@ -57,6 +57,9 @@ def _open_ledger(config: NebuliserConfig) -> Ledger:
         outbox_budget_bytes=config.storage.outbox_budget_mb * 1024 * 1024,
         progress_interval_ms=int(config.session.progress_sample_s * 1000),
         reserve_bytes=config.storage.ledger_reserve_mb * 1024 * 1024,
+        # The retained MQTT anchor (`anchor_outbox_message`, topic `ledger/anchor`) is not
+        # queued yet: its rows take device seqs that monitors only count once the schema
+        # `nebuliser.ledger_anchor` is registered with the telemetry schemas (issue 16).
     )
 
 
