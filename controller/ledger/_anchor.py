@@ -183,8 +183,8 @@ def read_anchor_file(data_dir: Path) -> AnchorReading:
         return AnchorReading(source=source, anchor=None, problem=f"unreadable: {exc}")
 
 
-def read_audit_anchors(audit_path: Path, *, limit: int = 10_000) -> AnchorReading:
-    """The newest `ledger_anchor` records in the audit log (newest first)."""
+def read_audit_anchors(audit_path: Path, *, limit: int = 1) -> AnchorReading:
+    """The newest `limit` `ledger_anchor` records in the audit log (newest first)."""
     source = f"audit log {audit_path}"
     if not audit_path.exists():
         return AnchorReading(source=source, anchor=None)

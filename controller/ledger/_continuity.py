@@ -139,9 +139,16 @@ class AnchorWriter:
             self._audit = None
 
 
-def read_readings(location: LedgerLocation) -> list[AnchorReading]:
-    """Every anchor source on this machine (the MQTT anchor is the ward station's)."""
-    return [read_anchor_file(location.data_dir), read_audit_anchors(location.audit_path)]
+def read_readings(location: LedgerLocation, *, history: bool = False) -> list[AnchorReading]:
+    """Every anchor source on this machine (the MQTT anchor is the ward station's).
+
+    Start-up needs only the newest audit anchor; `history` reads all of them (restore).
+    """
+    limit = 1_000_000 if history else 1
+    return [
+        read_anchor_file(location.data_dir),
+        read_audit_anchors(location.audit_path, limit=limit),
+    ]
 
 
 def earlier_use(location: LedgerLocation) -> bool:

@@ -103,7 +103,7 @@ def _sha256(path: Path) -> str:
 def _anchors(location: LedgerLocation, ledger_id: str) -> list[LedgerAnchor]:
     """Every readable anchor of `ledger_id`, newest first (anchor file, then audit log)."""
     found: list[LedgerAnchor] = []
-    for reading in read_readings(location):
+    for reading in read_readings(location, history=True):
         candidates = reading.history or ((reading.anchor,) if reading.anchor else ())
         found.extend(a for a in candidates if a is not None and a.ledger_id == ledger_id)
     return sorted(found, key=lambda a: (a.last_event_seq, a.written_utc), reverse=True)
