@@ -221,3 +221,15 @@ def test_the_storage_report_gives_the_level_the_runtime_acts_on(tmp_path: Path) 
     assert not report.ok
     emergency = check_storage_floor(tmp_path, floor_bytes=huge, emergency_bytes=huge)
     assert emergency.level is StorageLevel.EMERGENCY
+
+
+def test_the_emergency_level_may_not_be_above_the_floor(tmp_path: Path) -> None:
+    from controller.config import ConfigError, load_config  # noqa: PLC0415 - local to this test
+
+    path = tmp_path / "c.toml"
+    path.write_text("[storage]\nfree_space_floor_mb = 100\nemergency_free_mb = 150\n")
+    with pytest.raises(ConfigError, match="emergency_free_mb"):
+        load_config(path)
+    path.write_text("[storage]\nfree_space_floor_mb = 100\n")
+    storage = load_config(path).storage
+    assert (storage.effective_emergency_free_mb, storage.ledger_reserve_mb) == (10, 8)
