@@ -7,39 +7,33 @@ never waits on it (safe state first, record third).
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from controller.dosing import Instant, Override, SessionRecord, SessionStatus
+from controller.dosing import Instant, Override, SessionStatus
 from controller.ledger._chain import stored_head
 from controller.ledger._continuity_mixin import AnchorSink, ContinuityMixin
 from controller.ledger._database import (
     Database,
-    instant_from_row,
     utc_text,
 )
 from controller.ledger._errors import (
     SessionStateError,
-    UnknownSessionError,
 )
 from controller.ledger._model import (
     AlarmAction,
-    AlarmEntry,
     EndSource,
     EventKind,
-    LedgerEvent,
     OutboxMessage,
     ReconcileSource,
-    SessionSummary,
-    SubjectTotals,
     override_to_json,
 )
 from controller.ledger._outbox import Outbox
+from controller.ledger._reading import ReadingMixin
 from controller.ledger._schema import SCHEMA_VERSION
 from controller.ledger._storage import ReserveFile
 
@@ -52,15 +46,6 @@ LEDGER_FILE_NAME = "ledger.sqlite3"
 DEFAULT_OUTBOX_BUDGET_BYTES = 64 * 1024 * 1024
 _NS_PER_MS = 1_000_000
 _U32_MAX = 0xFFFF_FFFF
-
-_SELECT_EVENTS = (
-    "SELECT event_id, kind, session_id, subject_id, utc, boot_id, monotonic_ns,"
-    " delivered_ul, json(body) FROM events"
-)
-_STATUS_COLUMNS = (
-    "session_id, subject_id, intent_utc, intent_boot_id, intent_monotonic_ns,"
-    " planned_cap_ul, status, delivered_ul, started"
-)
 
 
 def _check_arguments(outbox_budget_bytes: int, progress_interval_ms: int) -> None:
@@ -75,30 +60,7 @@ def _non_negative(name: str, value: int) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def _select_status(
-    connection: sqlite3.Connection, where: str, params: Sequence[Any]
-) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = connection.execute(
-        # Only fixed clause text is interpolated; every value is a ? parameter.
-        f"SELECT {_STATUS_COLUMNS} FROM session_status {where} ORDER BY session_id",  # noqa: S608
-        params,
-    ).fetchall()
-    return rows
-
-
-def _record_from_row(row: sqlite3.Row | tuple[Any, ...]) -> SessionRecord:
-    session_id, subject_id, utc, boot_id, mono, cap, status, delivered, _started = row
-    return SessionRecord(
-        session_id=int(session_id),
-        subject_id=str(subject_id),
-        started=instant_from_row(utc, boot_id, int(mono)),
-        planned_cap_ul=int(cap),
-        delivered_ul=None if delivered is None else int(delivered),
-        status=SessionStatus(status),
-    )
-
-
-class Ledger(ContinuityMixin):
+class Ledger(ContinuityMixin, ReadingMixin):
     """One open ledger database. Use `Ledger.open(path)`; close it (or use `with`)."""
 
     def __init__(
@@ -564,113 +526,7 @@ class Ledger(ContinuityMixin):
             publish=publish,
         )
 
-    # ----------------------------------------------------------------- reading
-
-    def open_sessions(self) -> list[SessionRecord]:
-        """Sessions with an intent but no end, refusal or uncertain record (restart check)."""
-        with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE status = 'open'", ())
-        return [_record_from_row(row) for row in rows]
-
-    def uncertain_sessions(self) -> list[SessionRecord]:
-        """Sessions waiting for reconciliation (they count their full planned cap)."""
-        with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE status = 'uncertain'", ())
-        return [_record_from_row(row) for row in rows]
-
-    def history(self, subject_id: str) -> list[SessionRecord]:
-        """Every session of `subject_id`, oldest first, status derived from its events."""
-        with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE subject_id = ?", (subject_id,))
-        return [_record_from_row(row) for row in rows]
-
-    def totals(self, subject_id: str) -> SubjectTotals:
-        """Totals of one subject: sessions, known delivered volume, volume that counts."""
-        records = self.history(subject_id)
-        counted = [r for r in records if r.counts_as_session]
-        return SubjectTotals(
-            subject_id=subject_id,
-            sessions=len(counted),
-            delivered_ul=sum(r.delivered_ul or 0 for r in records),
-            counted_ul=sum(r.counted_ul for r in records),
-            uncertain_sessions=sum(r.status is SessionStatus.UNCERTAIN for r in records),
-            open_sessions=sum(r.status is SessionStatus.OPEN for r in records),
-        )
-
-    def session_status(self, session_id: int) -> SessionStatus:
-        """The derived status of one session."""
-        with self._db.reading() as connection:
-            return self._status(connection, session_id)[0]
-
-    def events(
-        self,
-        *,
-        session_id: int | None = None,
-        kinds: Iterable[EventKind] | None = None,
-        since: datetime | None = None,
-    ) -> list[LedgerEvent]:
-        """Stored events in order, optionally for one session, some kinds, or since a time."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if session_id is not None:
-            clauses.append("session_id = ?")
-            params.append(session_id)
-        if kinds is not None:
-            wanted = [str(EventKind(k)) for k in kinds]
-            clauses.append(f"kind IN ({', '.join('?' for _ in wanted)})")
-            params.extend(wanted)
-        if since is not None:
-            clauses.append("utc >= ?")
-            params.append(utc_text(since))
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._db.reading() as connection:
-            rows = connection.execute(
-                # Only fixed clause text is interpolated; every value is a ? parameter.
-                f"{_SELECT_EVENTS}{where} ORDER BY event_id",
-                params,
-            ).fetchall()
-        return [_event_from_row(row) for row in rows]
-
-    def summaries(
-        self, *, since: datetime | None = None, subject_id: str | None = None
-    ) -> list[SessionSummary]:
-        """Sessions (intent at or after `since`, of `subject_id`) with ends, reasons, alarms."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            clauses.append("intent_utc >= ?")
-            params.append(utc_text(since))
-        if subject_id is not None:
-            clauses.append("subject_id = ?")
-            params.append(subject_id)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._db.reading() as connection:
-            rows = _select_status(connection, where, params)
-            event_rows = {
-                int(row[0]): connection.execute(
-                    f"{_SELECT_EVENTS} WHERE session_id = ? AND kind <> ? ORDER BY event_id",
-                    (int(row[0]), str(EventKind.PROGRESS)),
-                ).fetchall()
-                for row in rows
-            }
-        return [
-            _summary(_record_from_row(row), bool(row[8]), [_event_from_row(e) for e in ev])
-            for row in rows
-            for ev in (event_rows[int(row[0])],)
-        ]
-
     # ----------------------------------------------------------------- internals
-
-    @staticmethod
-    def _status(connection: sqlite3.Connection, session_id: int) -> tuple[SessionStatus, bool]:
-        row = connection.execute(
-            "SELECT status, started FROM session_status WHERE session_id = ?", (session_id,)
-        ).fetchone()
-        if row is None:
-            raise UnknownSessionError(
-                f"no intent is recorded for session {session_id}; record_intent allocates ids"
-            )
-        return SessionStatus(row[0]), bool(row[1])
 
     def _session_event(
         self,
@@ -760,72 +616,3 @@ class Ledger(ContinuityMixin):
                 connection, publish, at=at, event_id=event_id, session_id=session_id
             )
         return event_id
-
-
-def _event_from_row(row: tuple[Any, ...]) -> LedgerEvent:
-    event_id, kind, session_id, subject_id, utc, boot_id, mono, delivered, body = row
-    return LedgerEvent(
-        event_id=int(event_id),
-        kind=EventKind(kind),
-        session_id=None if session_id is None else int(session_id),
-        subject_id=None if subject_id is None else str(subject_id),
-        at=instant_from_row(utc, boot_id, int(mono)),
-        delivered_ul=None if delivered is None else int(delivered),
-        body=json.loads(body),
-    )
-
-
-def _summary(record: SessionRecord, started: bool, events: list[LedgerEvent]) -> SessionSummary:
-    by_kind: dict[EventKind, LedgerEvent] = {}
-    overrides: list[Mapping[str, Any]] = []
-    alarms: list[AlarmEntry] = []
-    for event in events:
-        if event.kind is EventKind.OVERRIDE:
-            overrides.append(event.body)
-        elif event.kind is EventKind.ALARM:
-            alarms.append(
-                AlarmEntry(
-                    alarm_code=str(event.body["alarm_code"]),
-                    action=AlarmAction(event.body["action"]),
-                    actor=str(event.body["actor"]),
-                    utc=event.at.utc,
-                    priority=str(event.body.get("priority", "")),
-                    message=str(event.body.get("message", "")),
-                )
-            )
-        else:
-            by_kind.setdefault(event.kind, event)
-    intent = by_kind[EventKind.INTENT].body
-    ended = by_kind.get(EventKind.ENDED)
-    uncertain = by_kind.get(EventKind.UNCERTAIN)
-    reconciled = by_kind.get(EventKind.RECONCILED)
-    refused = by_kind.get(EventKind.START_REFUSED)
-    end_reason: str | None = None
-    end_source: str | None = None
-    if ended is not None:
-        end_reason, end_source = str(ended.body["reason"]), str(ended.body["source"])
-    elif refused is not None:
-        end_reason, end_source = f"START_NAK:{refused.body['nak_reason']}", "device"
-    concentration = intent.get("concentration_per_ml")
-    return SessionSummary(
-        session_id=record.session_id,
-        subject_id=record.subject_id,
-        status=record.status,
-        intent_at=record.started,
-        planned_cap_ul=record.planned_cap_ul,
-        device_target_ul=int(intent["device_target_ul"]),
-        device_max_duration_s=int(intent["device_max_duration_s"]),
-        output_pct=int(intent["output_pct"]),
-        drug=intent.get("drug"),
-        concentration_per_ml=None if concentration is None else float(concentration),
-        dose_unit=intent.get("dose_unit"),
-        started=started,
-        delivered_ul=record.delivered_ul,
-        duration_ms=None if ended is None else int(ended.body["duration_ms"]),
-        end_reason=end_reason,
-        end_source=end_source,
-        uncertain_reason=None if uncertain is None else str(uncertain.body["reason"]),
-        reconcile_source=None if reconciled is None else str(reconciled.body["source"]),
-        overrides=tuple(overrides),
-        alarms=tuple(alarms),
-    )
