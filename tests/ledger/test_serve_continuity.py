@@ -267,6 +267,27 @@ def test_restore_end_to_end_after_a_lost_wal(
     assert session.counted_ul == 200
     assert main(["ledger", "show", *config]) == 0
     assert "NOT reconciled: counts its full planned cap of 200 uL" in capsys.readouterr().out
+    # And a real controller on the restored ledger: it starts, and the lost session
+    # still blocks the next dose (interval), as the lost history would have.
+    reply = asyncio.run(_start_on(config_path.parent))
+    assert not reply["started"], reply
+    assert any("interval" in reason for reason in reply["reasons"]), reply
+
+
+async def _start_on(directory: Path) -> dict[str, object]:
+    model = DeviceModel(nominal_ul_min=FAST_UL_MIN, fill_ul=3000)
+    async with run_pty_simulator(model) as sim:
+        config_path, config = _write_config(directory, port=sim.device_path, init=False)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller.cli", "serve", "--config", str(config_path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await wait_status(config, lambda s: s["link_up"] and s["device"], 20)
+            return await start_confirmed(config)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 20)
 
 
 def test_restore_refuses_another_devices_backup_and_changes_nothing(
@@ -308,3 +329,16 @@ def test_restore_refuses_a_backup_with_an_altered_event(
     err = capsys.readouterr().err
     assert "hash chain is broken" in err or "differs from the anchor" in err, err
     assert not (data_dir / LEDGER_FILE_NAME).exists()
+
+
+def test_another_ledger_of_this_device_is_refused(
+    bed_copy: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A swapped file: same device, but not the ledger the anchors describe."""
+    config_path, data_dir = bed_copy
+    other = LedgerLocation(data_dir=tmp_path / "second-ledger")
+    init_ledger(other, device_id=DEVICE_ID, subject_id=SUBJECT)
+    for path in data_dir.glob(f"{LEDGER_FILE_NAME}*"):
+        path.unlink()
+    shutil.copy2(other.ledger_path, data_dir / LEDGER_FILE_NAME)
+    _assert_refused(data_dir, _serve(config_path), code="ledger_replaced", kept="suspect")
