@@ -22,6 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -274,7 +275,7 @@ def test_restore_end_to_end_after_a_lost_wal(
     assert any("interval" in reason for reason in reply["reasons"]), reply
 
 
-async def _start_on(directory: Path) -> dict[str, object]:
+async def _start_on(directory: Path) -> dict[str, Any]:
     model = DeviceModel(nominal_ul_min=FAST_UL_MIN, fill_ul=3000)
     async with run_pty_simulator(model) as sim:
         config_path, config = _write_config(directory, port=sim.device_path, init=False)
