@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from controller.config import NebuliserConfig, load_config
+from controller.ledger import LedgerLocation, init_ledger
 
 __all__ = [
     "BENCH_SECURITY",
@@ -155,8 +156,14 @@ def write_bench_config(
     clock: str = "",
     security: str = BENCH_SECURITY,
     extra: str = "",
+    init: bool = True,
 ) -> tuple[Path, NebuliserConfig]:
-    """Write `directory/file_name` (data in `directory/data`) and load it."""
+    """Write `directory/file_name` (data in `directory/data`) and load it.
+
+    With `init` (the default) the bench's ledger is created as `nebuliser ledger init`
+    would, unless the data directory already has a ledger (a config rewritten between
+    runs); `serve` never creates one itself.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / file_name
     path.write_text(
@@ -173,4 +180,12 @@ def write_bench_config(
         ),
         encoding="utf-8",
     )
-    return path, load_config(path)
+    config = load_config(path)
+    location = LedgerLocation(data_dir=config.storage.data_dir)
+    if init and not location.ledger_path.exists():
+        init_ledger(
+            location,
+            device_id=config.device.device_id,
+            subject_id=(prescription or BenchPrescription()).subject_id,
+        )
+    return path, config

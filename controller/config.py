@@ -108,6 +108,36 @@ class StorageSettings(_Section):
         description="Disk budget of the MQTT outbox; above it the oldest telemetry is dropped "
         "(counted and alarmed). Session, alarm and decision messages are never dropped.",
     )
+    ledger_reserve_mb: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Space held back in <data_dir>/ledger.reserve so that a session's end "
+        "record can be written even on a full disk (docs/ledger.md).",
+    )
+    emergency_free_mb: int | None = Field(
+        default=None,
+        ge=0,
+        description="Below this much free space a running session is stopped (reason "
+        "storage_emergency); default: a tenth of free_space_floor_mb. Must not exceed it.",
+    )
+
+    @model_validator(mode="after")
+    def _emergency_below_floor(self) -> StorageSettings:
+        if self.effective_emergency_free_mb > self.free_space_floor_mb:
+            raise ValueError(
+                f"emergency_free_mb ({self.emergency_free_mb}) must not be above "
+                f"free_space_floor_mb ({self.free_space_floor_mb}): the emergency level is "
+                "the lower of the two"
+            )
+        return self
+
+    @property
+    def effective_emergency_free_mb(self) -> int:
+        """The emergency level in MB (explicit, or a tenth of the floor)."""
+        if self.emergency_free_mb is not None:
+            return self.emergency_free_mb
+        return self.free_space_floor_mb // 10
 
 
 class SessionSettings(_Section):

@@ -151,6 +151,11 @@ class AlarmInputs:
     * `telemetry_dropped_total` — messages the outbox has dropped, ever (monotonic).
     * `stop_unconfirmed_session_id` — the controller is shutting down and the head
       did not confirm STOP for this session.
+    * `ledger_discontinuity` — the ledger does not continue its anchors (controller.
+      ledger.check_continuity refused it); `storage_emergency` — free space is below the
+      emergency level or the end-record reserve is gone (controller.ledger.
+      classify_storage returned EMERGENCY). Both default to False for callers that
+      predate them.
     """
 
     device_faults: int
@@ -172,6 +177,8 @@ class AlarmInputs:
     device_rebooted_mid_session: bool
     telemetry_dropped_total: int
     stop_unconfirmed_session_id: int | None = None
+    ledger_discontinuity: bool = False
+    storage_emergency: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -376,6 +383,10 @@ def _controller_conditions(
         present[AlarmCode.STORAGE_LOW] = {"free_mib": inputs.storage_free_mib}
     if not inputs.ledger_ok:
         present[AlarmCode.LEDGER_UNAVAILABLE] = {}
+    if inputs.ledger_discontinuity:
+        present[AlarmCode.LEDGER_DISCONTINUITY] = {}
+    if inputs.storage_emergency:
+        present[AlarmCode.STORAGE_EMERGENCY] = {"free_mib": inputs.storage_free_mib}
     return _telemetry_drops(inputs, previous, now_ms, settings, present)
 
 

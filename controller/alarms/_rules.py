@@ -82,6 +82,8 @@ class AlarmCode(StrEnum):
     SESSION_ENDED_NO_BREATHING = "session_ended_no_breathing"
     BREATH_GATING_INEFFECTIVE = "breath_gating_ineffective"
     BREATH_ACCOUNTING_MISMATCH = "breath_accounting_mismatch"
+    LEDGER_DISCONTINUITY = "ledger_discontinuity"
+    STORAGE_EMERGENCY = "storage_emergency"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +196,29 @@ _RULES: tuple[AlarmRule, ...] = (
             "let the head cool; call clinical engineering before reuse."
         ),
         why="A hot mesh at the patient interface risks a burn; act at once.",
+    ),
+    AlarmRule(
+        code=AlarmCode.LEDGER_DISCONTINUITY,
+        cause=(
+            "at start-up the dose ledger is missing, empty, unreadable, of another device, "
+            "of an unexpected schema, or older than its anchors (audit log, anchor file, "
+            "ward station)"
+        ),
+        priority=_H,
+        category=_CLIN,
+        latching=True,
+        message=(
+            "Dose history missing or rolled back: the controller refuses every start until "
+            "the ledger is restored"
+        ),
+        action=(
+            "Give no dose from this controller; call clinical engineering to restore the "
+            "ledger (docs/ledger.md) and check the ward record for doses since the backup."
+        ),
+        why=(
+            "With part of the history gone the dose limits would admit a dose already "
+            "given (e.g. a second once-daily dose): direct risk of over-delivery."
+        ),
     ),
     AlarmRule(
         code=AlarmCode.DELIVERY_UNCERTAIN,
@@ -433,6 +458,25 @@ _RULES: tuple[AlarmRule, ...] = (
         why=(
             "The patient is under-treated and staff are exposed to the drug; the dose "
             "limits are unaffected (they use the volume that left the cup)."
+        ),
+    ),
+    AlarmRule(
+        code=AlarmCode.STORAGE_EMERGENCY,
+        cause=(
+            "free disk space below the emergency level, or the ledger's end-record reserve "
+            "is used up"
+        ),
+        priority=_M,
+        category=_TECH,
+        latching=True,
+        message=(
+            "Controller storage critically low ({free_mib} MiB free): the running session "
+            "was stopped so that its end could still be recorded"
+        ),
+        action="Call clinical engineering to free storage before the next dose.",
+        why=(
+            "Therapy is interrupted (device safe, end recorded); without space no further "
+            "dose record could be kept."
         ),
     ),
     AlarmRule(

@@ -1,6 +1,7 @@
-"""`nebuliser ledger show` and `nebuliser ledger backup`: read the dose ledger safely.
+"""`nebuliser ledger init|show|backup|restore`: create, read, copy and restore the ledger.
 
-Both open the database read-only, so they are safe while the controller runs.
+`show` and `backup` open the database read-only, so they are safe while the controller
+runs. `init` and `restore` are for a stopped controller (docs/ledger.md).
 """
 
 from __future__ import annotations
@@ -12,12 +13,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.config import ConfigError, load_config
+from controller.config import (
+    ConfigError,
+    NebuliserConfig,
+    PrescriptionSourceError,
+    load_config,
+    load_service_prescription,
+)
 from controller.ledger import (
     LEDGER_FILE_NAME,
+    EmptyHistoryAcceptance,
     Ledger,
     LedgerError,
+    LedgerLocation,
     SessionSummary,
+    init_ledger,
+    plan_restore,
+    restore_ledger,
     summary_to_json,
 )
 
@@ -151,6 +163,102 @@ def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_identity(args: argparse.Namespace) -> tuple[Path, str, str]:
+    """Data dir, device id and subject: the flags, else the configuration's."""
+    config: NebuliserConfig | None = None
+    if args.config is not None or args.device_id is None or args.subject is None:
+        config = load_config(Path(args.config) if args.config else None)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is None:
+        assert config is not None
+        data_dir = config.storage.data_dir
+    device_id = args.device_id or (config.device.device_id if config else None)
+    subject = args.subject
+    if subject is None and config is not None:
+        try:
+            subject = load_service_prescription(config).prescription.subject_id
+        except PrescriptionSourceError as exc:
+            raise ValueError(
+                f"cannot read the prescription's subject ({exc}); give it with --subject"
+            ) from None
+    if not device_id or not subject:
+        raise ValueError("give --device-id and --subject, or a --config that has both")
+    return data_dir, device_id, subject
+
+
+def _init(args: argparse.Namespace) -> int:
+    try:
+        data_dir, device_id, subject = _init_identity(args)
+        accept = (
+            EmptyHistoryAcceptance(by=args.by or "", reason=args.reason or "")
+            if args.accept_empty_history
+            else None
+        )
+    except (ConfigError, ValueError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIG
+    try:
+        anchor = init_ledger(
+            LedgerLocation(data_dir=data_dir),
+            device_id=device_id,
+            subject_id=subject,
+            accept=accept,
+        )
+    except (LedgerError, OSError) as exc:
+        sys.stderr.write(f"ledger init refused: {exc}\n")
+        return EXIT_LEDGER
+    sys.stdout.write(
+        f"created ledger {anchor.ledger_id} for device {device_id}, subject {subject} at "
+        f"{data_dir / LEDGER_FILE_NAME} (anchored in the audit log and ledger.anchor.json)\n"
+    )
+    return 0
+
+
+def _device_and_dir(args: argparse.Namespace) -> tuple[Path, str]:
+    config = None
+    if args.config is not None or args.device_id is None or args.data_dir is None:
+        config = load_config(Path(args.config) if args.config else None)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is None:
+        assert config is not None
+        data_dir = config.storage.data_dir
+    device_id = args.device_id or (config.device.device_id if config else "")
+    return data_dir, device_id
+
+
+def _restore(args: argparse.Namespace) -> int:
+    try:
+        data_dir, device_id = _device_and_dir(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIG
+    if not args.dry_run and not (args.by or "").strip():
+        sys.stderr.write("say who restores the ledger: --by NAME (recorded in the audit log)\n")
+        return EXIT_CONFIG
+    location = LedgerLocation(data_dir=data_dir)
+    backup = Path(args.backup)
+    try:
+        if args.dry_run:
+            plan = plan_restore(location, backup, device_id=device_id)
+        else:
+            plan = restore_ledger(
+                location, backup, device_id=device_id, by=args.by, reason=args.reason or ""
+            )
+    except (LedgerError, OSError) as exc:
+        sys.stderr.write(f"ledger restore refused (nothing was changed): {exc}\n")
+        return EXIT_LEDGER
+    lines = plan.describe()
+    if args.dry_run:
+        lines.append("dry run: nothing was changed")
+    else:
+        lines.append(
+            f"restored to {location.ledger_path} by {args.by}; recorded in the audit log. "
+            "Start the controller; sessions restored as UNCERTAIN count their full cap."
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def _add_location(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="controller configuration (TOML)")
     parser.add_argument(
@@ -161,9 +269,30 @@ def _add_location(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add `ledger show` and `ledger backup`."""
-    parser = subparsers.add_parser("ledger", help="show or back up the dose ledger")
+    """Add `ledger init`, `ledger show`, `ledger backup` and `ledger restore`."""
+    parser = subparsers.add_parser(
+        "ledger", help="create, show, back up or restore the dose ledger"
+    )
     sub = parser.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    init = sub.add_parser(
+        "init",
+        help="create the dose ledger of a new install (once; serve never creates one)",
+    )
+    init.add_argument(
+        "--device-id", metavar="ID", help="this controller's device id (default: from --config)"
+    )
+    init.add_argument(
+        "--subject", metavar="S", help="the prescription's subject id (default: from --config)"
+    )
+    init.add_argument(
+        "--accept-empty-history",
+        action="store_true",
+        help="start empty although an earlier ledger existed (needs --by and --reason; audited)",
+    )
+    init.add_argument("--by", metavar="NAME", help="who accepts the empty history")
+    init.add_argument("--reason", metavar="TEXT", help="why an empty history is acceptable")
+    _add_location(init)
+    init.set_defaults(handler=_init)
     show = sub.add_parser(
         "show",
         help="print sessions with delivered volume, dose, end reasons, overrides and alarms",
@@ -185,3 +314,18 @@ def register(subparsers: Any) -> None:
     backup.add_argument("destination", metavar="DEST", help="file to write the copy to")
     _add_location(backup)
     backup.set_defaults(handler=_backup)
+    restore = sub.add_parser(
+        "restore",
+        help="put a verified backup back after a loss (controller stopped; audited)",
+    )
+    restore.add_argument("backup", metavar="BACKUP", help="a file made by `ledger backup`")
+    restore.add_argument("--by", metavar="NAME", help="who restores (recorded in the audit log)")
+    restore.add_argument("--reason", metavar="TEXT", help="why (recorded in the audit log)")
+    restore.add_argument(
+        "--dry-run", action="store_true", help="verify and show what is missing; change nothing"
+    )
+    restore.add_argument(
+        "--device-id", metavar="ID", help="this controller's device id (default: from --config)"
+    )
+    _add_location(restore)
+    restore.set_defaults(handler=_restore)

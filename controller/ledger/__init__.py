@@ -3,15 +3,43 @@
 See docs/ledger.md for the schema, durability guarantees and the restart procedure.
 """
 
+from controller.ledger._anchor import (
+    ANCHOR_FILE_NAME,
+    AnchoredSession,
+    AnchorReading,
+    ContinuityCode,
+    ContinuityVerdict,
+    LedgerAnchor,
+    LedgerFacts,
+    LedgerFileState,
+    anchor_from_json,
+    anchor_outbox_message,
+    anchor_to_json,
+    check_continuity,
+)
+from controller.ledger._chain import ChainHead, ChainReport, verify_chain
+from controller.ledger._continuity import (
+    DISCONTINUITY_ALARM,
+    AnchorWriter,
+    LedgerLocation,
+    open_checked,
+    read_readings,
+)
+from controller.ledger._continuity_mixin import RESTORED_FROM_ANCHOR, AnchorSink
 from controller.ledger._errors import (
     LedgerCorruptError,
+    LedgerDiscontinuityError,
     LedgerError,
+    LedgerExistsError,
+    LedgerMissingError,
     LedgerQuarantinedError,
     LedgerSchemaTooNewError,
+    LedgerSchemaUnexpectedError,
     LedgerWriteError,
     SessionStateError,
     UnknownSessionError,
 )
+from controller.ledger._init import EmptyHistoryAcceptance, init_ledger
 from controller.ledger._ledger import (
     BREATH_SUMMARY_KEYS,
     DEFAULT_OUTBOX_BUDGET_BYTES,
@@ -36,24 +64,53 @@ from controller.ledger._model import (
     summary_to_json,
 )
 from controller.ledger._outbox import Outbox
+from controller.ledger._restore import RestorePlan, plan_restore, restore_ledger
 from controller.ledger._schema import SCHEMA_VERSION
-from controller.ledger._storage import StorageReport, check_storage_floor
+from controller.ledger._storage import (
+    RESERVE_FILE_NAME,
+    ReserveFile,
+    StorageLevel,
+    StorageReport,
+    check_storage_floor,
+    classify_storage,
+)
 
 __all__ = [
+    "ANCHOR_FILE_NAME",
     "BREATH_SUMMARY_KEYS",
     "DEFAULT_OUTBOX_BUDGET_BYTES",
+    "DISCONTINUITY_ALARM",
     "LEDGER_FILE_NAME",
+    "RESERVE_FILE_NAME",
+    "RESTORED_FROM_ANCHOR",
     "SCHEMA_VERSION",
     "AlarmAction",
     "AlarmEntry",
+    "AnchorReading",
+    "AnchorSink",
+    "AnchorWriter",
+    "AnchoredSession",
+    "ChainHead",
+    "ChainReport",
+    "ContinuityCode",
+    "ContinuityVerdict",
+    "EmptyHistoryAcceptance",
     "EndSource",
     "EventKind",
     "Ledger",
+    "LedgerAnchor",
     "LedgerCorruptError",
+    "LedgerDiscontinuityError",
     "LedgerError",
     "LedgerEvent",
+    "LedgerExistsError",
+    "LedgerFacts",
+    "LedgerFileState",
+    "LedgerLocation",
+    "LedgerMissingError",
     "LedgerQuarantinedError",
     "LedgerSchemaTooNewError",
+    "LedgerSchemaUnexpectedError",
     "LedgerWriteError",
     "Outbox",
     "OutboxKind",
@@ -62,12 +119,26 @@ __all__ = [
     "OutboxStamp",
     "PayloadBuilder",
     "ReconcileSource",
+    "ReserveFile",
+    "RestorePlan",
     "SessionStateError",
     "SessionSummary",
+    "StorageLevel",
     "StorageReport",
     "SubjectTotals",
     "UnknownSessionError",
+    "anchor_from_json",
+    "anchor_outbox_message",
+    "anchor_to_json",
+    "check_continuity",
     "check_storage_floor",
+    "classify_storage",
     "decision_to_json",
+    "init_ledger",
+    "open_checked",
+    "plan_restore",
+    "read_readings",
+    "restore_ledger",
     "summary_to_json",
+    "verify_chain",
 ]

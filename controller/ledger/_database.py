@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from controller.dosing import Instant
+from controller.ledger._chain import ChainHead, next_chain_hash, schema_differences
 from controller.ledger._errors import (
     LedgerCorruptError,
     LedgerError,
+    LedgerExistsError,
+    LedgerMissingError,
     LedgerQuarantinedError,
     LedgerSchemaTooNewError,
+    LedgerSchemaUnexpectedError,
     LedgerWriteError,
 )
 from controller.ledger._model import OutboxKind, OutboxMessage, OutboxStamp
@@ -30,9 +34,11 @@ from controller.ledger._schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = [
     "Database",
+    "fsync_dir",
     "instant_from_row",
     "json_text",
     "parse_utc",
+    "quarantine",
     "quarantined_files",
     "utc_text",
 ]
@@ -40,6 +46,7 @@ __all__ = [
 # SQLite primary result codes that mean the file itself is damaged.
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+_SQLITE_FULL = 13
 _CORRUPT_CODES = frozenset({_SQLITE_CORRUPT, _SQLITE_NOTADB})
 _BUSY_TIMEOUT_S = 5.0
 _INTEGRITY_DETAIL_ROWS = 5
@@ -48,6 +55,17 @@ _SIDECARS = ("-wal", "-shm")
 
 class _CorruptFileError(Exception):
     """Internal: the open sequence found the file damaged."""
+
+
+class _UnexpectedSchemaError(_CorruptFileError):
+    """Internal: the schema is not what the migrations produce."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` (or its cause) is SQLite's 'database or disk is full'."""
+    cause = exc if isinstance(exc, sqlite3.Error) else exc.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) == _SQLITE_FULL
 
 
 def utc_text(moment: datetime) -> str:
@@ -83,13 +101,18 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
     return code is not None and (code & 0xFF) in _CORRUPT_CODES
 
 
+#: Labels of files moved aside: damaged ones, and ones that contradict their anchors.
+QUARANTINE_LABELS = ("corrupt", "suspect")
+
+
 def quarantined_files(path: Path) -> tuple[Path, ...]:
-    """Earlier copies of `path` moved aside as corrupt (main files only, oldest first)."""
+    """Earlier copies of `path` moved aside as corrupt or suspect (main files, oldest first)."""
     return tuple(
         sorted(
             p
-            for p in path.parent.glob(f"{path.name}.corrupt-*")
-            if not p.name.endswith(("-wal", "-shm"))
+            for label in QUARANTINE_LABELS
+            for p in path.parent.glob(f"{path.name}.{label}-*")
+            if not p.name.endswith(("-wal", "-shm", "-after-open"))
         )
     )
 
@@ -124,10 +147,13 @@ def _drop_keepers(kept: dict[str, Path]) -> None:
         keeper.unlink(missing_ok=True)
 
 
-def _quarantine(path: Path, kept: dict[str, Path]) -> Path:
-    """Move `path` and its -wal/-shm aside to `<name>.corrupt-<utc>`; never deletes."""
+def quarantine(
+    path: Path, kept: Mapping[str, Path] | None = None, *, label: str = "corrupt"
+) -> Path:
+    """Move `path` and its -wal/-shm aside to `<name>.<label>-<utc>`; never deletes."""
+    kept = kept or {}
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    dest = path.with_name(f"{path.name}.corrupt-{stamp}")
+    dest = path.with_name(f"{path.name}.{label}-{stamp}")
     if path.exists():
         path.rename(dest)
     for suffix in _SIDECARS:
@@ -143,11 +169,11 @@ def _quarantine(path: Path, kept: dict[str, Path]) -> Path:
                     current.rename(target.with_name(target.name + "-after-open"))
         elif current.exists():
             current.rename(target)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return dest
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a file creation or rename in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -167,15 +193,29 @@ class Database:
         self.read_only = read_only
         self.budget_bytes = budget_bytes
         self.lock = threading.RLock()
+        self.head: ChainHead | None = None
+        """The newest committed event (seq and chain hash); set by `writing`."""
+        self._pending_head: ChainHead | None = None
 
     @classmethod
-    def open(cls, path: Path, *, read_only: bool, budget_bytes: int) -> Database:
-        """Open (creating and migrating unless `read_only`) and check the file."""
+    def open(
+        cls,
+        path: Path,
+        *,
+        read_only: bool,
+        budget_bytes: int,
+        create_meta: Mapping[str, str] | None = None,
+    ) -> Database:
+        """Open (migrating unless `read_only`) and check the file.
+
+        A ledger is created only when `create_meta` is given (the `ledger_meta` rows
+        of a new ledger: device id, subject); then the file must not exist yet.
+        Without it a missing file is `LedgerMissingError`, never a new empty ledger.
+        """
         kept: dict[str, Path] = {}
         created = False
+        _check_file(path, read_only=read_only, create=create_meta is not None)
         if read_only:
-            if not path.exists():
-                raise LedgerError(f"no ledger database at {path}; check --data-dir")
             connection = sqlite3.connect(
                 f"{path.resolve().as_uri()}?mode=ro",
                 uri=True,
@@ -183,24 +223,29 @@ class Database:
                 check_same_thread=False,
             )
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            created = not path.exists()
-            if created and (earlier := quarantined_files(path)):
-                raise LedgerQuarantinedError(path=path, quarantined=earlier)
+            created = create_meta is not None
             kept = _keep_sidecars(path)
             connection = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
             )
         try:
             cls._prepare(connection, path=path, read_only=read_only)
+            if created:
+                _insert_meta(connection, create_meta or {})
+        except _UnexpectedSchemaError as exc:
+            connection.close()
+            moved = None if read_only else quarantine(path, kept)
+            raise LedgerSchemaUnexpectedError(
+                path=path, detail=str(exc), quarantined_to=moved
+            ) from None
         except _CorruptFileError as exc:
             connection.close()
-            moved = None if read_only else _quarantine(path, kept)
+            moved = None if read_only else quarantine(path, kept)
             raise LedgerCorruptError(path=path, detail=str(exc), quarantined_to=moved) from None
         except sqlite3.Error as exc:
             connection.close()
             if _is_corrupt(exc):
-                moved = None if read_only else _quarantine(path, kept)
+                moved = None if read_only else quarantine(path, kept)
                 raise LedgerCorruptError(path=path, detail=str(exc), quarantined_to=moved) from exc
             _drop_keepers(kept)
             raise LedgerError(f"cannot open ledger database {path}: {exc}") from exc
@@ -210,7 +255,7 @@ class Database:
             raise
         _drop_keepers(kept)
         if not read_only and created:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         return cls(connection=connection, path=path, read_only=read_only, budget_bytes=budget_bytes)
 
     @staticmethod
@@ -241,8 +286,10 @@ class Database:
                     f"ledger database {path} has schema version {version}, older than "
                     f"{SCHEMA_VERSION}; start the controller once to migrate it"
                 )
-            return
-        _migrate(connection, version)
+        else:
+            _check_schema(connection, before_migration=version)
+            _migrate(connection, version)
+        _check_schema(connection, before_migration=None)
 
     def close(self) -> None:
         """Close the connection (checkpoints the WAL into the main file)."""
@@ -271,9 +318,11 @@ class Database:
         with self.lock:
             connection = self.connection
             try:
+                self._pending_head = None
                 connection.execute("BEGIN IMMEDIATE")
                 yield connection
                 connection.execute("COMMIT")
+                self._commit_head()
             except BaseException as exc:
                 if connection.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
@@ -288,6 +337,10 @@ class Database:
                     ) from exc
                 raise
 
+    def _commit_head(self) -> None:
+        if self._pending_head is not None:
+            self.head = self._pending_head
+
     def insert_event(
         self,
         connection: sqlite3.Connection,
@@ -299,23 +352,34 @@ class Database:
         subject_id: str | None = None,
         delivered_ul: int | None = None,
     ) -> int:
-        """Append one event row inside the caller's transaction; returns its event id."""
-        cursor = connection.execute(
-            "INSERT INTO events (kind, session_id, subject_id, utc, boot_id, monotonic_ns,"
-            " delivered_ul, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                kind,
-                session_id,
-                subject_id,
-                utc_text(at.utc),
-                at.boot_id,
-                at.monotonic_ns,
-                delivered_ul,
-                json_text(body),
-            ),
+        """Append one event row (with its chain hash) inside the caller's transaction.
+
+        Returns its event id.
+        """
+        row = connection.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+            " coalesce((SELECT max(event_id) FROM events), 0))"
+        ).fetchone()
+        columns = (
+            int(row[0]) + 1,
+            kind,
+            session_id,
+            subject_id,
+            utc_text(at.utc),
+            at.boot_id,
+            at.monotonic_ns,
+            delivered_ul,
+            json_text(body),
         )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        chain_hash = next_chain_hash(connection, columns)
+        connection.execute(
+            "INSERT INTO events (event_id, kind, session_id, subject_id, utc, boot_id,"
+            " monotonic_ns, delivered_ul, body, chain_hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*columns, chain_hash),
+        )
+        self._pending_head = ChainHead(seq=columns[0], hash=chain_hash)
+        return columns[0]
 
     def insert_outbox(
         self,
@@ -377,7 +441,7 @@ class Database:
         if not dropped:
             return  # only undroppable messages: the controller alarms on outbox bytes
         connection.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in dropped])
-        # The outbox's own counters (schema 2), in the same transaction: no ledger
+        # The outbox's own counters (schema 3), in the same transaction: no ledger
         # event per drop, so a long outage cannot grow the ledger with drop records.
         connection.execute(
             "UPDATE outbox_stats SET dropped_count = dropped_count + ?,"
@@ -400,6 +464,59 @@ def _schema_version(connection: sqlite3.Connection) -> int:
         return 0
     row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
     return int(row[0] or 0)
+
+
+def _check_file(path: Path, *, read_only: bool, create: bool) -> None:
+    """Refuse before SQLite touches the path: a ledger is created only on purpose."""
+    if create and (path.exists() or quarantined_files(path)):
+        raise LedgerExistsError(
+            f"a ledger already exists at {path} (or earlier ones were moved aside next "
+            "to it); `ledger init` creates a ledger only where there never was one"
+        )
+    if create:
+        if not path.parent.is_dir():
+            raise LedgerMissingError(path=path, detail="the data directory does not exist")
+        return
+    if not path.exists():
+        if quarantined_files(path) and not read_only:
+            raise LedgerQuarantinedError(path=path, quarantined=quarantined_files(path))
+        raise LedgerMissingError(path=path)
+    if path.stat().st_size == 0:
+        # SQLite would take a zero-length file for a new, empty database.
+        moved = None if read_only else quarantine(path, _keep_sidecars(path), label="suspect")
+        raise LedgerCorruptError(
+            path=path, detail="the file is empty (0 bytes)", quarantined_to=moved
+        )
+
+
+def _check_schema(connection: sqlite3.Connection, *, before_migration: int | None) -> None:
+    """Refuse any schema the migrations did not produce (an altered view, a dropped trigger).
+
+    Before migrating, a file at an older version is compared with what that version's
+    migrations produce; after, with the current schema.
+    """
+    if before_migration is not None and before_migration != SCHEMA_VERSION:
+        if before_migration == 0:
+            return
+        problems = schema_differences(connection, upto_version=before_migration)
+    else:
+        problems = schema_differences(connection)
+    if problems:
+        raise _UnexpectedSchemaError(
+            "the schema is not the one the migrations create: " + "; ".join(problems[:5])
+        )
+
+
+def _insert_meta(connection: sqlite3.Connection, meta: Mapping[str, str]) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.executemany(
+            "INSERT INTO ledger_meta (key, value) VALUES (?, ?)", sorted(meta.items())
+        )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
 
 
 def _migrate(connection: sqlite3.Connection, current: int) -> None:

@@ -6,9 +6,13 @@ from pathlib import Path
 
 __all__ = [
     "LedgerCorruptError",
+    "LedgerDiscontinuityError",
     "LedgerError",
+    "LedgerExistsError",
+    "LedgerMissingError",
     "LedgerQuarantinedError",
     "LedgerSchemaTooNewError",
+    "LedgerSchemaUnexpectedError",
     "LedgerWriteError",
     "SessionStateError",
     "UnknownSessionError",
@@ -40,6 +44,53 @@ class LedgerCorruptError(LedgerError):
             "longer available: stop delivery, restore the latest backup into place "
             "(see docs/ledger.md) or have a clinical engineer accept an empty ledger."
         )
+
+
+class LedgerSchemaUnexpectedError(LedgerCorruptError):
+    """The file's schema differs from what the migrations produce (an altered view,
+    a dropped trigger, an extra table): its rules cannot be trusted, so it is treated
+    like a corrupt file and moved aside."""
+
+
+class LedgerMissingError(LedgerError):
+    """There is no ledger file, and ledgers are only ever created on purpose."""
+
+    def __init__(self, *, path: Path, detail: str = "") -> None:
+        self.path = path
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"no dose ledger at {path}{extra}. A ledger is created only on purpose: on a new "
+            "install run `nebuliser ledger init`; after a loss run `nebuliser ledger restore "
+            "BACKUP` (see docs/ledger.md)."
+        )
+
+
+class LedgerExistsError(LedgerError):
+    """`ledger init` found a ledger (or evidence of one) where it would create a new one."""
+
+
+class LedgerDiscontinuityError(LedgerError):
+    """The ledger is not the continuation of the one its anchors describe.
+
+    `code` is machine-readable (`ledger_older_than_anchor`, `ledger_missing`, ...),
+    `reason` says what was found, `action` is the one sentence saying what to do, and
+    `quarantined_to` is where the suspect file was moved (None if there was no file).
+    """
+
+    def __init__(
+        self, *, path: Path, code: str, reason: str, action: str, quarantined_to: Path | None
+    ) -> None:
+        self.path = path
+        self.code = code
+        self.reason = reason
+        self.action = action
+        self.quarantined_to = quarantined_to
+        kept = (
+            f" The suspect file was moved aside to {quarantined_to} for forensics."
+            if quarantined_to is not None
+            else ""
+        )
+        super().__init__(f"ledger discontinuity ({code}): {reason}.{kept} {action}")
 
 
 class LedgerSchemaTooNewError(LedgerError):

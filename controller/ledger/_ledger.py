@@ -9,34 +9,43 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from controller.dosing import Instant, Override, SessionRecord, SessionStatus
+from controller.dosing import Instant, Override, SessionStatus
+from controller.ledger._chain import stored_head
+from controller.ledger._continuity_mixin import AnchorSink, ContinuityMixin
 from controller.ledger._database import (
     Database,
-    instant_from_row,
     json_text,
     utc_text,
 )
-from controller.ledger._errors import SessionStateError, UnknownSessionError
+from controller.ledger._errors import (
+    SessionStateError,
+)
 from controller.ledger._model import (
     AlarmAction,
-    AlarmEntry,
     EndSource,
     EventKind,
-    LedgerEvent,
     OutboxMessage,
     ReconcileSource,
-    SessionSummary,
-    SubjectTotals,
     override_to_json,
 )
 from controller.ledger._outbox import Outbox
+from controller.ledger._reading import ReadingMixin
 from controller.ledger._schema import SCHEMA_VERSION
+from controller.ledger._storage import ReserveFile
+
+__all__ = [
+    "BREATH_SUMMARY_KEYS",
+    "DEFAULT_OUTBOX_BUDGET_BYTES",
+    "LEDGER_FILE_NAME",
+    "AnchorSink",
+    "Ledger",
+]
 
 #: What a breath summary must contain (see `Ledger.record_breath_summary`).
 BREATH_SUMMARY_KEYS = frozenset(
@@ -57,7 +66,6 @@ BREATH_SUMMARY_KEYS = frozenset(
     }
 )
 
-__all__ = ["BREATH_SUMMARY_KEYS", "DEFAULT_OUTBOX_BUDGET_BYTES", "LEDGER_FILE_NAME", "Ledger"]
 
 LEDGER_FILE_NAME = "ledger.sqlite3"
 """File name of the ledger inside the data directory."""
@@ -66,14 +74,12 @@ DEFAULT_OUTBOX_BUDGET_BYTES = 64 * 1024 * 1024
 _NS_PER_MS = 1_000_000
 _U32_MAX = 0xFFFF_FFFF
 
-_SELECT_EVENTS = (
-    "SELECT event_id, kind, session_id, subject_id, utc, boot_id, monotonic_ns,"
-    " delivered_ul, json(body) FROM events"
-)
-_STATUS_COLUMNS = (
-    "session_id, subject_id, intent_utc, intent_boot_id, intent_monotonic_ns,"
-    " planned_cap_ul, status, delivered_ul, started"
-)
+
+def _check_arguments(outbox_budget_bytes: int, progress_interval_ms: int) -> None:
+    if outbox_budget_bytes < 1:
+        raise ValueError(f"outbox_budget_bytes must be >= 1, got {outbox_budget_bytes}")
+    if progress_interval_ms < 0:
+        raise ValueError(f"progress_interval_ms must be >= 0, got {progress_interval_ms}")
 
 
 def _non_negative(name: str, value: int) -> None:
@@ -81,47 +87,30 @@ def _non_negative(name: str, value: int) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def _select_status(
-    connection: sqlite3.Connection, where: str, params: Sequence[Any]
-) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = connection.execute(
-        # Only fixed clause text is interpolated; every value is a ? parameter.
-        f"SELECT {_STATUS_COLUMNS} FROM session_status {where} ORDER BY session_id",  # noqa: S608
-        params,
-    ).fetchall()
-    return rows
-
-
-def _record_from_row(
-    row: sqlite3.Row | tuple[Any, ...], facts: Mapping[str, Any] | None = None
-) -> SessionRecord:
-    session_id, subject_id, utc, boot_id, mono, cap, status, delivered, _started = row
-    facts = facts or {}
-    administration_id = facts.get("administration_id")
-    bound = facts.get("upper_bound_ul")
-    return SessionRecord(
-        session_id=int(session_id),
-        subject_id=str(subject_id),
-        started=instant_from_row(utc, boot_id, int(mono)),
-        planned_cap_ul=int(cap),
-        delivered_ul=None if delivered is None else int(delivered),
-        status=SessionStatus(status),
-        administration_id=None if administration_id is None else int(administration_id),
-        ended=facts.get("ended"),
-        end_reason=facts.get("end_reason"),
-        upper_bound_ul=None if bound is None else int(bound),
-    )
-
-
-class Ledger:
+class Ledger(ContinuityMixin, ReadingMixin):
     """One open ledger database. Use `Ledger.open(path)`; close it (or use `with`)."""
 
-    def __init__(self, *, database: Database, progress_interval_ms: int) -> None:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        progress_interval_ms: int,
+        anchor_sink: AnchorSink | None = None,
+        reserve: ReserveFile | None = None,
+    ) -> None:
         self._db = database
         self._progress_interval_ns = progress_interval_ms * _NS_PER_MS
         self._last_progress: dict[int, Instant] = {}
         self.outbox = Outbox(database=database)
         """The MQTT outbox in the same database (see `Outbox`)."""
+        self.anchor_sink = anchor_sink
+        """Where anchors go after each session event (`None`: not anchored)."""
+        self.anchor_failures = 0
+        """Anchors that could not be written after a committed end/refusal (retried next)."""
+        self.reserve = reserve
+        """Disk space held back for end records (released when the disk is full)."""
+        with database.reading() as connection:
+            database.head = stored_head(connection)
 
     # ----------------------------------------------------------------- life cycle
 
@@ -133,25 +122,65 @@ class Ledger:
         outbox_budget_bytes: int = DEFAULT_OUTBOX_BUDGET_BYTES,
         progress_interval_ms: int = 1000,
         read_only: bool = False,
+        anchor_sink: AnchorSink | None = None,
+        reserve: ReserveFile | None = None,
     ) -> Ledger:
-        """Open the ledger at `path`, creating and migrating it if needed.
+        """Open the existing ledger at `path` and migrate it if needed; never creates one.
 
-        Runs `PRAGMA integrity_check` (read-only: `quick_check`). Raises
-        `LedgerCorruptError` (the file and its -wal/-shm are moved aside to
+        Runs `PRAGMA integrity_check` (read-only: `quick_check`) and compares the schema
+        with what the migrations create. Raises `LedgerMissingError` (no file: use
+        `Ledger.create` through `nebuliser ledger init`), `LedgerCorruptError` or
+        `LedgerSchemaUnexpectedError` (the file and its -wal/-shm are moved aside to
         `<name>.corrupt-<utc>` unless read-only), `LedgerSchemaTooNewError`, or
         `LedgerQuarantinedError` when a corrupt ledger was moved aside and nothing
         replaced it. The controller treats each as "stop delivery + alarm".
         """
-        if outbox_budget_bytes < 1:
-            raise ValueError(f"outbox_budget_bytes must be >= 1, got {outbox_budget_bytes}")
-        if progress_interval_ms < 0:
-            raise ValueError(f"progress_interval_ms must be >= 0, got {progress_interval_ms}")
+        _check_arguments(outbox_budget_bytes, progress_interval_ms)
         database = Database.open(path, read_only=read_only, budget_bytes=outbox_budget_bytes)
+        return cls(
+            database=database,
+            progress_interval_ms=progress_interval_ms,
+            anchor_sink=anchor_sink,
+            reserve=reserve,
+        )
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        *,
+        device_id: str,
+        subject_id: str,
+        outbox_budget_bytes: int = DEFAULT_OUTBOX_BUDGET_BYTES,
+        progress_interval_ms: int = 1000,
+    ) -> Ledger:
+        """Create a new, empty ledger for `device_id` (and the prescription's subject).
+
+        Refuses (`LedgerExistsError`) when a ledger, or one moved aside, is already
+        there. Only `nebuliser ledger init` and tests call this: nothing else ever
+        creates a ledger (docs/ledger.md).
+        """
+        _check_arguments(outbox_budget_bytes, progress_interval_ms)
+        if not device_id or not subject_id:
+            raise ValueError("a ledger needs a device id and a subject id")
+        database = Database.open(
+            path,
+            read_only=False,
+            budget_bytes=outbox_budget_bytes,
+            create_meta={
+                "device_id": device_id,
+                "subject_id": subject_id,
+                "initialised_utc": utc_text(datetime.now(UTC)),
+            },
+        )
         return cls(database=database, progress_interval_ms=progress_interval_ms)
 
     def close(self) -> None:
-        """Close the database (checkpoints the WAL into the main file)."""
+        """Close the database (checkpoints the WAL into the main file) and the anchor sink."""
         self._db.close()
+        closer = getattr(self.anchor_sink, "close", None)
+        if callable(closer):
+            closer()
 
     def __enter__(self) -> Self:
         return self
@@ -273,6 +302,7 @@ class Ledger:
             self._db.insert_outbox(
                 connection, publish, at=at, event_id=event_id, session_id=session_id
             )
+        self._anchor_after(session_id, "intent", strict=True)
         return session_id
 
     def record_started(
@@ -371,21 +401,24 @@ class Ledger:
         _non_negative("duration_ms", duration_ms)
         if not reason:
             raise ValueError("reason must be a non-empty code")
-        event_id = self._session_event(
-            session_id,
-            kind=EventKind.ENDED,
-            at=at,
-            body={
-                "delivered_ul": delivered_ul,
-                "duration_ms": duration_ms,
-                "reason": reason,
-                "source": str(EndSource(source)),
-                "host_reason": host_reason,
-                "device_reason": device_reason,
-            },
-            delivered_ul=delivered_ul,
-            allowed=(SessionStatus.OPEN,),
-            publish=publish,
+        # The end record must be written even on a full disk: the reserve is for it.
+        event_id = self._end_record(
+            lambda: self._session_event(
+                session_id,
+                kind=EventKind.ENDED,
+                at=at,
+                body={
+                    "delivered_ul": delivered_ul,
+                    "duration_ms": duration_ms,
+                    "reason": reason,
+                    "source": str(EndSource(source)),
+                    "host_reason": host_reason,
+                    "device_reason": device_reason,
+                },
+                delivered_ul=delivered_ul,
+                allowed=(SessionStatus.OPEN,),
+                publish=publish,
+            )
         )
         self._last_progress.pop(session_id, None)
         return event_id
@@ -412,13 +445,15 @@ class Ledger:
         body: dict[str, Any] = {"reason": reason}
         if upper_bound_ul is not None:
             body["upper_bound_ul"] = upper_bound_ul
-        event_id = self._session_event(
-            session_id,
-            kind=EventKind.UNCERTAIN,
-            at=at,
-            body=body,
-            allowed=(SessionStatus.OPEN,),
-            publish=publish,
+        event_id = self._end_record(
+            lambda: self._session_event(
+                session_id,
+                kind=EventKind.UNCERTAIN,
+                at=at,
+                body=body,
+                allowed=(SessionStatus.OPEN,),
+                publish=publish,
+            )
         )
         self._last_progress.pop(session_id, None)
         return event_id
@@ -592,138 +627,7 @@ class Ledger:
             publish=publish,
         )
 
-    # ----------------------------------------------------------------- reading
-
-    def open_sessions(self) -> list[SessionRecord]:
-        """Sessions with an intent but no end, refusal or uncertain record (restart check)."""
-        with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE status = 'open'", ())
-        return [_record_from_row(row) for row in rows]
-
-    def uncertain_sessions(self) -> list[SessionRecord]:
-        """Sessions waiting for reconciliation (they count their full planned cap)."""
-        with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE status = 'uncertain'", ())
-        return [_record_from_row(row) for row in rows]
-
-    def history(self, subject_id: str) -> list[SessionRecord]:
-        """Every session of `subject_id`, oldest first, status derived from its events,
-        with what the dose rules need of each run's end (administration, end time and
-        reason, the upper bound of an uncertain run)."""
-        with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE subject_id = ?", (subject_id,))
-            ends = connection.execute(
-                "SELECT session_id, kind, utc, boot_id, monotonic_ns, json(body) FROM events"
-                " WHERE subject_id = ? AND kind IN ('intent', 'ended', 'uncertain', "
-                "'start_refused') ORDER BY event_id",
-                (subject_id,),
-            ).fetchall()
-        facts: dict[int, dict[str, Any]] = {}
-        for session_id, kind, utc, boot_id, mono, body_text in ends:
-            body = json.loads(body_text)
-            fact = facts.setdefault(int(session_id), {})
-            if kind == EventKind.INTENT:
-                fact["administration_id"] = body.get("administration_id")
-                continue
-            fact["ended"] = instant_from_row(utc, boot_id, int(mono))
-            if kind == EventKind.ENDED:
-                fact["end_reason"] = (
-                    body.get("host_reason") or body.get("device_reason") or body.get("reason")
-                )
-            elif kind == EventKind.UNCERTAIN:
-                fact["end_reason"] = body.get("reason")
-                fact["upper_bound_ul"] = body.get("upper_bound_ul")
-            else:
-                fact["end_reason"] = "START_NAK"
-        return [_record_from_row(row, facts.get(int(row[0]), {})) for row in rows]
-
-    def totals(self, subject_id: str) -> SubjectTotals:
-        """Totals of one subject: sessions, known delivered volume, volume that counts."""
-        records = self.history(subject_id)
-        counted = [r for r in records if r.counts_as_session]
-        return SubjectTotals(
-            subject_id=subject_id,
-            sessions=len(counted),
-            delivered_ul=sum(r.delivered_ul or 0 for r in records),
-            counted_ul=sum(r.counted_ul for r in records),
-            uncertain_sessions=sum(r.status is SessionStatus.UNCERTAIN for r in records),
-            open_sessions=sum(r.status is SessionStatus.OPEN for r in records),
-        )
-
-    def session_status(self, session_id: int) -> SessionStatus:
-        """The derived status of one session."""
-        with self._db.reading() as connection:
-            return self._status(connection, session_id)[0]
-
-    def events(
-        self,
-        *,
-        session_id: int | None = None,
-        kinds: Iterable[EventKind] | None = None,
-        since: datetime | None = None,
-    ) -> list[LedgerEvent]:
-        """Stored events in order, optionally for one session, some kinds, or since a time."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if session_id is not None:
-            clauses.append("session_id = ?")
-            params.append(session_id)
-        if kinds is not None:
-            wanted = [str(EventKind(k)) for k in kinds]
-            clauses.append(f"kind IN ({', '.join('?' for _ in wanted)})")
-            params.extend(wanted)
-        if since is not None:
-            clauses.append("utc >= ?")
-            params.append(utc_text(since))
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._db.reading() as connection:
-            rows = connection.execute(
-                # Only fixed clause text is interpolated; every value is a ? parameter.
-                f"{_SELECT_EVENTS}{where} ORDER BY event_id",
-                params,
-            ).fetchall()
-        return [_event_from_row(row) for row in rows]
-
-    def summaries(
-        self, *, since: datetime | None = None, subject_id: str | None = None
-    ) -> list[SessionSummary]:
-        """Sessions (intent at or after `since`, of `subject_id`) with ends, reasons, alarms."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            clauses.append("intent_utc >= ?")
-            params.append(utc_text(since))
-        if subject_id is not None:
-            clauses.append("subject_id = ?")
-            params.append(subject_id)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._db.reading() as connection:
-            rows = _select_status(connection, where, params)
-            event_rows = {
-                int(row[0]): connection.execute(
-                    f"{_SELECT_EVENTS} WHERE session_id = ? AND kind <> ? ORDER BY event_id",
-                    (int(row[0]), str(EventKind.PROGRESS)),
-                ).fetchall()
-                for row in rows
-            }
-        return [
-            _summary(_record_from_row(row), bool(row[8]), [_event_from_row(e) for e in ev])
-            for row in rows
-            for ev in (event_rows[int(row[0])],)
-        ]
-
     # ----------------------------------------------------------------- internals
-
-    @staticmethod
-    def _status(connection: sqlite3.Connection, session_id: int) -> tuple[SessionStatus, bool]:
-        row = connection.execute(
-            "SELECT status, started FROM session_status WHERE session_id = ?", (session_id,)
-        ).fetchone()
-        if row is None:
-            raise UnknownSessionError(
-                f"no intent is recorded for session {session_id}; record_intent allocates ids"
-            )
-        return SessionStatus(row[0]), bool(row[1])
 
     def _session_event(
         self,
@@ -749,21 +653,43 @@ class Ledger:
                 raise SessionStateError(
                     f"cannot record {kind} for session {session_id}: it has already started"
                 )
-            subject = connection.execute(
-                "SELECT subject_id FROM sessions WHERE session_id = ?", (session_id,)
-            ).fetchone()[0]
-            event_id = self._db.insert_event(
+            event_id = self._insert_session_event(
                 connection,
+                session_id,
                 kind=kind,
                 at=at,
-                session_id=session_id,
-                subject_id=str(subject),
-                delivered_ul=delivered_ul,
                 body=body,
+                delivered_ul=delivered_ul,
+                publish=publish,
             )
-            self._db.insert_outbox(
-                connection, publish, at=at, event_id=event_id, session_id=session_id
-            )
+        if kind is not EventKind.PROGRESS:
+            self._anchor_after(session_id, str(kind), strict=False)
+        return event_id
+
+    def _insert_session_event(
+        self,
+        connection: sqlite3.Connection,
+        session_id: int,
+        *,
+        kind: EventKind,
+        at: Instant,
+        body: Mapping[str, Any],
+        delivered_ul: int | None,
+        publish: Sequence[OutboxMessage],
+    ) -> int:
+        subject = connection.execute(
+            "SELECT subject_id FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()[0]
+        event_id = self._db.insert_event(
+            connection,
+            kind=kind,
+            at=at,
+            session_id=session_id,
+            subject_id=str(subject),
+            delivered_ul=delivered_ul,
+            body=body,
+        )
+        self._db.insert_outbox(connection, publish, at=at, event_id=event_id, session_id=session_id)
         return event_id
 
     def _free_event(
@@ -791,93 +717,3 @@ class Ledger:
                 connection, publish, at=at, event_id=event_id, session_id=session_id
             )
         return event_id
-
-
-def _event_from_row(row: tuple[Any, ...]) -> LedgerEvent:
-    event_id, kind, session_id, subject_id, utc, boot_id, mono, delivered, body = row
-    return LedgerEvent(
-        event_id=int(event_id),
-        kind=EventKind(kind),
-        session_id=None if session_id is None else int(session_id),
-        subject_id=None if subject_id is None else str(subject_id),
-        at=instant_from_row(utc, boot_id, int(mono)),
-        delivered_ul=None if delivered is None else int(delivered),
-        body=json.loads(body),
-    )
-
-
-def _summary(record: SessionRecord, started: bool, events: list[LedgerEvent]) -> SessionSummary:
-    by_kind: dict[EventKind, LedgerEvent] = {}
-    overrides: list[Mapping[str, Any]] = []
-    alarms: list[AlarmEntry] = []
-    for event in events:
-        if event.kind is EventKind.OVERRIDE:
-            overrides.append(event.body)
-        elif event.kind is EventKind.ALARM:
-            alarms.append(
-                AlarmEntry(
-                    alarm_code=str(event.body["alarm_code"]),
-                    action=AlarmAction(event.body["action"]),
-                    actor=str(event.body["actor"]),
-                    utc=event.at.utc,
-                    priority=str(event.body.get("priority", "")),
-                    message=str(event.body.get("message", "")),
-                )
-            )
-        else:
-            by_kind.setdefault(event.kind, event)
-    intent = by_kind[EventKind.INTENT].body
-    ended = by_kind.get(EventKind.ENDED)
-    uncertain = by_kind.get(EventKind.UNCERTAIN)
-    reconciled = by_kind.get(EventKind.RECONCILED)
-    refused = by_kind.get(EventKind.START_REFUSED)
-    end_reason: str | None = None
-    end_source: str | None = None
-    duration = None if ended is None else ended.body.get("duration_ms")
-    host_reason = None if ended is None else ended.body.get("host_reason")
-    device_reason = None if ended is None else ended.body.get("device_reason")
-    if ended is not None:
-        end_reason, end_source = str(ended.body["reason"]), str(ended.body["source"])
-    elif refused is not None:
-        end_reason, end_source = f"START_NAK:{refused.body['nak_reason']}", "device"
-    elif reconciled is not None:
-        device_reason = reconciled.body.get("device_reason")
-        duration = reconciled.body.get("duration_ms")
-        late_end = next(
-            (
-                e.body
-                for e in events
-                if e.kind is EventKind.COMMAND and e.body.get("command") == "device.session_end"
-            ),
-            None,
-        )
-        if late_end is not None:  # the head's SESSION_END, after a STATUS reconciled it
-            device_reason = late_end.get("device_reason") or device_reason
-            duration = late_end.get("duration_ms") if duration is None else duration
-        if device_reason is not None:
-            end_reason, end_source = str(device_reason), "device"
-    concentration = intent.get("concentration_per_ml")
-    return SessionSummary(
-        session_id=record.session_id,
-        subject_id=record.subject_id,
-        status=record.status,
-        intent_at=record.started,
-        planned_cap_ul=record.planned_cap_ul,
-        device_target_ul=int(intent["device_target_ul"]),
-        device_max_duration_s=int(intent["device_max_duration_s"]),
-        output_pct=int(intent["output_pct"]),
-        drug=intent.get("drug"),
-        concentration_per_ml=None if concentration is None else float(concentration),
-        dose_unit=intent.get("dose_unit"),
-        started=started,
-        delivered_ul=record.delivered_ul,
-        duration_ms=None if duration is None else int(duration),
-        end_reason=end_reason,
-        end_source=end_source,
-        uncertain_reason=None if uncertain is None else str(uncertain.body["reason"]),
-        reconcile_source=None if reconciled is None else str(reconciled.body["source"]),
-        overrides=tuple(overrides),
-        alarms=tuple(alarms),
-        host_reason=None if host_reason is None else str(host_reason),
-        device_reason=None if device_reason is None else str(device_reason),
-    )

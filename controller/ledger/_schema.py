@@ -191,10 +191,21 @@ _V3_DROPS: tuple[str, ...] = (
         WHERE id = 1""",
 )
 
+# Version 4: the hash chain over events.
+_V4_CHAIN: tuple[str, ...] = (
+    # docs/ledger.md "Continuity": each event's
+    # SHA-256 over the previous event's chain hash and its own columns, computed by
+    # the writer. Events written before version 4 have NULL here; their hashes are
+    # recomputed from their columns when the chain is checked.
+    "ALTER TABLE events ADD COLUMN chain_hash TEXT"
+    " CHECK (chain_hash IS NULL OR length(chain_hash) = 64)",
+)
+
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, _V1),
     (2, _V2_BREATH),
     (3, _V3_DROPS),
+    (4, _V4_CHAIN),
 )
 """(version, statements) in ascending order; versions are 1, 2, 3, ... without gaps."""
 

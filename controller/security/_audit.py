@@ -71,6 +71,10 @@ class AuditKind(StrEnum):
     PRESCRIPTION = "prescription"
     START_REQUEST = "start_request"
     ANCHOR = "anchor"
+    # Dose-ledger continuity (issue 12, controller/ledger/_continuity.py).
+    LEDGER_ANCHOR = "ledger_anchor"
+    LEDGER_INIT = "ledger_init"
+    LEDGER_RESTORE = "ledger_restore"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ from controller.config import (
 from controller.control import ControlError, ControlRequest, ControlServer, Reply
 from controller.dosing import Override
 from controller.exitcodes import ExitCode
-from controller.ledger import LEDGER_FILE_NAME, Ledger, LedgerError
+from controller.ledger import Ledger, LedgerError, LedgerLocation, open_checked
 from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
 
@@ -57,11 +57,21 @@ SHUTDOWN_STOP_WAIT_S = 3.0
 
 
 def _open_ledger(config: NebuliserConfig) -> Ledger:
-    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    return Ledger.open(
-        config.storage.data_dir / LEDGER_FILE_NAME,
+    """Open the existing ledger only if it continues its anchors (docs/ledger.md).
+
+    Never creates one (`nebuliser ledger init` does); a missing, empty, unreadable,
+    rolled-back, swapped or foreign ledger raises a `LedgerError` (exit 4) after the
+    suspect file was set aside and the `ledger_discontinuity` alarm was audited.
+    """
+    return open_checked(
+        LedgerLocation(data_dir=config.storage.data_dir),
+        device_id=config.device.device_id,
         outbox_budget_bytes=config.storage.outbox_budget_mb * 1024 * 1024,
         progress_interval_ms=int(config.session.progress_sample_s * 1000),
+        reserve_bytes=config.storage.ledger_reserve_mb * 1024 * 1024,
+        # The retained MQTT anchor (`anchor_outbox_message`, topic `ledger/anchor`) is not
+        # queued yet: its rows take device seqs that monitors only count once the schema
+        # `nebuliser.ledger_anchor` is registered with the telemetry schemas (issue 16).
     )
 
 
@@ -276,8 +286,7 @@ async def run_service(
     except LedgerError as exc:
         _log.error("ledger unavailable: delivery stopped", error=str(exc))
         print(  # noqa: T201 - the operator must see this
-            f"nebuliser serve: the dose ledger cannot be used ({exc}). No session will be "
-            "started. The damaged file was kept aside for forensics; see docs/ledger.md."
+            f"nebuliser serve: the dose ledger cannot be used; no session will be started. {exc}"
         )
         return EXIT_LEDGER
     return 0

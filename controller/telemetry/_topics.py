@@ -10,6 +10,8 @@
 <root>/<ward>/<bed>/backfill/request  monitor -> controller
 <root>/<ward>/<bed>/backfill/reply
 <root>/<ward>/<bed>/cmd/ack           monitor -> controller (provisional, unsigned)
+<root>/<ward>/<bed>/ledger/anchor     retained: the dose ledger's high-water mark
+                                      (controller.ledger.anchor_outbox_message)
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ class BedTopics:
     def backfill_request(self) -> str:
         """Topic monitors publish backfill requests to."""
         return self.topic("backfill/request")
+
+    @property
+    def ledger_anchor(self) -> str:
+        """Retained topic of the dose ledger's anchor (docs/ledger.md, "Continuity")."""
+        return self.topic("ledger/anchor")
 
     @property
     def cmd_ack(self) -> str:

@@ -118,6 +118,8 @@ SCENARIOS: dict[AlarmCode, Callable[[], tuple[AlarmState, list[AlarmEvent]]]] = 
     AlarmCode.CLOCK_UNTRUSTED: _simple(quiet(clock_trusted=False)),
     AlarmCode.STORAGE_LOW: _simple(quiet(storage_low=True, storage_free_mib=50)),
     AlarmCode.LEDGER_UNAVAILABLE: _simple(quiet(ledger_ok=False)),
+    AlarmCode.LEDGER_DISCONTINUITY: _simple(quiet(ledger_discontinuity=True)),
+    AlarmCode.STORAGE_EMERGENCY: _simple(quiet(storage_emergency=True, storage_free_mib=3)),
     AlarmCode.TELEMETRY_DROPPED: _simple(quiet(telemetry_dropped_total=5)),
     AlarmCode.NO_BREATHING_DETECTED: _simple(
         quiet(breathing=breathing(waiting=True, ms_without_breath=15_000))

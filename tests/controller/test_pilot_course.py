@@ -18,7 +18,7 @@ from typing import Any
 from controller.clock import ManualClock
 from controller.config import NebuliserConfig, load_config
 from controller.dosing import SessionStatus
-from controller.ledger import LEDGER_FILE_NAME, Ledger
+from controller.ledger import LEDGER_FILE_NAME, Ledger, LedgerLocation, init_ledger
 from controller.service import run_service
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
@@ -42,6 +42,12 @@ async def pilot_bed(
                 "clock": {"mode": "system"},
                 "security": {"require_signed_prescriptions": False},
             },
+        )
+        assert config.prescription is not None
+        init_ledger(  # as the installing engineer does: `nebuliser ledger init`
+            LedgerLocation(data_dir=config.storage.data_dir),
+            device_id=config.device.device_id,
+            subject_id=config.prescription.subject_id,
         )
         stop = asyncio.Event()
         service = asyncio.create_task(run_service(config, stop_requested=stop, clock=clock))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,11 +83,11 @@ def _small_filesystem(path: Path, size_mib: int) -> Iterator[None]:
 async def test_storage_crossing_the_floor_is_alarmed_within_a_second(tmp_path: Path) -> None:
     """The storage alarm used to wait for a 30 s poll; the shell now reads free space
     every 0.5 s. A 5 s bound here cannot flake and fails against the old poll."""
-    with _small_filesystem(tmp_path / "data", size_mib=16):
+    with _small_filesystem(tmp_path / "data", size_mib=64):
         model = DeviceModel(nominal_ul_min=400, fill_ul=3000)
         async with run_pty_simulator(model) as sim:
             config_path, config = write_config(
-                tmp_path, port=sim.device_path, free_space_floor_mb=8
+                tmp_path, port=sim.device_path, free_space_floor_mb=32
             )
             assert config.storage.data_dir == tmp_path / "data"
             process = await _spawn(config_path, tmp_path / "serve.log")
@@ -94,7 +95,8 @@ async def test_storage_crossing_the_floor_is_alarmed_within_a_second(tmp_path: P
                 status = await wait_status(config, lambda s: s["link_up"] and s["device"], 10)
                 assert not any(a["code"] == "storage_low" for a in status["alarms"])
                 filler = config.storage.data_dir / "filler.bin"
-                filler.write_bytes(b"\0" * (10 * 1024 * 1024))
+                free_mib = shutil.disk_usage(config.storage.data_dir).free // 2**20
+                filler.write_bytes(b"\0" * ((free_mib - 24) * 2**20))  # 24 MiB left < 32
                 os.sync()
                 loop = asyncio.get_running_loop()
                 filled_at = loop.time()

@@ -88,20 +88,25 @@ def _session_checks(
 _last_start: dict[Path, float] = {}
 
 
-async def respect_interval(config: NebuliserConfig) -> None:
-    """Wait until the previous start on this bed is ≥ min_interval_s (1 s) old."""
+async def start_after_interval(config: NebuliserConfig) -> dict[str, Any]:
+    """Start once the previous start on this bed is ≥ min_interval_s (1 s) old.
+
+    The time is taken when the start's reply arrives, i.e. after the controller recorded
+    the intent (the interval rule measures from the intent, which the controller writes
+    after the confirm round trip and its anchors)."""
     loop = asyncio.get_running_loop()
     previous = _last_start.get(config.storage.data_dir)
     if previous is not None:
         await asyncio.sleep(max(0.0, previous + 1.05 - loop.time()))
+    reply = await start_confirmed(config)
     _last_start[config.storage.data_dir] = loop.time()
+    return reply
 
 
 async def _one_session(
     sim: SimulatorProcess, config: NebuliserConfig, label: str
 ) -> tuple[list[str], float, dict[str, Any]]:
-    await respect_interval(config)
-    reply = await start_confirmed(config)
+    reply = await start_after_interval(config)
     if not reply.get("started"):
         return [f"{label}: start refused {reply.get('reasons')}"], 0.0, reply
     final = await wait_status(config, lambda s: s["session"] is None, 20)
@@ -169,8 +174,7 @@ async def test_device_ignoring_its_cap_or_stop(tmp_path: Path) -> None:
 
         report = record(ScenarioReport(scenario="device ignores STOP"))
         await sim.ctl.set_defect("ignore_stop")
-        await respect_interval(config)
-        reply = await start_confirmed(config)
+        reply = await start_after_interval(config)
         assert reply["started"], reply
         await wait_truth(sim, lambda t: t["nebulising"] and t["delivered_ul"] > 5, 5)
         async with ControlClient(path=config.control_socket) as client:
@@ -193,8 +197,7 @@ async def test_device_reboot_mid_session(tmp_path: Path) -> None:
     no further delivery, nothing resumed."""
     report = record(ScenarioReport(scenario="device reboots mid-session"))
     async with bed(tmp_path) as (sim, _controller, config):
-        await respect_interval(config)
-        reply = await start_confirmed(config)
+        reply = await start_after_interval(config)
         assert reply["started"], reply
         await wait_truth(sim, lambda t: t["nebulising"] and t["delivered_ul"] > 10, 5)
         truth = await sim.ctl.reboot(boot_ms=300)
@@ -223,8 +226,7 @@ async def test_pty_hang_up_mid_session(tmp_path: Path) -> None:
     hangs up). The controller stays up, alarms, and keeps the session UNCERTAIN."""
     report = record(ScenarioReport(scenario="serial: pty hang-up mid-session"))
     async with bed(tmp_path) as (sim, controller, config):
-        await respect_interval(config)
-        reply = await start_confirmed(config)
+        reply = await start_after_interval(config)
         assert reply["started"], reply
         await wait_truth(sim, lambda t: t["nebulising"], 5)
         sim.process.send_signal(signal.SIGKILL)
@@ -272,8 +274,7 @@ async def test_corrupted_ledger_between_runs_refuses_delivery(tmp_path: Path) ->
     keeps the damaged file aside, and the device never starts."""
     report = record(ScenarioReport(scenario="disk: ledger corrupted between runs"))
     async with bed(tmp_path) as (sim, controller, config):
-        await respect_interval(config)
-        reply = await start_confirmed(config)
+        reply = await start_after_interval(config)
         assert reply["started"], reply
         await wait_status(config, lambda s: s["session"] is None, 15)
         assert await controller.terminate() == 0
@@ -302,8 +303,7 @@ async def test_controller_can_clear_a_latched_device_fault(tmp_path: Path) -> No
     clears the latched WATCHDOG bit from the controller and the bed is usable again."""
     slow_head = ("--nominal-ul-min", "600")  # 10 s for the cap: the watchdog trips first
     async with bed(tmp_path, sim_args=slow_head) as (sim, controller, config):
-        await respect_interval(config)
-        assert (await start_confirmed(config))["started"]
+        assert (await start_after_interval(config))["started"]
         await wait_truth(sim, lambda t: t["nebulising"], 5)
         controller.signal(signal.SIGSTOP)
         try:

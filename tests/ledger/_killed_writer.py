@@ -29,7 +29,12 @@ def _say(line: str) -> None:
 def main(db_path: Path) -> None:
     """Write until killed."""
     boot_id = uuid.uuid4().hex  # each child is a new "boot" of the controller
-    ledger = Ledger.open(db_path, progress_interval_ms=0)
+    if db_path.exists():
+        ledger = Ledger.open(db_path, progress_interval_ms=0)
+    else:  # the first child plays `nebuliser ledger init`
+        ledger = Ledger.create(
+            db_path, device_id="neb-kill", subject_id="subj-kill", progress_interval_ms=0
+        )
     for record in ledger.open_sessions():
         ledger.mark_uncertain(record.session_id, reason="controller_restart", at=_now(boot_id))
         _say(f"U {record.session_id}")

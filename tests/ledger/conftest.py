@@ -42,9 +42,17 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / LEDGER_FILE_NAME
 
 
+DEVICE_ID = "neb-test"
+
+
+def create_ledger(path: Path, **options: int) -> Ledger:
+    """A new ledger, as `nebuliser ledger init` makes it (ledgers are never implicit)."""
+    return Ledger.create(path, device_id=DEVICE_ID, subject_id="subj-1", **options)
+
+
 @pytest.fixture
 def ledger(db_path: Path) -> Iterator[Ledger]:
-    with Ledger.open(db_path, progress_interval_ms=1000) as opened:
+    with create_ledger(db_path, progress_interval_ms=1000) as opened:
         yield opened
 
 

@@ -12,6 +12,7 @@ from controller.breath import BreathAccumulator
 from controller.ledger import BREATH_SUMMARY_KEYS, Ledger, SessionStateError, UnknownSessionError
 from tests.breath.test_accumulator import breath
 from tests.ledger.conftest import SimClock, intent
+from tests.ledger.test_schema import _v1_ledger
 
 
 def figures() -> dict[str, object]:
@@ -65,18 +66,7 @@ def test_breath_summaries_are_append_only(ledger: Ledger, clock: SimClock, db_pa
         raw.close()
 
 
-def test_a_version_1_ledger_file_migrates_to_2(db_path: Path) -> None:
-    with Ledger.open(db_path):
-        pass
-    raw = sqlite3.connect(db_path)
-    try:  # make it a version-1 file again: drop what migrations 2 and 3 added
-        raw.execute("DROP TABLE breath_summaries")
-        for column in ("dropped_count", "dropped_bytes", "last_dropped_seq"):
-            raw.execute(f"ALTER TABLE outbox_stats DROP COLUMN {column}")
-        raw.execute("DROP TRIGGER IF EXISTS schema_version_no_delete")
-        raw.execute("DELETE FROM schema_version WHERE version >= 2")
-        raw.commit()
-    finally:
-        raw.close()
+def test_a_version_1_ledger_file_migrates_to_2(db_path: Path, clock: SimClock) -> None:
+    _v1_ledger(db_path, clock)  # a file as version 1 wrote it (no breath_summaries)
     with Ledger.open(db_path) as ledger:
         assert ledger.breath_summary(1) is None  # the table is back

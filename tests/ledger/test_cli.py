@@ -9,12 +9,12 @@ import pytest
 
 from controller.cli import main
 from controller.ledger import LEDGER_FILE_NAME, AlarmAction, EndSource, Ledger
-from tests.ledger.conftest import SimClock, intent
+from tests.ledger.conftest import SimClock, create_ledger, intent
 
 
 @pytest.fixture
 def data_dir(tmp_path: Path, clock: SimClock) -> Path:
-    with Ledger.open(tmp_path / LEDGER_FILE_NAME) as ledger:
+    with create_ledger(tmp_path / LEDGER_FILE_NAME) as ledger:
         done = intent(ledger, clock, cap_ul=500)
         ledger.record_started(done, at=clock.advance(1))
         ledger.record_alarm(
@@ -76,13 +76,13 @@ def test_missing_ledger_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["ledger", "show", "--data-dir", str(tmp_path / "empty")]) == 3
-    assert "no ledger database" in capsys.readouterr().err
+    assert "no dose ledger" in capsys.readouterr().err
 
 
 def test_show_and_backup_work_while_the_controller_has_the_ledger_open(
     tmp_path: Path, clock: SimClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with Ledger.open(tmp_path / LEDGER_FILE_NAME) as running:
+    with create_ledger(tmp_path / LEDGER_FILE_NAME) as running:
         intent(running, clock)
         assert main(["ledger", "show", "--data-dir", str(tmp_path), "--json"]) == 0
         assert len(json.loads(capsys.readouterr().out)) == 1

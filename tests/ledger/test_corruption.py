@@ -12,11 +12,11 @@ from controller.ledger import (
     LedgerCorruptError,
     LedgerQuarantinedError,
 )
-from tests.ledger.conftest import SimClock, intent
+from tests.ledger.conftest import SimClock, create_ledger, intent
 
 
 def _filled_ledger(db_path: Path, clock: SimClock, sessions: int = 40) -> None:
-    with Ledger.open(db_path) as ledger:
+    with create_ledger(db_path) as ledger:
         for _ in range(sessions):
             intent(ledger, clock)
             clock.advance(60)

@@ -16,7 +16,7 @@ from controller.ledger import (
     check_storage_floor,
     decision_to_json,
 )
-from tests.ledger.conftest import SimClock, intent
+from tests.ledger.conftest import SimClock, create_ledger, intent
 
 
 def _progress(ledger: Ledger, session_id: int, delivered_ul: int, at: Instant) -> int | None:
@@ -55,7 +55,7 @@ def test_history_derives_every_status_from_events(ledger: Ledger, clock: SimCloc
 
 
 def test_restart_uncertain_then_reconcile(db_path: Path, clock: SimClock) -> None:
-    with Ledger.open(db_path) as ledger:
+    with create_ledger(db_path) as ledger:
         session_id = intent(ledger, clock, cap_ul=600)
         ledger.record_started(session_id, at=clock.advance(1))
         _progress(ledger, session_id, 120, clock.advance(60))

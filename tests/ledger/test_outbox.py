@@ -16,7 +16,7 @@ from controller.ledger import (
     OutboxMessage,
     OutboxStamp,
 )
-from tests.ledger.conftest import SimClock, intent
+from tests.ledger.conftest import SimClock, create_ledger, intent
 
 
 def _telemetry(n: int, size: int = 100) -> OutboxMessage:
@@ -100,7 +100,7 @@ def test_failure_mid_transaction_leaves_neither_ledger_row_nor_message(
 
 
 def test_seq_is_never_reused_after_delete_and_reopen(db_path: Path, clock: SimClock) -> None:
-    with Ledger.open(db_path) as ledger:
+    with create_ledger(db_path) as ledger:
         seqs = [ledger.outbox.append(_telemetry(i), at=clock.now()) for i in range(5)]
         assert ledger.outbox.delete(seqs) == 5  # all PUBACKed
         assert ledger.outbox.count() == 0
@@ -123,7 +123,7 @@ def test_pending_pages_by_seq_and_delete_counts_only_existing(
 
 def test_budget_drops_oldest_telemetry_only_and_counts_it(db_path: Path, clock: SimClock) -> None:
     row_bytes = 100 + len("ward/bed/telemetry")
-    with Ledger.open(db_path, outbox_budget_bytes=10 * row_bytes) as ledger:
+    with create_ledger(db_path, outbox_budget_bytes=10 * row_bytes) as ledger:
         alarm = OutboxMessage(kind=OutboxKind.ALARM, topic="ward/bed/telemetry", payload=b"a" * 100)
         session = OutboxMessage(
             kind=OutboxKind.SESSION, topic="ward/bed/telemetry", payload=b"s" * 100

@@ -12,19 +12,35 @@ from controller.ledger import (
     EndSource,
     Ledger,
     LedgerCorruptError,
+    LedgerMissingError,
     LedgerSchemaTooNewError,
+    LedgerSchemaUnexpectedError,
     OutboxKind,
     OutboxMessage,
     ReconcileSource,
     SessionStateError,
     UnknownSessionError,
+    verify_chain,
 )
-from tests.ledger.conftest import SimClock, intent
+from tests.ledger.conftest import SimClock, create_ledger, intent
 
 
-def test_migrates_an_empty_file_and_reopens_idempotently(db_path: Path) -> None:
-    db_path.touch()  # an empty file is a valid, empty SQLite database
-    with Ledger.open(db_path) as first:
+def test_an_empty_file_is_refused_and_set_aside_never_taken_for_a_new_ledger(
+    db_path: Path,
+) -> None:
+    db_path.touch()  # SQLite would take a 0-byte file for a valid, empty database
+    with pytest.raises(LedgerCorruptError, match="empty") as caught:
+        Ledger.open(db_path)
+    assert caught.value.quarantined_to is not None
+    assert caught.value.quarantined_to.exists()
+    assert not db_path.exists()
+
+
+def test_creates_only_on_purpose_and_reopens_idempotently(db_path: Path) -> None:
+    with pytest.raises(LedgerMissingError, match="ledger init"):
+        Ledger.open(db_path)
+    assert not db_path.exists()
+    with create_ledger(db_path) as first:
         ledger_id = first.ledger_id
     with Ledger.open(db_path) as second:
         assert second.ledger_id == ledger_id
@@ -128,7 +144,7 @@ def test_device_cap_above_planned_cap_is_refused(ledger: Ledger, clock: SimClock
 
 
 def test_newer_schema_is_refused_and_left_in_place(db_path: Path) -> None:
-    Ledger.open(db_path).close()
+    create_ledger(db_path).close()
     raw = sqlite3.connect(db_path)
     raw.execute("INSERT INTO schema_version (version, applied_utc) VALUES (?, 'future')", (99,))
     raw.commit()
@@ -150,9 +166,83 @@ def test_a_foreign_database_is_not_taken_for_a_ledger(db_path: Path) -> None:
 
 
 def test_session_ids_are_monotonic_and_survive_reopen(db_path: Path, clock: SimClock) -> None:
-    with Ledger.open(db_path) as ledger:
+    with create_ledger(db_path) as ledger:
         first = [intent(ledger, clock) for _ in range(3)]
     with Ledger.open(db_path) as ledger:
         later = intent(ledger, clock)
     assert first == [1, 2, 3]
     assert later == 4
+
+
+def _v1_ledger(db_path: Path, clock: SimClock) -> None:
+    """A ledger as release 1 wrote it: schema version 1, no chain hashes, no device id."""
+    from controller.ledger._schema import MIGRATIONS  # noqa: PLC0415 - test-only detail
+
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        raw.execute("PRAGMA journal_mode = WAL")
+        version, statements = MIGRATIONS[0]
+        for statement in statements:
+            raw.execute(statement)
+        raw.execute("INSERT INTO schema_version VALUES (?, 'v1')", (version,))
+        raw.execute("INSERT INTO sessions (subject_id, allocated_utc) VALUES ('subj-1', 'x')")
+        raw.execute(
+            "INSERT INTO events (kind, session_id, subject_id, utc, boot_id, monotonic_ns, body)"
+            " VALUES ('intent', 1, 'subj-1', ?, 'b1', 1, '{\"planned_cap_ul\": 500}')",
+            (clock.now().utc.isoformat(),),
+        )
+    finally:
+        raw.close()
+
+
+def test_a_version_1_ledger_is_migrated_and_its_chain_continues(
+    db_path: Path, clock: SimClock
+) -> None:
+    _v1_ledger(db_path, clock)
+    with Ledger.open(db_path) as ledger:
+        assert ledger.device_id is None  # from before `ledger init`
+        old_head = ledger.head
+        assert old_head is not None
+        assert old_head.seq == 1
+        ledger.record_started(1, at=clock.advance(1))
+        new_head = ledger.head
+    assert new_head is not None
+    raw = sqlite3.connect(db_path)
+    try:
+        versions = [v for (v,) in raw.execute("SELECT version FROM schema_version")]
+        stored = raw.execute("SELECT chain_hash FROM events ORDER BY event_id").fetchall()
+        report = verify_chain(raw)
+    finally:
+        raw.close()
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert stored == [(None,), (new_head.hash,)]  # old rows are never updated
+    assert report.ok
+    assert report.head == new_head
+
+
+@pytest.mark.parametrize(
+    ("change", "finding"),
+    [
+        ("DROP TRIGGER events_no_update", "missing trigger events_no_update"),
+        ("CREATE TABLE extra (x INTEGER)", "unexpected table extra"),
+        ("CREATE INDEX extra_index ON events(utc)", "unexpected index extra_index"),
+        (
+            "DROP VIEW session_status; CREATE VIEW session_status AS SELECT 1 AS session_id",
+            "altered view session_status",
+        ),
+    ],
+)
+def test_any_schema_the_migrations_did_not_create_is_set_aside(
+    db_path: Path, change: str, finding: str
+) -> None:
+    create_ledger(db_path).close()
+    raw = sqlite3.connect(db_path)
+    try:
+        raw.executescript(change)
+    finally:
+        raw.close()
+    with pytest.raises(LedgerSchemaUnexpectedError, match=finding) as caught:
+        Ledger.open(db_path)
+    assert caught.value.quarantined_to is not None
+    assert caught.value.quarantined_to.exists()
+    assert not db_path.exists()

@@ -215,7 +215,9 @@ def course(tmp_path: Path) -> Course:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     ledger_path = data_dir / LEDGER_FILE_NAME
-    with Ledger.open(ledger_path, progress_interval_ms=0) as ledger:
+    with Ledger.create(
+        ledger_path, device_id="neb-ward3-bed07", subject_id=SUBJECT, progress_interval_ms=0
+    ) as ledger:
         write_course(ledger)
     return Course(
         config_path=write_config(tmp_path, data_dir), data_dir=data_dir, ledger_path=ledger_path

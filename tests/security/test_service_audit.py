@@ -33,7 +33,7 @@ def _ledger_events(ledger: Ledger) -> None:
 
 
 async def test_ledger_events_are_mirrored_once_even_after_a_restart(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / LEDGER_FILE_NAME) as ledger:
+    with Ledger.create(tmp_path / LEDGER_FILE_NAME, device_id="neb-t", subject_id="S-1") as ledger:
         _ledger_events(ledger)
         async with ServiceAudit(data_dir=tmp_path, clock=CLOCK).running() as audit:
             assert await audit.mirror_ledger() == 3
@@ -52,7 +52,7 @@ async def test_ledger_events_are_mirrored_once_even_after_a_restart(tmp_path: Pa
 
 
 async def test_run_audit_anchors_after_a_session_end_and_at_shutdown(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / LEDGER_FILE_NAME):
+    with Ledger.create(tmp_path / LEDGER_FILE_NAME, device_id="neb-t", subject_id="S-1"):
         pass
     published: list[tuple[AuditHead, str]] = []
     sessions = [0]

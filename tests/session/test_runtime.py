@@ -153,7 +153,9 @@ def test_a_session_that_ends_at_once_has_its_started_row_first(tmp_path: Path) -
     shows the session running. The started row must still go first, and nothing
     must latch `ledger_unavailable` (it did: SessionStateError on `started`)."""
     model = DeviceModel(nominal_ul_min=6000, fill_ul=103, residual_ul=100)
-    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+    with Ledger.create(
+        tmp_path / "ledger.sqlite3", device_id="neb-test", subject_id="S-001"
+    ) as ledger:
         bed = ready_bed(model=model, ledger=ledger)
         outcome = bed.start()
         bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=3000)
@@ -212,7 +214,9 @@ def test_a_swapped_head_blocks_starts_until_acknowledged() -> None:
 def test_after_a_restart_the_open_session_is_stopped_and_reconciled_with_its_reasons(
     tmp_path: Path,
 ) -> None:
-    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+    with Ledger.create(
+        tmp_path / "ledger.sqlite3", device_id="neb-test", subject_id="S-001"
+    ) as ledger:
         bed = ready_bed(ledger=ledger)
         assert bed.start().started
         sid = session_of(bed)
@@ -415,7 +419,9 @@ def test_an_interrupted_dose_is_continued_to_its_cap_as_one_administration(
 ) -> None:
     prescription = pilot_prescription(min_interval_s=24 * 3600, rolling_24h_max_sessions=1)
     model = DeviceModel(nominal_ul_min=3000, fill_ul=6000)
-    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+    with Ledger.create(
+        tmp_path / "ledger.sqlite3", device_id="neb-test", subject_id="S-001"
+    ) as ledger:
         bed = ready_bed(model=model, ledger=ledger, prescription=prescription)
         first = bed.start()
         assert first.started

@@ -22,7 +22,11 @@ class LedgerBackedOutbox:
     """`OutboxReader` over a real ledger file, plus `append`/`append_many`."""
 
     def __init__(self, *, path: Path) -> None:
-        self._ledger = Ledger.open(path)
+        self._ledger = (
+            Ledger.open(path)
+            if path.exists()
+            else Ledger.create(path, device_id="neb-test", subject_id="TEST-001")
+        )
 
     def close(self) -> None:
         """Close the ledger."""

@@ -33,7 +33,7 @@ def now_instant() -> Instant:
 async def test_ledger_outbox_drains_and_answers_backfill(
     mosquitto_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+    with Ledger.create(tmp_path / "ledger.sqlite3", device_id="neb-t", subject_id="S-1") as ledger:
         archive = SentArchive(path=tmp_path / "telemetry-sent.sqlite3")
         publisher = OutboxPublisher(
             settings=settings_for(mosquitto_broker),

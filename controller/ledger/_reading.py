@@ -1,0 +1,300 @@
+"""Reading the ledger: session records, totals, events and summaries.
+
+A mixin of `Ledger`. Every read is one consistent snapshot (`Database.reading`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from controller.dosing import SessionRecord, SessionStatus
+from controller.ledger._database import Database, instant_from_row, utc_text
+from controller.ledger._errors import UnknownSessionError
+from controller.ledger._model import (
+    AlarmAction,
+    AlarmEntry,
+    EventKind,
+    LedgerEvent,
+    SessionSummary,
+    SubjectTotals,
+)
+
+__all__ = ["ReadingMixin"]
+
+_SELECT_EVENTS = (
+    "SELECT event_id, kind, session_id, subject_id, utc, boot_id, monotonic_ns,"
+    " delivered_ul, json(body) FROM events"
+)
+_STATUS_COLUMNS = (
+    "session_id, subject_id, intent_utc, intent_boot_id, intent_monotonic_ns,"
+    " planned_cap_ul, status, delivered_ul, started"
+)
+
+
+def _select_status(
+    connection: sqlite3.Connection, where: str, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = connection.execute(
+        # Only fixed clause text is interpolated; every value is a ? parameter.
+        f"SELECT {_STATUS_COLUMNS} FROM session_status {where} ORDER BY session_id",  # noqa: S608
+        params,
+    ).fetchall()
+    return rows
+
+
+def _record_from_row(
+    row: sqlite3.Row | tuple[Any, ...], facts: Mapping[str, Any] | None = None
+) -> SessionRecord:
+    session_id, subject_id, utc, boot_id, mono, cap, status, delivered, _started = row
+    facts = facts or {}
+    administration_id = facts.get("administration_id")
+    bound = facts.get("upper_bound_ul")
+    return SessionRecord(
+        session_id=int(session_id),
+        subject_id=str(subject_id),
+        started=instant_from_row(utc, boot_id, int(mono)),
+        planned_cap_ul=int(cap),
+        delivered_ul=None if delivered is None else int(delivered),
+        status=SessionStatus(status),
+        administration_id=None if administration_id is None else int(administration_id),
+        ended=facts.get("ended"),
+        end_reason=facts.get("end_reason"),
+        upper_bound_ul=None if bound is None else int(bound),
+    )
+
+
+def _end_facts(rows: list[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
+    """Per session: its administration, when and why it ended, an uncertain run's bound."""
+    facts: dict[int, dict[str, Any]] = {}
+    for session_id, kind, utc, boot_id, mono, body_text in rows:
+        body = json.loads(body_text)
+        fact = facts.setdefault(int(session_id), {})
+        if kind == EventKind.INTENT:
+            fact["administration_id"] = body.get("administration_id")
+            continue
+        fact["ended"] = instant_from_row(utc, boot_id, int(mono))
+        if kind == EventKind.ENDED:
+            fact["end_reason"] = (
+                body.get("host_reason") or body.get("device_reason") or body.get("reason")
+            )
+        elif kind == EventKind.UNCERTAIN:
+            fact["end_reason"] = body.get("reason")
+            fact["upper_bound_ul"] = body.get("upper_bound_ul")
+        else:
+            fact["end_reason"] = "START_NAK"
+    return facts
+
+
+class ReadingMixin:
+    """The read side of `Ledger`."""
+
+    _db: Database
+
+    # ----------------------------------------------------------------- reading
+
+    def open_sessions(self) -> list[SessionRecord]:
+        """Sessions with an intent but no end, refusal or uncertain record (restart check)."""
+        with self._db.reading() as connection:
+            rows = _select_status(connection, "WHERE status = 'open'", ())
+        return [_record_from_row(row) for row in rows]
+
+    def uncertain_sessions(self) -> list[SessionRecord]:
+        """Sessions waiting for reconciliation (they count their full planned cap)."""
+        with self._db.reading() as connection:
+            rows = _select_status(connection, "WHERE status = 'uncertain'", ())
+        return [_record_from_row(row) for row in rows]
+
+    def history(self, subject_id: str) -> list[SessionRecord]:
+        """Every session of `subject_id`, oldest first, status derived from its events,
+        with what the dose rules need of each run's end (administration, end time and
+        reason, the upper bound of an uncertain run)."""
+        with self._db.reading() as connection:
+            rows = _select_status(connection, "WHERE subject_id = ?", (subject_id,))
+            ends = connection.execute(
+                "SELECT session_id, kind, utc, boot_id, monotonic_ns, json(body) FROM events"
+                " WHERE subject_id = ? AND kind IN ('intent', 'ended', 'uncertain', "
+                "'start_refused') ORDER BY event_id",
+                (subject_id,),
+            ).fetchall()
+        facts = _end_facts(ends)
+        return [_record_from_row(row, facts.get(int(row[0]), {})) for row in rows]
+
+    def totals(self, subject_id: str) -> SubjectTotals:
+        """Totals of one subject: sessions, known delivered volume, volume that counts."""
+        records = self.history(subject_id)
+        counted = [r for r in records if r.counts_as_session]
+        return SubjectTotals(
+            subject_id=subject_id,
+            sessions=len(counted),
+            delivered_ul=sum(r.delivered_ul or 0 for r in records),
+            counted_ul=sum(r.counted_ul for r in records),
+            uncertain_sessions=sum(r.status is SessionStatus.UNCERTAIN for r in records),
+            open_sessions=sum(r.status is SessionStatus.OPEN for r in records),
+        )
+
+    def session_status(self, session_id: int) -> SessionStatus:
+        """The derived status of one session."""
+        with self._db.reading() as connection:
+            return self._status(connection, session_id)[0]
+
+    def events(
+        self,
+        *,
+        session_id: int | None = None,
+        kinds: Iterable[EventKind] | None = None,
+        since: datetime | None = None,
+    ) -> list[LedgerEvent]:
+        """Stored events in order, optionally for one session, some kinds, or since a time."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if session_id is not None:
+            clauses.append("session_id = ?")
+            params.append(session_id)
+        if kinds is not None:
+            wanted = [str(EventKind(k)) for k in kinds]
+            clauses.append(f"kind IN ({', '.join('?' for _ in wanted)})")
+            params.extend(wanted)
+        if since is not None:
+            clauses.append("utc >= ?")
+            params.append(utc_text(since))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._db.reading() as connection:
+            rows = connection.execute(
+                # Only fixed clause text is interpolated; every value is a ? parameter.
+                f"{_SELECT_EVENTS}{where} ORDER BY event_id",
+                params,
+            ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    def summaries(
+        self, *, since: datetime | None = None, subject_id: str | None = None
+    ) -> list[SessionSummary]:
+        """Sessions (intent at or after `since`, of `subject_id`) with ends, reasons, alarms."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            clauses.append("intent_utc >= ?")
+            params.append(utc_text(since))
+        if subject_id is not None:
+            clauses.append("subject_id = ?")
+            params.append(subject_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._db.reading() as connection:
+            rows = _select_status(connection, where, params)
+            event_rows = {
+                int(row[0]): connection.execute(
+                    f"{_SELECT_EVENTS} WHERE session_id = ? AND kind <> ? ORDER BY event_id",
+                    (int(row[0]), str(EventKind.PROGRESS)),
+                ).fetchall()
+                for row in rows
+            }
+        return [
+            _summary(_record_from_row(row), bool(row[8]), [_event_from_row(e) for e in ev])
+            for row in rows
+            for ev in (event_rows[int(row[0])],)
+        ]
+
+    @staticmethod
+    def _status(connection: sqlite3.Connection, session_id: int) -> tuple[SessionStatus, bool]:
+        row = connection.execute(
+            "SELECT status, started FROM session_status WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        if row is None:
+            raise UnknownSessionError(
+                f"no intent is recorded for session {session_id}; record_intent allocates ids"
+            )
+        return SessionStatus(row[0]), bool(row[1])
+
+
+def _event_from_row(row: tuple[Any, ...]) -> LedgerEvent:
+    event_id, kind, session_id, subject_id, utc, boot_id, mono, delivered, body = row
+    return LedgerEvent(
+        event_id=int(event_id),
+        kind=EventKind(kind),
+        session_id=None if session_id is None else int(session_id),
+        subject_id=None if subject_id is None else str(subject_id),
+        at=instant_from_row(utc, boot_id, int(mono)),
+        delivered_ul=None if delivered is None else int(delivered),
+        body=json.loads(body),
+    )
+
+
+def _summary(record: SessionRecord, started: bool, events: list[LedgerEvent]) -> SessionSummary:
+    by_kind: dict[EventKind, LedgerEvent] = {}
+    overrides: list[Mapping[str, Any]] = []
+    alarms: list[AlarmEntry] = []
+    for event in events:
+        if event.kind is EventKind.OVERRIDE:
+            overrides.append(event.body)
+        elif event.kind is EventKind.ALARM:
+            alarms.append(
+                AlarmEntry(
+                    alarm_code=str(event.body["alarm_code"]),
+                    action=AlarmAction(event.body["action"]),
+                    actor=str(event.body["actor"]),
+                    utc=event.at.utc,
+                    priority=str(event.body.get("priority", "")),
+                    message=str(event.body.get("message", "")),
+                )
+            )
+        else:
+            by_kind.setdefault(event.kind, event)
+    intent = by_kind[EventKind.INTENT].body
+    ended = by_kind.get(EventKind.ENDED)
+    uncertain = by_kind.get(EventKind.UNCERTAIN)
+    reconciled = by_kind.get(EventKind.RECONCILED)
+    refused = by_kind.get(EventKind.START_REFUSED)
+    end_reason: str | None = None
+    end_source: str | None = None
+    duration = None if ended is None else ended.body.get("duration_ms")
+    host_reason = None if ended is None else ended.body.get("host_reason")
+    device_reason = None if ended is None else ended.body.get("device_reason")
+    if ended is not None:
+        end_reason, end_source = str(ended.body["reason"]), str(ended.body["source"])
+    elif refused is not None:
+        end_reason, end_source = f"START_NAK:{refused.body['nak_reason']}", "device"
+    elif reconciled is not None:
+        device_reason = reconciled.body.get("device_reason")
+        duration = reconciled.body.get("duration_ms")
+        late_end = next(
+            (
+                e.body
+                for e in events
+                if e.kind is EventKind.COMMAND and e.body.get("command") == "device.session_end"
+            ),
+            None,
+        )
+        if late_end is not None:  # the head's SESSION_END, after a STATUS reconciled it
+            device_reason = late_end.get("device_reason") or device_reason
+            duration = late_end.get("duration_ms") if duration is None else duration
+        if device_reason is not None:
+            end_reason, end_source = str(device_reason), "device"
+    concentration = intent.get("concentration_per_ml")
+    return SessionSummary(
+        session_id=record.session_id,
+        subject_id=record.subject_id,
+        status=record.status,
+        intent_at=record.started,
+        planned_cap_ul=record.planned_cap_ul,
+        device_target_ul=int(intent["device_target_ul"]),
+        device_max_duration_s=int(intent["device_max_duration_s"]),
+        output_pct=int(intent["output_pct"]),
+        drug=intent.get("drug"),
+        concentration_per_ml=None if concentration is None else float(concentration),
+        dose_unit=intent.get("dose_unit"),
+        started=started,
+        delivered_ul=record.delivered_ul,
+        duration_ms=None if duration is None else int(duration),
+        end_reason=end_reason,
+        end_source=end_source,
+        uncertain_reason=None if uncertain is None else str(uncertain.body["reason"]),
+        reconcile_source=None if reconciled is None else str(reconciled.body["source"]),
+        overrides=tuple(overrides),
+        alarms=tuple(alarms),
+        host_reason=None if host_reason is None else str(host_reason),
+        device_reason=None if device_reason is None else str(device_reason),
+    )
