@@ -140,6 +140,9 @@ class AlarmInputs:
     * `swapped_to_serial` — the new head's serial if the head changed mid-session.
     * `device_rebooted_mid_session` — STATUS uptime dropped during a session.
     * `telemetry_dropped_total` — messages the outbox has dropped, ever (monotonic).
+    * `command_flood` — the command intake has refused or dropped messages without
+      an individual record for a while (`IntakeGate.flood_active`);
+      `command_unrecorded_total` — how many, ever.
     """
 
     device_faults: int
@@ -159,6 +162,8 @@ class AlarmInputs:
     swapped_to_serial: str | None
     device_rebooted_mid_session: bool
     telemetry_dropped_total: int
+    command_flood: bool
+    command_unrecorded_total: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -347,6 +352,8 @@ def _controller_conditions(inputs: AlarmInputs, previous: AlarmState, present: _
             "dropped_now": dropped_total - previous.telemetry_dropped_seen,
             "dropped_total": dropped_total,
         }
+    if inputs.command_flood:
+        present[AlarmCode.COMMAND_FLOOD] = {"unrecorded_total": inputs.command_unrecorded_total}
     return dropped_total
 
 

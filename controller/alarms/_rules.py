@@ -76,6 +76,7 @@ class AlarmCode(StrEnum):
     STORAGE_LOW = "storage_low"
     LEDGER_UNAVAILABLE = "ledger_unavailable"
     TELEMETRY_DROPPED = "telemetry_dropped"
+    COMMAND_FLOOD = "command_flood"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -393,6 +394,29 @@ _RULES: tuple[AlarmRule, ...] = (
         ),
         action="Call clinical engineering: the ward monitor is missing data.",
         why="Only monitoring samples are lost (dose records are never dropped).",
+    ),
+    AlarmRule(
+        code=AlarmCode.COMMAND_FLOOD,
+        cause=(
+            "the command intake has refused or dropped messages beyond its per-sender "
+            "record rate for 2 s or more (no quiet gap over 5 s)"
+        ),
+        priority=_L,
+        category=_TECH,
+        latching=True,
+        message=(
+            "Command channel flooded: {unrecorded_total} messages refused or dropped "
+            "without an individual record (counted in the audit log)"
+        ),
+        action=(
+            "Call clinical engineering / IT security: someone is flooding this bed's "
+            "command topic. Use the STOP button at the bedside if needed."
+        ),
+        why=(
+            "Nothing unsafe happens (signed STOP and acknowledgements still pre-empt the "
+            "flood, the bedside stop does not use the network), but the ward network is "
+            "under attack or misconfigured."
+        ),
     ),
 )
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import ConfigError, load_config
+from controller.security import security_warnings
 
 __all__ = ["example_config_text", "register"]
 
@@ -34,6 +35,10 @@ def _check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
+    for warning in security_warnings(
+        config.effective_security, remote_commands=config.mqtt is not None
+    ):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK (device {config.device.device_id}, {config.device.ward}/"
           f"{config.device.bed}, port {config.device.port})")  # fmt: skip
     return 0

@@ -29,7 +29,6 @@ from controller.config import NebuliserConfig
 from controller.control import ControlClient, ControlUnavailableError
 from controller.service import run_service
 from controller.telemetry import (
-    AckRequest,
     MosquittoBroker,
     MosquittoMissingError,
     MqttSettings,
@@ -38,6 +37,7 @@ from controller.telemetry import (
 )
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
+from ._bench_station import BenchStation
 from ._common import progress_bar
 from .monitor import render_ward
 
@@ -49,6 +49,8 @@ _BEDS_PER_LINE = 3
 _WARD = "demo-ward"
 _ROOT = "nebuliser/v1"
 _MAX_BEDS = 8
+#: The ward station's signing key for this run (alarm acks are signed commands).
+_STATION = BenchStation()
 # The demo's prescription is inline and unsigned: simulator bench only. (Conditional
 # while the [security] section lands; drop the condition once it is in every build.)
 
@@ -107,6 +109,7 @@ def _demo_config(
         ),
         device=f'device_id = "neb-demo-{number:02d}"\nward = "{_WARD}"\nbed = "{bed}"',
         session="confirm_timeout_s = 30",
+        security=_STATION.security_toml(),
         extra=_mqtt_table(broker, bed),
     )
     return config
@@ -320,9 +323,15 @@ async def _scenario(beds: list[_Bed], monitor: WardMonitor | None) -> int:
 
 async def _acknowledge_from_ward(monitor: WardMonitor, bed: _Bed, code: str) -> None:
     """The ward station acknowledges over MQTT; the controller applies it and says so."""
-    print(f"  the ward station acknowledges {code} over MQTT…")
-    monitor.acknowledge(
-        AckRequest(ward=_WARD, bed=bed.name, device_id=bed.device_id, alarm_code=code)
+    print(f"  the ward station acknowledges {code} over MQTT (signed, as nurse.demo)…")
+    assert bed.config.mqtt is not None
+    await _STATION.acknowledge(
+        bed.config.mqtt,
+        ward=_WARD,
+        bed=bed.name,
+        device_id=bed.device_id,
+        alarm_code=code,
+        person="nurse.demo",
     )
     for _ in range(50):
         row = next(

@@ -31,6 +31,14 @@ from controller.security._envelope import (
     sign_command,
     signing_input,
 )
+from controller.security._intake import (
+    UNKNOWN_SENDER_KEY,
+    DropTally,
+    IntakeGate,
+    IntakeLimits,
+    TallyDisposition,
+    TokenBucket,
+)
 from controller.security._keys import (
     KeyFileError,
     generate_key_files,
@@ -61,6 +69,7 @@ from controller.security._settings import (
     Role,
     SecuritySettings,
     SenderConfig,
+    security_warnings,
 )
 from controller.security._topics import DEFAULT_TOPIC_ROOT, command_topic, reply_topic
 from controller.security._verify import (
@@ -68,8 +77,11 @@ from controller.security._verify import (
     Accepted,
     RefusalCode,
     Refused,
+    Screened,
     VerifyOutcome,
     build_reply,
+    commit_screened,
+    screen_command,
     verify_command,
 )
 
@@ -89,6 +101,7 @@ __all__ = [
     "MAX_PRESCRIPTION_BYTES",
     "PRESCRIPTION_DOMAIN",
     "ROLE_COMMANDS",
+    "UNKNOWN_SENDER_KEY",
     "Accepted",
     "AlarmAckBody",
     "AuditHead",
@@ -102,6 +115,9 @@ __all__ = [
     "CommandName",
     "CounterCommit",
     "CounterStore",
+    "DropTally",
+    "IntakeGate",
+    "IntakeLimits",
     "KeyFileError",
     "PendingStartRequest",
     "PrescriptionSignature",
@@ -111,6 +127,7 @@ __all__ = [
     "Refused",
     "RequestStartBody",
     "Role",
+    "Screened",
     "SecuritySettings",
     "Sender",
     "SenderConfig",
@@ -118,10 +135,13 @@ __all__ = [
     "SqliteCounterStore",
     "StartRequestStatus",
     "StopBody",
+    "TallyDisposition",
+    "TokenBucket",
     "VerifyOutcome",
     "build_reply",
     "canonical_json",
     "command_topic",
+    "commit_screened",
     "generate_key_files",
     "load_private_key",
     "load_public_key_file",
@@ -130,6 +150,8 @@ __all__ = [
     "public_key_from_text",
     "public_key_to_text",
     "reply_topic",
+    "screen_command",
+    "security_warnings",
     "sign_command",
     "sign_prescription_bytes",
     "signature_path_for",

@@ -71,6 +71,7 @@ class AuditKind(StrEnum):
     PRESCRIPTION = "prescription"
     START_REQUEST = "start_request"
     ANCHOR = "anchor"
+    COMMAND_TALLY = "command_tally"  # messages not accepted, in aggregate (count, first/last)
 
 
 @dataclass(frozen=True, kw_only=True)

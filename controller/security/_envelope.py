@@ -62,9 +62,14 @@ class StopBody(_Strict):
 
 
 class AlarmAckBody(_Strict):
-    """`alarm.ack`: acknowledge (silence) one active alarm by its code."""
+    """`alarm.ack`: acknowledge (silence) one active alarm by its code, naming the
+    person who acknowledges it (signed by their station's key; recorded as who)."""
 
     alarm_code: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    acknowledged_by: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$",
+        description="Staff id of the person acknowledging, e.g. nurse.kim",
+    )
 
 
 class RequestStartBody(_Strict):

@@ -25,13 +25,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from controller.clock import Clock
 from controller.config import LoadedPrescription, NebuliserConfig
 from controller.ledger import LEDGER_FILE_NAME, AlarmAction, EventKind, Ledger, LedgerEvent
 from controller.logging import get_logger
 from controller.security import AUDIT_DB_NAME, AuditHead, AuditKind, AuditLog, canonical_json
+from controller.telemetry import AuditHeadMessage
 
 from ._recorder import Recorder
 
@@ -270,14 +271,11 @@ async def run_audit(
         raise
 
 
-def anchor_body(head: AuditHead, *, device_id: str, reason: str, now: datetime) -> bytes:
-    """The JSON published on ``<root>/<ward>/<bed>/audit/head`` (QoS 1)."""
-    body: dict[str, Any] = {
-        "schema": "nebuliser.audit_head",
-        "version": 1,
-        "device_id": device_id,
-        "time_utc": now.isoformat(timespec="milliseconds"),
-        "reason": reason,
-        "head": str(head),
-    }
-    return canonical_json(body)
+def anchor_body(
+    head: AuditHead, *, device_id: str, ward: str, bed: str, reason: str, now: datetime
+) -> bytes:
+    """The JSON published on ``<root>/<ward>/<bed>/audit/head`` (retained, QoS 1)."""
+    message = AuditHeadMessage(
+        utc=now, device_id=device_id, ward=ward, bed=bed, reason=reason, head=str(head)
+    )
+    return message.model_dump_json(by_alias=True).encode("utf-8")

@@ -172,6 +172,9 @@ class _Facts:
     storage_free_mib: int = 0
     clock_trusted: bool = True
     telemetry_dropped_total: int = 0
+    # Set by the command intake (issue 13): a flood of refused/dropped commands.
+    command_flood: bool = False
+    command_unrecorded_total: int = 0
 
 
 class Supervisor:
@@ -935,6 +938,8 @@ class Supervisor:
             swapped_to_serial=self.facts.swapped_to_serial,
             device_rebooted_mid_session=self.facts.rebooted_mid_session,
             telemetry_dropped_total=self.facts.telemetry_dropped_total,
+            command_flood=self.facts.command_flood,
+            command_unrecorded_total=self.facts.command_unrecorded_total,
         )
         self.alarms, events = evaluate(inputs, self.alarms, now, settings=self._alarm_settings)
         # One-shot facts are consumed once evaluated (latching alarms keep them visible).

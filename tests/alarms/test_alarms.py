@@ -45,6 +45,8 @@ QUIET = AlarmInputs(
     swapped_to_serial=None,
     device_rebooted_mid_session=False,
     telemetry_dropped_total=0,
+    command_flood=False,
+    command_unrecorded_total=0,
 )
 T0 = 1_000_000  # an arbitrary monotonic time
 
@@ -99,6 +101,7 @@ SCENARIOS: dict[AlarmCode, Callable[[], tuple[AlarmState, list[AlarmEvent]]]] = 
     AlarmCode.STORAGE_LOW: _simple(quiet(storage_low=True, storage_free_mib=50)),
     AlarmCode.LEDGER_UNAVAILABLE: _simple(quiet(ledger_ok=False)),
     AlarmCode.TELEMETRY_DROPPED: _simple(quiet(telemetry_dropped_total=5)),
+    AlarmCode.COMMAND_FLOOD: _simple(quiet(command_flood=True, command_unrecorded_total=900)),
 }
 
 
