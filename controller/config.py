@@ -195,6 +195,21 @@ class NebuliserConfig(BaseSettings):
         "omitted = defaults: signed prescriptions required, no remote commands.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _client_id_defaults_to_device_id(cls, data: Any) -> Any:
+        """One MQTT identity per bed: without an explicit `[mqtt] client_id` the bed's
+        device id is used, so beds on one broker never knock each other off."""
+        if not isinstance(data, dict):
+            return data
+        mqtt, device = data.get("mqtt"), data.get("device")
+        if not isinstance(mqtt, dict) or "client_id" in mqtt:
+            return data
+        device_id = device.get("device_id") if isinstance(device, dict) else None
+        if device_id is None:
+            device_id = getattr(device, "device_id", DeviceSettings().device_id)
+        return {**data, "mqtt": {**mqtt, "client_id": device_id}}
+
     @model_validator(mode="after")
     def _one_prescription_source(self) -> NebuliserConfig:
         if self.prescription is not None and self.prescription_file is not None:
