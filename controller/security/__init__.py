@@ -1,6 +1,7 @@
 """Security: signed remote commands, replay counters, signed prescriptions and the
 hash-chained audit log. Pure checks plus small SQLite stores; no network."""
 
+from controller.security._anchors import AnchorStore, StoredAnchor, load_anchors
 from controller.security._audit import (
     AUDIT_DB_NAME,
     GENESIS_HASH,
@@ -9,6 +10,8 @@ from controller.security._audit import (
     AuditLog,
     AuditRecord,
     AuditVerification,
+    audit_device_id,
+    read_hmac_key_file,
     verify_audit_log,
 )
 from controller.security._canonical import COMMAND_DOMAIN, PRESCRIPTION_DOMAIN, canonical_json
@@ -104,6 +107,7 @@ __all__ = [
     "UNKNOWN_SENDER_KEY",
     "Accepted",
     "AlarmAckBody",
+    "AnchorStore",
     "AuditHead",
     "AuditKind",
     "AuditLog",
@@ -135,20 +139,24 @@ __all__ = [
     "SqliteCounterStore",
     "StartRequestStatus",
     "StopBody",
+    "StoredAnchor",
     "TallyDisposition",
     "TokenBucket",
     "VerifyOutcome",
+    "audit_device_id",
     "build_reply",
     "canonical_json",
     "command_topic",
     "commit_screened",
     "generate_key_files",
+    "load_anchors",
     "load_private_key",
     "load_public_key_file",
     "load_verified_prescription_bytes",
     "new_command_id",
     "public_key_from_text",
     "public_key_to_text",
+    "read_hmac_key_file",
     "reply_topic",
     "screen_command",
     "security_warnings",

@@ -8,6 +8,7 @@ senders exist and which role each has, but cannot give a role more power
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -119,6 +120,12 @@ class SecuritySettings(BaseModel):
         description="BENCH ONLY: also apply unsigned alarm acknowledgements published on "
         "<bed>/cmd/ack (anyone on the broker could silence an alarm). Off: only signed "
         "alarm.ack commands count and every unsigned ack is audited as ignored.",
+    )
+    audit_hmac_key_file: Path | None = Field(
+        default=None,
+        description="File with the audit log's HMAC key (>= 32 bytes, mode 0600, kept "
+        "outside the data directory). Unset: the systemd credential `audit-hmac-key` "
+        "if present, else no HMAC (docs/security.md §5).",
     )
     require_signed_prescriptions: bool = Field(
         default=True,

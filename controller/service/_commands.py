@@ -38,8 +38,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -68,7 +67,7 @@ from controller.security import (
 )
 from controller.telemetry import AlarmAckCommand, BedTopics, MqttSettings, mqtt_client
 
-from ._audit import ServiceAudit, anchor_body, config_sha256, run_audit
+from ._audit import ServiceAudit, anchor_body, config_sha256, load_audit_hmac_key, run_audit
 from ._command_actions import RECEIVED_PRESCRIPTIONS_DIR, CommandResult, store_prescription
 from ._command_replies import CommandReplies, IntakeStats
 from ._command_triage import (
@@ -193,7 +192,8 @@ class CommandIntake(CommandReplies):
             now=self._ctx.clock.now().utc,
         )
         try:
-            await client.publish(self._head_topic, body, qos=1)
+            # Retained: a ward station that connects later still gets the newest head.
+            await client.publish(self._head_topic, body, qos=1, retain=True)
             self.stats.anchors_published += 1
         except aiomqtt.MqttError as exc:
             _log.warning("audit head not published", error=str(exc))
@@ -451,7 +451,12 @@ async def security_task(ctx: ServiceContext) -> None:
 
 async def _security_task(ctx: ServiceContext) -> None:
     config = ctx.config
-    audit = ServiceAudit(data_dir=config.storage.data_dir, clock=ctx.clock)
+    security = config.effective_security
+    audit = ServiceAudit(
+        data_dir=config.storage.data_dir,
+        clock=ctx.clock,
+        hmac_key=load_audit_hmac_key(security.audit_hmac_key_file),
+    )
     async with audit.running():
         await audit.record_startup(config, ctx.prescription_source)
         _log.info("audit log open", config_sha256=config_sha256(config))
@@ -462,25 +467,22 @@ async def _security_task(ctx: ServiceContext) -> None:
         if config.mqtt is not None:
             counters = SqliteCounterStore.in_data_dir(config.storage.data_dir)
             intake = CommandIntake(
-                ctx=ctx,
-                mqtt=config.mqtt,
-                security=config.effective_security,
-                audit=audit,
-                counters=counters,
+                ctx=ctx, mqtt=config.mqtt, security=security, audit=audit, counters=counters
             )
         try:
             async with asyncio.TaskGroup() as group:
-                tasks: list[Coroutine[Any, Any, None]] = [
-                    run_audit(
+                listening = None if intake is None else group.create_task(intake.run())
+                try:
+                    # In this task: on shutdown its last anchor is published while the
+                    # intake's connection is still up; only then does the intake stop.
+                    await run_audit(
                         audit,
                         sessions_ended=lambda: len(ctx.supervisor.sessions_ended),
                         publish_head=intake.publish_head if intake is not None else None,
                     )
-                ]
-                if intake is not None:
-                    tasks.append(intake.run())
-                for task in tasks:
-                    group.create_task(task)
+                finally:
+                    if listening is not None:
+                        listening.cancel()
         finally:
             if counters is not None:
                 with contextlib.suppress(Exception):
