@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from controller.control import socket_mode_problem
 from controller.dosing import Prescription
 from controller.security import (
     PrescriptionSignatureError,
@@ -139,8 +140,23 @@ class ControlSettings(_Section):
         default=0o660,
         ge=0,
         le=0o777,
-        description="File permissions of the socket (octal in TOML: 0o660).",
+        description="File permissions of the socket (octal in TOML: 0o660). Any access "
+        "for others (e.g. 0o666, 0o777) is refused.",
     )
+    bedside_group: str | None = Field(
+        default=None,
+        description="Group (name or gid) whose members may start and confirm a dose over "
+        "the socket: only the bedside terminal account. Unset: only the controller's own "
+        "account may.",
+    )
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _safe_socket_mode(cls, mode: int) -> int:
+        problem = socket_mode_problem(mode)
+        if problem is not None:
+            raise ValueError(problem)
+        return mode
 
 
 class ClockSettings(_Section):

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+from controller.security import restrict_umask
 from controller.service import run_service
 
 from ._common import EXIT_CONFIG, add_service_options, config_from_args
@@ -30,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    restrict_umask()  # data files 0640 at most, whatever the shell's umask (issue 13)
     return asyncio.run(run_service(config))
 
 

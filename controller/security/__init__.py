@@ -34,6 +34,7 @@ from controller.security._envelope import (
     sign_command,
     signing_input,
 )
+from controller.security._files import DATA_UMASK, create_private_file, restrict_umask
 from controller.security._intake import (
     UNKNOWN_SENDER_KEY,
     DropTally,
@@ -93,6 +94,7 @@ __all__ = [
     "BODY_MODELS",
     "COMMAND_DOMAIN",
     "COUNTER_DB_NAME",
+    "DATA_UMASK",
     "DEFAULT_TOPIC_ROOT",
     "GENESIS_HASH",
     "HARD_MAX_CLOCK_SKEW_S",
@@ -148,6 +150,7 @@ __all__ = [
     "canonical_json",
     "command_topic",
     "commit_screened",
+    "create_private_file",
     "generate_key_files",
     "load_anchors",
     "load_private_key",
@@ -158,6 +161,7 @@ __all__ = [
     "public_key_to_text",
     "read_hmac_key_file",
     "reply_topic",
+    "restrict_umask",
     "screen_command",
     "security_warnings",
     "sign_command",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final
 
 from controller.security._canonical import canonical_json
+from controller.security._files import create_private_file
 
 __all__ = [
     "AUDIT_DB_NAME",
@@ -149,7 +150,7 @@ class AuditLog:
     by SQLite (`BEGIN IMMEDIATE`) so several processes may append safely."""
 
     def __init__(self, *, path: Path, hmac_key: bytes | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(path)
         self._path = path
         self._hmac_key = hmac_key
         self._conn = _connect(path)
