@@ -399,7 +399,7 @@ _RULES: tuple[AlarmRule, ...] = (
         code=AlarmCode.COMMAND_FLOOD,
         cause=(
             "the command intake has refused or dropped messages beyond its per-sender "
-            "record rate for 2 s or more (no quiet gap over 5 s)"
+            "record rate for 1.5 s or more (no quiet gap over 5 s)"
         ),
         priority=_L,
         category=_TECH,

@@ -91,7 +91,7 @@ class IntakeLimits:
     #: Authenticated routine commands waiting to be handled.
     routine_capacity: int = 32
     #: A flood is alarmed once unrecorded refusals/drops go on this long ...
-    flood_after_s: float = 2.0
+    flood_after_s: float = 1.5
     #: ... with no quiet gap longer than this (which also ends the flood).
     flood_quiet_s: float = 5.0
 

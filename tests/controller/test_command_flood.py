@@ -157,6 +157,12 @@ async def test_genuine_stop_in_a_3000_message_flood_acts_within_100_ms_and_all_i
         status = await wait_status(config, lambda s: s["last_session"] is not None, 10)
         assert status["last_session"]["host_reason"] == "remote_stop:ward-3west"
         assert not b.model.truth().nebulising
+        # The flood outlasted the record rate: the latched COMMAND_FLOOD alarm is up.
+        flooded = await wait_status(
+            config, lambda s: any(a["code"] == "command_flood" for a in s["alarms"]), 5
+        )
+        [flood_alarm] = [a for a in flooded["alarms"] if a["code"] == "command_flood"]
+        assert flood_alarm["priority"] == "low"
 
         def accounted() -> list[tuple[int, str, dict[str, Any]]] | None:
             rows = _audit_rows(config, mark)

@@ -81,9 +81,9 @@ def test_global_record_bucket_bounds_records_over_all_senders() -> None:
 
 def test_flood_is_active_after_persisting_and_ends_after_a_quiet_gap() -> None:
     gate = IntakeGate()
-    for tenth in range(15):  # 1.5 s of unrecorded refusals: not yet a flood
+    for tenth in range(15):  # 1.4 s of unrecorded refusals: not yet a flood
         _tally(gate, sender="x", disposition=TallyDisposition.AGGREGATED, now_s=tenth / 10)
-    assert not gate.flood_active(1.5)
+    assert not gate.flood_active(1.45)
     for tenth in range(15, 25):
         _tally(gate, sender="x", disposition=TallyDisposition.AGGREGATED, now_s=tenth / 10)
     assert gate.flood_active(2.5)
