@@ -270,13 +270,15 @@ async def run_audit(
     *,
     sessions_ended: Callable[[], int],
     publish_head: HeadPublisher | None = None,
+    before_shutdown_anchor: Callable[[], None] | None = None,
     anchor_interval_s: float = ANCHOR_INTERVAL_S,
     mirror_interval_s: float = MIRROR_INTERVAL_S,
 ) -> None:
     """Mirror the ledger every `mirror_interval_s`; anchor after every batch of new
     records, after each session end and on a timer (each anchor published through
-    `publish_head` when given). Runs until cancelled; at cancellation (shutdown) a
-    last anchor is recorded and published (bounded wait). Never raises for a failed
+    `publish_head` when given). Runs until cancelled; at cancellation (shutdown)
+    `before_shutdown_anchor` queues its last records, then a last anchor is recorded
+    and published (bounded wait), so it covers them. Never raises for a failed
     append: it is logged and retried at the next poll."""
     loop = asyncio.get_running_loop()
     state = _AnchorState(sessions_ended=sessions_ended(), next_anchor_s=loop.time())
@@ -307,6 +309,8 @@ async def run_audit(
                 _log.error("audit log append failed; retrying", error=repr(exc))
             await asyncio.sleep(mirror_interval_s)
     except asyncio.CancelledError:
+        if before_shutdown_anchor is not None:
+            before_shutdown_anchor()
         with contextlib.suppress(OSError, sqlite3.Error, ValueError, TimeoutError):
             async with asyncio.timeout(_SHUTDOWN_PUBLISH_S):
                 await anchor("shutdown")

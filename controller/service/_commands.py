@@ -145,7 +145,7 @@ class CommandIntake(CommandReplies):
                     await asyncio.sleep(delay_s)
                     delay_s = min(delay_s * 2, self._mqtt.reconnect_max_s)
         finally:
-            self._flush_tallies()
+            self.flush_tallies()
 
     async def _connection_with_retry(self) -> None:
         try:
@@ -307,7 +307,8 @@ class CommandIntake(CommandReplies):
             now_utc=self._ctx.clock.now().utc.isoformat(timespec="milliseconds"),
         )
 
-    def _flush_tallies(self) -> None:
+    def flush_tallies(self) -> None:
+        """Hand the tallies so far to the audit log (`command_tally` records)."""
         for tally in self._gate.take_tallies():
             self._audit.record(AuditKind.COMMAND_TALLY, tally.audit_body())
 
@@ -315,7 +316,7 @@ class CommandIntake(CommandReplies):
         facts = self._ctx.supervisor.facts
         while True:
             await asyncio.sleep(_TALLY_INTERVAL_S)
-            self._flush_tallies()
+            self.flush_tallies()
             facts.command_flood = self._gate.flood_active(time.monotonic())
             facts.command_unrecorded_total = self._gate.unrecorded_total
 
@@ -479,6 +480,7 @@ async def _security_task(ctx: ServiceContext) -> None:
                         audit,
                         sessions_ended=lambda: len(ctx.supervisor.sessions_ended),
                         publish_head=intake.publish_head if intake is not None else None,
+                        before_shutdown_anchor=intake.flush_tallies if intake else None,
                     )
                 finally:
                     if listening is not None:

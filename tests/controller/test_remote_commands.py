@@ -286,6 +286,9 @@ async def test_signed_remote_stop_stops_a_running_session_and_forgeries_are_refu
     assert audit_bodies(b.config, "config")
     assert audit_bodies(b.config, "prescription")
     assert audit_bodies(b.config, "anchor")[-1]["reason"] == "shutdown"
+    with contextlib.closing(sqlite3.connect(b.config.storage.data_dir / AUDIT_DB_NAME)) as conn:
+        [(last_kind,)] = conn.execute("SELECT kind FROM audit_log ORDER BY idx DESC LIMIT 1")
+    assert last_kind == "anchor", "the shutdown anchor covers every record, tallies included"
     # The whole chain verifies, from the CLI too.
     data_dir = b.config.storage.data_dir
     assert verify_audit_log(data_dir / AUDIT_DB_NAME).ok
