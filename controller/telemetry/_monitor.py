@@ -24,6 +24,7 @@ from controller.telemetry._schemas import (
     ActiveAlarm,
     ActiveAlarmsMessage,
     AlarmMessage,
+    AuditHeadMessage,
     BackfillReplyMessage,
     PresenceMessage,
     SessionMessage,
@@ -177,8 +178,10 @@ class WardModel:
         if where is None:
             return []
         _ward, _bed, suffix = where
-        if suffix in ("backfill/request", "cmd/ack"):
-            return []  # monitor -> controller traffic; not part of the device stream
+        if suffix in ("backfill/request", "cmd/ack", "command", "command/reply"):
+            return []  # commands and their replies; not part of the device stream
+        if suffix == "audit/head":
+            return [self._audit_head(topic, payload)]
         try:
             body = json.loads(payload)
             schema = body.get("schema") if isinstance(body, dict) else None
@@ -191,6 +194,24 @@ class WardModel:
             self.invalid += 1
             return [{"event": "invalid", "topic": topic, "error": str(exc)[:200]}]
         return self._apply_device(message, topic=topic, now_s=now_s, retained=retained)
+
+    def _audit_head(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """A bed's audit anchor (issue 13): an `audit_head` event; the caller may keep
+        it with `controller.security.AnchorStore.add(**fields except "event")`."""
+        try:
+            head = AuditHeadMessage.model_validate_json(payload)
+        except ValidationError as exc:
+            self.invalid += 1
+            return {"event": "invalid", "topic": topic, "error": str(exc)[:200]}
+        return {
+            "event": "audit_head",
+            "device_id": head.device_id,
+            "ward": head.ward,
+            "bed": head.bed,
+            "head": head.head,
+            "utc": head.utc.isoformat(),
+            "reason": head.reason,
+        }
 
     def _apply_presence(
         self, presence: PresenceMessage, *, now_s: float, topic: str
