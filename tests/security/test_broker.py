@@ -16,6 +16,7 @@ from controller.cli import main
 from tests.security._broker import (
     HARDENED_CONF,
     Peer,
+    connack_for_empty_client_id,
     free_port,
     hardened_config_for_test,
     make_pki,
@@ -126,6 +127,14 @@ def test_revoked_certificate_is_refused_and_its_unrevoked_neighbour_is_not(
     ca = broker.pki / "ca.crt"
     assert not raw_connect(port=broker.port, ca=ca, cert_stem=broker.pki / "bed-3west-09")
     assert raw_connect(port=broker.port, ca=ca, cert_stem=broker.pki / "bed-3west-08")
+
+
+def test_empty_client_id_is_refused_by_the_broker(broker: Broker) -> None:
+    # CONNACK return code 2: identifier rejected (allow_zero_length_clientid false).
+    connack = connack_for_empty_client_id(
+        port=broker.port, ca=broker.pki / "ca.crt", cert_stem=broker.pki / "bed-3west-07"
+    )
+    assert connack == b"\x20\x02\x00\x02"
 
 
 def test_make_test_ca_refuses_to_revoke_an_unknown_certificate(tmp_path: Path) -> None:
