@@ -262,7 +262,7 @@ class _AnchorState:
 
 
 #: How long the shutdown anchor may take to reach the broker.
-_SHUTDOWN_PUBLISH_S: Final = 2.0
+_SHUTDOWN_PUBLISH_S: Final = 5.0
 
 
 async def run_audit(

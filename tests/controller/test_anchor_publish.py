@@ -91,15 +91,15 @@ async def test_anchors_are_published_retained_kept_by_the_monitor_and_verify(
         )  # fmt: skip
         async with _ward_monitor(broker, events):
             async with running_controller(config):
-                await wait_status(config, lambda s: s["link_up"], 5)
-                await _until(lambda: bool(heads()), 5)
+                await wait_status(config, lambda s: s["link_up"], 10)
+                await _until(lambda: bool(heads()), 10)
                 # A station that joins later gets the newest head at once: retained.
                 assert await _late_joiner_gets_a_retained_head(broker)
                 async with aiomqtt.Client(broker.host, broker.port, identifier="x") as sender:
                     await sender.publish(f"nebuliser/v1/{WARD}/{BED}/command", b"junk", qos=1)
-                await _until(lambda: any(e["reason"] == "batch" for e in heads()[1:]), 5)
+                await _until(lambda: any(e["reason"] == "batch" for e in heads()[1:]), 10)
             # The controller has stopped: its last anchor was published on the way out.
-            await _until(lambda: heads()[-1]["reason"] == "shutdown", 5)
+            await _until(lambda: heads()[-1]["reason"] == "shutdown", 10)
     invalid = [e for e in events if e["event"] == "invalid"]
     assert not invalid, invalid
     store = AnchorStore(path=tmp_path / "station" / "anchors.jsonl")
