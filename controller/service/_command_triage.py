@@ -75,7 +75,7 @@ def refusal_of(pending: Accepted, code: RefusalCode) -> Refused:
         RefusalCode.REPLAYED_COUNTER: f"counter {pending.counter} is not above the last "
         f"counter of sender {pending.sender_id!r}; replay or out-of-order delivery",
         RefusalCode.RATE_LIMITED: f"sender {pending.sender_id!r} is over its command rate "
-        "or the intake's queue is full; send it again later",
+        "or the intake's queue is full; sign it again (new counter) and resend later",
     }
     return Refused(
         code=code,
