@@ -124,6 +124,7 @@ class CommandIntake(CommandReplies):
         self._routine: deque[Arrival] = deque()
         self._records: deque[Arrival] = deque()
         self._work = asyncio.Event()
+        self._unpublished_head: tuple[AuditHead, str] | None = None
         self.connected = asyncio.Event()
 
     # ------------------------------------------------------------------ connection
@@ -173,15 +174,24 @@ class CommandIntake(CommandReplies):
             self._client = client
             self.stats.connections += 1
             self.connected.set()
+            await self._publish_head(client)  # an anchor made while disconnected
             _log.info("command intake subscribed", topic=self._command_topic)
             async for _ in client.messages:  # _SinkQueue keeps nothing: ends by MqttError
                 pass
 
     async def publish_head(self, head: AuditHead, reason: str) -> None:
-        """Publish an audit anchor (skipped while disconnected; the next one follows)."""
+        """Publish an audit anchor, retained, QoS 1. While disconnected (or when the
+        publish fails) the newest anchor is kept and published on (re)connection."""
+        self._unpublished_head = (head, reason)
         client = self._client
-        if client is None:
+        if client is not None:
+            await self._publish_head(client)
+
+    async def _publish_head(self, client: aiomqtt.Client) -> None:
+        pending = self._unpublished_head
+        if pending is None:
             return
+        head, reason = pending
         device = self._ctx.config.device
         body = anchor_body(
             head,
@@ -194,9 +204,12 @@ class CommandIntake(CommandReplies):
         try:
             # Retained: a ward station that connects later still gets the newest head.
             await client.publish(self._head_topic, body, qos=1, retain=True)
-            self.stats.anchors_published += 1
         except aiomqtt.MqttError as exc:
-            _log.warning("audit head not published", error=str(exc))
+            _log.warning("audit head not published; retried on reconnection", error=str(exc))
+            return
+        self.stats.anchors_published += 1
+        if self._unpublished_head == pending:  # a newer one may have come meanwhile
+            self._unpublished_head = None
 
     # ------------------------------------------------------------------ triage
 
