@@ -8,10 +8,26 @@
 # The device node keeps the host's group: dialout (gid 20) works as is; if the udev
 # rule gives it group nebuliser, add --group-add "$(getent group nebuliser | cut -d: -f3)".
 # Not built in this project's CI (no container engine there); linted with hadolint.
+#
+# Base images are pinned by DIGEST, not only by tag (a tag can be re-pointed at any
+# time). The digests are build arguments WITHOUT defaults, so a build that was not
+# given them fails instead of silently taking whatever the tag points at today.
+# Release checklist (docs/security.md §7): look the digests up on the release
+# machine and record them in the release notes:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm   # "Digest: sha256:…"
+#   docker buildx imagetools inspect ghcr.io/astral-sh/uv:0.9
+#   docker buildx build --build-arg PYTHON_DIGEST=sha256:… --build-arg UV_DIGEST=sha256:… .
+# Use the digest of the multi-arch index (what `imagetools inspect` prints first),
+# so the same pin serves linux/arm64 and linux/amd64.
+ARG PYTHON_DIGEST
+ARG UV_DIGEST
+
+# ---- uv, pinned ----------------------------------------------------------------------
+FROM ghcr.io/astral-sh/uv:0.9@${UV_DIGEST} AS uv
 
 # ---- build stage: resolve and install the locked dependencies with uv -------------
-FROM python:3.11-slim-bookworm AS build
-COPY --from=ghcr.io/astral-sh/uv:0.9 /uv /usr/local/bin/uv
+FROM python:3.11-slim-bookworm@${PYTHON_DIGEST} AS build
+COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_LINK_MODE=copy \
     UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
@@ -26,7 +42,7 @@ COPY simulators ./simulators
 RUN uv sync --locked --no-dev --no-editable
 
 # ---- runtime stage: the virtual environment and the example configs only -----------
-FROM python:3.11-slim-bookworm AS runtime
+FROM python:3.11-slim-bookworm@${PYTHON_DIGEST} AS runtime
 # The serial device belongs to group dialout (gid 20 on Debian); the user is in it
 # and in nothing else. No shell login, no home directory contents.
 RUN useradd --system --uid 10001 --gid dialout --no-create-home \

@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controller.configfile import (
     ConfigError,
@@ -31,6 +31,7 @@ from controller.configfile import (
     missing,
     read_layers,
 )
+from controller.control import socket_mode_problem
 from controller.dosing import Prescription
 from controller.security import (
     PrescriptionSignatureError,
@@ -182,8 +183,23 @@ class ControlSettings(_Section):
         default=0o660,
         ge=0,
         le=0o777,
-        description="File permissions of the socket (octal in TOML: 0o660).",
+        description="File permissions of the socket (octal in TOML: 0o660). Any access "
+        "for others (e.g. 0o666, 0o777) is refused.",
     )
+    bedside_group: str | None = Field(
+        default=None,
+        description="Group (name or gid) whose members may start and confirm a dose over "
+        "the socket: only the bedside terminal account. Unset: only the controller's own "
+        "account may.",
+    )
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _safe_socket_mode(cls, mode: int) -> int:
+        problem = socket_mode_problem(mode)
+        if problem is not None:
+            raise ValueError(problem)
+        return mode
 
 
 class ClockSettings(_Section):
@@ -232,6 +248,21 @@ class NebuliserConfig(BaseModel):
         description="Signed remote commands and prescription signing (docs/security.md); "
         "omitted = defaults: signed prescriptions required, no remote commands.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_id_defaults_to_device_id(cls, data: Any) -> Any:
+        """One MQTT identity per bed: without an explicit `[mqtt] client_id` the bed's
+        device id is used, so beds on one broker never knock each other off."""
+        if not isinstance(data, dict):
+            return data
+        mqtt, device = data.get("mqtt"), data.get("device")
+        if not isinstance(mqtt, dict) or "client_id" in mqtt:
+            return data
+        device_id = device.get("device_id") if isinstance(device, dict) else None
+        if device_id is None:
+            device_id = getattr(device, "device_id", DeviceSettings().device_id)
+        return {**data, "mqtt": {**mqtt, "client_id": device_id}}
 
     @model_validator(mode="after")
     def _one_prescription_source(self) -> NebuliserConfig:

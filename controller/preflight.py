@@ -271,6 +271,15 @@ def setting_findings(config: NebuliserConfig) -> list[Finding]:
                 "false: an unsigned prescription is accepted (simulator benches only)",
             )
         )
+    if config.effective_security.allow_unsigned_alarm_ack and config.mqtt is not None:
+        findings.append(
+            _warning(
+                "security.allow_unsigned_alarm_ack",
+                "true: anyone who can publish on the broker can silence this bed's alarms "
+                "(bench only; on a ward acknowledge with signed alarm.ack commands, "
+                "docs/security.md §3)",
+            )
+        )
     if config.storage.free_space_floor_mb < _FREE_SPACE_FLOOR_LOW_MB:
         findings.append(
             _warning(

@@ -156,6 +156,9 @@ class AlarmInputs:
       emergency level or the end-record reserve is gone (controller.ledger.
       classify_storage returned EMERGENCY). Both default to False for callers that
       predate them.
+    * `command_flood` — the command intake has refused or dropped messages without
+      an individual record for a while (`IntakeGate.flood_active`);
+      `command_unrecorded_total` — how many, ever.
     """
 
     device_faults: int
@@ -179,6 +182,8 @@ class AlarmInputs:
     stop_unconfirmed_session_id: int | None = None
     ledger_discontinuity: bool = False
     storage_emergency: bool = False
+    command_flood: bool = False
+    command_unrecorded_total: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -387,6 +392,8 @@ def _controller_conditions(
         present[AlarmCode.LEDGER_DISCONTINUITY] = {}
     if inputs.storage_emergency:
         present[AlarmCode.STORAGE_EMERGENCY] = {"free_mib": inputs.storage_free_mib}
+    if inputs.command_flood:
+        present[AlarmCode.COMMAND_FLOOD] = {"unrecorded_total": inputs.command_unrecorded_total}
     return _telemetry_drops(inputs, previous, now_ms, settings, present)
 
 

@@ -84,6 +84,7 @@ class AlarmCode(StrEnum):
     BREATH_ACCOUNTING_MISMATCH = "breath_accounting_mismatch"
     LEDGER_DISCONTINUITY = "ledger_discontinuity"
     STORAGE_EMERGENCY = "storage_emergency"
+    COMMAND_FLOOD = "command_flood"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -548,6 +549,29 @@ _RULES: tuple[AlarmRule, ...] = (
         why=(
             "Only the inspiratory-phase estimate is in doubt; the dose and its limits "
             "are unaffected."
+        ),
+    ),
+    AlarmRule(
+        code=AlarmCode.COMMAND_FLOOD,
+        cause=(
+            "the command intake has refused or dropped messages beyond its per-sender "
+            "record rate for 1.5 s or more (no quiet gap over 5 s)"
+        ),
+        priority=_L,
+        category=_TECH,
+        latching=True,
+        message=(
+            "Command channel flooded: {unrecorded_total} messages refused or dropped "
+            "without an individual record (counted in the audit log)"
+        ),
+        action=(
+            "Call clinical engineering / IT security: someone is flooding this bed's "
+            "command topic. Use the STOP button at the bedside if needed."
+        ),
+        why=(
+            "Nothing unsafe happens (signed STOP and acknowledgements still pre-empt the "
+            "flood, the bedside stop does not use the network), but the ward network is "
+            "under attack or misconfigured."
         ),
     ),
 )

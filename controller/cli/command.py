@@ -3,7 +3,7 @@
     nebuliser command sign --key K --sender S --device D --counter-file F stop --reason "..."
     nebuliser command send --broker mqtts://broker:8883 --ward 3west --bed 07 \\
         --tls-ca ca.crt --tls-cert ward.crt --tls-key ward.key \\
-        --key K --sender S --device D --counter-file F alarm.ack dry_cup
+        --key K --sender S --device D --counter-file F alarm.ack dry_cup --by nurse.kim
 
 `send` publishes on ``<root>/<ward>/<bed>/command`` (QoS 1, never retained), waits
 for the matching reply on ``.../command/reply`` and prints it. Exit codes: 0
@@ -77,7 +77,7 @@ def _body(args: argparse.Namespace) -> tuple[CommandName, CommandBody]:
     if command is CommandName.STOP:
         return command, StopBody(reason=args.reason)
     if command is CommandName.ALARM_ACK:
-        return command, AlarmAckBody(alarm_code=args.alarm_code)
+        return command, AlarmAckBody(alarm_code=args.alarm_code, acknowledged_by=args.by)
     if command is CommandName.SESSION_REQUEST_START:
         return command, RequestStartBody(note=args.note)
     rx_path = Path(args.prescription)
@@ -197,6 +197,9 @@ def _add_signing_options(parser: argparse.ArgumentParser) -> None:
     stop.add_argument("--reason", default="", help="free text for the record")
     ack = commands.add_parser("alarm.ack", help="acknowledge an alarm")
     ack.add_argument("alarm_code", help="alarm code, e.g. dry_cup")
+    ack.add_argument(
+        "--by", required=True, help="staff id of the person acknowledging, e.g. nurse.kim"
+    )
     start = commands.add_parser(
         "session.request_start", help="request a start (bedside CONFIRM needed)"
     )

@@ -35,7 +35,6 @@ from controller.exitcodes import ExitCode
 from controller.logging import configure_logging
 from controller.service import run_service
 from controller.telemetry import (
-    AckRequest,
     MosquittoBroker,
     MosquittoMissingError,
     MqttSettings,
@@ -44,6 +43,7 @@ from controller.telemetry import (
 )
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
+from ._bench_station import BenchStation
 from ._demo_station import demo_station, linger
 from ._demo_view import BedProgress, DemoView
 from .monitor import render_ward
@@ -58,6 +58,8 @@ _SESSION_UL = 3000
 # A session "reached its volume" at ≥ 95 % of the cap: the host stops ahead of the
 # cap by flow × stop latency (≤ 100 µL at the fastest demo head, 30000 µL/min).
 _REACHED_FRACTION = 0.95
+#: The ward station's signing key for this run (alarm acks are signed commands).
+_STATION = BenchStation()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +116,7 @@ def _demo_config(
         ),
         device=f'device_id = "neb-demo-{number:02d}"\nward = "{_WARD}"\nbed = "{bed}"',
         session="confirm_timeout_s = 30",
+        security=_STATION.security_toml(),
         extra=_mqtt_table(broker, bed),
     )
     return config
@@ -348,9 +351,15 @@ async def _acknowledge_from_ward(
     monitor: WardMonitor, bed: _Bed, code: str, view: DemoView
 ) -> None:
     """The ward station acknowledges over MQTT; the controller applies it and says so."""
-    view.say(f"  the ward station acknowledges {code} over MQTT…")
-    monitor.acknowledge(
-        AckRequest(ward=_WARD, bed=bed.name, device_id=bed.device_id, alarm_code=code)
+    view.say(f"  the ward station acknowledges {code} over MQTT (signed, as nurse.demo)…")
+    assert bed.config.mqtt is not None
+    await _STATION.acknowledge(
+        bed.config.mqtt,
+        ward=_WARD,
+        bed=bed.name,
+        device_id=bed.device_id,
+        alarm_code=code,
+        person="nurse.demo",
     )
     for _ in range(50):
         row = next(

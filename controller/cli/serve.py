@@ -14,6 +14,7 @@ from typing import Any
 from controller.brokerurl import BrokerUrlError, add_broker_options, broker_from_args
 from controller.exitcodes import ExitCode
 from controller.preflight import preflight
+from controller.security import restrict_umask
 from controller.service import run_service
 
 from ._common import add_service_options, config_from_args, fail
@@ -48,6 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     print_findings(result.findings, prefix="nebuliser serve: ")
     if result.exit_code is not ExitCode.OK:
         return result.exit_code
+    restrict_umask()  # data files 0640 at most, whatever the shell's umask (issue 13)
     return asyncio.run(run_service(config))
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from ._access import PeerCredentials
 
 __all__ = ["MAX_LINE_BYTES", "ControlError", "ControlRequest", "decode_line", "encode_line"]
 
@@ -28,6 +31,8 @@ class ControlRequest:
 
     op: str
     args: dict[str, Any]
+    #: The connecting process (SO_PEERCRED), set by the server on every request.
+    peer: PeerCredentials | None = None
 
 
 def decode_line(line: bytes) -> ControlRequest:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from controller.logging import get_logger
 
+from ._access import ControlAccess, PeerCredentials, peer_credentials, socket_mode_problem
 from ._protocol import MAX_LINE_BYTES, ControlError, ControlRequest, decode_line, encode_line
 
 __all__ = ["ControlServer", "Handler", "Reply"]
@@ -21,9 +23,18 @@ _log = get_logger(__name__)
 class Reply:
     """What a handler uses to answer: progress lines, further request lines, the final line."""
 
-    def __init__(self, *, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        *,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: PeerCredentials | None = None,
+        access: ControlAccess | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self._access = access or ControlAccess()
+        self.peer = peer
 
     async def progress(self, message: dict[str, Any]) -> None:
         """Send a non-final line (e.g. 'awaiting confirm')."""
@@ -35,7 +46,13 @@ class Reply:
         line = await self._reader.readline()
         if not line:
             return None
-        return decode_line(line.strip())
+        request = dataclasses.replace(decode_line(line.strip()), peer=self.peer)
+        _log.info("control request", op=request.op, peer=_peer_record(self.peer))
+        refusal = self._access.refusal(request.op, self.peer)
+        if refusal is not None:
+            _log.warning("control request refused", op=request.op, reason=refusal)
+            raise ControlError(refusal)
+        return request
 
 
 Handler = Callable[[ControlRequest, Reply], Awaitable[dict[str, Any]]]
@@ -44,10 +61,21 @@ Handler = Callable[[ControlRequest, Reply], Awaitable[dict[str, Any]]]
 class ControlServer:
     """Serves `handlers` (op name → async handler returning the final reply)."""
 
-    def __init__(self, *, path: Path, handlers: Mapping[str, Handler], mode: int = 0o660) -> None:
+    def __init__(
+        self,
+        *,
+        path: Path,
+        handlers: Mapping[str, Handler],
+        mode: int = 0o660,
+        access: ControlAccess | None = None,
+    ) -> None:
+        problem = socket_mode_problem(mode)
+        if problem is not None:
+            raise ValueError(problem)
         self._path = path
         self._handlers = dict(handlers)
         self._mode = mode
+        self._access = access or ControlAccess()
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[Path]:
@@ -85,7 +113,9 @@ class ControlServer:
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        reply = Reply(reader=reader, writer=writer)
+        sock = writer.get_extra_info("socket")
+        peer = None if sock is None else peer_credentials(sock)
+        reply = Reply(reader=reader, writer=writer, peer=peer, access=self._access)
         try:
             while True:
                 try:
@@ -117,3 +147,7 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+def _peer_record(peer: PeerCredentials | None) -> dict[str, int | list[int]] | None:
+    return None if peer is None else peer.record()

@@ -1,6 +1,7 @@
 """Security: signed remote commands, replay counters, signed prescriptions and the
 hash-chained audit log. Pure checks plus small SQLite stores; no network."""
 
+from controller.security._anchors import AnchorStore, StoredAnchor, load_anchors
 from controller.security._audit import (
     AUDIT_DB_NAME,
     GENESIS_HASH,
@@ -9,6 +10,8 @@ from controller.security._audit import (
     AuditLog,
     AuditRecord,
     AuditVerification,
+    audit_device_id,
+    read_hmac_key_file,
     verify_audit_log,
 )
 from controller.security._canonical import COMMAND_DOMAIN, PRESCRIPTION_DOMAIN, canonical_json
@@ -30,6 +33,15 @@ from controller.security._envelope import (
     new_command_id,
     sign_command,
     signing_input,
+)
+from controller.security._files import DATA_UMASK, create_private_file, restrict_umask
+from controller.security._intake import (
+    UNKNOWN_SENDER_KEY,
+    DropTally,
+    IntakeGate,
+    IntakeLimits,
+    TallyDisposition,
+    TokenBucket,
 )
 from controller.security._keys import (
     KeyFileError,
@@ -61,6 +73,7 @@ from controller.security._settings import (
     Role,
     SecuritySettings,
     SenderConfig,
+    security_warnings,
 )
 from controller.security._topics import DEFAULT_TOPIC_ROOT, command_topic, reply_topic
 from controller.security._verify import (
@@ -68,8 +81,11 @@ from controller.security._verify import (
     Accepted,
     RefusalCode,
     Refused,
+    Screened,
     VerifyOutcome,
     build_reply,
+    commit_screened,
+    screen_command,
     verify_command,
 )
 
@@ -78,6 +94,7 @@ __all__ = [
     "BODY_MODELS",
     "COMMAND_DOMAIN",
     "COUNTER_DB_NAME",
+    "DATA_UMASK",
     "DEFAULT_TOPIC_ROOT",
     "GENESIS_HASH",
     "HARD_MAX_CLOCK_SKEW_S",
@@ -89,8 +106,10 @@ __all__ = [
     "MAX_PRESCRIPTION_BYTES",
     "PRESCRIPTION_DOMAIN",
     "ROLE_COMMANDS",
+    "UNKNOWN_SENDER_KEY",
     "Accepted",
     "AlarmAckBody",
+    "AnchorStore",
     "AuditHead",
     "AuditKind",
     "AuditLog",
@@ -102,6 +121,9 @@ __all__ = [
     "CommandName",
     "CounterCommit",
     "CounterStore",
+    "DropTally",
+    "IntakeGate",
+    "IntakeLimits",
     "KeyFileError",
     "PendingStartRequest",
     "PrescriptionSignature",
@@ -111,6 +133,7 @@ __all__ = [
     "Refused",
     "RequestStartBody",
     "Role",
+    "Screened",
     "SecuritySettings",
     "Sender",
     "SenderConfig",
@@ -118,18 +141,29 @@ __all__ = [
     "SqliteCounterStore",
     "StartRequestStatus",
     "StopBody",
+    "StoredAnchor",
+    "TallyDisposition",
+    "TokenBucket",
     "VerifyOutcome",
+    "audit_device_id",
     "build_reply",
     "canonical_json",
     "command_topic",
+    "commit_screened",
+    "create_private_file",
     "generate_key_files",
+    "load_anchors",
     "load_private_key",
     "load_public_key_file",
     "load_verified_prescription_bytes",
     "new_command_id",
     "public_key_from_text",
     "public_key_to_text",
+    "read_hmac_key_file",
     "reply_topic",
+    "restrict_umask",
+    "screen_command",
+    "security_warnings",
     "sign_command",
     "sign_prescription_bytes",
     "signature_path_for",

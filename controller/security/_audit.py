@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Final
 
 from controller.security._canonical import canonical_json
+from controller.security._files import create_private_file
 
 __all__ = [
     "AUDIT_DB_NAME",
@@ -35,8 +37,13 @@ __all__ = [
     "AuditLog",
     "AuditRecord",
     "AuditVerification",
+    "audit_device_id",
+    "read_hmac_key_file",
     "verify_audit_log",
 ]
+
+#: Shortest accepted audit HMAC key (bytes, after stripping whitespace).
+MIN_HMAC_KEY_BYTES: Final = 32
 
 AUDIT_DB_NAME: Final = "audit.sqlite3"
 GENESIS_HASH: Final = "0" * 64
@@ -75,6 +82,7 @@ class AuditKind(StrEnum):
     LEDGER_ANCHOR = "ledger_anchor"
     LEDGER_INIT = "ledger_init"
     LEDGER_RESTORE = "ledger_restore"
+    COMMAND_TALLY = "command_tally"  # messages not accepted, in aggregate (count, first/last)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +154,7 @@ class AuditLog:
     by SQLite (`BEGIN IMMEDIATE`) so several processes may append safely."""
 
     def __init__(self, *, path: Path, hmac_key: bytes | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(path)
         self._path = path
         self._hmac_key = hmac_key
         self._conn = _connect(path)
@@ -242,12 +250,26 @@ def verify_audit_log(  # noqa: PLR0911 - each return names a different failure
     *,
     hmac_key: bytes | None = None,
     expected_head: AuditHead | None = None,
+    anchors: Sequence[AuditHead] = (),
 ) -> AuditVerification:
     """Recompute the whole chain; report the first bad record.
 
-    `expected_head` is a previously recorded anchor: the log must still contain
-    that record with that hash (this is what detects tail truncation).
+    `expected_head` and every one of `anchors` is a previously recorded head: the
+    log must still contain that record with that hash. A missing one means the
+    newest records were removed (tail truncation); a different hash means the
+    history was rewritten (even a chain recomputed from scratch cannot match).
     """
+    expected: dict[int, str] = {}
+    for anchor in (*anchors, *(() if expected_head is None else (expected_head,))):
+        if expected.setdefault(anchor.index, anchor.hash) != anchor.hash:
+            return AuditVerification(
+                ok=False,
+                records_checked=0,
+                head=None,
+                first_bad_index=anchor.index,
+                problem=f"two anchors name record {anchor.index} with different hashes: "
+                "the log was rewritten between them (or the anchor file was edited)",
+            )
     if not path.exists():
         return AuditVerification(
             ok=False, records_checked=0, head=None, problem=f"{path} does not exist"
@@ -274,7 +296,6 @@ def verify_audit_log(  # noqa: PLR0911 - each return names a different failure
         prev_hash = GENESIS_HASH
         checked = 0
         head: AuditHead | None = None
-        anchor_seen = False
         for row in cursor:
             problem = _check_record(
                 tuple(row), expected_index=checked, prev_hash=prev_hash, hmac_key=hmac_key
@@ -289,28 +310,27 @@ def verify_audit_log(  # noqa: PLR0911 - each return names a different failure
                 )
             prev_hash = str(row[5])
             head = AuditHead(index=checked, hash=prev_hash)
-            if expected_head is not None and expected_head.index == checked:
-                if expected_head.hash != prev_hash:
-                    return AuditVerification(
-                        ok=False,
-                        records_checked=checked,
-                        head=head,
-                        first_bad_index=checked,
-                        problem="record does not match the recorded anchor hash "
-                        "(history rewritten)",
-                    )
-                anchor_seen = True
+            anchored = expected.get(checked)
+            if anchored is not None and anchored != prev_hash:
+                return AuditVerification(
+                    ok=False,
+                    records_checked=checked,
+                    head=head,
+                    first_bad_index=checked,
+                    problem="record does not match the recorded anchor hash (history rewritten)",
+                )
             checked += 1
     finally:
         conn.close()
-    if expected_head is not None and not anchor_seen:
+    beyond = [index for index in expected if index >= checked]
+    if beyond:
         return AuditVerification(
             ok=False,
             records_checked=checked,
             head=head,
             first_bad_index=checked,
-            problem=f"log ends at {checked} records but the anchor names record "
-            f"{expected_head.index}: the newest records were removed (truncated)",
+            problem=f"log ends at {checked} records but an anchor names record "
+            f"{max(beyond)}: the newest records were removed (truncated)",
         )
     if not triggers >= _TRIGGERS:
         return AuditVerification(
@@ -320,3 +340,38 @@ def verify_audit_log(  # noqa: PLR0911 - each return names a different failure
             problem="append-only triggers are missing: the database schema was tampered with",
         )
     return AuditVerification(ok=True, records_checked=checked, head=head)
+
+
+def audit_device_id(path: Path) -> str | None:
+    """The device id named by the newest `config` record of the log (None if none)."""
+    conn = _connect(path)
+    try:
+        row = conn.execute(
+            "SELECT json_extract(body_json, '$.device_id') FROM audit_log "
+            "WHERE kind = ? ORDER BY idx DESC LIMIT 1",
+            (AuditKind.CONFIG.value,),
+        ).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def read_hmac_key_file(path: Path) -> bytes:
+    """Read an audit HMAC key file (surrounding whitespace stripped).
+
+    Raises ValueError (naming the file and the fix) for a key shorter than 32 bytes
+    or a file that others can read; OSError when it cannot be read."""
+    mode = path.stat().st_mode
+    if mode & 0o077 and not str(path).startswith(os.environ.get("CREDENTIALS_DIRECTORY", "\0")):
+        raise ValueError(
+            f"{path} is readable by group or others (mode {mode & 0o777:o}); run: chmod 600 {path}"
+        )
+    key = path.read_bytes().strip()
+    if len(key) < MIN_HMAC_KEY_BYTES:
+        raise ValueError(
+            f"{path} holds a {len(key)}-byte key; use at least {MIN_HMAC_KEY_BYTES} random "
+            f"bytes, e.g. `head -c 32 /dev/urandom | base64 > {path}`"
+        )
+    return key

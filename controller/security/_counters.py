@@ -14,6 +14,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from controller.security._files import create_private_file
+
 __all__ = ["COUNTER_DB_NAME", "CounterCommit", "CounterStore", "SqliteCounterStore"]
 
 COUNTER_DB_NAME = "security.sqlite3"
@@ -57,7 +59,7 @@ class SqliteCounterStore:
     """Counter store in ``<data-dir>/security.sqlite3`` (WAL, synchronous=FULL)."""
 
     def __init__(self, *, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(path)
         # Usable from any one thread at a time (e.g. asyncio.to_thread); the lock
         # serialises callers inside this process, BEGIN IMMEDIATE across processes.
         self._lock = threading.Lock()

@@ -62,13 +62,14 @@ class StopBody(_Strict):
 
 
 class AlarmAckBody(_Strict):
-    """`alarm.ack`: acknowledge (silence) one active alarm by its code."""
+    """`alarm.ack`: acknowledge (silence) one active alarm by its code, naming the
+    person who acknowledges it (signed by their station's key; recorded as who)."""
 
     alarm_code: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    #: The person who acknowledged at the sender (a ward station's signed-in nurse);
-    #: recorded as `operator@sender` and published as `operator_sender` (so no `_`
-    #: in the name). Omitted from the wire when None.
-    operator: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,31}$")
+    acknowledged_by: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$",
+        description="Staff id of the person acknowledging, e.g. nurse.kim",
+    )
 
 
 class RequestStartBody(_Strict):

@@ -8,6 +8,7 @@ senders exist and which role each has, but cannot give a role more power
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,6 +25,7 @@ __all__ = [
     "Role",
     "SecuritySettings",
     "SenderConfig",
+    "security_warnings",
 ]
 
 HARD_MAX_VALIDITY_S: Final = 60
@@ -113,6 +115,18 @@ class SecuritySettings(BaseModel):
         le=HARD_MAX_CONFIRM_WINDOW_S,
         description="How long a remote start request waits for the bedside CONFIRM.",
     )
+    allow_unsigned_alarm_ack: bool = Field(
+        default=False,
+        description="BENCH ONLY: also apply unsigned alarm acknowledgements published on "
+        "<bed>/cmd/ack (anyone on the broker could silence an alarm). Off: only signed "
+        "alarm.ack commands count and every unsigned ack is audited as ignored.",
+    )
+    audit_hmac_key_file: Path | None = Field(
+        default=None,
+        description="File with the audit log's HMAC key (>= 32 bytes, mode 0600, kept "
+        "outside the data directory). Unset: the systemd credential `audit-hmac-key` "
+        "if present, else no HMAC (docs/security.md §5).",
+    )
     require_signed_prescriptions: bool = Field(
         default=True,
         description="Refuse prescription files without a valid pharmacy signature. "
@@ -128,3 +142,21 @@ class SecuritySettings(BaseModel):
                 raise ValueError(f"sender id {sender.id!r} is listed twice; ids must be unique")
             seen.add(sender.id)
         return value
+
+
+def security_warnings(settings: SecuritySettings, *, remote_commands: bool) -> list[str]:
+    """Bench-only settings that weaken a ward installation, one sentence each (for
+    `nebuliser config check`; the configuration is still valid)."""
+    warnings: list[str] = []
+    if settings.allow_unsigned_alarm_ack and remote_commands:
+        warnings.append(
+            "[security] allow_unsigned_alarm_ack = true: anyone who can publish on the "
+            "broker can silence this bed's alarms. BENCH ONLY; on a ward remove it and "
+            "acknowledge with signed alarm.ack commands (docs/security.md §3)."
+        )
+    if not settings.require_signed_prescriptions:
+        warnings.append(
+            "[security] require_signed_prescriptions = false: an unsigned prescription "
+            "is accepted. BENCH ONLY (docs/security.md §4)."
+        )
+    return warnings

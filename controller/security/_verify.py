@@ -53,8 +53,11 @@ __all__ = [
     "Accepted",
     "RefusalCode",
     "Refused",
+    "Screened",
     "VerifyOutcome",
     "build_reply",
+    "commit_screened",
+    "screen_command",
     "verify_command",
 ]
 
@@ -83,6 +86,9 @@ class RefusalCode(StrEnum):
     REPLAYED_COUNTER = "replayed_counter"
     DUPLICATE_COMMAND_ID = "duplicate_command_id"
     COUNTER_STORE_FAILED = "counter_store_failed"
+    # Given by the command intake, not by `verify_command`:
+    RATE_LIMITED = "rate_limited"  # authenticated, but over the sender's rate / lane full
+    UNSIGNED_ACK = "unsigned_ack"  # an unsigned cmd/ack while only signed acks count
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,11 +319,11 @@ def _check_prescription(body: CommandBody, registry: SenderRegistry) -> None:
         _refuse(RefusalCode.BAD_PRESCRIPTION_SIGNATURE, str(exc)[:300])
 
 
-def _commit_counter(sender: Sender, envelope: CommandEnvelope, counters: CounterStore) -> None:
+def _commit_counter(
+    *, sender_id: str, counter: int, command_id: str, counters: CounterStore
+) -> None:
     try:
-        committed = counters.commit(
-            sender_id=sender.sender_id, counter=envelope.counter, command_id=envelope.command_id
-        )
+        committed = counters.commit(sender_id=sender_id, counter=counter, command_id=command_id)
     except sqlite3.Error as exc:
         _refuse(
             RefusalCode.COUNTER_STORE_FAILED,
@@ -326,13 +332,13 @@ def _commit_counter(sender: Sender, envelope: CommandEnvelope, counters: Counter
     if committed is CounterCommit.REPLAYED:
         _refuse(
             RefusalCode.REPLAYED_COUNTER,
-            f"counter {envelope.counter} is not above the last accepted counter of "
-            f"sender {sender.sender_id!r}; replay or out-of-order delivery",
+            f"counter {counter} is not above the last accepted counter of "
+            f"sender {sender_id!r}; replay or out-of-order delivery",
         )
     if committed is CounterCommit.DUPLICATE_COMMAND_ID:
         _refuse(
             RefusalCode.DUPLICATE_COMMAND_ID,
-            f"command id {envelope.command_id!r} was already used by {sender.sender_id!r}",
+            f"command id {command_id!r} was already used by {sender_id!r}",
         )
 
 
@@ -343,7 +349,7 @@ def _verify(
     now_ms: int,
     device_id: str,
     registry: SenderRegistry,
-    counters: CounterStore,
+    counters: CounterStore | None,
     limits: CommandLimits,
     payload_sha256: str,
 ) -> Accepted:
@@ -366,7 +372,13 @@ def _verify(
             f"role {sender.role.value} may not issue {command.value}",
         )
     _check_prescription(body, registry)
-    _commit_counter(sender, envelope, counters)  # last: durable before we return Accepted
+    if counters is not None:  # last: durable before we return Accepted
+        _commit_counter(
+            sender_id=sender.sender_id,
+            counter=envelope.counter,
+            command_id=envelope.command_id,
+            counters=counters,
+        )
     return Accepted(
         sender_id=sender.sender_id,
         role=sender.role,
@@ -403,6 +415,75 @@ def verify_command(
     raises for any payload; time per call is bounded by the size cap (linear scans
     and one signature check).
     """
+    outcome = _check_all(
+        raw, retained=retained, now=now, device_id=device_id, registry=registry,
+        counters=counters, limits=limits,
+    )  # fmt: skip
+    return outcome.pending if isinstance(outcome, Screened) else outcome
+
+
+@dataclass(frozen=True, kw_only=True)
+class Screened:
+    """A command that passed every check except the durable counter commit.
+
+    Only `commit_screened` turns it into an `Accepted`; the command intake screens
+    on the event loop (no disk I/O) so that an authenticated STOP can act at once,
+    and commits the counter afterwards on a worker thread (docs/security.md §3).
+    """
+
+    pending: Accepted
+
+
+def screen_command(
+    raw: bytes,
+    *,
+    retained: bool,
+    now: datetime,
+    device_id: str,
+    registry: SenderRegistry,
+    limits: CommandLimits | None = None,
+) -> Screened | Refused:
+    """Checks 1-12 of `verify_command` (no counter commit, no disk I/O). Never raises."""
+    outcome = _check_all(
+        raw, retained=retained, now=now, device_id=device_id, registry=registry,
+        counters=None, limits=limits,
+    )  # fmt: skip
+    assert not isinstance(outcome, Accepted)  # without a counter store nothing is committed
+    return outcome
+
+
+def commit_screened(screened: Screened, counters: CounterStore) -> VerifyOutcome:
+    """Check 13 for a screened command: durably advance the sender's counter."""
+    pending = screened.pending
+    try:
+        _commit_counter(
+            sender_id=pending.sender_id,
+            counter=pending.counter,
+            command_id=pending.command_id,
+            counters=counters,
+        )
+    except _Refusal as refusal:
+        return Refused(
+            code=refusal.code,
+            reason=refusal.reason,
+            payload_sha256=pending.payload_sha256,
+            claimed_sender_id=pending.sender_id,
+            command_id=pending.command_id,
+            command=pending.command.value,
+        )
+    return pending
+
+
+def _check_all(
+    raw: bytes,
+    *,
+    retained: bool,
+    now: datetime,
+    device_id: str,
+    registry: SenderRegistry,
+    counters: CounterStore | None,
+    limits: CommandLimits | None,
+) -> Accepted | Screened | Refused:
     if now.tzinfo is None:
         raise ValueError("verify_command needs a timezone-aware `now` (UTC)")
     active_limits = limits or CommandLimits()
@@ -411,7 +492,7 @@ def verify_command(
     parsed: dict[str, object] | None = None
     try:
         parsed = _parse(raw, active_limits)
-        return _verify(
+        accepted = _verify(
             parsed,
             retained=retained,
             now_ms=now_ms,
@@ -430,6 +511,7 @@ def verify_command(
             command_id=_claimed(parsed, "command_id"),
             command=_claimed(parsed, "command"),
         )
+    return accepted if counters is not None else Screened(pending=accepted)
 
 
 def build_reply(outcome: VerifyOutcome, *, device_id: str, now: datetime) -> bytes:

@@ -11,8 +11,9 @@ What is recorded, and from where:
   (the ledger is written first, by the supervisor; `mirror_ledger` copies each new
   event once, tagged with the ledger id and event id, so a crash between the two
   writes is caught up at the next start and nothing is audited twice);
-- anchors: every `ANCHOR_INTERVAL_S`, after each session end and at shutdown an
-  anchor record is appended and its INDEX:HASH published (docs/security.md §5).
+- anchors: after every batch of new records (checked each `MIRROR_INTERVAL_S`), after
+  each session end, every `ANCHOR_INTERVAL_S` and at shutdown an anchor record is
+  appended and its INDEX:HASH published, retained, QoS 1 (docs/security.md §5).
 """
 
 from __future__ import annotations
@@ -20,18 +21,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from controller.clock import Clock
 from controller.config import LoadedPrescription, NebuliserConfig
 from controller.ledger import LEDGER_FILE_NAME, AlarmAction, EventKind, Ledger, LedgerEvent
 from controller.logging import get_logger
-from controller.security import AUDIT_DB_NAME, AuditHead, AuditKind, AuditLog, canonical_json
+from controller.security import (
+    AUDIT_DB_NAME,
+    AuditHead,
+    AuditKind,
+    AuditLog,
+    canonical_json,
+    read_hmac_key_file,
+)
+from controller.telemetry import AuditHeadMessage
 
 from ._recorder import Recorder
 
@@ -42,6 +52,7 @@ __all__ = [
     "ServiceAudit",
     "anchor_body",
     "config_sha256",
+    "load_audit_hmac_key",
     "run_audit",
 ]
 
@@ -58,6 +69,22 @@ _MIRROR_OVERLAP: Final = timedelta(seconds=60)
 _FULL_SCAN_EVERY: Final = 300
 
 MIRRORED_LEDGER_KINDS: Final = frozenset({EventKind.DECISION, EventKind.OVERRIDE, EventKind.ALARM})
+
+
+#: systemd credential name: `LoadCredential=audit-hmac-key:/etc/nebuliser/audit-hmac.key`.
+AUDIT_HMAC_CREDENTIAL: Final = "audit-hmac-key"
+
+
+def load_audit_hmac_key(path: Path | None) -> bytes | None:
+    """The audit HMAC key for `serve`: `[security] audit_hmac_key_file`, else the
+    systemd credential `audit-hmac-key` (``$CREDENTIALS_DIRECTORY``), else None."""
+    if path is None:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        candidate = None if directory is None else Path(directory) / AUDIT_HMAC_CREDENTIAL
+        if candidate is None or not candidate.exists():
+            return None
+        path = candidate
+    return read_hmac_key_file(path)
 
 
 def config_sha256(config: NebuliserConfig) -> str:
@@ -142,6 +169,8 @@ class ServiceAudit:
 
     def __init__(self, *, data_dir: Path, clock: Clock, hmac_key: bytes | None = None) -> None:
         self._clock = clock
+        #: Records submitted so far (anchors included): a change means "anchor again".
+        self.appended = 0
         self._recorder: Recorder[_Stores] = Recorder(
             opener=lambda: _Stores(data_dir=data_dir, hmac_key=hmac_key),
             closer=lambda stores: stores.close(),
@@ -160,6 +189,7 @@ class ServiceAudit:
 
     def record(self, kind: AuditKind, body: Mapping[str, object]) -> None:
         """Queue one record (never blocks; the time is taken now, on the event loop)."""
+        self.appended += 1
         now = self._clock.now().utc
         record = dict(body)
         self._recorder.submit(
@@ -168,6 +198,7 @@ class ServiceAudit:
 
     async def append(self, kind: AuditKind, body: Mapping[str, object]) -> AuditHead:
         """Append one record and wait until it is committed; returns its INDEX:HASH."""
+        self.appended += 1
         now = self._clock.now().utc
         record = dict(body)
         stored = await self._recorder.call(lambda stores: stores.log.append(kind, record, now=now))
@@ -176,7 +207,9 @@ class ServiceAudit:
     async def mirror_ledger(self) -> int:
         """Copy new decision/override/alarm events from the ledger; returns the count."""
         now = self._clock.now().utc
-        return await self._recorder.call(lambda stores: stores.mirror(now))
+        copied = await self._recorder.call(lambda stores: stores.mirror(now))
+        self.appended += copied
+        return copied
 
     async def anchor(self, reason: str) -> AuditHead:
         """Mirror the ledger, then append an anchor record; its INDEX:HASH is the new head."""
@@ -225,7 +258,11 @@ HeadPublisher = Callable[[AuditHead, str], Awaitable[None]]
 class _AnchorState:
     sessions_ended: int
     next_anchor_s: float
-    reason: str = "startup"
+    anchored_at: int = -1  # `ServiceAudit.appended` right after the last anchor
+
+
+#: How long the shutdown anchor may take to reach the broker.
+_SHUTDOWN_PUBLISH_S: Final = 5.0
 
 
 async def run_audit(
@@ -233,18 +270,23 @@ async def run_audit(
     *,
     sessions_ended: Callable[[], int],
     publish_head: HeadPublisher | None = None,
+    before_shutdown_anchor: Callable[[], None] | None = None,
     anchor_interval_s: float = ANCHOR_INTERVAL_S,
     mirror_interval_s: float = MIRROR_INTERVAL_S,
 ) -> None:
-    """Mirror the ledger every `mirror_interval_s`; anchor on a timer and after each
-    session end (published through `publish_head` when given). Runs until cancelled;
-    at cancellation (shutdown) a last anchor is recorded. Never raises for a failed
+    """Mirror the ledger every `mirror_interval_s`; anchor after every batch of new
+    records, after each session end and on a timer (each anchor published through
+    `publish_head` when given). Runs until cancelled; at cancellation (shutdown)
+    `before_shutdown_anchor` queues its last records, then a last anchor is recorded
+    and published (bounded wait), so it covers them. Never raises for a failed
     append: it is logged and retried at the next poll."""
     loop = asyncio.get_running_loop()
     state = _AnchorState(sessions_ended=sessions_ended(), next_anchor_s=loop.time())
 
     async def anchor(reason: str) -> None:
         head = await audit.anchor(reason)
+        state.anchored_at = audit.appended
+        state.next_anchor_s = loop.time() + anchor_interval_s
         _log.info("audit anchor", reason=reason, head=str(head))
         if publish_head is not None:
             await publish_head(head, reason)
@@ -257,27 +299,29 @@ async def run_audit(
                 if ended != state.sessions_ended:
                     state.sessions_ended = ended
                     await anchor("session_end")
+                elif state.anchored_at < 0:
+                    await anchor("startup")
+                elif audit.appended != state.anchored_at:
+                    await anchor("batch")
                 elif loop.time() >= state.next_anchor_s:
-                    await anchor(state.reason)
-                    state.reason = "periodic"
-                    state.next_anchor_s = loop.time() + anchor_interval_s
+                    await anchor("periodic")
             except Exception as exc:  # noqa: BLE001 - the audit must never stop the service
                 _log.error("audit log append failed; retrying", error=repr(exc))
             await asyncio.sleep(mirror_interval_s)
     except asyncio.CancelledError:
-        with contextlib.suppress(OSError, sqlite3.Error, ValueError):
-            await audit.anchor("shutdown")
+        if before_shutdown_anchor is not None:
+            before_shutdown_anchor()
+        with contextlib.suppress(OSError, sqlite3.Error, ValueError, TimeoutError):
+            async with asyncio.timeout(_SHUTDOWN_PUBLISH_S):
+                await anchor("shutdown")
         raise
 
 
-def anchor_body(head: AuditHead, *, device_id: str, reason: str, now: datetime) -> bytes:
-    """The JSON published on ``<root>/<ward>/<bed>/audit/head`` (QoS 1)."""
-    body: dict[str, Any] = {
-        "schema": "nebuliser.audit_head",
-        "version": 1,
-        "device_id": device_id,
-        "time_utc": now.isoformat(timespec="milliseconds"),
-        "reason": reason,
-        "head": str(head),
-    }
-    return canonical_json(body)
+def anchor_body(
+    head: AuditHead, *, device_id: str, ward: str, bed: str, reason: str, now: datetime
+) -> bytes:
+    """The JSON published on ``<root>/<ward>/<bed>/audit/head`` (retained, QoS 1)."""
+    message = AuditHeadMessage(
+        utc=now, device_id=device_id, ward=ward, bed=bed, reason=reason, head=str(head)
+    )
+    return message.model_dump_json(by_alias=True).encode("utf-8")

@@ -19,7 +19,14 @@ from controller.config import (
     PrescriptionSourceError,
     load_service_prescription,
 )
-from controller.control import ControlError, ControlRequest, ControlServer, Reply
+from controller.control import (
+    ControlAccess,
+    ControlError,
+    ControlRequest,
+    ControlServer,
+    Reply,
+    resolve_group,
+)
 from controller.dosing import Override
 from controller.exitcodes import ExitCode
 from controller.ledger import Ledger, LedgerError, LedgerLocation, open_checked
@@ -297,8 +304,12 @@ async def _serve(ctx: ServiceContext) -> bool:
     config, link, supervisor = ctx.config, ctx.link, ctx.supervisor
     clean = True
     handlers = _Handlers(supervisor=supervisor, config=config)
+    bedside = config.control.bedside_group  # issue 13: start/confirm need the bedside role
     server = ControlServer(
-        path=config.control_socket, handlers=handlers.table(), mode=config.control.socket_mode
+        path=config.control_socket,
+        handlers=handlers.table(),
+        mode=config.control.socket_mode,
+        access=ControlAccess(bedside_gid=None if bedside is None else resolve_group(bedside)),
     )
     async with server.serving() as socket_path:
         _log.info("controller ready", port=config.device.port, control=str(socket_path))

@@ -215,6 +215,13 @@ class Supervisor:
         self.runtime.on_ledger_failure(failures, self._now())
         self._perform()
 
+    def command_flood(self, *, active: bool, unrecorded_total: int) -> None:
+        """The command intake's flood state (messages refused without a record)."""
+        self.runtime.on_command_flood(
+            active=active, unrecorded_total=unrecorded_total, now=self._now()
+        )
+        self._perform()
+
     def telemetry_dropped(self, dropped_total: int) -> None:
         """The outbox's running count of dropped telemetry messages."""
         self.runtime.on_telemetry_dropped(dropped_total, self._now())

@@ -36,13 +36,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from controller.alarms import AlarmCode, AlarmEvent, AlarmNotActiveError, AlarmState
+from controller.alarms import AlarmEvent, AlarmState
 from controller.config import NebuliserConfig
 from controller.dosing import Decision, Prescription
 from controller.ledger import LEDGER_FILE_NAME, Ledger, Outbox, OutboxMessage
 from controller.logging import get_logger
 from controller.telemetry import (
-    AlarmAckCommand,
     DeviceIdentity,
     OutboxEntry,
     OutboxPublisher,
@@ -410,11 +409,6 @@ async def _watch_drops(reader: Outbox, supervisor: Supervisor) -> None:
         await asyncio.sleep(_DROP_CHECK_S)
 
 
-def _signed_commands(ctx: ServiceContext) -> bool:
-    security = ctx.config.security
-    return security is not None and bool(security.senders)
-
-
 async def run_telemetry(ctx: ServiceContext) -> None:
     """The MQTT service task (only when `[mqtt]` is configured); runs until cancelled.
 
@@ -454,29 +448,15 @@ async def run_telemetry(ctx: ServiceContext) -> None:
             )
             return 0  # the seq is assigned on the writer thread; the publisher ignores it
 
-        async def on_alarm_ack(command: AlarmAckCommand) -> None:
-            try:
-                code = AlarmCode(command.alarm_code)
-                ctx.supervisor.acknowledge_alarm(code, command.sender)
-            except (ValueError, AlarmNotActiveError) as exc:
-                _log.warning(
-                    "remote alarm ack not applied",
-                    alarm_code=command.alarm_code,
-                    sender=command.sender,
-                    error=str(exc),
-                )
-                return
-            _log.info("remote alarm ack", alarm_code=command.alarm_code, sender=command.sender)
-
         publisher = OutboxPublisher(
             settings=settings,
             identity=identity,
             outbox=view,
             archive=archive,
             append_reply=append_reply,
-            # With signed commands configured, only signed `alarm.ack` commands count
-            # (controller/service/_commands.py); the provisional unsigned topic is ignored.
-            on_alarm_ack=None if _signed_commands(ctx) else on_alarm_ack,
+            # Alarm acks (signed, or unsigned on a bench that allows them) are handled
+            # and audited by the command intake (controller/service/_commands.py).
+            on_alarm_ack=None,
             settle=view.settle,
         )
         wake.append(publisher.notify)

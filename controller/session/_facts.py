@@ -95,6 +95,8 @@ def alarm_inputs(
         device_rebooted_mid_session=facts.rebooted_mid_session,
         telemetry_dropped_total=conditions.telemetry_dropped_total,
         stop_unconfirmed_session_id=facts.stop_unconfirmed_session_id,
+        command_flood=conditions.command_flood,
+        command_unrecorded_total=conditions.command_unrecorded_total,
     )
 
 

@@ -71,6 +71,8 @@ class Conditions:
     storage_free_mib: int = 0
     ledger_failures: int = 0
     telemetry_dropped_total: int = 0
+    command_flood: bool = False
+    command_unrecorded_total: int = 0
 
 
 def cap_too_small(

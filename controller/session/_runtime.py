@@ -240,6 +240,17 @@ class SessionRuntime(DeviceObserver):
         self.conditions.ledger_failures = failures
         self._evaluate_alarms(now)
 
+    def on_command_flood(self, *, active: bool, unrecorded_total: int, now: Now) -> None:
+        """The command intake is (or is no longer) flooded with refused messages."""
+        changed = (active, unrecorded_total) != (
+            self.conditions.command_flood,
+            self.conditions.command_unrecorded_total,
+        )
+        self.conditions.command_flood = active
+        self.conditions.command_unrecorded_total = unrecorded_total
+        if changed:
+            self._evaluate_alarms(now)
+
     def on_telemetry_dropped(self, dropped_total: int, now: Now) -> None:
         """The outbox's count of telemetry messages dropped for lack of room, ever."""
         if dropped_total != self.conditions.telemetry_dropped_total:

@@ -35,7 +35,7 @@ __all__ = [
     "verify_password",
 ]
 
-#: A nurse's name as carried in the signed acknowledgement (`AlarmAckBody.operator`).
+#: A nurse's name as carried in the signed acknowledgement (`AlarmAckBody.acknowledged_by`).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,31}$")
 SESSION_TTL_S = 8 * 3600  # one shift
 _N, _R, _P = 2**14, 8, 1

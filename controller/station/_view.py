@@ -53,8 +53,9 @@ def alarm_action(code: str) -> str:
 def acknowledged_by_label(published: str | None, *, station_sender: str | None) -> str | None:
     """A person's name from the bed's `acknowledged_by`.
 
-    A signed acknowledgement with an operator is published as `operator_sender`
-    (operators have no `_` in their names); the station shows `operator (sender)`.
+    The bed publishes the person named in the signed acknowledgement
+    (`AlarmAckBody.acknowledged_by`); an older `name_sender` form is shown as
+    `name (sender)`.
     """
     if published is None:
         return None

@@ -1,6 +1,6 @@
 """Signing alarm acknowledgements for a ward station or a terminal monitor: the
 existing command envelope (`controller.security.sign_command`), with the person
-acknowledging in `AlarmAckBody.operator`."""
+acknowledging in `AlarmAckBody.acknowledged_by`."""
 
 from __future__ import annotations
 
@@ -34,13 +34,18 @@ class AckSigningKey:
 
     def __call__(self, request: AckRequest) -> bytes:
         """The signed envelope for one acknowledgement (blocking: fsyncs the counter)."""
+        if not request.operator:
+            raise ValueError(
+                "an alarm acknowledgement must name the person acknowledging "
+                "(sign in at the station, or `monitor --operator NAME`)"
+            )
         return sign_command(
             key=self._key,
             sender_id=self.sender_id,
             device_id=request.device_id,
             counter=next_counter(self.counter_file),
             command=CommandName.ALARM_ACK,
-            body=AlarmAckBody(alarm_code=request.alarm_code, operator=request.operator),
+            body=AlarmAckBody(alarm_code=request.alarm_code, acknowledged_by=request.operator),
             issued_at_ms=int(time.time() * 1000),
             validity_s=self.validity_s,
             command_id=request.command_id,

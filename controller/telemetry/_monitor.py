@@ -30,6 +30,7 @@ from controller.telemetry._schemas import (
     ActiveAlarm,
     ActiveAlarmsMessage,
     AlarmMessage,
+    AuditHeadMessage,
     BackfillReplyMessage,
     PresenceMessage,
     SessionMessage,
@@ -246,8 +247,9 @@ class WardModel:
         if where is None or where[2] in _NOT_DEVICE_STREAM:
             return []  # not ours, or monitor -> controller traffic (not the device stream)
         ward, bed, suffix = where
-        if suffix == "command/reply":
-            return self._apply_reply(ward, bed, payload)
+        special = self._feed_special(suffix, ward, bed, topic, payload)
+        if special is not None:
+            return special
         fast = _parse_by_topic(suffix, payload)
         if fast is not None:
             return self._apply_device(fast, topic=topic, now_s=now_s, retained=retained)
@@ -263,6 +265,34 @@ class WardModel:
             self.invalid += 1
             return [{"event": "invalid", "topic": topic, "error": str(exc)[:200]}]
         return self._apply_device(message, topic=topic, now_s=now_s, retained=retained)
+
+    def _feed_special(
+        self, suffix: str, ward: str, bed: str, topic: str, payload: bytes
+    ) -> list[dict[str, Any]] | None:
+        """Audit anchors and command replies (not the device's message stream)."""
+        if suffix == "audit/head":
+            return [self._audit_head(topic, payload)]
+        if suffix == "command/reply":
+            return self._apply_reply(ward, bed, payload)
+        return None
+
+    def _audit_head(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """A bed's audit anchor (issue 13): an `audit_head` event; the caller may keep
+        it with `controller.security.AnchorStore.add(**fields except "event")`."""
+        try:
+            head = AuditHeadMessage.model_validate_json(payload)
+        except ValidationError as exc:
+            self.invalid += 1
+            return {"event": "invalid", "topic": topic, "error": str(exc)[:200]}
+        return {
+            "event": "audit_head",
+            "device_id": head.device_id,
+            "ward": head.ward,
+            "bed": head.bed,
+            "head": head.head,
+            "utc": head.utc.isoformat(),
+            "reason": head.reason,
+        }
 
     def _apply_presence(
         self, presence: PresenceMessage, *, now_s: float, topic: str

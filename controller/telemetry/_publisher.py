@@ -74,9 +74,16 @@ def _utc_now() -> datetime:
 
 
 def mqtt_client(
-    settings: MqttSettings, *, client_id: str, will: aiomqtt.Will | None = None
+    settings: MqttSettings,
+    *,
+    client_id: str,
+    will: aiomqtt.Will | None = None,
+    queue_type: type[asyncio.Queue[aiomqtt.Message]] | None = None,
 ) -> aiomqtt.Client:
-    """An aiomqtt client (MQTT v5) configured from settings; not yet connected."""
+    """An aiomqtt client (MQTT v5) configured from settings; not yet connected.
+
+    `queue_type` replaces aiomqtt's incoming-message queue (the command intake
+    passes one that screens each message as it arrives)."""
     tls_params = None
     if settings.tls is not None:
         tls_params = aiomqtt.TLSParameters(
@@ -97,6 +104,7 @@ def mqtt_client(
         keepalive=settings.keepalive_s,
         timeout=settings.publish_timeout_s,
         tls_params=tls_params,
+        queue_type=queue_type,
     )
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "ActiveAlarmsMessage",
     "AlarmAckCommand",
     "AlarmMessage",
+    "AuditHeadMessage",
     "BackfillReplyMessage",
     "BackfillRequest",
     "BreathingMessage",
@@ -289,6 +290,23 @@ class AlarmAckCommand(_Message):
     alarm_code: _Code
 
 
+class AuditHeadMessage(_Message):
+    """Controller -> ward (retained, QoS 1, on ``<bed>/audit/head``): the newest audit
+    anchor, INDEX:HASH of the bed's hash-chained audit log (docs/security.md §5).
+    Monitors keep every one they see; ``nebuliser audit verify --anchors`` checks
+    the bed's log against them."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.audit_head"
+    schema_name: Literal["nebuliser.audit_head"] = Field(
+        default="nebuliser.audit_head", alias="schema"
+    )
+    device_id: _Name
+    ward: _Name
+    bed: _Name
+    reason: _Name
+    head: Annotated[str, Field(pattern=r"^[0-9]{1,18}:[0-9a-f]{64}$")]
+
+
 DeviceMessage = (
     StateMessage
     | TelemetryMessage
@@ -319,4 +337,5 @@ ALL_SCHEMAS: dict[str, type[_Message]] = {
     PresenceMessage.SCHEMA: PresenceMessage,
     BackfillRequest.SCHEMA: BackfillRequest,
     AlarmAckCommand.SCHEMA: AlarmAckCommand,
+    AuditHeadMessage.SCHEMA: AuditHeadMessage,
 }

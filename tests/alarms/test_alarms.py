@@ -46,6 +46,8 @@ QUIET = AlarmInputs(
     swapped_to_serial=None,
     device_rebooted_mid_session=False,
     telemetry_dropped_total=0,
+    command_flood=False,
+    command_unrecorded_total=0,
 )
 T0 = 1_000_000  # an arbitrary monotonic time
 
@@ -133,6 +135,7 @@ SCENARIOS: dict[AlarmCode, Callable[[], tuple[AlarmState, list[AlarmEvent]]]] = 
     AlarmCode.BREATH_ACCOUNTING_MISMATCH: _simple(
         quiet(breathing=breathing(final=True, aerosol_insp_dul=1000, delivered_ul=108))
     ),
+    AlarmCode.COMMAND_FLOOD: _simple(quiet(command_flood=True, command_unrecorded_total=900)),
 }
 
 

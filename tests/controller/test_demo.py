@@ -32,7 +32,7 @@ def test_demo_on_two_beds_publishes_over_mqtt_with_no_gaps(
     assert "private MQTT broker (Mosquitto) on mqtt://127.0.0.1:" in out
     assert "bed-01 ended:" in out
     assert "bed-02 ended:" in out
-    assert "acknowledged by ward-station" in out
+    assert "acknowledged by nurse.demo" in out  # a signed alarm.ack naming the person
     for bed in ("bed-01", "bed-02"):
         line = next(
             x for x in out.splitlines() if x.strip().startswith(f"{bed}: ") and "messages" in x

@@ -27,7 +27,7 @@ from simulators.mn1 import DeviceModel, run_pty_simulator
 from tests.support.mosquitto import MosquittoBroker
 from tests.telemetry.helpers import validate_payload
 
-from ._setup import write_config
+from ._setup import BENCH_SECURITY, write_config
 from .test_service_pty import FAST_UL_MIN, running_controller, start_confirmed, wait_status
 
 ROOT = "nebuliser/v1"
@@ -138,7 +138,12 @@ async def test_a_full_session_publishes_valid_messages_and_remote_ack_reaches_ev
         monitoring(broker, sender="nurse-b") as nurse_b,
     ):
         _, config = write_config(
-            tmp_path, port=sim.device_path, session_ul=200, extra=mqtt_section(broker)
+            tmp_path,
+            port=sim.device_path,
+            session_ul=200,
+            extra=mqtt_section(broker),
+            # The monitors' acks are unsigned: accepted only with this bench setting.
+            security=BENCH_SECURITY + "allow_unsigned_alarm_ack = true\n",
         )
         async with running_controller(config):
             await wait_status(config, lambda s: s["link_up"] and s["device"], 5)
@@ -171,7 +176,8 @@ async def test_a_full_session_publishes_valid_messages_and_remote_ack_reaches_ev
             def b_sees_ack() -> bool:
                 rows = nurse_b.model.rows(now_s=0)
                 return any(
-                    a.alarm_code == "device_head_disconnected" and a.acknowledged_by == "nurse-a"
+                    a.alarm_code == "device_head_disconnected"
+                    and a.acknowledged_by == "unsigned.nurse-a"
                     for r in rows
                     for a in r.alarms
                 )
@@ -179,7 +185,7 @@ async def test_a_full_session_publishes_valid_messages_and_remote_ack_reaches_ev
             await until(b_sees_ack, 5, "monitor B sees monitor A's acknowledgement")
             status = await wait_status(config, lambda s: s["alarms"], 2)
             [alarm] = [a for a in status["alarms"] if a["code"] == "device_head_disconnected"]
-            assert alarm["acknowledged_by"] == "nurse-a"
+            assert alarm["acknowledged_by"] == "unsigned.nurse-a"
             await until(lambda: outbox_count(config) == 0, 5, "outbox drained")
             # A monitor that missed the first three messages asks for them again; the
             # controller answers from its sent-message archive.

@@ -123,6 +123,9 @@ class Station:
         self.replies: list[dict[str, Any]] = []
         self.heads: list[dict[str, Any]] = []
 
+    async def publish(self, topic: str, payload: bytes) -> None:
+        await self._client.publish(topic, payload, qos=1)
+
     async def send(self, payload: bytes, *, retain: bool = False) -> None:
         await self._client.publish(command_topic(ward=WARD, bed=BED), payload, qos=1, retain=retain)
 
@@ -176,6 +179,7 @@ class Bed:
     model: DeviceModel
     station: Station
     service: asyncio.Task[int]
+    broker: MosquittoBroker
 
 
 @contextlib.asynccontextmanager
@@ -206,7 +210,14 @@ async def bed(
                 with contextlib.suppress(TimeoutError):
                     await ward_station.reply(None, timeout_s=0.2)
                     break
-            yield Bed(config=config, sim=sim, model=model, station=ward_station, service=service)
+            yield Bed(
+                config=config,
+                sim=sim,
+                model=model,
+                station=ward_station,
+                service=service,
+                broker=broker,
+            )
 
 
 def ledger_commands(config: NebuliserConfig) -> list[dict[str, Any]]:
@@ -257,10 +268,8 @@ async def test_signed_remote_stop_stops_a_running_session_and_forgeries_are_refu
         await b.station.send(b"", retain=True)  # clear it from the broker
 
         # An alarm acknowledgement for an alarm that is not active: refused, with why.
-        ack = signed(
-            keys.ward, CommandName.ALARM_ACK, AlarmAckBody(alarm_code="dry_cup"),
-            counter=counter.next(),
-        )  # fmt: skip
+        body = AlarmAckBody(alarm_code="dry_cup", acknowledged_by="nurse.kim")
+        ack = signed(keys.ward, CommandName.ALARM_ACK, body, counter=counter.next())
         ack_reply = await b.station.command(ack)
         assert ack_reply["status"] == "refused"
         assert ack_reply["reason_code"] in {"alarm_not_active", "unknown_alarm"}
@@ -277,6 +286,9 @@ async def test_signed_remote_stop_stops_a_running_session_and_forgeries_are_refu
     assert audit_bodies(b.config, "config")
     assert audit_bodies(b.config, "prescription")
     assert audit_bodies(b.config, "anchor")[-1]["reason"] == "shutdown"
+    with contextlib.closing(sqlite3.connect(b.config.storage.data_dir / AUDIT_DB_NAME)) as conn:
+        [(last_kind,)] = conn.execute("SELECT kind FROM audit_log ORDER BY idx DESC LIMIT 1")
+    assert last_kind == "anchor", "the shutdown anchor covers every record, tallies included"
     # The whole chain verifies, from the CLI too.
     data_dir = b.config.storage.data_dir
     assert verify_audit_log(data_dir / AUDIT_DB_NAME).ok
@@ -418,8 +430,13 @@ async def test_hostile_payload_flood_does_not_crash_the_service(tmp_path: Path) 
         assert not b.service.done()
         status = await wait_status(b.config, lambda s: s["link_up"], 2)
         assert status["state"] == "idle"
+        # Refusals are answered one by one only up to the record rate (burst 20);
+        # the rest are counted in `command_tally` audit records.
         refused = [r for r in b.station.replies if r["status"] == "refused"]
-        assert len(refused) >= 100
+        assert len(refused) >= 20
         assert {"too_large", "malformed_json", "too_deeply_nested"} <= {
             r["reason_code"] for r in refused
         }
+        await asyncio.sleep(1.2)
+    tallied = sum(t["count"] for t in audit_bodies(b.config, "command_tally"))
+    assert tallied >= len(_hostile_payloads(random.Random(7)))

@@ -187,6 +187,21 @@ class Peer:
 _CONNECT_3_1_1 = bytes.fromhex("100f00044d5154540402003c0003746573")  # CONNECT, client id "tes"
 
 
+_CONNECT_EMPTY_ID = bytes.fromhex("100c00044d5154540402003c0000")  # MQTT 3.1.1, client id ""
+
+
+def connack_for_empty_client_id(*, port: int, ca: Path, cert_stem: Path) -> bytes:
+    """The CONNACK a certified client gets when it connects with an empty client id."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(f"{cert_stem}.crt", f"{cert_stem}.key")
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as sock,
+    ):
+        sock.sendall(_CONNECT_EMPTY_ID)
+        return sock.recv(4)
+
+
 def raw_connect(*, port: int, ca: Path, cert_stem: Path | None, tls: bool = True) -> bool:
     """One MQTT 3.1.1 CONNECT over a plain socket (optionally TLS); True only for a
     CONNACK with return code 0. Every socket is closed, whatever fails."""

@@ -16,6 +16,7 @@ from controller.cli import main
 from tests.security._broker import (
     HARDENED_CONF,
     Peer,
+    connack_for_empty_client_id,
     free_port,
     hardened_config_for_test,
     make_pki,
@@ -44,8 +45,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     pki = make_pki(
         base / "pki",
         ca_name="Nebuliser TEST CA",
-        extra=["--ward", "3west", "--beds", "07,08", "--ward", "4east", "--beds", "01"],
-    )
+        extra=[
+            "--ward", "3west", "--beds", "07,08,09", "--ward", "4east", "--beds", "01",
+            "--revoke", "bed-3west-09",  # a stolen bed: its certificate is in the CRL
+        ],
+    )  # fmt: skip
     rogue = make_pki(base / "rogue", ca_name="Rogue CA", extra=["--ward", "3west", "--beds", "07"])
     port = free_port()
     work = base / "work"
@@ -84,6 +88,11 @@ def test_hardened_config_has_one_tls_listener_and_no_anonymous() -> None:
     assert settings["persistence"] == ["true"]
     assert "autosave_interval" in settings
     assert "max_packet_size" in settings
+    # Revocation and the flood bounds per client (docs/security.md §6).
+    assert settings["crlfile"] == ["/etc/mosquitto/certs/nebuliser/ca.crl"]
+    assert settings["max_queued_messages"] == ["1000"]
+    assert settings["max_queued_bytes"] == ["1048576"]
+    assert settings["max_inflight_messages"] == ["20"]
 
 
 def test_broker_opens_exactly_one_listen_socket(broker: Broker) -> None:
@@ -110,6 +119,28 @@ def test_client_certificate_from_another_ca_is_refused(broker: Broker) -> None:
     assert not raw_connect(
         port=broker.port, ca=broker.pki / "ca.crt", cert_stem=broker.rogue_pki / "bed-3west-07"
     )
+
+
+def test_revoked_certificate_is_refused_and_its_unrevoked_neighbour_is_not(
+    broker: Broker,
+) -> None:
+    ca = broker.pki / "ca.crt"
+    assert not raw_connect(port=broker.port, ca=ca, cert_stem=broker.pki / "bed-3west-09")
+    assert raw_connect(port=broker.port, ca=ca, cert_stem=broker.pki / "bed-3west-08")
+
+
+def test_empty_client_id_is_refused_by_the_broker(broker: Broker) -> None:
+    # CONNACK return code 2: identifier rejected (allow_zero_length_clientid false).
+    connack = connack_for_empty_client_id(
+        port=broker.port, ca=broker.pki / "ca.crt", cert_stem=broker.pki / "bed-3west-07"
+    )
+    assert connack == b"\x20\x02\x00\x02"
+
+
+def test_make_test_ca_refuses_to_revoke_an_unknown_certificate(tmp_path: Path) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        make_pki(tmp_path / "pki", ca_name="x", extra=["--ward", "3west", "--revoke", "nope"])
+    assert b"no such certificate" in failed.value.stderr
 
 
 def test_client_refuses_a_broker_signed_by_another_ca(broker: Broker) -> None:

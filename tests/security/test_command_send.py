@@ -92,7 +92,7 @@ def test_command_send_prints_accepted_then_refused_on_replay(
             _NEBULISER, "command", "send", "--broker", f"mqtt://127.0.0.1:{dev_broker}",
             "--ward", "3west", "--bed", "07", "--timeout-s", "10",
             "--key", str(tmp_path / "ward-3west.key"), "--sender", "ward-3west",
-            "--device", "neb-0001", "--counter", "3", "alarm.ack", "dry_cup",
+            "--device", "neb-0001", "--counter", "3", "alarm.ack", "dry_cup", "--by", "nurse.kim",
         ]  # fmt: skip
         first = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         assert first.returncode == 0, first.stdout + first.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from controller.clock import SystemClock
 from controller.ledger import LEDGER_FILE_NAME, AlarmAction, Ledger
-from controller.security import AUDIT_DB_NAME, AuditHead, verify_audit_log
+from controller.security import AUDIT_DB_NAME, AuditHead, AuditKind, verify_audit_log
 from controller.service._audit import ServiceAudit, run_audit
 
 CLOCK = SystemClock()
@@ -84,10 +84,16 @@ async def test_run_audit_anchors_after_a_session_end_and_at_shutdown(tmp_path: P
             await until_published(1)
             sessions[0] = 1
             await until_published(2)
+            # Any new audited event: a "batch" anchor follows within a mirror interval.
+            audit.record(AuditKind.COMMAND, {"outcome": "refused", "code": "bad_signature"})
+            await until_published(3)
         task.cancel()
-    assert [reason for _, reason in published] == ["startup", "session_end"]
-    assert _kinds(tmp_path) == ["anchor", "anchor", "anchor"]  # startup, session end, shutdown
-    verification = verify_audit_log(tmp_path / AUDIT_DB_NAME, expected_head=published[-1][0])
+    # The shutdown anchor is recorded AND published (it used to be recorded only).
+    assert [reason for _, reason in published] == ["startup", "session_end", "batch", "shutdown"]
+    assert _kinds(tmp_path) == ["anchor", "anchor", "command", "anchor", "anchor"]
+    verification = verify_audit_log(
+        tmp_path / AUDIT_DB_NAME, anchors=[head for head, _ in published]
+    )
     assert verification.ok, verification.problem
     assert verification.head is not None
-    assert verification.head.index == 2
+    assert verification.head == published[-1][0]

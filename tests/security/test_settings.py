@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from controller.benchconfig import BENCH_SECURITY, bench_mqtt_section, write_bench_config
+from controller.cli import main
 from controller.security import (
     HARD_MAX_VALIDITY_S,
     ROLE_COMMANDS,
@@ -56,3 +60,24 @@ def test_role_table_matches_the_brief() -> None:
     assert ROLE_COMMANDS[Role.WARD_STATION] == remote
     assert ROLE_COMMANDS[Role.CLINICIAN] == remote
     assert ROLE_COMMANDS[Role.PHARMACY] == {CommandName.PRESCRIPTION_UPDATE}
+
+
+def test_unsigned_alarm_ack_is_off_by_default_and_config_check_warns_about_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert SecuritySettings().allow_unsigned_alarm_ack is False
+    mqtt = bench_mqtt_section(host="127.0.0.1", port=18830, client_id="neb-test")
+    path, _ = write_bench_config(
+        tmp_path / "bench",
+        port="/dev/null",
+        security=BENCH_SECURITY + "allow_unsigned_alarm_ack = true\n",
+        extra=mqtt,
+    )
+    capsys.readouterr()
+    assert main(["config", "check", str(path)]) == 0  # valid, but ...
+    err = capsys.readouterr().err
+    assert "warning: [security] allow_unsigned_alarm_ack = true" in err
+    assert "BENCH ONLY" in err
+    quiet, _ = write_bench_config(tmp_path / "ward", port="/dev/null", extra=mqtt)
+    assert main(["config", "check", str(quiet)]) == 0
+    assert "allow_unsigned_alarm_ack" not in capsys.readouterr().err

@@ -52,3 +52,31 @@ def test_runtime_only_sbom_omits_dev_tools_and_is_reproducible() -> None:
     assert {"aiomqtt", "cryptography", "pydantic"} <= names
     assert not names & {"pytest", "mypy", "ruff", "hypothesis"}
     assert _sbom("--runtime-only") == first
+
+
+def test_every_base_image_is_pinned_by_a_digest_the_build_must_be_given() -> None:
+    """A tag can be re-pointed; a digest cannot. The digests are build arguments with
+    no default, so an unpinned build fails instead of taking whatever the tag is today."""
+    lines = (REPO / "Dockerfile").read_text(encoding="utf-8").splitlines()
+    args = {line.split()[1]: line for line in lines if line.startswith("ARG ") and "=" not in line}
+    froms = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert froms
+    for image in froms:
+        if "@" not in image:
+            assert image in {"uv", "build"}, f"{image}: a base image without a digest"
+            continue
+        _, _, digest = image.partition("@")
+        if digest.startswith("${"):
+            assert digest[2:-1] in args, f"{image}: digest argument not declared without default"
+        else:
+            assert digest.startswith("sha256:"), image
+            assert len(digest) == len("sha256:") + 64, image
+    assert not [
+        line for line in lines if line.startswith("COPY --from=") and ":" in line.split()[1]
+    ]
+
+
+def test_ci_checks_that_audit_deps_refuses_to_pass_offline() -> None:
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert "scripts/audit-deps" in ci
+    assert "UV_OFFLINE=1" in ci

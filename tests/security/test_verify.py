@@ -81,7 +81,12 @@ def test_valid_stop_from_ward_station_is_accepted(
 @pytest.mark.parametrize(
     ("key_name", "sender", "command", "body"),
     [
-        ("ward", "ward-3west", CommandName.ALARM_ACK, AlarmAckBody(alarm_code="dry_cup")),
+        (
+            "ward",
+            "ward-3west",
+            CommandName.ALARM_ACK,
+            AlarmAckBody(alarm_code="dry_cup", acknowledged_by="nurse.kim"),
+        ),
         ("ward", "ward-3west", CommandName.SESSION_REQUEST_START, RequestStartBody()),
         ("clinician", "dr-jones", CommandName.STOP, StopBody()),
         ("clinician", "dr-jones", CommandName.SESSION_REQUEST_START, RequestStartBody()),

@@ -142,6 +142,8 @@ def test_alarm_messages_carry_the_event_and_the_active_set() -> None:
         swapped_to_serial=None,
         device_rebooted_mid_session=False,
         telemetry_dropped_total=0,
+        command_flood=False,
+        command_unrecorded_total=0,
     )
     state, events = evaluate(inputs, AlarmState(), 1000)
     [raised] = [e for e in events if e.code is AlarmCode.DEVICE_HEAD_DISCONNECTED]
