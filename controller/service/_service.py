@@ -265,6 +265,7 @@ async def run_service(
                         trust=trust,
                         data_dir_for_storage=config.storage.data_dir,
                         free_space_floor_mb=config.storage.free_space_floor_mb,
+                        emergency_free_mb=config.storage.effective_emergency_free_mb,
                         stop_latency_ms=config.session.stop_latency_ms,
                         expected_serial=config.device.expected_serial,
                         progress_interval_ms=int(config.session.progress_sample_s * 1000),

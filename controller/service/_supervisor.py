@@ -33,7 +33,7 @@ from controller.dosing import (
     TrustedTime,
     decide,
 )
-from controller.ledger import Ledger, StorageReport, check_storage_floor
+from controller.ledger import Ledger, ReserveFile, StorageReport, check_storage_floor
 from controller.logging import bind_session, get_logger, unbind_session
 from controller.session import (
     ASSUMED_STOP_LATENCY_MS,
@@ -86,6 +86,7 @@ class Supervisor:
         trust: ClockTrustMonitor,
         data_dir_for_storage: Path,
         free_space_floor_mb: int,
+        emergency_free_mb: int = 0,
         stop_latency_ms: int = ASSUMED_STOP_LATENCY_MS,
         alarm_settings: AlarmSettings | None = None,
         publications: Publications | None = None,
@@ -99,6 +100,8 @@ class Supervisor:
         self._trust = trust
         self._data_dir = data_dir_for_storage
         self._floor_bytes = free_space_floor_mb * 1024 * 1024
+        self._emergency_bytes = emergency_free_mb * 1024 * 1024
+        self._reserve: ReserveFile | None = None  # the ledger's end-record reserve
         self._pub = publications or Publications()
         self._now_ms = now_ms or (lambda: time.monotonic_ns() // 1_000_000)
         self.runtime = SessionRuntime(
@@ -173,6 +176,7 @@ class Supervisor:
 
     async def recover(self) -> None:
         """At start-up: sessions left open by a crash are marked UNCERTAIN, never resumed."""
+        self._reserve = await self._recorder.call(lambda ledger: ledger.reserve)
         open_sessions = await self._recorder.call(lambda ledger: ledger.open_sessions())
         pending = await self._recorder.call(lambda ledger: ledger.uncertain_sessions())
         self.runtime.recover(
@@ -230,11 +234,22 @@ class Supervisor:
     async def refresh_conditions(self) -> tuple[TrustedTime, StorageReport]:
         """Read clock trust and free space (both may block: in a thread) and feed them."""
         trusted: TrustedTime = await asyncio.to_thread(self._trust.check)
+        reserve = self._reserve
         storage = await asyncio.to_thread(
-            lambda: check_storage_floor(self._data_dir, floor_bytes=self._floor_bytes)
+            lambda: check_storage_floor(
+                self._data_dir,
+                floor_bytes=self._floor_bytes,
+                emergency_bytes=self._emergency_bytes,
+                reserve=reserve,
+            )
         )
         self.runtime.on_conditions(trusted, storage, self._now())
         self._perform()
+        if reserve is not None and storage.ok and not storage.reserve_intact:
+            # Room again: re-make the end-record reserve (on the writer thread).
+            self._recorder.submit(
+                lambda ledger: ledger.reserve and ledger.reserve.ensure(), what="reserve"
+            )
         return trusted, storage
 
     async def watch_conditions(self) -> None:

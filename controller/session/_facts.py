@@ -89,6 +89,7 @@ def alarm_inputs(
         uncertain_session_id=uncertain_session_id,
         clock_trusted=conditions.clock_trusted,
         storage_low=conditions.storage_low,
+        storage_emergency=conditions.storage_emergency,
         storage_free_mib=conditions.storage_free_mib,
         ledger_ok=conditions.ledger_failures == 0,
         swapped_to_serial=facts.swapped_to_serial,

@@ -68,6 +68,7 @@ class Conditions:
 
     clock_trusted: bool = True
     storage_low: bool = False
+    storage_emergency: bool = False
     storage_free_mib: int = 0
     ledger_failures: int = 0
     telemetry_dropped_total: int = 0
@@ -128,6 +129,11 @@ def controller_refusals(
         reasons.append(f"device fault bits set: {last_status.faults!r}")
     if expected_serial and ident is not None and ident.serial != expected_serial:
         reasons.append(f"head serial {ident.serial} is not the configured {expected_serial}")
+    if conditions.storage_emergency:
+        reasons.append(
+            "storage below the emergency level (or the end-record reserve is used up): "
+            "free disk space first"
+        )
     if conditions.ledger_failures:
         reasons.append(f"{conditions.ledger_failures} ledger write(s) failed")
     reasons.extend(

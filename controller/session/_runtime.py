@@ -35,7 +35,7 @@ from typing import Final
 from controller.alarms import AlarmCode, AlarmEvent, AlarmPriority, AlarmSettings
 from controller.dosing import Decision, Override, Prescription, TrustedTime
 from controller.dosing import SessionRecord as LedgerSessionRecord
-from controller.ledger import StorageReport, decision_to_json
+from controller.ledger import StorageLevel, StorageReport, decision_to_json
 from drivers.mn1 import Ack, CommandAnswered, CommandOutcome, LinkEvent, Nak, Start
 
 from ._effects import (
@@ -232,7 +232,16 @@ class SessionRuntime(DeviceObserver):
         """Fresh clock trust and free space (read by the shell at least every second)."""
         self.conditions.clock_trusted = trusted.trusted
         self.conditions.storage_low = not storage.ok
+        self.conditions.storage_emergency = storage.level is StorageLevel.EMERGENCY
         self.conditions.storage_free_mib = storage.free_bytes // (1024 * 1024)
+        session = self._session
+        if (
+            self.conditions.storage_emergency
+            and session is not None
+            and self.state in (SessionState.NEBULISING, SessionState.CONFIRMING)
+        ):
+            # Stopped while the reserve still has room for its end record (rule 10).
+            self._stop("storage_emergency", now)
         self._evaluate_alarms(now)
 
     def on_ledger_failure(self, failures: int, now: Now) -> None:

@@ -206,16 +206,25 @@ class Bed:
         self._perform()
 
     def conditions(
-        self, *, clock_trusted: bool = True, free_mib: int = 1000, ok: bool = True
+        self,
+        *,
+        clock_trusted: bool = True,
+        free_mib: int = 1000,
+        ok: bool = True,
+        emergency: bool = False,
     ) -> None:
-        """Feed a condition reading (clock trust, free space)."""
+        """Feed a condition reading (clock trust, free space: floor 64 MiB, emergency
+        level 16 MiB)."""
         trusted = TrustedTime(instant=self.now().at, trusted=clock_trusted, reason="test")
-        floor_mib = 64
+        floor_mib, emergency_mib = 64, 16
         free = free_mib if ok else min(free_mib, floor_mib - 1)
+        if emergency:
+            free = min(free, emergency_mib - 1)
         storage = StorageReport(
             data_dir=Path("/data"),
             free_bytes=free * 1024 * 1024,
             floor_bytes=floor_mib * 1024 * 1024,
+            emergency_bytes=emergency_mib * 1024 * 1024,
         )
         self.runtime.on_conditions(trusted, storage, self.now())
         self._perform()

@@ -451,3 +451,18 @@ def test_an_interrupted_dose_is_continued_to_its_cap_as_one_administration(
         assert model.truth().total_delivered_ul <= 3000 + 1
         again = bed.start(bed.decide(continue_last=True))
         assert not again.started  # nothing left to continue: the dose is complete
+
+
+def test_below_the_floor_a_running_session_finishes_below_the_emergency_level_it_stops() -> None:
+    bed = ready_bed(model=DeviceModel(nominal_ul_min=3000, fill_ul=5000))
+    assert bed.start().started
+    bed.run_for(2000)
+    bed.conditions(ok=False, free_mib=40)  # below the floor: finishes normally
+    bed.run_for(500)
+    assert bed.runtime.state is SessionState.NEBULISING
+    assert AlarmCode.STORAGE_LOW in bed.raised()
+    bed.conditions(emergency=True)  # below the emergency level: stopped with its reason
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=2000)
+    assert bed.of_type(WriteEnded)[-1].host_reason == "storage_emergency"
+    assert AlarmCode.STORAGE_EMERGENCY in bed.raised()
+    assert any("emergency" in r for r in bed.runtime.refusals(link_ready=True))
