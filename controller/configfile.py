@@ -58,6 +58,7 @@ _SCALAR_TOP_LEVEL = frozenset({"prescription_file"})
 OTHER_ENV_VARIABLES: frozenset[str] = frozenset(
     {
         "NEBULISER_MQTT_PASSWORD",  # `nebuliser monitor --username` (controller/cli/monitor.py)
+        "NEBULISER_STATION_PASSWORD",  # `nebuliser station --add-user` (cli/_station_run.py)
         "NEBULISER_FAULT_RUNS",  # scripts/faults: runs per fault scenario
         "NEBULISER_FAULT_TABLE",  # scripts/faults: where the summary table is written
     }

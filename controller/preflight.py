@@ -275,9 +275,9 @@ def setting_findings(config: NebuliserConfig) -> list[Finding]:
         findings.append(
             _warning(
                 "security.allow_unsigned_alarm_ack",
-                "true: anyone who can publish on the broker can silence this bed's alarms "
-                "(bench only; on a ward acknowledge with signed alarm.ack commands, "
-                "docs/security.md §3)",
+                "true: anyone who can publish on the broker can silence this bed's alarms. "
+                "BENCH ONLY; on a ward remove it and acknowledge with signed alarm.ack "
+                "commands (docs/security.md §3)",
             )
         )
     if config.storage.free_space_floor_mb < _FREE_SPACE_FLOOR_LOW_MB:

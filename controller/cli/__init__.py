@@ -53,7 +53,7 @@ _LAZY_COMMANDS: dict[str, dict[str, str]] = {
     },
     "config": {"config": "check, show or print an example configuration"},
     "simulate": {"simulate": "run a simulated MN-1 nebuliser head on a pty or TCP port"},
-    "ledger": {"ledger": "show or back up the dose ledger"},
+    "ledger": {"ledger": "create, show, back up or restore the dose ledger"},
     "keys": {"keys": "create Ed25519 signing keys"},
     "command": {"command": "sign or send remote commands"},
     "prescription": {"prescription": "sign or verify prescription files"},

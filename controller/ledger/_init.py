@@ -8,6 +8,7 @@ purpose (`accept_empty_history` with a name and a reason), and that is audited.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from controller.ledger._anchor import LedgerAnchor, anchor_to_json
@@ -46,8 +47,28 @@ def init_ledger(
 ) -> LedgerAnchor:
     """Create the ledger once, anchor it (file + audit log), audit the init; its anchor.
 
+    The files are created group-readable at most (0640), whatever the caller's umask.
     Raises `LedgerExistsError` naming what was found and what to do instead.
     """
+    previous = os.umask(_DATA_UMASK)
+    os.umask(previous | _DATA_UMASK)
+    try:
+        return _init_ledger(location, device_id=device_id, subject_id=subject_id, accept=accept)
+    finally:
+        os.umask(previous)
+
+
+#: Never readable or writable by others, never writable by the group (like `serve`).
+_DATA_UMASK = 0o027
+
+
+def _init_ledger(
+    location: LedgerLocation,
+    *,
+    device_id: str,
+    subject_id: str,
+    accept: EmptyHistoryAcceptance | None,
+) -> LedgerAnchor:
     if location.ledger_path.exists():
         raise LedgerExistsError(
             f"a ledger already exists at {location.ledger_path}; `ledger init` never "

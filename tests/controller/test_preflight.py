@@ -217,7 +217,9 @@ def test_relative_paths_resolve_against_the_config_files_directory(
     config_path = site / "course.toml"
     config_path.write_text(text, encoding="utf-8")
     (site / "course-data").mkdir()
-    Ledger.open(site / "course-data" / LEDGER_FILE_NAME).close()
+    Ledger.create(
+        site / "course-data" / LEDGER_FILE_NAME, device_id="neb-bench", subject_id="BENCH-001"
+    ).close()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

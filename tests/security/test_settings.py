@@ -76,7 +76,7 @@ def test_unsigned_alarm_ack_is_off_by_default_and_config_check_warns_about_it(
     capsys.readouterr()
     assert main(["config", "check", str(path)]) == 0  # valid, but ...
     err = capsys.readouterr().err
-    assert "warning: [security] allow_unsigned_alarm_ack = true" in err
+    assert "warning: security.allow_unsigned_alarm_ack: true" in err
     assert "BENCH ONLY" in err
     quiet, _ = write_bench_config(tmp_path / "ward", port="/dev/null", extra=mqtt)
     assert main(["config", "check", str(quiet)]) == 0

@@ -111,7 +111,7 @@ key_file = "{pki / "bed-3west-07.key"}"
                     by = await _acknowledged_by(station, row)
                 finally:
                     station.request_stop()
-    assert by == "j.smith_station-3west", "the bed confirmed the nurse's signed acknowledgement"
+    assert by == "j.smith", "the bed confirmed the nurse's signed acknowledgement"
 
 
 async def _row_with_alarm(station: Station) -> str:

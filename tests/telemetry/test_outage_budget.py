@@ -36,7 +36,12 @@ def test_two_hour_outage_at_10_hz_stays_within_a_1_mb_budget(tmp_path: Path) -> 
     raised: list[int] = []
     counted = 0
     largest_bytes = 0
-    with Ledger.open(tmp_path / "ledger.sqlite3", outbox_budget_bytes=BUDGET_BYTES) as ledger:
+    with Ledger.create(
+        tmp_path / "ledger.sqlite3",
+        device_id="neb-test",
+        subject_id="S-1",
+        outbox_budget_bytes=BUDGET_BYTES,
+    ) as ledger:
         events_before = len(ledger.events())
         for second in range(OUTAGE_S):
             at = Instant(
