@@ -96,11 +96,37 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _read_terminal_confirm() -> bool:
+async def _read_terminal_yes() -> bool:
     """Ask at the bedside terminal; True when the operator typed yes."""
     loop = asyncio.get_running_loop()
     answer = await loop.run_in_executor(None, sys.stdin.readline)
     return answer.strip().lower() in {"y", "yes"}
+
+
+async def _attempt(
+    client: ControlClient, params: dict[str, Any], *, interactive: bool
+) -> dict[str, Any]:
+    """One `session.start` on the socket, through CONFIRM; the final reply."""
+    await client.send("session.start", **params)
+    while True:
+        message = await client.receive()
+        if message.get("event") == "awaiting_confirm":
+            print(
+                f"Start {message['cap_ul']} µL for subject {message['subject_id']} "
+                f"(max {message['max_duration_s']} s)?"
+            )
+            if message.get("reduced_dose"):
+                print(f"  {message['reduced_dose']}")
+            print(
+                f"Press CONFIRM on the nebuliser head within {message['timeout_s']} s"
+                + (", or type 'yes' and Enter here:" if interactive else ".")
+            )
+            if interactive:
+                confirmed = await _read_terminal_yes()
+                await client.send("confirm" if confirmed else "cancel")
+            continue
+        if message.get("final", True):
+            return message
 
 
 async def _start(args: argparse.Namespace) -> int:
@@ -116,24 +142,15 @@ async def _start(args: argparse.Namespace) -> int:
         }
     interactive = sys.stdin.isatty() and not args.button_only
     async with ControlClient(path=config.control_socket) as client:
-        await client.send("session.start", **params)
-        while True:
-            message = await client.receive()
-            if message.get("event") == "awaiting_confirm":
-                print(
-                    f"Start {message['cap_ul']} µL for subject {message['subject_id']} "
-                    f"(max {message['max_duration_s']} s)?"
-                )
-                print(
-                    f"Press CONFIRM on the nebuliser head within {message['timeout_s']} s"
-                    + (", or type 'yes' and Enter here:" if interactive else ".")
-                )
-                if interactive:
-                    confirmed = await _read_terminal_confirm()
-                    await client.send("confirm" if confirmed else "cancel")
-                continue
-            if message.get("final", True):
-                break
+        message = await _attempt(client, params, interactive=interactive)
+    offer = message.get("reduced_dose_offer")
+    if offer and interactive:
+        # A smaller dose is the nurse's decision: ask, and say yes only on "y"/"yes".
+        print(f"{offer['question']} [y/N] ", end="", flush=True)
+        if await _read_terminal_yes():
+            params["accept_reduced_ul"] = offer["allowed_ul"]
+            async with ControlClient(path=config.control_socket) as client:
+                message = await _attempt(client, params, interactive=interactive)
     if message.get("started"):
         print(
             f"session {message['session_id']} started ({message['cap_ul']} µL cap, "
@@ -143,6 +160,13 @@ async def _start(args: argparse.Namespace) -> int:
     print("not started:", file=sys.stderr)
     for reason in message.get("reasons", []) or [message.get("error", "unknown")]:
         print(f"  - {reason}", file=sys.stderr)
+    offer = message.get("reduced_dose_offer")
+    if offer:
+        print(
+            f"To give the smaller dose, run: nebuliser session start "
+            f"--volume-ul {offer['allowed_ul']}",
+            file=sys.stderr,
+        )
     return EXIT_REFUSED
 
 
@@ -190,7 +214,12 @@ def register(subparsers: Any) -> None:
     sub = session.add_subparsers(dest="session_command", metavar="ACTION", required=True)
     start = sub.add_parser("start", help="request a session; needs the bedside CONFIRM")
     add_service_options(start)
-    start.add_argument("--volume-ul", type=int, help="ask for less than the prescribed volume")
+    start.add_argument(
+        "--volume-ul",
+        type=int,
+        help="give this volume (µL) instead of the prescribed one; how a nurse asks "
+        "for a smaller dose when less remains (recorded)",
+    )
     start.add_argument(
         "--button-only",
         action="store_true",

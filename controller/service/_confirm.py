@@ -11,9 +11,30 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from controller.dosing import ConstraintCode, Decision, ReducedDoseOffer
+
 from ._supervisor import Supervisor
 
-__all__ = ["confirm_at_bedside"]
+__all__ = ["confirm_at_bedside", "reduced_dose_reason", "reduced_offer_json"]
+
+
+def reduced_offer_json(offer: ReducedDoseOffer) -> dict[str, Any]:
+    """The smaller dose a refusal offers, as the control socket sends it to the terminal."""
+    return {
+        "allowed_ul": offer.allowed_ul,
+        "wanted_ul": offer.wanted_ul,
+        "constraint": offer.limiting_code,
+        "because": offer.because,
+        "question": offer.question(),
+    }
+
+
+def reduced_dose_reason(decision: Decision) -> str | None:
+    """Why an allowed dose is below the prescribed one (shown while awaiting CONFIRM)."""
+    return next(
+        (c.reason for c in decision.constraints if c.code == ConstraintCode.REDUCED_DOSE),
+        None,
+    )
 
 
 async def confirm_at_bedside(

@@ -8,6 +8,7 @@ graceful SIGTERM (stop any running session, record it, then exit).
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -26,7 +27,7 @@ from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
 
 from ._commands import security_task
-from ._confirm import confirm_at_bedside
+from ._confirm import confirm_at_bedside, reduced_dose_reason, reduced_offer_json
 from ._context import ServiceContext
 from ._recorder import Recorder
 from ._supervisor import Supervisor
@@ -120,6 +121,9 @@ class _Handlers:
         requested = args.get("requested_ul")
         if requested is not None and (not isinstance(requested, int) or requested < 1):
             raise ControlError("requested_ul must be a whole number of µL ≥ 1")
+        accept = args.get("accept_reduced_ul")
+        if accept is not None and (not isinstance(accept, int) or accept < 1):
+            raise ControlError("accept_reduced_ul must be a whole number of µL ≥ 1")
         override = None
         if args.get("override_role"):
             override = Override(
@@ -127,13 +131,18 @@ class _Handlers:
                 reason=str(args.get("override_reason", "")),
                 constraint_codes=frozenset(str(c) for c in args.get("override_codes", [])),
             )
-        decision = await self._sup.admit(requested_ul=requested, override=override)
+        admit = functools.partial(
+            self._sup.admit, requested_ul=requested, override=override, accept_reduced_ul=accept
+        )
+        decision = await admit()
         refusals = self._sup.controller_refusals()
         if refusals or not decision.allowed:
+            offer = None if refusals else decision.reduced_dose_offer
             return {
                 "ok": False,
                 "started": False,
                 "reasons": refusals + list(decision.refusal_reasons),
+                "reduced_dose_offer": None if offer is None else reduced_offer_json(offer),
             }
         timeout_s = self._config.session.confirm_timeout_s
         await reply.progress(
@@ -143,6 +152,7 @@ class _Handlers:
                 "cap_ul": decision.session_cap_ul,
                 "max_duration_s": decision.max_duration_s,
                 "timeout_s": timeout_s,
+                "reduced_dose": reduced_dose_reason(decision),
             }
         )
         how = await self._await_confirm(reply, timeout_s)
@@ -152,7 +162,7 @@ class _Handlers:
                 "started": False,
                 "reasons": [f"not confirmed at the bedside within {timeout_s} s; nothing started"],
             }
-        decision = await self._sup.admit(requested_ul=requested, override=override)
+        decision = await admit()
         outcome = await self._sup.start(decision)
         return {
             "ok": outcome.started,

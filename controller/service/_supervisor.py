@@ -243,6 +243,7 @@ class Supervisor:
         *,
         requested_ul: int | None = None,
         override: Override | None = None,
+        accept_reduced_ul: int | None = None,
     ) -> Decision:
         """Ask the dose engine; record the decision. Controller conditions come first."""
         trusted, storage = await self.refresh_conditions()
@@ -253,6 +254,7 @@ class Supervisor:
             storage=StorageStatus(ok=storage.ok, reason=storage.reason),
             requested_ul=requested_ul,
             override=override,
+            accept_reduced_ul=accept_reduced_ul,  # issue 15: a reduced dose is explicit
         )
         decision = decide(self.prescription, history, request, trusted)
         self.runtime.admitted(decision, override, self._now())

@@ -96,6 +96,7 @@ def request(
     override: Override | None = None,
     storage_ok: bool = True,
     subject_id: str = SUBJECT,
+    accept_reduced_ul: int | None = None,
 ) -> DoseRequest:
     return DoseRequest(
         subject_id=subject_id,
@@ -103,4 +104,5 @@ def request(
         requested_ul=requested_ul,
         requested_output_pct=output_pct,
         override=override,
+        accept_reduced_ul=accept_reduced_ul,
     )

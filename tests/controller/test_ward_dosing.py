@@ -1,0 +1,191 @@
+"""Issue 15 on a ward: the real controller against the simulator on a real pty.
+
+A reduced dose is the nurse's decision: refused with what is left, then given after
+`--volume-ul N` or a "y" at the bedside terminal (the `nebuliser` command in a real
+subprocess on a real terminal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from controller.benchconfig import BenchPrescription, write_bench_config
+from controller.config import NebuliserConfig
+from controller.control import ControlClient
+from controller.ledger import LEDGER_FILE_NAME, EventKind, Ledger
+from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
+
+from .test_service_pty import FAST_UL_MIN, running_controller, start_confirmed, wait_status
+
+SESSION_UL = 200
+DAILY_UL = 300  # less than two sessions: the second one cannot be the full 200 µL
+
+
+@contextlib.asynccontextmanager
+async def small_daily_bed(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Path, NebuliserConfig, RunningSimulator]]:
+    model = DeviceModel(nominal_ul_min=FAST_UL_MIN, fill_ul=3000, serial="SIM-WARD")
+    async with run_pty_simulator(model) as sim:
+        path, config = write_bench_config(
+            tmp_path,
+            port=sim.device_path,
+            prescription=BenchPrescription(
+                subject_id="TEST-001",
+                session_ul=SESSION_UL,
+                min_interval_s=1,
+                rolling_24h_max_ul=DAILY_UL,
+            ),
+            device='device_id = "neb-ward"',
+            session="confirm_timeout_s = 10",
+        )
+        async with running_controller(config):
+            await wait_status(config, lambda s: s["link_up"] and s["device"], 5)
+            yield path, config, sim
+
+
+async def _first_dose(config: NebuliserConfig) -> int:
+    assert (await start_confirmed(config))["started"]
+    status = await wait_status(config, lambda s: s["last_session"] is not None, 15)
+    delivered: int = status["last_session"]["delivered_ul"]
+    assert 0 < delivered <= SESSION_UL
+    return delivered
+
+
+async def _start(config: NebuliserConfig, **params: Any) -> dict[str, Any]:
+    async with ControlClient(path=config.control_socket) as client:
+        await client.send("session.start", **params)
+        first = await client.receive()
+        if first.get("final"):
+            return first
+        assert first["event"] == "awaiting_confirm", first
+        await client.send("confirm")
+        reply = await client.receive()
+        reply["awaiting"] = first
+        return reply
+
+
+def _start_decisions(ledger: Ledger) -> list[dict[str, Any]]:
+    """The dose engine's decisions (the host's stop decisions are DECISION rows too)."""
+    events = ledger.events(kinds=[EventKind.DECISION])
+    return [dict(e.body) for e in events if "constraints" in e.body["trace"]]
+
+
+async def _read_until(fd: int, needle: bytes, seen: bytearray, timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while needle not in seen:
+        if loop.time() > deadline:
+            raise AssertionError(f"{needle!r} not shown; terminal so far: {bytes(seen)!r}")
+        try:
+            seen += os.read(fd, 4096)
+        except BlockingIOError:
+            await asyncio.sleep(0.02)
+        except OSError:  # EIO: the child closed the terminal
+            raise AssertionError(f"terminal closed before {needle!r}: {bytes(seen)!r}") from None
+
+
+async def test_less_left_is_refused_with_the_amount_then_given_with_volume_ul(
+    tmp_path: Path,
+) -> None:
+    async with small_daily_bed(tmp_path) as (_path, config, _sim):
+        delivered = await _first_dose(config)
+        left = DAILY_UL - delivered
+        refused = await _start(config)
+        assert not refused["started"]
+        assert refused["reasons"] == [
+            f"reduced_dose: only {left} µL of the {SESSION_UL} µL wanted remain because "
+            f"rolling_24h_ul: {delivered} µL in the last 24h of {DAILY_UL} µL leaves "
+            f"allowance ({left} µL); a smaller dose must be accepted explicitly"
+        ]
+        offer = refused["reduced_dose_offer"]
+        assert (offer["allowed_ul"], offer["wanted_ul"], offer["constraint"]) == (
+            left,
+            SESSION_UL,
+            "rolling_24h_ul",
+        )
+        started = await _start(config, requested_ul=left)
+        assert started["started"], started
+        assert started["cap_ul"] == left
+        assert "asked for, below the prescribed" in started["awaiting"]["reduced_dose"]
+        status = await wait_status(
+            config, lambda s: (s["last_session"] or {}).get("session_id") == 2, 15
+        )
+        assert status["last_session"]["delivered_ul"] <= left
+    with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+        decisions = _start_decisions(ledger)
+    refusal = next(d for d in decisions if not d["allowed"])
+    assert refusal["trace"]["refusal_codes"] == ["reduced_dose"], refusal
+
+
+async def test_nurse_answers_yes_at_the_bedside_terminal(tmp_path: Path) -> None:
+    async with small_daily_bed(tmp_path) as (path, config, _sim):
+        delivered = await _first_dose(config)
+        left = DAILY_UL - delivered
+        primary, secondary = os.openpty()
+        os.set_blocking(primary, False)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller.cli", "session", "start", "--config", str(path),
+            stdin=secondary, stdout=secondary, stderr=secondary,
+        )  # fmt: skip
+        os.close(secondary)
+        seen = bytearray()
+        try:
+            question = f"only {left} µL of {SESSION_UL} µL remain because rolling_24h_ul".encode()
+            await _read_until(primary, question, seen, 20)
+            await _read_until(primary, f"give {left} µL? [y/N]".encode(), seen, 5)
+            os.write(primary, b"y\n")
+            await _read_until(primary, b"type 'yes' and Enter here:", seen, 20)
+            assert f"Start {left} µL".encode() in seen
+            os.write(primary, b"yes\n")
+            assert await asyncio.wait_for(process.wait(), 20) == 0
+            with contextlib.suppress(AssertionError):
+                await _read_until(primary, b"confirmed by bedside terminal", seen, 2)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            os.close(primary)
+        assert f"({left} µL cap, confirmed by bedside terminal)".encode() in seen, bytes(seen)
+        status = await wait_status(
+            config, lambda s: (s["last_session"] or {}).get("session_id") == 2, 15
+        )
+        assert status["last_session"]["delivered_ul"] <= left
+    with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+        decisions = _start_decisions(ledger)
+    accepted = [d for d in decisions if d["allowed"]][-1]
+    (entry,) = [c for c in accepted["trace"]["constraints"] if c["code"] == "reduced_dose"]
+    assert entry["passed"]
+    assert entry["reason"].startswith(f"reduced_dose: {left} µL accepted explicitly: only")
+    assert entry["limited_by"] == "rolling_24h_ul"
+
+
+async def test_declining_the_smaller_dose_starts_nothing(tmp_path: Path) -> None:
+    async with small_daily_bed(tmp_path) as (path, config, _sim):
+        await _first_dose(config)
+        primary, secondary = os.openpty()
+        os.set_blocking(primary, False)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller.cli", "session", "start", "--config", str(path),
+            stdin=secondary, stdout=secondary, stderr=secondary,
+        )  # fmt: skip
+        os.close(secondary)
+        seen = bytearray()
+        try:
+            await _read_until(primary, b"[y/N]", seen, 20)
+            os.write(primary, b"\n")  # Enter alone is no
+            assert await asyncio.wait_for(process.wait(), 20) == 1
+            await _read_until(primary, b"--volume-ul", seen, 5)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            os.close(primary)
+        status = await wait_status(config, lambda s: s["state"] == "idle", 5)
+        assert status["last_session"]["session_id"] == 1
