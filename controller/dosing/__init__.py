@@ -11,6 +11,7 @@ from controller.dosing._ceilings import (
     ROLLING_WINDOW_S,
 )
 from controller.dosing._decide import decide, format_duration
+from controller.dosing._end import COMPLETED_REASONS, EndClass, EndClassification, classify_end
 from controller.dosing._prescription import (
     DELIVERY_APNOEA_S,
     DELIVERY_GATE_PCT,
@@ -48,6 +49,7 @@ __all__ = [
     "CEILING_OUTPUT_PCT_MAX",
     "CEILING_OUTPUT_PCT_MIN",
     "CEILING_SESSION_UL",
+    "COMPLETED_REASONS",
     "DELIVERY_APNOEA_S",
     "DELIVERY_GATE_PCT",
     "DELIVERY_LEAD_BREATHS",
@@ -65,6 +67,8 @@ __all__ = [
     "DeliveryMode",
     "DoseRequest",
     "DrugUnit",
+    "EndClass",
+    "EndClassification",
     "Instant",
     "Lot",
     "Override",
@@ -75,6 +79,7 @@ __all__ = [
     "SessionStatus",
     "StorageStatus",
     "TrustedTime",
+    "classify_end",
     "decide",
     "elapsed_s",
     "format_duration",

@@ -47,6 +47,7 @@ def make_prescription(
     unit: str = "vesicles",
     blinded: bool = False,
     timezone: str = "UTC",
+    delivery: dict[str, Any] | None = None,
     **limits: Any,
 ) -> Prescription:
     """A prescription with only the given limits (validated like a config file)."""
@@ -64,6 +65,7 @@ def make_prescription(
             },
             "arm": {"arm_id": "arm-high", "cohort": "cohort-16e8", "blinded": blinded},
             "limits": limits,
+            **({} if delivery is None else {"delivery": delivery}),
         }
     )
 
