@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from typing import Any
@@ -57,6 +58,12 @@ def _print_status(reply: dict[str, Any]) -> None:
             f"{entry['planned_cap_ul']} µL counted; "
             + (f"accepted by {who}" if who else "NOT YET ACKNOWLEDGED")
         )
+    for pending in reply.get("pending_starts", []):
+        print(
+            f"pending:  start of {pending['cap_ul']} µL asked for by {pending['requested_by']} "
+            f"({pending['channel']}, {pending['requested_utc']}), awaiting CONFIRM for "
+            f"{pending['confirm_within_s']} s more; `nebuliser session stop` cancels it"
+        )
     if reply.get("state") == "idle" and reply.get("start_refusals"):
         print("a start would be refused:")
         for reason in reply["start_refusals"]:
@@ -92,6 +99,8 @@ def _stop(args: argparse.Namespace) -> int:
     reply = _run(args, "session.stop", by=args.by)
     if reply is None:
         return EXIT_NO_SERVICE
+    if reply.get("cancelled_starts"):
+        print(f"cancelled {reply['cancelled_starts']} start(s) waiting for CONFIRM")
     print("STOP sent" + ("" if reply.get("stopped") else " (no session of ours was running)"))
     return 0
 
@@ -131,7 +140,7 @@ async def _attempt(
 
 async def _start(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {"by": args.by or f"OS user {getpass.getuser()}"}
     if args.volume_ul is not None:
         params["requested_ul"] = args.volume_ul
     if args.override_role:
@@ -219,6 +228,9 @@ def register(subparsers: Any) -> None:
         type=int,
         help="give this volume (µL) instead of the prescribed one; how a nurse asks "
         "for a smaller dose when less remains (recorded)",
+    )
+    start.add_argument(
+        "--by", help="who asks for the start (shown by `session status`; default: OS user)"
     )
     start.add_argument(
         "--button-only",

@@ -18,6 +18,10 @@ from ._supervisor import Supervisor
 __all__ = ["confirm_at_bedside", "reduced_dose_reason", "reduced_offer_json"]
 
 
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
+
+
 def reduced_offer_json(offer: ReducedDoseOffer) -> dict[str, Any]:
     """The smaller dose a refusal offers, as the control socket sends it to the terminal."""
     return {
@@ -42,11 +46,13 @@ async def confirm_at_bedside(
     *,
     timeout_s: float,
     terminal: Callable[[], Coroutine[Any, Any, str | None]] | None = None,
+    cancelled: asyncio.Event | None = None,
 ) -> str | None:
     """Wait for the CONFIRM button (or `terminal()`, if given) within `timeout_s`.
 
     Returns how it was confirmed ("CONFIRM button" or what `terminal` returned), or
-    None when the window expired or the terminal declined.
+    None when the window expired, the terminal declined or `cancelled` was set
+    (`session stop` while the start waits).
     """
     supervisor.arm_confirm()
 
@@ -59,6 +65,8 @@ async def confirm_at_bedside(
             tasks: list[asyncio.Task[str | None]] = [group.create_task(button())]
             if terminal is not None:
                 tasks.append(group.create_task(terminal()))
+            if cancelled is not None:
+                tasks.append(group.create_task(_until(cancelled)))
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
                 task.cancel()

@@ -29,6 +29,7 @@ from drivers.mn1 import PortInUseError, SerialLink
 from ._commands import security_task
 from ._confirm import confirm_at_bedside, reduced_dose_reason, reduced_offer_json
 from ._context import ServiceContext
+from ._pending_starts import PendingStarts
 from ._recorder import Recorder
 from ._supervisor import Supervisor
 from ._systemd import systemd_notify_task
@@ -67,9 +68,16 @@ def _open_ledger(config: NebuliserConfig) -> Ledger:
 class _Handlers:
     """Control-socket operations, each a thin layer over the supervisor."""
 
-    def __init__(self, *, supervisor: Supervisor, config: NebuliserConfig) -> None:
+    def __init__(
+        self,
+        *,
+        supervisor: Supervisor,
+        config: NebuliserConfig,
+        pending: PendingStarts | None = None,
+    ) -> None:
         self._sup = supervisor
         self._config = config
+        self._pending = pending if pending is not None else PendingStarts()
 
     def table(self) -> dict[str, Any]:
         return {
@@ -89,12 +97,19 @@ class _Handlers:
         return {"ok": cleared, "cleared": cleared, "reason": reason}
 
     async def status(self, _request: ControlRequest, _reply: Reply) -> dict[str, Any]:
-        return {"ok": True, **self._sup.snapshot()}
+        return {"ok": True, **self._sup.snapshot(), "pending_starts": self._pending.views()}
 
     async def stop(self, request: ControlRequest, _reply: Reply) -> dict[str, Any]:
         by = str(request.args.get("by", "local operator"))
+        # A start still waiting for CONFIRM is cancelled too (nothing was sent for it).
+        cancelled = self._pending.cancel_all(by)
         stopped = self._sup.stop_now(f"operator_stop:{by}")
-        return {"ok": True, "stopped": stopped, "state": self._sup.runtime.state.value}
+        return {
+            "ok": True,
+            "stopped": stopped,
+            "cancelled_starts": cancelled,
+            "state": self._sup.runtime.state.value,
+        }
 
     async def alarm_list(self, _request: ControlRequest, _reply: Reply) -> dict[str, Any]:
         return {"ok": True, "alarms": self._sup.snapshot()["alarms"]}
@@ -145,6 +160,8 @@ class _Handlers:
                 "reduced_dose_offer": None if offer is None else reduced_offer_json(offer),
             }
         timeout_s = self._config.session.confirm_timeout_s
+        requested_by = str(args.get("by") or "").strip() or "local control socket"
+        cancelled = asyncio.Event()
         await reply.progress(
             {
                 "event": "awaiting_confirm",
@@ -155,7 +172,23 @@ class _Handlers:
                 "reduced_dose": reduced_dose_reason(decision),
             }
         )
-        how = await self._await_confirm(reply, timeout_s)
+        with self._pending.waiting(
+            requested_by=requested_by,
+            channel="control socket",
+            cap_ul=decision.session_cap_ul,
+            timeout_s=timeout_s,
+            cancel=lambda _by: cancelled.set(),
+        ) as waiting:
+            how = await self._await_confirm(reply, timeout_s, cancelled)
+        if waiting.cancelled_by is not None:
+            return {
+                "ok": False,
+                "started": False,
+                "reasons": [
+                    f"start cancelled by {waiting.cancelled_by} (session stop) before the "
+                    "bedside CONFIRM; nothing started"
+                ],
+            }
         if how is None:
             return {
                 "ok": False,
@@ -173,7 +206,9 @@ class _Handlers:
             "reasons": list(outcome.reasons),
         }
 
-    async def _await_confirm(self, reply: Reply, timeout_s: float) -> str | None:
+    async def _await_confirm(
+        self, reply: Reply, timeout_s: float, cancelled: asyncio.Event
+    ) -> str | None:
         """The head's CONFIRM button, or `{"op": "confirm"}` from the bedside terminal."""
 
         async def terminal() -> str | None:
@@ -184,7 +219,9 @@ class _Handlers:
                 if line.op == "confirm":
                     return "bedside terminal"
 
-        return await confirm_at_bedside(self._sup, timeout_s=timeout_s, terminal=terminal)
+        return await confirm_at_bedside(
+            self._sup, timeout_s=timeout_s, terminal=terminal, cancelled=cancelled
+        )
 
 
 async def _pump_events(link: SerialLink, supervisor: Supervisor) -> None:
@@ -289,7 +326,7 @@ async def _serve(ctx: ServiceContext) -> bool:
     """Serve until asked to stop; False when a session was left unconfirmed."""
     config, link, supervisor = ctx.config, ctx.link, ctx.supervisor
     clean = True
-    handlers = _Handlers(supervisor=supervisor, config=config)
+    handlers = _Handlers(supervisor=supervisor, config=config, pending=ctx.pending_starts)
     server = ControlServer(
         path=config.control_socket, handlers=handlers.table(), mode=config.control.socket_mode
     )

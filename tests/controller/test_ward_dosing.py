@@ -189,3 +189,45 @@ async def test_declining_the_smaller_dose_starts_nothing(tmp_path: Path) -> None
             os.close(primary)
         status = await wait_status(config, lambda s: s["state"] == "idle", 5)
         assert status["last_session"]["session_id"] == 1
+
+
+async def _cli(path: Path, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "controller.cli", *args, "--config", str(path),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def test_status_shows_a_pending_start_and_stop_cancels_it(tmp_path: Path) -> None:
+    async with small_daily_bed(tmp_path) as (path, config, sim):
+        async with ControlClient(path=config.control_socket) as asking:
+            await asking.send("session.start", by="nurse A")
+            waiting = await asking.receive()
+            assert waiting["event"] == "awaiting_confirm"
+            status = await wait_status(config, lambda s: bool(s["pending_starts"]), 5)
+            (pending,) = status["pending_starts"]
+            assert (pending["requested_by"], pending["channel"], pending["cap_ul"]) == (
+                "nurse A",
+                "control socket",
+                SESSION_UL,
+            )
+            code, shown = await _cli(path, "session", "status")
+            assert code == 0
+            assert "pending:  start of 200 µL asked for by nurse A (control socket" in shown
+            code, stopped = await _cli(path, "session", "stop", "--by", "nurse B")
+            assert code == 0
+            assert "cancelled 1 start(s) waiting for CONFIRM" in stopped
+            final = await asking.receive()
+        assert final["final"]
+        assert not final["started"]
+        assert final["reasons"] == [
+            "start cancelled by nurse B (session stop) before the bedside CONFIRM; nothing started"
+        ]
+        status = await wait_status(config, lambda s: not s["pending_starts"], 5)
+        assert status["state"] == "idle"
+        assert status["last_session"] is None
+        assert not sim.model.truth().nebulising
