@@ -7,6 +7,8 @@ import asyncio
 import getpass
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from controller.control import ControlClient, ControlUnavailableError
@@ -149,6 +151,12 @@ async def _start(args: argparse.Namespace) -> int:
             "override_reason": args.override_reason,
             "override_codes": args.override,
         }
+    if args.override_credential is not None:
+        try:
+            params["override_credential"] = args.override_credential.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"nebuliser: cannot read the override credential: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
     interactive = sys.stdin.isatty() and not args.button_only
     async with ControlClient(path=config.control_socket) as client:
         message = await _attempt(client, params, interactive=interactive)
@@ -185,6 +193,38 @@ def _start_sync(args: argparse.Namespace) -> int:
     except ControlUnavailableError as exc:
         print(f"nebuliser: {exc}", file=sys.stderr)
         return EXIT_NO_SERVICE
+
+
+def _sign_override(args: argparse.Namespace) -> int:
+    # Imported here: cryptography is not needed by the other session commands.
+    from controller.security import (  # noqa: PLC0415
+        KeyFileError,
+        load_private_key,
+        sign_override,
+    )
+
+    try:
+        key = load_private_key(args.key)
+        credential = sign_override(
+            key=key,
+            sender_id=args.sender,
+            device_id=args.device,
+            subject_id=args.subject,
+            role=args.role,
+            reason=args.reason,
+            constraint_codes=list(args.override),
+            issued_at_ms=int(time.time() * 1000),
+            validity_s=args.valid_s,
+        )
+    except (KeyFileError, ValueError) as exc:
+        print(f"nebuliser: override not signed: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    args.output.write_bytes(credential)
+    print(
+        f"override for subject {args.subject} ({', '.join(args.override)}) written to "
+        f"{args.output}; valid {args.valid_s} s, for one start"
+    )
+    return 0
 
 
 def _alarm_list(args: argparse.Namespace) -> int:
@@ -237,7 +277,16 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not ask at this terminal; wait for the head's CONFIRM button",
     )
-    start.add_argument("--override-role", help="role overriding soft limits (recorded)")
+    start.add_argument(
+        "--override-credential",
+        type=Path,
+        metavar="FILE",
+        help="an investigator's signed override (from `session sign-override`); "
+        "without it no override is accepted",
+    )
+    start.add_argument(
+        "--override-role", help="role overriding soft limits; needs --override-credential"
+    )
     start.add_argument("--override-reason", default="", help="why (recorded)")
     start.add_argument(
         "--override",
@@ -247,6 +296,22 @@ def register(subparsers: Any) -> None:
         help="soft constraint code to override (repeatable)",
     )
     start.set_defaults(handler=_start_sync)
+    sign = sub.add_parser(
+        "sign-override",
+        help="(investigator) sign a soft-limit override for one start, valid 60 s",
+    )
+    sign.add_argument("--key", type=Path, required=True, help="your Ed25519 private key (PEM)")
+    sign.add_argument("--sender", required=True, help="your sender id in [security] senders")
+    sign.add_argument("--device", required=True, help="the controller's [device] device_id")
+    sign.add_argument("--subject", required=True, help="the subject the start is for")
+    sign.add_argument("--role", default="investigator", help="the prescription's override role")
+    sign.add_argument("--reason", required=True, help="why (recorded with your name)")
+    sign.add_argument(
+        "--override", action="append", required=True, metavar="CODE", help="soft code to lift"
+    )
+    sign.add_argument("--valid-s", type=int, default=60, help="validity, at most 60 s")
+    sign.add_argument("-o", "--output", type=Path, required=True, help="credential file")
+    sign.set_defaults(handler=_sign_override)
     stop = sub.add_parser("stop", help="stop the running session now")
     add_service_options(stop)
     stop.add_argument("--by", default="local operator", help="who stops (recorded)")

@@ -145,11 +145,18 @@ class SessionRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Override:
-    """A request to override soft limits: who (role), why, and which constraint codes."""
+    """A request to override soft limits: who (role), why, and which constraint codes.
+
+    `signed_by` names the person whose key signed the override credential, and
+    `credential_id` that credential (`controller.security.verify_override`); both are
+    recorded in the ledger with the override.
+    """
 
     role: str
     reason: str
     constraint_codes: frozenset[str]
+    signed_by: str | None = None
+    credential_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -269,6 +269,13 @@ class CommandIntake:
                 return None
             case CommandName.PRESCRIPTION_UPDATE:
                 return await self._store_prescription(accepted)
+            case CommandName.SESSION_OVERRIDE:  # issue 15: a credential for the bedside
+                return _Result(
+                    status="refused",
+                    reason_code="override_at_bedside_only",
+                    reason="a signed override is handed to `nebuliser session start "
+                    "--override-credential FILE` at the bedside, not sent over MQTT",
+                )
 
     def _ack(self, accepted: Accepted) -> _Result:
         body = accepted.body

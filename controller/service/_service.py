@@ -21,7 +21,6 @@ from controller.config import (
     load_service_prescription,
 )
 from controller.control import ControlError, ControlRequest, ControlServer, Reply
-from controller.dosing import Override
 from controller.ledger import LEDGER_FILE_NAME, Ledger, LedgerError
 from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
@@ -29,6 +28,7 @@ from drivers.mn1 import PortInUseError, SerialLink
 from ._commands import security_task
 from ._confirm import confirm_at_bedside, reduced_dose_reason, reduced_offer_json
 from ._context import ServiceContext
+from ._override_check import OverrideRefusedError, override_from_request
 from ._pending_starts import PendingStarts
 from ._recorder import Recorder
 from ._supervisor import Supervisor
@@ -73,10 +73,12 @@ class _Handlers:
         *,
         supervisor: Supervisor,
         config: NebuliserConfig,
+        clock: Clock,
         pending: PendingStarts | None = None,
     ) -> None:
         self._sup = supervisor
         self._config = config
+        self._clock = clock
         self._pending = pending if pending is not None else PendingStarts()
 
     def table(self) -> dict[str, Any]:
@@ -139,13 +141,10 @@ class _Handlers:
         accept = args.get("accept_reduced_ul")
         if accept is not None and (not isinstance(accept, int) or accept < 1):
             raise ControlError("accept_reduced_ul must be a whole number of µL ≥ 1")
-        override = None
-        if args.get("override_role"):
-            override = Override(
-                role=str(args["override_role"]),
-                reason=str(args.get("override_reason", "")),
-                constraint_codes=frozenset(str(c) for c in args.get("override_codes", [])),
-            )
+        try:
+            override = await override_from_request(args, config=self._config, clock=self._clock)
+        except OverrideRefusedError as exc:
+            return {"ok": False, "started": False, "reasons": [str(exc)]}
         admit = functools.partial(
             self._sup.admit, requested_ul=requested, override=override, accept_reduced_ul=accept
         )
@@ -326,7 +325,9 @@ async def _serve(ctx: ServiceContext) -> bool:
     """Serve until asked to stop; False when a session was left unconfirmed."""
     config, link, supervisor = ctx.config, ctx.link, ctx.supervisor
     clean = True
-    handlers = _Handlers(supervisor=supervisor, config=config, pending=ctx.pending_starts)
+    handlers = _Handlers(
+        supervisor=supervisor, config=config, clock=ctx.clock, pending=ctx.pending_starts
+    )
     server = ControlServer(
         path=config.control_socket, handlers=handlers.table(), mode=config.control.socket_mode
     )

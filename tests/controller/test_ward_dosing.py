@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from controller.benchconfig import BenchPrescription, write_bench_config
-from controller.config import NebuliserConfig
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controller.benchconfig import BenchPrescription, bench_config_text, write_bench_config
+from controller.config import NebuliserConfig, load_config
 from controller.control import ControlClient
 from controller.ledger import LEDGER_FILE_NAME, EventKind, Ledger
+from controller.security import public_key_to_text, sign_override
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
 from .test_service_pty import FAST_UL_MIN, running_controller, start_confirmed, wait_status
@@ -231,3 +236,87 @@ async def test_status_shows_a_pending_start_and_stop_cancels_it(tmp_path: Path) 
         assert status["state"] == "idle"
         assert status["last_session"] is None
         assert not sim.model.truth().nebulising
+
+
+INVESTIGATOR_KEY = Ed25519PrivateKey.generate()
+
+
+@contextlib.asynccontextmanager
+async def override_bed(tmp_path: Path) -> AsyncIterator[tuple[Path, NebuliserConfig]]:
+    """A bed whose interval (1 h) is soft for investigators; Dr Jane Smith holds a key."""
+    model = DeviceModel(nominal_ul_min=FAST_UL_MIN, fill_ul=3000, serial="SIM-OVR")
+    async with run_pty_simulator(model) as sim:
+        security = (
+            "[security]\nrequire_signed_prescriptions = false\n"
+            "[[security.senders]]\n"
+            'id = "dr-smith"\n'
+            f'public_key = "{public_key_to_text(INVESTIGATOR_KEY.public_key())}"\n'
+            'role = "investigator"\n'
+            'name = "Dr Jane Smith"\n'
+        )
+        text = bench_config_text(
+            port=sim.device_path,
+            data_dir=tmp_path / "data",
+            prescription=BenchPrescription(
+                subject_id="TEST-001", session_ul=SESSION_UL, min_interval_s=3600
+            ),
+            device='device_id = "neb-ovr"',
+            security=security,
+        )
+        # The prescription's limits table is last: the soft interval goes there.
+        text += 'soft_limits = ["interval"]\noverride_roles = ["investigator"]\n'
+        path = tmp_path / "controller.toml"
+        path.write_text(text, encoding="utf-8")
+        config = load_config(path)
+        async with running_controller(config):
+            await wait_status(config, lambda s: s["link_up"] and s["device"], 5)
+            yield path, config
+
+
+def _credential(*, key: Ed25519PrivateKey = INVESTIGATOR_KEY) -> str:
+    return sign_override(
+        key=key,
+        sender_id="dr-smith",
+        device_id="neb-ovr",
+        subject_id="TEST-001",
+        role="investigator",
+        reason="protocol deviation 7 approved",
+        constraint_codes=["interval"],
+        issued_at_ms=int(time.time() * 1000),
+    ).decode()
+
+
+async def test_an_override_needs_a_valid_credential_and_names_the_person(
+    tmp_path: Path,
+) -> None:
+    async with override_bed(tmp_path) as (path, config):
+        await _first_dose(config)
+        plain = await _start(config)
+        assert any(r.startswith("interval:") for r in plain["reasons"]), plain
+        # A role typed at the terminal lifts nothing.
+        code, shown = await _cli(
+            path, "session", "start", "--button-only", "--override-role", "investigator",
+            "--override-reason", "trust me", "--override", "interval",
+        )  # fmt: skip
+        assert code == 1
+        assert "override by role 'investigator' refused: an override needs an investigator's" in (
+            shown
+        )
+        forged = await _start(
+            config, override_credential=_credential(key=Ed25519PrivateKey.generate())
+        )
+        assert not forged["started"]
+        assert forged["reasons"][0].startswith("override credential refused (bad_signature)")
+        credential = _credential()
+        started = await _start(config, override_credential=credential)
+        assert started["started"], started
+        await wait_status(config, lambda s: (s["last_session"] or {}).get("session_id") == 2, 15)
+        replayed = await _start(config, override_credential=credential)
+        assert not replayed["started"]
+        assert "replayed_counter" in replayed["reasons"][0] or "duplicate" in replayed["reasons"][0]
+    with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+        overrides = [e.body for e in ledger.events(kinds=[EventKind.OVERRIDE])]
+    # Recorded with each admission of the one start (before and after CONFIRM).
+    assert {o["credential_id"] for o in overrides} == {json.loads(credential)["command_id"]}
+    assert {o["signed_by"] for o in overrides} == {"Dr Jane Smith (key dr-smith)"}
+    assert all(o["constraint_codes"] == ["interval"] for o in overrides)
