@@ -95,6 +95,7 @@ def _notes(session: CourseSession, context: ReportContext) -> list[dict[str, Any
     notes += [
         f"override by {o.get('role')}: {o.get('reason')} "
         f"({', '.join(str(c) for c in o.get('constraint_codes', []))})"
+        + (f", signed by {o['signed_by']}" if o.get("signed_by") else "")
         for o in session.overrides
     ]
     return [{"text": text} for text in notes]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -56,6 +56,18 @@ def _iso(moment: datetime | None) -> str:
     return "" if moment is None else moment.isoformat()
 
 
+def _distinct(overrides: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One entry per override (a signed one is recorded at each admission of its start)."""
+    seen: set[str] = set()
+    kept = []
+    for override in overrides:
+        key = str(override.get("credential_id") or id(override))
+        if key not in seen:
+            seen.add(key)
+            kept.append(override)
+    return kept
+
+
 def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> list[SessionRow]:
     """Report rows for `sessions`, in order."""
     rows = []
@@ -88,7 +100,8 @@ def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> l
                 overrides=";".join(
                     f"{o.get('role')}: {o.get('reason')} "
                     f"({','.join(str(c) for c in o.get('constraint_codes', []))})"
-                    for o in cs.overrides
+                    + (f" signed by {o['signed_by']}" if o.get("signed_by") else "")
+                    for o in _distinct(cs.overrides)
                 ),
                 uncertain=cs.uncertain,
                 reconciled=cs.reconciled,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import os
 import sys
@@ -20,6 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.benchconfig import BenchPrescription, bench_config_text, write_bench_config
+from controller.cli import main
 from controller.config import NebuliserConfig, load_config
 from controller.control import ControlClient
 from controller.ledger import LEDGER_FILE_NAME, EventKind, Ledger
@@ -320,3 +323,11 @@ async def test_an_override_needs_a_valid_credential_and_names_the_person(
     assert {o["credential_id"] for o in overrides} == {json.loads(credential)["command_id"]}
     assert {o["signed_by"] for o in overrides} == {"Dr Jane Smith (key dr-smith)"}
     assert all(o["constraint_codes"] == ["interval"] for o in overrides)
+    report = tmp_path / "sessions.csv"
+    args = ["report", "sessions", "--format", "csv", "--config", str(path), "-o", str(report)]
+    assert main(args) == 0
+    rows = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"))))
+    assert rows[1]["overrides"] == (
+        "investigator: protocol deviation 7 approved (interval) "
+        "signed by Dr Jane Smith (key dr-smith)"
+    )
