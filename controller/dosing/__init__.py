@@ -11,7 +11,14 @@ from controller.dosing._ceilings import (
     ROLLING_WINDOW_S,
 )
 from controller.dosing._decide import decide, format_duration
-from controller.dosing._end import COMPLETED_REASONS, EndClass, EndClassification, classify_end
+from controller.dosing._end import (
+    COMPLETED_REASONS,
+    HOST_REASON_RESERVOIR_EMPTY,
+    EndClass,
+    EndClassification,
+    classify_end,
+    dry_end_expected,
+)
 from controller.dosing._prescription import (
     DELIVERY_APNOEA_S,
     DELIVERY_GATE_PCT,
@@ -53,6 +60,7 @@ __all__ = [
     "DELIVERY_APNOEA_S",
     "DELIVERY_GATE_PCT",
     "DELIVERY_LEAD_BREATHS",
+    "HOST_REASON_RESERVOIR_EMPTY",
     "ICD_MAX_TARGET_UL",
     "OVERRIDABLE_CODES",
     "PLAUSIBLE_CONCENTRATION_PER_ML",
@@ -81,6 +89,7 @@ __all__ = [
     "TrustedTime",
     "classify_end",
     "decide",
+    "dry_end_expected",
     "elapsed_s",
     "format_duration",
     "load_prescription",

@@ -12,12 +12,22 @@ from typing import Final
 
 from controller.dosing._prescription import Delivery
 
-__all__ = ["COMPLETED_REASONS", "EndClass", "EndClassification", "classify_end"]
+__all__ = [
+    "COMPLETED_REASONS",
+    "HOST_REASON_RESERVOIR_EMPTY",
+    "EndClass",
+    "EndClassification",
+    "classify_end",
+    "dry_end_expected",
+]
 
 COMPLETED_REASONS: Final = frozenset({"cap_reached", "cap_predicted", "TARGET_REACHED"})
 """End reasons that mean "the planned volume was given" (host cap stops, device target)."""
 
 _DRY: Final = "RESERVOIR_EMPTY"
+HOST_REASON_RESERVOIR_EMPTY: Final = "reservoir_empty"
+"""The host's stop reason when its STOP answers the RESERVOIR_EMPTY fault bit alone
+(so that a dry cup is still recognised when the host's STOP overtook the head's own)."""
 
 
 class EndClass(enum.StrEnum):
@@ -62,7 +72,8 @@ def classify_end(
     if reasons & COMPLETED_REASONS:
         why = " / ".join(sorted(reasons & COMPLETED_REASONS))
         return EndClassification(end=EndClass.COMPLETED, reason=f"planned volume reached ({why})")
-    if device_reason == _DRY and delivery.fill_ul is not None:
+    dry = device_reason == _DRY or host_reason == HOST_REASON_RESERVOIR_EMPTY
+    if dry and delivery.fill_ul is not None:
         residual = delivery.residual_ul if residual_ul is None else residual_ul
         expected_ul = delivery.fill_ul - (residual or 0)
         floor_ul = expected_ul - delivery.dryness_tolerance_ul
@@ -85,3 +96,14 @@ def classify_end(
     return EndClassification(
         end=EndClass.EARLY_END, reason=f"ended before the planned volume: {why}"
     )
+
+
+def dry_end_expected(
+    delivery: Delivery, *, delivered_ul: int, residual_ul: int | None = None
+) -> bool:
+    """True when a dry cup now would be the planned end (no alarm): a to-dryness
+    prescription at or above `fill - residual - tolerance` µL delivered."""
+    end = classify_end(
+        delivery, delivered_ul=delivered_ul, device_reason=_DRY, residual_ul=residual_ul
+    )
+    return end.end is EndClass.COMPLETED_TO_DRYNESS

@@ -16,7 +16,13 @@ from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from controller.dosing import COMPLETED_REASONS, Delivery, EndClass, classify_end
+from controller.dosing import (
+    COMPLETED_REASONS,
+    HOST_REASON_RESERVOIR_EMPTY,
+    Delivery,
+    EndClass,
+    classify_end,
+)
 
 from ._course import CourseSession
 
@@ -88,10 +94,12 @@ class Outcome:
 def _stop_reason(session: CourseSession) -> str:
     """The short reason of an early end: the head's own reason unless the host stopped it."""
     s = session.summary
-    if s.host_reason == "device_fault":
-        return "FAULT"  # the host's STOP on a fault bit: the head had the fault
     if s.device_reason and s.device_reason not in ("HOST_STOP", "UNKNOWN"):
         return s.device_reason
+    if s.host_reason == "device_fault":
+        return "FAULT"  # the host's STOP on a fault bit overtook the head's own stop
+    if s.host_reason == HOST_REASON_RESERVOIR_EMPTY:
+        return "RESERVOIR_EMPTY"
     return s.host_reason or s.end_reason or "reason not recorded"
 
 

@@ -331,3 +331,30 @@ async def test_an_override_needs_a_valid_credential_and_names_the_person(
         "investigator: protocol deviation 7 approved (interval) "
         "signed by Dr Jane Smith (key dr-smith)"
     )
+
+
+async def test_a_run_to_dryness_is_reported_complete(tmp_path: Path) -> None:
+    """The pilot's form at bench scale: 300 µL in the cup, the mesh leaves 100 µL."""
+    model = DeviceModel(nominal_ul_min=FAST_UL_MIN, fill_ul=300, residual_ul=100)
+    async with run_pty_simulator(model) as sim:
+        text = bench_config_text(
+            port=sim.device_path,
+            data_dir=tmp_path / "data",
+            prescription=BenchPrescription(subject_id="TEST-001", session_ul=300),
+            device='device_id = "neb-dry"',
+        )
+        text += "[prescription.delivery]\nfill_ul = 300\nresidual_ul = 100\n"
+        path = tmp_path / "controller.toml"
+        path.write_text(text, encoding="utf-8")
+        config = load_config(path)
+        async with running_controller(config):
+            await wait_status(config, lambda s: s["link_up"] and s["device"], 5)
+            assert (await start_confirmed(config))["started"]
+            status = await wait_status(config, lambda s: s["last_session"] is not None, 15)
+    assert status["last_session"]["device_reason"] == "RESERVOIR_EMPTY"
+    assert 150 <= status["last_session"]["delivered_ul"] <= 200
+    report = tmp_path / "sessions.csv"
+    args = ["report", "sessions", "--format", "csv", "--config", str(path), "-o", str(report)]
+    assert main(args) == 0
+    (row,) = csv.DictReader(io.StringIO(report.read_text(encoding="utf-8")))
+    assert row["status"] == "completed to dryness"

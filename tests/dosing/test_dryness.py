@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.dosing import Delivery, EndClass, classify_end
+from controller.dosing import (
+    HOST_REASON_RESERVOIR_EMPTY,
+    Delivery,
+    EndClass,
+    classify_end,
+    dry_end_expected,
+)
 from tests.dosing._factories import make_prescription
 
 
@@ -83,3 +89,22 @@ def test_the_heads_own_residual_overrides_the_prescriptions() -> None:
     assert end.end is EndClass.COMPLETED_TO_DRYNESS
     assert end.expected_ul == 2700
     assert "2700 µL of the 2700 µL expected from a 3000 µL fill" in end.reason
+
+
+def test_a_host_stop_on_the_empty_cup_bit_is_still_a_dry_end() -> None:
+    # The host's STOP on the RESERVOIR_EMPTY bit overtook the head's own stop.
+    end = classify_end(
+        PILOT,
+        delivered_ul=2900,
+        device_reason="HOST_STOP",
+        host_reason=HOST_REASON_RESERVOIR_EMPTY,
+    )
+    assert end.end is EndClass.COMPLETED_TO_DRYNESS
+
+
+@pytest.mark.parametrize(("delivered_ul", "expected"), [(2749, False), (2750, True), (2900, True)])
+def test_dry_end_expected_tells_the_runtime_when_an_empty_cup_is_no_alarm(
+    delivered_ul: int, expected: bool
+) -> None:
+    assert dry_end_expected(PILOT, delivered_ul=delivered_ul) is expected
+    assert not dry_end_expected(Delivery(), delivered_ul=delivered_ul)
