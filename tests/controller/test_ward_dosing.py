@@ -26,9 +26,15 @@ from controller.cli import main
 from controller.config import NebuliserConfig, load_config
 from controller.control import ControlClient
 from controller.ledger import LEDGER_FILE_NAME, EventKind, Ledger
-from controller.security import public_key_to_text, sign_override
+from controller.security import (
+    CommandName,
+    RequestStartBody,
+    public_key_to_text,
+    sign_override,
+)
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
+from . import test_remote_commands as remote
 from .test_service_pty import FAST_UL_MIN, running_controller, start_confirmed, wait_status
 
 SESSION_UL = 200
@@ -358,3 +364,35 @@ async def test_a_run_to_dryness_is_reported_complete(tmp_path: Path) -> None:
     assert main(args) == 0
     (row,) = csv.DictReader(io.StringIO(report.read_text(encoding="utf-8")))
     assert row["status"] == "completed to dryness"
+
+
+async def test_a_remote_start_waiting_for_confirm_is_shown_and_cancelled_at_the_bed(
+    tmp_path: Path,
+) -> None:
+    keys = remote.Keys()
+    async with remote.bed(tmp_path, keys) as b:
+        request = remote.signed(
+            keys.ward, CommandName.SESSION_REQUEST_START, RequestStartBody(), counter=1
+        )
+        first = await b.station.command(request, stage="awaiting_confirm")
+        assert first["status"] == "accepted"
+        status = await wait_status(b.config, lambda s: bool(s["pending_starts"]), 3)
+        (pending,) = status["pending_starts"]
+        assert (pending["requested_by"], pending["channel"]) == (
+            "remote sender ward-3west",
+            "remote command",
+        )
+        async with ControlClient(path=b.config.control_socket) as client:
+            stopped = await client.call("session.stop", by="nurse B")
+        assert stopped["cancelled_starts"] == 1
+        status = await wait_status(b.config, lambda s: not s["pending_starts"], 3)
+        assert status["state"] == "idle"
+        assert status["session"] is None
+        assert not b.model.truth().nebulising
+        deadline = asyncio.get_running_loop().time() + 5
+        while [r["status"] for r in remote.audit_bodies(b.config, "start_request")] != [
+            "pending",
+            "cancelled",
+        ]:
+            assert asyncio.get_running_loop().time() < deadline, "cancellation not audited"
+            await asyncio.sleep(0.05)
