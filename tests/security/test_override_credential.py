@@ -11,12 +11,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
+from controller.cli import main
 from controller.dosing import Override
 from controller.security import (
     OverrideRefusedError,
     SecuritySettings,
     SenderRegistry,
     SqliteCounterStore,
+    generate_key_files,
     public_key_to_text,
     sign_override,
     verify_override,
@@ -115,3 +117,44 @@ def test_one_credential_admits_one_start(tmp_path: Path) -> None:
 def test_an_investigator_key_must_name_a_person() -> None:
     with pytest.raises(ValidationError, match="must name a real person"):
         _settings(name=None)
+
+
+def test_the_investigators_command_signs_a_credential_the_controller_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = generate_key_files(out_dir=tmp_path / "keys", name="dr-smith")
+    settings = SecuritySettings.model_validate(
+        {
+            "senders": [
+                {
+                    "id": "dr-smith",
+                    "public_key": public.read_text(encoding="ascii"),
+                    "role": "investigator",
+                    "name": "Dr Jane Smith",
+                }
+            ]
+        }
+    )
+    out = tmp_path / "override.json"
+    code = main(
+        [
+            "session", "sign-override", "--key", str(private), "--sender", "dr-smith",
+            "--device", "neb-0001", "--subject", "S-001", "--reason", "deviation 7",
+            "--override", "interval", "-o", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert "valid 60 s, for one start" in capsys.readouterr().out
+    counters = SqliteCounterStore.in_data_dir(tmp_path)
+    try:
+        override = verify_override(
+            out.read_bytes(),
+            now=datetime.now(UTC),
+            device_id="neb-0001",
+            subject_id="S-001",
+            registry=SenderRegistry.from_settings(settings),
+            counters=counters,
+        )
+    finally:
+        counters.close()
+    assert (override.reason, override.signed_by) == ("deviation 7", "Dr Jane Smith (key dr-smith)")
