@@ -82,8 +82,11 @@ def _sessions(args: argparse.Namespace) -> int:
         sys.stderr.write(f"nebuliser report: {exc}\n")
         return EXIT_LEDGER
     rows = session_rows(sessions, context)
-    renderers = {"table": render_table, "csv": render_csv, "json": render_json}
-    _write(args, renderers["json" if args.json else args.format](rows))
+    fmt = "json" if args.json else args.format
+    if fmt == "table":
+        _write(args, render_table(rows, timezone=context.timezone))
+    else:
+        _write(args, render_csv(rows) if fmt == "csv" else render_json(rows))
     return 0
 
 
@@ -115,7 +118,13 @@ def _draw(args: argparse.Namespace, ledger: Ledger, context: ReportContext) -> N
         found = [s for s in read_sessions(ledger) if s.session_id == args.session]
         if not found:
             raise LedgerError(f"no session {args.session} in the ledger (see `report sessions`)")
-        plot_session(found[0], read_progress(ledger, args.session), args.output, size_px=size)
+        plot_session(
+            found[0],
+            read_progress(ledger, args.session),
+            args.output,
+            size_px=size,
+            context=context,
+        )
         return
     sessions = read_sessions(ledger, subject_id=args.subject, since=args.since)
     if not sessions:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from controller.control import ControlClient, ControlUnavailableError
@@ -58,6 +61,12 @@ def _print_status(reply: dict[str, Any]) -> None:
             f"{entry['planned_cap_ul']} µL counted; "
             + (f"accepted by {who}" if who else "NOT YET ACKNOWLEDGED")
         )
+    for pending in reply.get("pending_starts", []):
+        print(
+            f"pending:  start of {pending['cap_ul']} µL asked for by {pending['requested_by']} "
+            f"({pending['channel']}, {pending['requested_utc']}), awaiting CONFIRM for "
+            f"{pending['confirm_within_s']} s more; `nebuliser session stop` cancels it"
+        )
     if reply.get("state") == "idle" and reply.get("start_refusals"):
         print("a start would be refused:")
         for reason in reply["start_refusals"]:
@@ -92,20 +101,53 @@ def _stop(args: argparse.Namespace) -> int:
     reply = _run(args, "session.stop", by=args.by)
     if reply is None:
         return EXIT_NO_SERVICE
+    if reply.get("cancelled_starts"):
+        print(f"cancelled {reply['cancelled_starts']} start(s) waiting for CONFIRM")
     print("STOP sent" + ("" if reply.get("stopped") else " (no session of ours was running)"))
     return 0
 
 
-async def _read_terminal_confirm() -> bool:
+async def _read_terminal_yes() -> bool:
     """Ask at the bedside terminal; True when the operator typed yes."""
     loop = asyncio.get_running_loop()
     answer = await loop.run_in_executor(None, sys.stdin.readline)
     return answer.strip().lower() in {"y", "yes"}
 
 
+async def _attempt(
+    client: ControlClient, params: dict[str, Any], *, interactive: bool
+) -> dict[str, Any]:
+    """One `session.start` on the socket, through CONFIRM; the final reply."""
+    await client.send("session.start", **params)
+    while True:
+        message = await client.receive()
+        if message.get("event") == "awaiting_confirm":
+            continued = message.get("continues_administration")
+            what = (
+                f"Continue administration {continued} with {message['cap_ul']} µL"
+                if continued
+                else f"Start {message['cap_ul']} µL"
+            )
+            print(
+                f"{what} for subject {message['subject_id']} (max {message['max_duration_s']} s)?"
+            )
+            if message.get("reduced_dose"):
+                print(f"  {message['reduced_dose']}")
+            print(
+                f"Press CONFIRM on the nebuliser head within {message['timeout_s']} s"
+                + (", or type 'yes' and Enter here:" if interactive else ".")
+            )
+            if interactive:
+                confirmed = await _read_terminal_yes()
+                await client.send("confirm" if confirmed else "cancel")
+            continue
+        if message.get("final", True):
+            return message
+
+
 async def _start(args: argparse.Namespace) -> int:
     socket_path = control_socket_from_args(args)
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {"by": args.by or f"OS user {getpass.getuser()}"}
     if args.volume_ul is not None:
         params["requested_ul"] = args.volume_ul
     if args.continue_last:
@@ -116,32 +158,23 @@ async def _start(args: argparse.Namespace) -> int:
             "override_reason": args.override_reason,
             "override_codes": args.override,
         }
+    if args.override_credential is not None:
+        try:
+            params["override_credential"] = args.override_credential.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"nebuliser: cannot read the override credential: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
     interactive = sys.stdin.isatty() and not args.button_only
     async with ControlClient(path=socket_path) as client:
-        await client.send("session.start", **params)
-        while True:
-            message = await client.receive()
-            if message.get("event") == "awaiting_confirm":
-                continued = message.get("continues_administration")
-                what = (
-                    f"Continue administration {continued} with {message['cap_ul']} µL"
-                    if continued
-                    else f"Start {message['cap_ul']} µL"
-                )
-                print(
-                    f"{what} for subject {message['subject_id']} "
-                    f"(max {message['max_duration_s']} s)?"
-                )
-                print(
-                    f"Press CONFIRM on the nebuliser head within {message['timeout_s']} s"
-                    + (", or type 'yes' and Enter here:" if interactive else ".")
-                )
-                if interactive:
-                    confirmed = await _read_terminal_confirm()
-                    await client.send("confirm" if confirmed else "cancel")
-                continue
-            if message.get("final", True):
-                break
+        message = await _attempt(client, params, interactive=interactive)
+    offer = message.get("reduced_dose_offer")
+    if offer and interactive:
+        # A smaller dose is the nurse's decision: ask, and say yes only on "y"/"yes".
+        print(f"{offer['question']} [y/N] ", end="", flush=True)
+        if await _read_terminal_yes():
+            params["accept_reduced_ul"] = offer["allowed_ul"]
+            async with ControlClient(path=socket_path) as client:
+                message = await _attempt(client, params, interactive=interactive)
     if message.get("started"):
         print(
             f"session {message['session_id']} started ({message['cap_ul']} µL cap, "
@@ -151,6 +184,13 @@ async def _start(args: argparse.Namespace) -> int:
     print("not started:", file=sys.stderr)
     for reason in message.get("reasons", []) or [message.get("error", "unknown")]:
         print(f"  - {reason}", file=sys.stderr)
+    offer = message.get("reduced_dose_offer")
+    if offer:
+        print(
+            f"To give the smaller dose, run: nebuliser session start "
+            f"--volume-ul {offer['allowed_ul']}",
+            file=sys.stderr,
+        )
     return EXIT_REFUSED
 
 
@@ -160,6 +200,38 @@ def _start_sync(args: argparse.Namespace) -> int:
     except ControlUnavailableError as exc:
         print(f"nebuliser: {exc}", file=sys.stderr)
         return EXIT_NO_SERVICE
+
+
+def _sign_override(args: argparse.Namespace) -> int:
+    # Imported here: cryptography is not needed by the other session commands.
+    from controller.security import (  # noqa: PLC0415
+        KeyFileError,
+        load_private_key,
+        sign_override,
+    )
+
+    try:
+        key = load_private_key(args.key)
+        credential = sign_override(
+            key=key,
+            sender_id=args.sender,
+            device_id=args.device,
+            subject_id=args.subject,
+            role=args.role,
+            reason=args.reason,
+            constraint_codes=list(args.override),
+            issued_at_ms=int(time.time() * 1000),
+            validity_s=args.valid_s,
+        )
+    except (KeyFileError, ValueError) as exc:
+        print(f"nebuliser: override not signed: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    args.output.write_bytes(credential)
+    print(
+        f"override for subject {args.subject} ({', '.join(args.override)}) written to "
+        f"{args.output}; valid {args.valid_s} s, for one start"
+    )
+    return 0
 
 
 def _alarm_list(args: argparse.Namespace) -> int:
@@ -201,7 +273,15 @@ def register(subparsers: Any) -> None:
     sub = session.add_subparsers(dest="session_command", metavar="ACTION", required=True)
     start = sub.add_parser("start", help="request a session; needs the bedside CONFIRM")
     add_service_options(start)
-    start.add_argument("--volume-ul", type=int, help="ask for less than the prescribed volume")
+    start.add_argument(
+        "--volume-ul",
+        type=int,
+        help="give this volume (µL) instead of the prescribed one; how a nurse asks "
+        "for a smaller dose when less remains (recorded)",
+    )
+    start.add_argument(
+        "--by", help="who asks for the start (shown by `session status`; default: OS user)"
+    )
     start.add_argument(
         "--continue",
         dest="continue_last",
@@ -214,7 +294,16 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not ask at this terminal; wait for the head's CONFIRM button",
     )
-    start.add_argument("--override-role", help="role overriding soft limits (recorded)")
+    start.add_argument(
+        "--override-credential",
+        type=Path,
+        metavar="FILE",
+        help="an investigator's signed override (from `session sign-override`); "
+        "without it no override is accepted",
+    )
+    start.add_argument(
+        "--override-role", help="role overriding soft limits; needs --override-credential"
+    )
     start.add_argument("--override-reason", default="", help="why (recorded)")
     start.add_argument(
         "--override",
@@ -224,6 +313,22 @@ def register(subparsers: Any) -> None:
         help="soft constraint code to override (repeatable)",
     )
     start.set_defaults(handler=_start_sync)
+    sign = sub.add_parser(
+        "sign-override",
+        help="(investigator) sign a soft-limit override for one start, valid 60 s",
+    )
+    sign.add_argument("--key", type=Path, required=True, help="your Ed25519 private key (PEM)")
+    sign.add_argument("--sender", required=True, help="your sender id in [security] senders")
+    sign.add_argument("--device", required=True, help="the controller's [device] device_id")
+    sign.add_argument("--subject", required=True, help="the subject the start is for")
+    sign.add_argument("--role", default="investigator", help="the prescription's override role")
+    sign.add_argument("--reason", required=True, help="why (recorded with your name)")
+    sign.add_argument(
+        "--override", action="append", required=True, metavar="CODE", help="soft code to lift"
+    )
+    sign.add_argument("--valid-s", type=int, default=60, help="validity, at most 60 s")
+    sign.add_argument("-o", "--output", type=Path, required=True, help="credential file")
+    sign.set_defaults(handler=_sign_override)
     stop = sub.add_parser("stop", help="stop the running session now")
     add_service_options(stop)
     stop.add_argument("--by", default="local operator", help="who stops (recorded)")

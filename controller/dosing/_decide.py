@@ -18,6 +18,7 @@ from controller.dosing._ceilings import (
     ROLLING_WINDOW_S,
 )
 from controller.dosing._prescription import Prescription
+from controller.dosing._reduced import reduced_dose
 from controller.dosing._types import (
     ConstraintCode,
     ConstraintResult,
@@ -351,8 +352,11 @@ def decide(
 
     `history` is the ledger's sessions (other subjects are ignored). Sessions the device
     refused count for nothing; OPEN and UNCERTAIN sessions count their full planned cap.
-    The allowed cap is the minimum remaining allowance of every volume/dose constraint,
-    in whole µL rounded down; it is refused if any constraint fails or the cap is < 1 µL.
+    The cap is the volume wanted (the request, else the prescribed session volume);
+    if any volume/dose constraint leaves less (whole µL, rounded down), the start is
+    refused with `reduced_dose` naming the limiting constraint and the amount still
+    allowed, unless the request accepts a reduced dose explicitly. It is refused if any
+    constraint fails or the cap is < 1 µL.
     """
     limits = prescription.limits
     sessions = [
@@ -421,7 +425,9 @@ def decide(
         )
     )
 
-    cap_ul = min(r.remaining_ul for r in results if r.remaining_ul is not None)
+    reduced, cap_ul = reduced_dose(request, results)
+    if reduced is not None:
+        results.append(reduced)
     results.append(
         ConstraintResult(
             code=str(_C.CAP),

@@ -24,6 +24,7 @@ from controller.dosing._ceilings import (
     CEILING_OUTPUT_PCT_MAX,
     CEILING_OUTPUT_PCT_MIN,
     CEILING_SESSION_UL,
+    RESERVOIR_CAPACITY_UL,
 )
 
 __all__ = [
@@ -127,10 +128,16 @@ def _check_range(name: str, value: int, bounds: tuple[int, int], meaning: str) -
 
 
 class Delivery(_Model):
-    """`[prescription.delivery]`: continuous, or breath-gated on an ICD 1.1 head.
+    """`[prescription.delivery]`: continuous, or breath-gated on an ICD 1.1 head; and
+    "deliver N µL" (default: stop at the session cap) or "fill F µL, nebulise to dryness".
 
     `breath_gated` needs a head that advertised BREATH_GATED; on any other head the
     session is refused with the reason, never run continuously instead.
+
+    With `fill_ul` the nurse pours `fill_ul` into the cup and the head runs until the
+    mesh stops: `fill_ul - residual_ul` (the volume the mesh cannot nebulise, from the
+    head's datasheet) is the expected delivered volume, within `dry_tolerance_ul`.
+    Running dry there is a normal, complete administration (`classify_end`).
     """
 
     mode: DeliveryMode = "continuous"
@@ -143,6 +150,64 @@ class Delivery(_Model):
     apnoea_s: int | None = Field(
         default=None, description="seconds without an inspiration before the head pauses"
     )
+    fill_ul: int | None = Field(
+        default=None,
+        ge=1,
+        le=RESERVOIR_CAPACITY_UL,
+        description="µL poured into the cup; the session nebulises it to dryness",
+    )
+    residual_ul: int | None = Field(
+        default=None, ge=0, description="µL the head's mesh cannot nebulise (its datasheet)"
+    )
+    dry_tolerance_ul: int | None = Field(
+        default=None, ge=0, description="how far below fill - residual a dry end still counts"
+    )
+
+    @model_validator(mode="after")
+    def _to_dryness(self) -> Self:
+        if self.fill_ul is None:
+            extra = [n for n in ("residual_ul", "dry_tolerance_ul") if getattr(self, n) is not None]
+            if extra:
+                raise ValueError(
+                    f"delivery.{', delivery.'.join(extra)} only apply with delivery.fill_ul "
+                    "(fill the cup and nebulise to dryness); add fill_ul or remove them"
+                )
+            return self
+        if self.residual_ul is None:
+            raise ValueError(
+                "delivery.fill_ul needs delivery.residual_ul: the volume the head's mesh "
+                "cannot nebulise (MN-1 datasheet; the simulator's default is 100 µL)"
+            )
+        if self.residual_ul >= self.fill_ul:
+            raise ValueError(
+                f"delivery.residual_ul = {self.residual_ul} µL is not below delivery.fill_ul = "
+                f"{self.fill_ul} µL: nothing would be nebulised"
+            )
+        if self.dryness_tolerance_ul >= self.expected_dry_ul:
+            raise ValueError(
+                f"delivery.dry_tolerance_ul = {self.dryness_tolerance_ul} µL must be below the "
+                f"expected delivered volume fill_ul - residual_ul = {self.expected_dry_ul} µL"
+            )
+        return self
+
+    @property
+    def to_dryness(self) -> bool:
+        """True for "fill F µL, nebulise to dryness" (`fill_ul` set)."""
+        return self.fill_ul is not None
+
+    @property
+    def expected_dry_ul(self) -> int:
+        """fill − residual: what a to-dryness session is expected to deliver (0 otherwise)."""
+        if self.fill_ul is None:
+            return 0
+        return self.fill_ul - (self.residual_ul or 0)
+
+    @property
+    def dryness_tolerance_ul(self) -> int:
+        """`dry_tolerance_ul`, by default 5 % of the fill and at least 50 µL."""
+        if self.dry_tolerance_ul is not None:
+            return self.dry_tolerance_ul
+        return max(50, (self.fill_ul or 0) // 20)
 
     @model_validator(mode="after")
     def _ranges(self) -> Self:
@@ -310,6 +375,18 @@ class Prescription(_Model):
                 f"timezone = {value!r} is not a known IANA zone (e.g. 'Europe/London')"
             ) from exc
         return value
+
+    @model_validator(mode="after")
+    def _dryness_within_the_session_cap(self) -> Self:
+        """A to-dryness fill must fit the session volume, or the cap ends it before dryness."""
+        delivery, session_ul = self.delivery, self.limits.session_ul
+        if delivery.to_dryness and session_ul is not None and session_ul < delivery.expected_dry_ul:
+            raise ValueError(
+                f"delivery.fill_ul - delivery.residual_ul = {delivery.expected_dry_ul} µL is "
+                f"above limits.session_ul = {session_ul} µL: the session would stop at its cap "
+                "before the cup is dry; fill less or prescribe a larger session volume"
+            )
+        return self
 
     @model_validator(mode="after")
     def _plausible_against_dose(self) -> Self:

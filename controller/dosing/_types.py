@@ -18,6 +18,7 @@ __all__ = [
     "DoseRequest",
     "Instant",
     "Override",
+    "ReducedDoseOffer",
     "SessionRecord",
     "SessionStatus",
     "StorageStatus",
@@ -161,19 +162,30 @@ class SessionRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Override:
-    """A request to override soft limits: who (role), why, and which constraint codes."""
+    """A request to override soft limits: who (role), why, and which constraint codes.
+
+    `signed_by` names the person whose key signed the override credential, and
+    `credential_id` that credential (`controller.security.verify_override`); both are
+    recorded in the ledger with the override.
+    """
 
     role: str
     reason: str
     constraint_codes: frozenset[str]
+    signed_by: str | None = None
+    credential_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DoseRequest:
     """What the controller asks for: a session for `subject_id`.
 
-    `requested_ul` lowers the cap below the prescribed session volume (never raises
-    it). `storage` comes from the ledger's storage-floor check.
+    The volume wanted is `requested_ul` if given, else the prescribed session volume.
+    If any limit leaves less than that, `decide()` refuses (code `reduced_dose`) and
+    says how much is still allowed: a dose is never cut down silently. The nurse
+    accepts a smaller dose explicitly with `accept_reduced_ul` (at most that many µL,
+    refused if even that is no longer allowed). `storage` comes from the ledger's
+    storage-floor check.
     """
 
     subject_id: str
@@ -181,6 +193,7 @@ class DoseRequest:
     requested_ul: int | None = None
     requested_output_pct: int | None = None
     override: Override | None = None
+    accept_reduced_ul: int | None = None
     continue_last: bool = False
     """Continue the last, interrupted administration (not a new one)."""
 
@@ -210,6 +223,7 @@ class ConstraintCode(enum.StrEnum):
     CONTINUATION = "continuation"
     ADMINISTRATION_UL = "administration_ul"
     OUTPUT_PCT = "output_pct"
+    REDUCED_DOSE = "reduced_dose"
     CAP = "cap"
 
 
@@ -232,6 +246,29 @@ class ConstraintResult:
     remaining_ul: int | None = None
     soft: bool = False
     overridden: bool = False
+    limited_by: str | None = None
+    """`reduced_dose` only: the code of the constraint that leaves less than wanted."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReducedDoseOffer:
+    """What a refusal for a too-small allowance offers the nurse: a smaller dose.
+
+    `allowed_ul` of the `wanted_ul` remain because of `limiting_code` (`because` is
+    that constraint's sentence). Starting it needs `DoseRequest.accept_reduced_ul`.
+    """
+
+    allowed_ul: int
+    wanted_ul: int
+    limiting_code: str
+    because: str
+
+    def question(self) -> str:
+        """The question asked at the bedside terminal."""
+        return (
+            f"only {self.allowed_ul} µL of {self.wanted_ul} µL remain because "
+            f"{self.because}: give {self.allowed_ul} µL?"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,3 +301,23 @@ class Decision:
     def refusal_codes(self) -> tuple[str, ...]:
         """Codes of every failed constraint (empty when allowed)."""
         return tuple(c.code for c in self.constraints if not c.passed)
+
+    @property
+    def reduced_dose_offer(self) -> ReducedDoseOffer | None:
+        """The smaller dose a nurse may accept, when that is the only reason to refuse.
+
+        None when the decision is allowed, or refused for any other reason too (an
+        interval, an untrusted clock...): then no smaller dose would be allowed either.
+        """
+        if self.allowed or self.refusal_codes != (ConstraintCode.REDUCED_DOSE,):
+            return None
+        entry = next(c for c in self.constraints if c.code == ConstraintCode.REDUCED_DOSE)
+        limiting = next((c for c in self.constraints if c.code == entry.limited_by), None)
+        if entry.remaining_ul is None or entry.limit is None or limiting is None:
+            return None
+        return ReducedDoseOffer(
+            allowed_ul=entry.remaining_ul,
+            wanted_ul=int(entry.limit),
+            limiting_code=limiting.code,
+            because=limiting.reason,
+        )

@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from controller.config import NebuliserConfig
+from controller.dosing import COMPLETED_REASONS, Delivery
 from controller.ledger import (
     AlarmAction,
     AlarmEntry,
@@ -39,8 +40,6 @@ ALARM_GRACE = timedelta(seconds=10)
 """A fault that ends a session is alarmed (and recorded) just after the end is recorded,
 without a session id: alarms that close after a session are reported with it."""
 
-COMPLETED_REASONS = frozenset({"cap_reached", "cap_predicted", "TARGET_REACHED"})
-"""End reasons that mean "the planned dose was given" (host cap stops, device target)."""
 
 _TIMES = (
     EventKind.STARTED,
@@ -69,6 +68,8 @@ class ReportContext:
     course_dose_limit: float | None
     amount_per_ml: float | None
     """Lot concentration (dose units per mL) from the prescription, when configured."""
+    delivery: Delivery | None = None
+    """The prescription's delivery (to dryness or not), when configured."""
 
 
 def report_context(config: NebuliserConfig) -> ReportContext:
@@ -103,6 +104,7 @@ def report_context(config: NebuliserConfig) -> ReportContext:
         daily_dose_limit=daily,
         course_dose_limit=limits.course_max_dose,
         amount_per_ml=per_ml,
+        delivery=rx.delivery,
     )
 
 
@@ -120,6 +122,9 @@ class CourseSession:
     """Overrides recorded for the subject (no session id) just before this session."""
     nearby_alarms: tuple[AlarmEntry, ...] = ()
     """Alarms recorded without a session id while it ran or within ALARM_GRACE_S after."""
+    continued_by: int | None = None
+    """The session id of the continuation run of this administration, if any (the
+    ledger's continuation records fill it; issue 15 item 1)."""
 
     @property
     def alarms(self) -> tuple[AlarmEntry, ...]:

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from ._course import CourseSession, ReportContext
+from ._outcome import AdministrationStatus, local_time, round_dose, session_outcome
 
 __all__ = [
     "METHOD_INHALE",
@@ -32,6 +33,7 @@ UCUM = "http://unitsofmeasure.org"
 ROUTE_RESPIRATORY_TRACT = ("447694001", "Respiratory tract route")
 METHOD_INHALE = ("738995006", "Inhale")
 _END_REASON_SYSTEM = "urn:nebuliser:end-reason"
+_OUTCOME_SYSTEM = "urn:nebuliser:administration-status"
 _SUBJECT_SYSTEM = "urn:nebuliser:subject"
 _DEVICE_SYSTEM = "urn:nebuliser:device-id"
 _SERIAL_SYSTEM = "urn:nebuliser:mn1-serial"
@@ -43,28 +45,18 @@ def _urn(*parts: object) -> str:
     return f"urn:uuid:{uuid.uuid5(_NAMESPACE, '/'.join(str(p) for p in parts))}"
 
 
-def administration_status(session: CourseSession) -> tuple[str, str | None]:
-    """The FHIR status and the reason (None for completed) of one session.
+def administration_status(
+    session: CourseSession, context: ReportContext | None = None
+) -> tuple[str, str | None]:
+    """The FHIR status and the report label (None for a plain completed) of one session.
 
-    completed: the planned volume was reached. stopped: it started and ended for any
-    other reason. not-done: it never started. unknown: uncertain and not reconciled
-    (it counts its full planned cap). in-progress: still open.
+    The label is the one every report prints (`partial (FAULT)`, `completed to
+    dryness`, `uncertain (controller_restart)`; see `AdministrationStatus`); the FHIR
+    status is its R4 code: completed, stopped, not-done, unknown, in-progress.
     """
-    s = session.summary
-    if s.status.value == "open":
-        return "in-progress", None
-    if session.uncertain and not session.reconciled:
-        return "unknown", f"uncertain: {s.uncertain_reason}; not reconciled from the device"
-    if not s.started:
-        return "not-done", s.end_reason or "not started"
-    if session.completed:
-        return "completed", None
-    if s.end_reason is None and session.reconciled:
-        return "stopped", (
-            f"uncertain: {s.uncertain_reason}; delivered volume reconciled from "
-            f"{s.reconcile_source}"
-        )
-    return "stopped", s.end_reason or "stopped"
+    outcome = session_outcome(session, delivery=None if context is None else context.delivery)
+    label = None if outcome.status is AdministrationStatus.COMPLETED else outcome.label
+    return outcome.status.fhir_status, label
 
 
 def _coding(system: str, code: str, display: str) -> dict[str, Any]:
@@ -79,26 +71,31 @@ def _dose(session: CourseSession, context: ReportContext) -> dict[str, Any] | No
     if amount is None or context.dose_unit not in _UCUM_CODES:
         return {"value": delivered / 1000, "unit": "mL", "system": UCUM, "code": "mL"}
     return {
-        "value": round(amount, 6),
+        "value": round_dose(amount),
         "unit": context.dose_unit,
         "system": UCUM,
         "code": _UCUM_CODES[context.dose_unit],
     }
 
 
-def _notes(session: CourseSession) -> list[dict[str, Any]]:
+def _notes(session: CourseSession, context: ReportContext) -> list[dict[str, Any]]:
     s = session.summary
+    outcome = session_outcome(session, delivery=context.delivery)
     notes = [
-        f"delivered {'unknown' if s.delivered_ul is None else s.delivered_ul} uL of a planned "
+        f"{outcome.label}: delivered "
+        f"{'unknown' if s.delivered_ul is None else s.delivered_ul} uL of a planned "
         f"cap of {s.planned_cap_ul} uL (ledger session {s.session_id})"
     ]
+    notes += [outcome.detail] if outcome.detail else []
     notes += [
-        f"alarm {a.alarm_code} {a.action.value} by {a.actor} at {a.utc.isoformat()}"
+        f"alarm {a.alarm_code} {a.action.value} by {a.actor} at "
+        f"{local_time(a.utc, context.timezone)}"
         for a in session.alarms
     ]
     notes += [
         f"override by {o.get('role')}: {o.get('reason')} "
         f"({', '.join(str(c) for c in o.get('constraint_codes', []))})"
+        + (f", signed by {o['signed_by']}" if o.get("signed_by") else "")
         for o in session.overrides
     ]
     return [{"text": text} for text in notes]
@@ -113,10 +110,11 @@ def _administration(
     context: ReportContext,
 ) -> dict[str, Any]:
     s = session.summary
-    status, reason = administration_status(session)
-    period: dict[str, Any] = {"start": (session.started_utc or s.intent_at.utc).isoformat()}
+    status, label = administration_status(session, context)
+    zone = context.timezone
+    period: dict[str, Any] = {"start": local_time(session.started_utc or s.intent_at.utc, zone)}
     if session.ended_utc is not None:
-        period["end"] = session.ended_utc.isoformat()
+        period["end"] = local_time(session.ended_utc, zone)
     dosage: dict[str, Any] = {
         "text": f"nebulised, device cap {s.device_target_ul} uL at {s.output_pct} % output",
         "route": {
@@ -144,15 +142,15 @@ def _administration(
         "effectivePeriod": period,
         "device": [{"reference": device_url}],
         "dosage": dosage,
-        "note": _notes(session),
+        "note": _notes(session, context),
     }
-    if reason is not None:
-        resource["statusReason"] = [
-            {
-                "coding": [{"system": _END_REASON_SYSTEM, "code": reason.split(":", 1)[0]}],
-                "text": reason,
-            }
-        ]
+    if label is not None:
+        outcome = session_outcome(session, delivery=context.delivery)
+        coding = [{"system": _OUTCOME_SYSTEM, "code": outcome.status.name.lower()}]
+        if outcome.reason:
+            end_code = outcome.reason.split(":", 1)[0].split(";", 1)[0].split(",", 1)[0]
+            coding.append({"system": _END_REASON_SYSTEM, "code": end_code})
+        resource["statusReason"] = [{"coding": coding, "text": label}]
     return resource
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._course import CourseSession, ProgressPoint, ReportContext
+from ._outcome import local_time, session_outcome
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -25,6 +26,7 @@ __all__ = [
     "PlotsUnavailableError",
     "plot_course",
     "plot_session",
+    "session_title",
 ]
 
 DEFAULT_PLOT_SIZE_PX = (1200, 700)
@@ -58,14 +60,31 @@ def _seconds(moment: datetime, origin: datetime) -> float:
     return (moment - origin).total_seconds()
 
 
+def session_title(session: CourseSession, context: ReportContext | None = None) -> str:
+    """The title of a session plot: its outcome label and its start in the ward's zone."""
+    s = session.summary
+    zone = "UTC" if context is None else context.timezone
+    outcome = session_outcome(session, delivery=None if context is None else context.delivery)
+    origin = session.started_utc or s.intent_at.utc
+    return (
+        f"session {s.session_id}, subject {s.subject_id}: {outcome.label} "
+        f"(start {local_time(origin, zone).replace('T', ' ')} {zone})"
+    )
+
+
 def plot_session(
     session: CourseSession,
     progress: Sequence[ProgressPoint],
     path: Path,
     *,
     size_px: tuple[int, int] = DEFAULT_PLOT_SIZE_PX,
+    context: ReportContext | None = None,
 ) -> None:
-    """Delivered volume and flow over time, with the cap and the alarms marked."""
+    """Delivered volume and flow over time, with the cap and the alarms marked.
+
+    The title says the outcome in the report vocabulary (`partial (FAULT)`, ...) and
+    the start time in the prescription's zone (`context`) with its UTC offset.
+    """
     s = session.summary
     figure = _figure(size_px)
     delivered_ax, flow_ax = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
@@ -116,12 +135,7 @@ def plot_session(
             color="tab:purple",
             fontsize=8,
         )
-    flags = " — UNCERTAIN" if session.uncertain else ""
-    delivered_ax.set_title(
-        f"session {s.session_id}, subject {s.subject_id}, {s.status.value}{flags}, "
-        f"end {s.end_reason or 'not recorded'} "
-        f"(start {origin.strftime('%Y-%m-%d %H:%M:%S')} UTC)"
-    )
+    delivered_ax.set_title(session_title(session, context))
     delivered_ax.set_ylabel("delivered (µL)")
     delivered_ax.set_ylim(bottom=0, top=s.planned_cap_ul * 1.1)
     delivered_ax.legend(loc="upper left")

@@ -5,26 +5,36 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 from ._course import CourseSession, ReportContext
+from ._outcome import format_dose, local_time, round_dose, session_outcome
 
 __all__ = ["SessionRow", "render_csv", "render_json", "render_table", "session_rows"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionRow:
-    """One session, flattened for a spreadsheet. Times are ISO 8601 UTC."""
+    """One session, flattened for a spreadsheet.
+
+    `status` is the report vocabulary (`completed`, `partial (FAULT)`, ...; see
+    `AdministrationStatus`); `ledger_status` is the ledger's own. `*_utc` times are ISO
+    8601 UTC; `start_local`/`end_local` are in the prescription's zone with its offset.
+    `dose` is rounded to 3 significant figures.
+    """
 
     session_id: int
     subject_id: str
     status: str
+    ledger_status: str
     intent_utc: str
     start_utc: str
     end_utc: str
+    start_local: str
+    end_local: str
     planned_cap_ul: int
     delivered_ul: int | None
     dose: float | None
@@ -46,6 +56,18 @@ def _iso(moment: datetime | None) -> str:
     return "" if moment is None else moment.isoformat()
 
 
+def _distinct(overrides: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One entry per override (a signed one is recorded at each admission of its start)."""
+    seen: set[str] = set()
+    kept = []
+    for override in overrides:
+        key = str(override.get("credential_id") or id(override))
+        if key not in seen:
+            seen.add(key)
+            kept.append(override)
+    return kept
+
+
 def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> list[SessionRow]:
     """Report rows for `sessions`, in order."""
     rows = []
@@ -55,17 +77,21 @@ def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> l
         counted = s.planned_cap_ul if unknown else (s.delivered_ul or 0)
         if s.status.value == "open" and s.delivered_ul is not None:
             counted = max(counted, s.delivered_ul)
+        dose = cs.dose(context)
         rows.append(
             SessionRow(
                 session_id=s.session_id,
                 subject_id=s.subject_id,
-                status=s.status.value,
+                status=session_outcome(cs, delivery=context.delivery).label,
+                ledger_status=s.status.value,
                 intent_utc=_iso(s.intent_at.utc),
                 start_utc=_iso(cs.started_utc),
                 end_utc=_iso(cs.ended_utc),
+                start_local=local_time(cs.started_utc, context.timezone),
+                end_local=local_time(cs.ended_utc, context.timezone),
                 planned_cap_ul=s.planned_cap_ul,
                 delivered_ul=s.delivered_ul,
-                dose=cs.dose(context),
+                dose=None if dose is None else round_dose(dose),
                 dose_unit=context.dose_unit,
                 drug=s.drug or context.drug or "",
                 end_reason=s.end_reason or "",
@@ -74,7 +100,8 @@ def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> l
                 overrides=";".join(
                     f"{o.get('role')}: {o.get('reason')} "
                     f"({','.join(str(c) for c in o.get('constraint_codes', []))})"
-                    for o in cs.overrides
+                    + (f" signed by {o['signed_by']}" if o.get("signed_by") else "")
+                    for o in _distinct(cs.overrides)
                 ),
                 uncertain=cs.uncertain,
                 reconciled=cs.reconciled,
@@ -104,16 +131,20 @@ def render_json(rows: Sequence[SessionRow]) -> str:
 
 
 def _short_time(iso: str) -> str:
-    return iso[:16].replace("T", " ") if iso else "-"
+    """`2026-11-20 09:00+00:00` from a local ISO time (the offset kept, seconds dropped)."""
+    return f"{iso[:16].replace('T', ' ')}{iso[19:]}" if iso else "-"
 
 
-def render_table(rows: Sequence[SessionRow]) -> str:
-    """A fixed-width table for a terminal, with totals per subject underneath."""
+def render_table(rows: Sequence[SessionRow], *, timezone: str = "UTC") -> str:
+    """A fixed-width table for a terminal, with totals per subject underneath.
+
+    Times are in `timezone` (the prescription's) with their UTC offset.
+    """
     if not rows:
         return "no sessions recorded for this selection\n"
     header = (
-        f"{'#':>5} {'subject':<12} {'status':<17} {'start (UTC)':<16} {'end (UTC)':<16} "
-        f"{'uL':>6} {'dose':>11} {'end reason':<18} flags"
+        f"{'#':>5} {'subject':<12} {'status':<24} {'start':<22} {'end':<22} "
+        f"{'uL':>6} {'dose':>9} {'end reason':<18} flags"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -125,12 +156,14 @@ def render_table(rows: Sequence[SessionRow]) -> str:
         if r.overrides:
             flags.append(f"override {r.overrides}")
         delivered = "?" if r.delivered_ul is None else str(r.delivered_ul)
-        dose = "?" if r.dose is None else f"{r.dose:.4g}"
+        start = r.start_local or local_time(datetime.fromisoformat(r.intent_utc), timezone)
         lines.append(
-            f"{r.session_id:>5} {r.subject_id:<12} {r.status:<17} "
-            f"{_short_time(r.start_utc or r.intent_utc):<16} {_short_time(r.end_utc):<16} "
-            f"{delivered:>6} {dose:>11} {r.end_reason or '-':<18} {'; '.join(flags)}"
+            f"{r.session_id:>5} {r.subject_id:<12} {r.status:<24} "
+            f"{_short_time(start):<22} {_short_time(r.end_local):<22} "
+            f"{delivered:>6} {format_dose(r.dose):>9} {r.end_reason or '-':<18} "
+            f"{'; '.join(flags)}"
         )
+    lines.append(f"times in {timezone} with their UTC offset")
     lines.append("")
     subjects = sorted({r.subject_id for r in rows})
     for subject in subjects:
@@ -140,7 +173,7 @@ def render_table(rows: Sequence[SessionRow]) -> str:
         unit = mine[0].dose_unit
         line = f"{subject}: {len(mine)} session(s), {delivered_ul} uL delivered"
         if doses:
-            line += f" = {sum(doses):.4g} {unit}"
+            line += f" = {format_dose(sum(doses))} {unit}"
         line += f"; {sum(r.counted_ul for r in mine)} uL count against limits"
         lines.append(line)
     return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ from controller.security._envelope import (
     AlarmAckBody,
     CommandBody,
     CommandEnvelope,
+    OverrideBody,
     PrescriptionUpdateBody,
     RequestStartBody,
     StopBody,
@@ -50,6 +51,11 @@ from controller.security._keys import (
     load_public_key_file,
     public_key_from_text,
     public_key_to_text,
+)
+from controller.security._override import (
+    OverrideRefusedError,
+    sign_override,
+    verify_override,
 )
 from controller.security._pending import PendingStartRequest, StartRequestStatus
 from controller.security._prescription import (
@@ -125,6 +131,8 @@ __all__ = [
     "IntakeGate",
     "IntakeLimits",
     "KeyFileError",
+    "OverrideBody",
+    "OverrideRefusedError",
     "PendingStartRequest",
     "PrescriptionSignature",
     "PrescriptionSignatureError",
@@ -165,11 +173,13 @@ __all__ = [
     "screen_command",
     "security_warnings",
     "sign_command",
+    "sign_override",
     "sign_prescription_bytes",
     "signature_path_for",
     "signing_input",
     "verify_audit_log",
     "verify_command",
+    "verify_override",
     "verify_prescription_signature",
     "write_prescription_signature",
 ]

@@ -37,6 +37,7 @@ __all__ = [
     "AlarmAckBody",
     "CommandBody",
     "CommandEnvelope",
+    "OverrideBody",
     "PrescriptionUpdateBody",
     "RequestStartBody",
     "StopBody",
@@ -87,13 +88,23 @@ class PrescriptionUpdateBody(_Strict):
     prescription_signature: str = Field(min_length=86, max_length=88)
 
 
-CommandBody = StopBody | AlarmAckBody | RequestStartBody | PrescriptionUpdateBody
+class OverrideBody(_Strict):
+    """`session.override`: an investigator lifts soft limits for one start of one subject."""
+
+    subject_id: str = Field(pattern=_ID)
+    role: str = Field(pattern=_ID, description="the prescription's override role")
+    reason: str = Field(min_length=1, max_length=200, pattern=_PRINTABLE)
+    constraint_codes: list[str] = Field(min_length=1, max_length=8)
+
+
+CommandBody = StopBody | AlarmAckBody | RequestStartBody | PrescriptionUpdateBody | OverrideBody
 
 BODY_MODELS: Final[Mapping[CommandName, type[CommandBody]]] = {
     CommandName.STOP: StopBody,
     CommandName.ALARM_ACK: AlarmAckBody,
     CommandName.SESSION_REQUEST_START: RequestStartBody,
     CommandName.PRESCRIPTION_UPDATE: PrescriptionUpdateBody,
+    CommandName.SESSION_OVERRIDE: OverrideBody,
 }
 
 

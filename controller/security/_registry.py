@@ -28,6 +28,8 @@ class Sender:
     sender_id: str
     public_key: Ed25519PublicKey
     role: Role
+    name: str | None = None
+    """The person holding the key, when configured (always for investigators)."""
 
     def may_issue(self, command: CommandName) -> bool:
         """Whether this sender's role permits `command` (fixed table in code)."""
@@ -80,6 +82,7 @@ class SenderRegistry:
                     sender_id=entry.id,
                     public_key=public_key_from_text(entry.public_key),
                     role=entry.role,
+                    name=entry.name,
                 )
                 for entry in settings.senders
             )

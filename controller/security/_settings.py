@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.security._keys import KeyFileError, public_key_from_text
 
@@ -42,6 +42,8 @@ class Role(StrEnum):
     WARD_STATION = "ward_station"
     CLINICIAN = "clinician"
     PHARMACY = "pharmacy"
+    INVESTIGATOR = "investigator"
+    """Signs soft-limit overrides (issue 15); its sender entry names the person."""
 
 
 class CommandName(StrEnum):
@@ -51,6 +53,8 @@ class CommandName(StrEnum):
     ALARM_ACK = "alarm.ack"
     SESSION_REQUEST_START = "session.request_start"
     PRESCRIPTION_UPDATE = "prescription.update"
+    SESSION_OVERRIDE = "session.override"
+    """A signed soft-limit override, handed to `nebuliser session start` (issue 15)."""
 
 
 ROLE_COMMANDS: Final[dict[Role, frozenset[CommandName]]] = {
@@ -61,6 +65,7 @@ ROLE_COMMANDS: Final[dict[Role, frozenset[CommandName]]] = {
         {CommandName.STOP, CommandName.ALARM_ACK, CommandName.SESSION_REQUEST_START}
     ),
     Role.PHARMACY: frozenset({CommandName.PRESCRIPTION_UPDATE}),
+    Role.INVESTIGATOR: frozenset({CommandName.SESSION_OVERRIDE}),
 }
 
 
@@ -71,7 +76,23 @@ class SenderConfig(BaseModel):
 
     id: str = Field(pattern=_SENDER_ID, description="Sender id as it appears in envelopes.")
     public_key: str = Field(description="`ed25519:<base64>` from the sender's .pub file.")
-    role: Role = Field(description="ward_station, clinician or pharmacy.")
+    role: Role = Field(description="ward_station, clinician, pharmacy or investigator.")
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="The person who holds the key (required for investigators: recorded "
+        "in the ledger with every override they sign).",
+    )
+
+    @model_validator(mode="after")
+    def _investigator_is_a_person(self) -> SenderConfig:
+        if self.role is Role.INVESTIGATOR and not (self.name or "").strip():
+            raise ValueError(
+                f"sender {self.id!r} has role investigator but no name: an override must "
+                'name a real person; add name = "Dr A. Example"'
+            )
+        return self
 
     @field_validator("public_key")
     @classmethod

@@ -138,10 +138,17 @@ class CommandReplies:
         )
         self._finish(accepted, waiting)
         try:
-            async with asyncio.TaskGroup() as group:
-                confirm = group.create_task(confirm_at_bedside(sup, timeout_s=window_s))
-                await asyncio.sleep(0)  # the button watch is armed before anyone is told
-                await self._reply(accepted, waiting)
+            with self._ctx.pending_starts.waiting(  # `session status` shows it, `stop` cancels
+                requested_by=f"remote sender {accepted.sender_id}",
+                channel="remote command",
+                cap_ul=decision.session_cap_ul,
+                timeout_s=window_s,
+                cancel=self._cancel_pending_start,
+            ):
+                async with asyncio.TaskGroup() as group:
+                    confirm = group.create_task(confirm_at_bedside(sup, timeout_s=window_s))
+                    await asyncio.sleep(0)  # the button watch is armed before anyone is told
+                    await self._reply(accepted, waiting)
             how = confirm.result()
         except asyncio.CancelledError:
             self._close_start(accepted, pending.cancel(time.monotonic()), "cancelled")

@@ -431,6 +431,13 @@ class CommandIntake(CommandReplies):
                 return None
             case CommandName.PRESCRIPTION_UPDATE:
                 return await store_prescription(self._ctx, self._audit, accepted)
+            case CommandName.SESSION_OVERRIDE:  # issue 15: a credential for the bedside
+                return CommandResult(
+                    status="refused",
+                    reason_code="override_at_bedside_only",
+                    reason="a signed override is handed to `nebuliser session start "
+                    "--override-credential FILE` at the bedside, not sent over MQTT",
+                )
 
     def _ack(self, accepted: Accepted) -> CommandResult:
         body = accepted.body

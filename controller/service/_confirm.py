@@ -11,9 +11,34 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from controller.dosing import ConstraintCode, Decision, ReducedDoseOffer
+
 from ._supervisor import Supervisor
 
-__all__ = ["confirm_at_bedside"]
+__all__ = ["confirm_at_bedside", "reduced_dose_reason", "reduced_offer_json"]
+
+
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+def reduced_offer_json(offer: ReducedDoseOffer) -> dict[str, Any]:
+    """The smaller dose a refusal offers, as the control socket sends it to the terminal."""
+    return {
+        "allowed_ul": offer.allowed_ul,
+        "wanted_ul": offer.wanted_ul,
+        "constraint": offer.limiting_code,
+        "because": offer.because,
+        "question": offer.question(),
+    }
+
+
+def reduced_dose_reason(decision: Decision) -> str | None:
+    """Why an allowed dose is below the prescribed one (shown while awaiting CONFIRM)."""
+    return next(
+        (c.reason for c in decision.constraints if c.code == ConstraintCode.REDUCED_DOSE),
+        None,
+    )
 
 
 async def confirm_at_bedside(
@@ -21,11 +46,13 @@ async def confirm_at_bedside(
     *,
     timeout_s: float,
     terminal: Callable[[], Coroutine[Any, Any, str | None]] | None = None,
+    cancelled: asyncio.Event | None = None,
 ) -> str | None:
     """Wait for the CONFIRM button (or `terminal()`, if given) within `timeout_s`.
 
     Returns how it was confirmed ("CONFIRM button" or what `terminal` returned), or
-    None when the window expired or the terminal declined.
+    None when the window expired, the terminal declined or `cancelled` was set
+    (`session stop` while the start waits).
     """
     supervisor.arm_confirm()
 
@@ -38,6 +65,8 @@ async def confirm_at_bedside(
             tasks: list[asyncio.Task[str | None]] = [group.create_task(button())]
             if terminal is not None:
                 tasks.append(group.create_task(terminal()))
+            if cancelled is not None:
+                tasks.append(group.create_task(_until(cancelled)))
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
                 task.cancel()

@@ -7,13 +7,14 @@ imports them (no import cycle inside `controller.service`).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.clock import Clock
 from controller.config import LoadedPrescription, NebuliserConfig
 from controller.ledger import Ledger
 from drivers.mn1 import SerialLink
 
+from ._pending_starts import PendingStarts
 from ._recorder import Recorder
 from ._supervisor import Supervisor
 
@@ -31,3 +32,5 @@ class ServiceContext:
     clock: Clock
     stop_requested: asyncio.Event
     prescription_source: LoadedPrescription | None = None
+    pending_starts: PendingStarts = field(default_factory=PendingStarts)
+    """Starts waiting for the bedside CONFIRM (local and remote): status shows, stop cancels."""

@@ -8,6 +8,7 @@ graceful SIGTERM (stop any running session, record it, then exit).
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -27,15 +28,16 @@ from controller.control import (
     Reply,
     resolve_group,
 )
-from controller.dosing import Override
 from controller.exitcodes import ExitCode
 from controller.ledger import Ledger, LedgerError, LedgerLocation, open_checked
 from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
 
 from ._commands import security_task
-from ._confirm import confirm_at_bedside
+from ._confirm import confirm_at_bedside, reduced_dose_reason, reduced_offer_json
 from ._context import ServiceContext
+from ._override_check import OverrideRefusedError, override_from_request
+from ._pending_starts import PendingStarts
 from ._recorder import Recorder
 from ._supervisor import Supervisor
 from ._systemd import systemd_notify_task
@@ -85,9 +87,18 @@ def _open_ledger(config: NebuliserConfig) -> Ledger:
 class _Handlers:
     """Control-socket operations, each a thin layer over the supervisor."""
 
-    def __init__(self, *, supervisor: Supervisor, config: NebuliserConfig) -> None:
+    def __init__(
+        self,
+        *,
+        supervisor: Supervisor,
+        config: NebuliserConfig,
+        clock: Clock,
+        pending: PendingStarts | None = None,
+    ) -> None:
         self._sup = supervisor
         self._config = config
+        self._clock = clock
+        self._pending = pending if pending is not None else PendingStarts()
 
     def table(self) -> dict[str, Any]:
         return {
@@ -107,12 +118,19 @@ class _Handlers:
         return {"ok": cleared, "cleared": cleared, "reason": reason}
 
     async def status(self, _request: ControlRequest, _reply: Reply) -> dict[str, Any]:
-        return {"ok": True, **self._sup.snapshot()}
+        return {"ok": True, **self._sup.snapshot(), "pending_starts": self._pending.views()}
 
     async def stop(self, request: ControlRequest, _reply: Reply) -> dict[str, Any]:
         by = str(request.args.get("by", "local operator"))
+        # A start still waiting for CONFIRM is cancelled too (nothing was sent for it).
+        cancelled = self._pending.cancel_all(by)
         stopped = self._sup.stop_now(f"operator_stop:{by}")
-        return {"ok": True, "stopped": stopped, "state": self._sup.runtime.state.value}
+        return {
+            "ok": True,
+            "stopped": stopped,
+            "cancelled_starts": cancelled,
+            "state": self._sup.runtime.state.value,
+        }
 
     async def alarm_list(self, _request: ControlRequest, _reply: Reply) -> dict[str, Any]:
         return {"ok": True, "alarms": self._sup.snapshot()["alarms"]}
@@ -139,25 +157,34 @@ class _Handlers:
         requested = args.get("requested_ul")
         if requested is not None and (not isinstance(requested, int) or requested < 1):
             raise ControlError("requested_ul must be a whole number of µL ≥ 1")
-        override = None
-        if args.get("override_role"):
-            override = Override(
-                role=str(args["override_role"]),
-                reason=str(args.get("override_reason", "")),
-                constraint_codes=frozenset(str(c) for c in args.get("override_codes", [])),
-            )
+        accept = args.get("accept_reduced_ul")
+        if accept is not None and (not isinstance(accept, int) or accept < 1):
+            raise ControlError("accept_reduced_ul must be a whole number of µL ≥ 1")
+        try:
+            override = await override_from_request(args, config=self._config, clock=self._clock)
+        except OverrideRefusedError as exc:
+            return {"ok": False, "started": False, "reasons": [str(exc)]}
         continue_last = bool(args.get("continue", False))
-        decision = await self._sup.admit(
-            requested_ul=requested, override=override, continue_last=continue_last
+        admit = functools.partial(
+            self._sup.admit,
+            requested_ul=requested,
+            override=override,
+            accept_reduced_ul=accept,
+            continue_last=continue_last,
         )
+        decision = await admit()
         refusals = self._sup.controller_refusals()
         if refusals or not decision.allowed:
+            offer = None if refusals else decision.reduced_dose_offer
             return {
                 "ok": False,
                 "started": False,
                 "reasons": refusals + list(decision.refusal_reasons),
+                "reduced_dose_offer": None if offer is None else reduced_offer_json(offer),
             }
         timeout_s = self._config.session.confirm_timeout_s
+        requested_by = str(args.get("by") or "").strip() or "local control socket"
+        cancelled = asyncio.Event()
         await reply.progress(
             {
                 "event": "awaiting_confirm",
@@ -166,18 +193,33 @@ class _Handlers:
                 "max_duration_s": decision.max_duration_s,
                 "timeout_s": timeout_s,
                 "continues_administration": decision.continues_administration,
+                "reduced_dose": reduced_dose_reason(decision),
             }
         )
-        how = await self._await_confirm(reply, timeout_s)
+        with self._pending.waiting(
+            requested_by=requested_by,
+            channel="control socket",
+            cap_ul=decision.session_cap_ul,
+            timeout_s=timeout_s,
+            cancel=lambda _by: cancelled.set(),
+        ) as waiting:
+            how = await self._await_confirm(reply, timeout_s, cancelled)
+        if waiting.cancelled_by is not None:
+            return {
+                "ok": False,
+                "started": False,
+                "reasons": [
+                    f"start cancelled by {waiting.cancelled_by} (session stop) before the "
+                    "bedside CONFIRM; nothing started"
+                ],
+            }
         if how is None:
             return {
                 "ok": False,
                 "started": False,
                 "reasons": [f"not confirmed at the bedside within {timeout_s} s; nothing started"],
             }
-        decision = await self._sup.admit(
-            requested_ul=requested, override=override, continue_last=continue_last
-        )
+        decision = await admit()
         outcome = await self._sup.start(decision)
         return {
             "ok": outcome.started,
@@ -188,7 +230,9 @@ class _Handlers:
             "reasons": list(outcome.reasons),
         }
 
-    async def _await_confirm(self, reply: Reply, timeout_s: float) -> str | None:
+    async def _await_confirm(
+        self, reply: Reply, timeout_s: float, cancelled: asyncio.Event
+    ) -> str | None:
         """The head's CONFIRM button, or `{"op": "confirm"}` from the bedside terminal."""
 
         async def terminal() -> str | None:
@@ -199,7 +243,9 @@ class _Handlers:
                 if line.op == "confirm":
                     return "bedside terminal"
 
-        return await confirm_at_bedside(self._sup, timeout_s=timeout_s, terminal=terminal)
+        return await confirm_at_bedside(
+            self._sup, timeout_s=timeout_s, terminal=terminal, cancelled=cancelled
+        )
 
 
 async def _pump_events(link: SerialLink, supervisor: Supervisor) -> None:
@@ -304,7 +350,9 @@ async def _serve(ctx: ServiceContext) -> bool:
     """Serve until asked to stop; False when a session was left unconfirmed."""
     config, link, supervisor = ctx.config, ctx.link, ctx.supervisor
     clean = True
-    handlers = _Handlers(supervisor=supervisor, config=config)
+    handlers = _Handlers(
+        supervisor=supervisor, config=config, clock=ctx.clock, pending=ctx.pending_starts
+    )
     bedside = config.control.bedside_group  # issue 13: start/confirm need the bedside role
     server = ControlServer(
         path=config.control_socket,

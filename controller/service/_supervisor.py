@@ -266,6 +266,7 @@ class Supervisor:
         requested_ul: int | None = None,
         override: Override | None = None,
         continue_last: bool = False,
+        accept_reduced_ul: int | None = None,
     ) -> Decision:
         """Ask the dose engine; record the decision. Controller conditions come first.
 
@@ -279,6 +280,7 @@ class Supervisor:
             requested_ul=requested_ul,
             override=override,
             continue_last=continue_last,
+            accept_reduced_ul=accept_reduced_ul,  # issue 15: a reduced dose is explicit
         )
         decision = decide(self.prescription, history, request, trusted)
         self.runtime.admitted(decision, override, self._now())

@@ -47,6 +47,7 @@ def make_prescription(
     unit: str = "vesicles",
     blinded: bool = False,
     timezone: str = "UTC",
+    delivery: dict[str, Any] | None = None,
     **limits: Any,
 ) -> Prescription:
     """A prescription with only the given limits (validated like a config file)."""
@@ -64,6 +65,7 @@ def make_prescription(
             },
             "arm": {"arm_id": "arm-high", "cohort": "cohort-16e8", "blinded": blinded},
             "limits": limits,
+            **({} if delivery is None else {"delivery": delivery}),
         }
     )
 
@@ -96,6 +98,7 @@ def request(
     override: Override | None = None,
     storage_ok: bool = True,
     subject_id: str = SUBJECT,
+    accept_reduced_ul: int | None = None,
 ) -> DoseRequest:
     return DoseRequest(
         subject_id=subject_id,
@@ -103,4 +106,5 @@ def request(
         requested_ul=requested_ul,
         requested_output_pct=output_pct,
         override=override,
+        accept_reduced_ul=accept_reduced_ul,
     )

@@ -111,7 +111,7 @@ def test_session_ul_sets_the_cap(limit_ul: int, cap_ul: int) -> None:
 
 @pytest.mark.parametrize(
     ("requested_ul", "allowed", "cap_ul"),
-    [(0, False, 0), (1, True, 1), (2999, True, 2999), (3000, True, 3000), (3001, True, 3000)],
+    [(0, False, 0), (1, True, 1), (2999, True, 2999), (3000, True, 3000), (3001, False, 0)],
 )
 def test_requested_volume_lowers_never_raises(
     requested_ul: int, allowed: bool, cap_ul: int
@@ -119,6 +119,8 @@ def test_requested_volume_lowers_never_raises(
     rx = make_prescription(session_ul=3000)
     decision = decide(rx, [], request(requested_ul=requested_ul), trusted(at(0)))
     assert (decision.allowed, decision.session_cap_ul) == (allowed, cap_ul)
+    if requested_ul > 3000:  # above the prescription: refused, never silently cut to 3000
+        assert decision.refusal_codes == ("reduced_dose",)
 
 
 # --- dose limits (drug units converted via the lot, rounded down) -------------------------

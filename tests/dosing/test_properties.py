@@ -84,12 +84,17 @@ def histories(draw: st.DrawFn) -> list[SessionRecord]:
     rx=prescriptions(),
     history=histories(),
     requested_ul=_optional(st.integers(0, 7000)),
+    accept_reduced_ul=_optional(st.integers(0, 7000)),
 )
 def test_allowed_cap_never_exceeds_any_limit(
-    rx: Prescription, history: list[SessionRecord], requested_ul: int | None
+    rx: Prescription,
+    history: list[SessionRecord],
+    requested_ul: int | None,
+    accept_reduced_ul: int | None,
 ) -> None:
     now = at(0)
-    decision = decide(rx, history, request(requested_ul=requested_ul), trusted(now))
+    ask = request(requested_ul=requested_ul, accept_reduced_ul=accept_reduced_ul)
+    decision = decide(rx, history, ask, trusted(now))
     if not decision.allowed:
         assert decision.session_cap_ul == 0
         return
@@ -104,6 +109,7 @@ def test_allowed_cap_never_exceeds_any_limit(
     assert 1 <= cap <= CEILING_SESSION_UL
     assert used_24h + cap <= CEILING_24H_UL
     assert requested_ul is None or cap <= requested_ul
+    assert accept_reduced_ul is None or cap <= accept_reduced_ul
     assert limits.session_ul is None or cap <= limits.session_ul
     assert limits.session_dose is None or cap * per_ul <= Fraction(limits.session_dose)
     assert limits.rolling_24h_max_ul is None or used_24h + cap <= limits.rolling_24h_max_ul
@@ -122,6 +128,45 @@ def test_allowed_cap_never_exceeds_any_limit(
     if limits.min_interval_s is not None and started:
         assert min(elapsed_s(s.started, now) for s in started) >= limits.min_interval_s
     assert not any(s.status is SessionStatus.OPEN for s in started)
+
+
+def _prescribed_ul(rx: Prescription) -> int | None:
+    """The prescribed session volume: session_ul and session_dose (as whole µL)."""
+    limits = rx.limits
+    volumes = [] if limits.session_ul is None else [limits.session_ul]
+    if limits.session_dose is not None:
+        volumes.append(rx.dose_to_ul_floor(limits.session_dose))
+    return min(volumes) if volumes else None
+
+
+@_SETTINGS
+@given(
+    rx=prescriptions(),
+    history=histories(),
+    requested_ul=_optional(st.integers(0, 7000)),
+)
+def test_a_dose_is_never_reduced_silently(
+    rx: Prescription, history: list[SessionRecord], requested_ul: int | None
+) -> None:
+    """Without an explicit acceptance, the cap is what was wanted, or the start is refused.
+
+    When the only refusal is `reduced_dose`, accepting the offered amount is allowed
+    with exactly that cap.
+    """
+    now = trusted(at(0))
+    decision = decide(rx, history, request(requested_ul=requested_ul), now)
+    wanted = requested_ul if requested_ul is not None else _prescribed_ul(rx)
+    if decision.allowed and wanted is not None:
+        assert decision.session_cap_ul == wanted
+    offer = decision.reduced_dose_offer
+    if offer is None:
+        return
+    assert 1 <= offer.allowed_ul < offer.wanted_ul == wanted
+    accepted = decide(
+        rx, history, request(requested_ul=requested_ul, accept_reduced_ul=offer.allowed_ul), now
+    )
+    assert accepted.allowed
+    assert accepted.session_cap_ul == offer.allowed_ul
 
 
 def _stepped(instant: Instant, step_s: int) -> Instant:
