@@ -19,6 +19,7 @@ __all__ = [
     "BenchPrescription",
     "bench_config_text",
     "bench_mqtt_section",
+    "init_bench_ledger",
     "write_bench_config",
 ]
 
@@ -181,11 +182,15 @@ def write_bench_config(
         encoding="utf-8",
     )
     config = load_config(path)
-    location = LedgerLocation(data_dir=config.storage.data_dir)
-    if init and not location.ledger_path.exists():
-        init_ledger(
-            location,
-            device_id=config.device.device_id,
-            subject_id=(prescription or BenchPrescription()).subject_id,
-        )
+    if init:
+        init_bench_ledger(config)
     return path, config
+
+
+def init_bench_ledger(config: NebuliserConfig) -> None:
+    """Create the bench's ledger as `nebuliser ledger init` would (if it has none yet)."""
+    location = LedgerLocation(data_dir=config.storage.data_dir)
+    if location.ledger_path.exists():
+        return
+    subject = config.prescription.subject_id if config.prescription else "BENCH-001"
+    init_ledger(location, device_id=config.device.device_id, subject_id=subject)

@@ -8,8 +8,11 @@ __all__ = ["reduced_dose"]
 
 _C = ConstraintCode
 
-_PRESCRIBED: frozenset[str] = frozenset({str(_C.SESSION_UL), str(_C.SESSION_DOSE)})
-"""Constraints that prescribe the volume of one session (what is wanted by default)."""
+_PRESCRIBED: frozenset[str] = frozenset(
+    {str(_C.SESSION_UL), str(_C.SESSION_DOSE), str(_C.ADMINISTRATION_UL)}
+)
+"""Constraints that prescribe the volume of one session (what is wanted by default);
+for a continuation run, what is left of its administration is what is wanted."""
 
 
 def _reduced_verdict(

@@ -118,7 +118,9 @@ def test_zsh_completion_sourced_or_autoloaded(tmp_path: Path) -> None:
     script.write_text(completion_script("zsh"), encoding="utf-8")
     subprocess.run(["zsh", "-n", str(script)], check=True)
     sourced = f"source {script}"
-    assert _zsh_complete(sourced, ["nebuliser", "session", "st"]) == ("-- start stop status --help")
+    assert _zsh_complete(sourced, ["nebuliser", "session", "st"]) == (
+        "-- start sign-override stop status --help"
+    )
     assert _zsh_complete(sourced, ["nebuliser", "--log-level", "debug", "config", ""]) == (
         "-- check show example --help"
     )
@@ -133,7 +135,7 @@ def test_zsh_completion_sourced_or_autoloaded(tmp_path: Path) -> None:
 def test_zsh_completion_lists_the_same_commands() -> None:
     script = completion_script("zsh")
     assert script.startswith("#compdef nebuliser")
-    assert '"nebuliser session" "start stop status --help' in script
+    assert '"nebuliser session" "start sign-override stop status --help' in script
 
 
 def test_session_status_loads_no_pydantic_rich_or_mqtt(tmp_path: Path) -> None:

@@ -21,7 +21,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controller.benchconfig import BenchPrescription, bench_config_text, write_bench_config
+from controller.benchconfig import (
+    BenchPrescription,
+    bench_config_text,
+    init_bench_ledger,
+    write_bench_config,
+)
 from controller.cli import main
 from controller.config import NebuliserConfig, load_config
 from controller.control import ControlClient
@@ -277,6 +282,7 @@ async def override_bed(tmp_path: Path) -> AsyncIterator[tuple[Path, NebuliserCon
         path = tmp_path / "controller.toml"
         path.write_text(text, encoding="utf-8")
         config = load_config(path)
+        init_bench_ledger(config)
         async with running_controller(config):
             await wait_status(config, lambda s: s["link_up"] and s["device"], 5)
             yield path, config
@@ -353,6 +359,7 @@ async def test_a_run_to_dryness_is_reported_complete(tmp_path: Path) -> None:
         path = tmp_path / "controller.toml"
         path.write_text(text, encoding="utf-8")
         config = load_config(path)
+        init_bench_ledger(config)
         async with running_controller(config):
             await wait_status(config, lambda s: s["link_up"] and s["device"], 5)
             assert (await start_confirmed(config))["started"]

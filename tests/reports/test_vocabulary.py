@@ -71,7 +71,12 @@ def _session(ledger: Ledger, day: int, delivered_ul: int, reason: str, **ended: 
 def ward(tmp_path: Path) -> Path:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    with Ledger.open(data_dir / LEDGER_FILE_NAME, progress_interval_ms=0) as ledger:
+    with Ledger.create(
+        data_dir / LEDGER_FILE_NAME,
+        device_id="neb-test",
+        subject_id="S-001",
+        progress_interval_ms=0,
+    ) as ledger:
         _session(ledger, 0, 712, "FAULT", source=EndSource.DEVICE, device_reason="FAULT")
         _session(
             ledger, 1, 712, "device_fault", source=EndSource.HOST,
