@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from ._ceilings import DEFAULT_CONTINUATION_WINDOW_S
+from ._end import EndClass, classify_end
+from ._prescription import Delivery
 from ._types import Instant, SessionRecord, SessionStatus, elapsed_s
 
 __all__ = [
@@ -29,10 +32,6 @@ __all__ = [
     "is_continuable",
 ]
 
-#: How long after an interruption a continuation may start, unless the prescription
-#: says otherwise (`limits.continuation_window_s`; 0 turns continuations off).
-DEFAULT_CONTINUATION_WINDOW_S: Final = 3600
-
 #: End reasons (host, device or uncertain) that are technical interruptions.
 CONTINUABLE_END_REASONS: Final = frozenset(
     {
@@ -40,6 +39,7 @@ CONTINUABLE_END_REASONS: Final = frozenset(
         "status_silent",
         "link_lost",
         "device_fault",
+        "reservoir_empty",
         "shutdown",
         # device reasons (ICD stop reasons)
         "WATCHDOG",
@@ -130,18 +130,30 @@ def continuation_offer(
     session_cap_ul: int,
     window_s: int,
     now: Instant,
+    delivery: Delivery | None = None,
 ) -> ContinuationOffer | None:
     """The continuation the last administration allows now, or None.
 
     Only the most recent administration may be continued, only when its last run
     ended for a technical reason, within `window_s` of that end, with at least 1 µL
-    of the session cap left.
+    of the session cap left. A to-dryness prescription (`delivery`) that ran dry at
+    its expected volume is complete: nothing to continue.
     """
     if not history or window_s <= 0:
         return None
     admin = history[-1]
     last = admin.last_run
     if last.status is SessionStatus.OPEN or not is_continuable(last.end_reason):
+        return None
+    if delivery is not None and (
+        classify_end(
+            delivery,
+            delivered_ul=last.delivered_ul or 0,
+            device_reason=last.end_reason,
+            host_reason=last.end_reason,
+        ).end
+        is EndClass.COMPLETED_TO_DRYNESS
+    ):
         return None
     ended = last.ended or last.started
     since_s = elapsed_s(ended, now)

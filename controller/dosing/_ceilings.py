@@ -14,6 +14,7 @@ __all__ = [
     "CEILING_OUTPUT_PCT_MAX",
     "CEILING_OUTPUT_PCT_MIN",
     "CEILING_SESSION_UL",
+    "DEFAULT_CONTINUATION_WINDOW_S",
     "ICD_MAX_TARGET_UL",
     "RESERVOIR_CAPACITY_UL",
     "ROLLING_WINDOW_S",
@@ -40,3 +41,7 @@ CEILING_OUTPUT_PCT_MAX: Final = 100
 
 ROLLING_WINDOW_S: Final = 24 * 3600
 """Length of the rolling window of the per-24 h limits."""
+
+DEFAULT_CONTINUATION_WINDOW_S: Final = 3600
+"""How long after an interruption a continuation run may start, unless the prescription
+says otherwise (`limits.continuation_window_s`, never above 24 h; 0 turns them off)."""

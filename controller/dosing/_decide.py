@@ -368,7 +368,11 @@ def decide(
     admins = administrations(sessions)
     window_s = limits.continuation_window_s
     offer = continuation_offer(
-        admins, session_cap_ul=_session_cap_ul(prescription), window_s=window_s, now=now.instant
+        admins,
+        session_cap_ul=_session_cap_ul(prescription),
+        window_s=window_s,
+        now=now.instant,
+        delivery=prescription.delivery,
     )
     continuing = request.continue_last and offer is not None
     # A continuation is part of its administration: the schedule looks at the others.

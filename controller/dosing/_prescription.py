@@ -17,13 +17,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
-from controller.dosing._administration import DEFAULT_CONTINUATION_WINDOW_S
 from controller.dosing._ceilings import (
     CEILING_24H_UL,
     CEILING_MAX_DURATION_S,
     CEILING_OUTPUT_PCT_MAX,
     CEILING_OUTPUT_PCT_MIN,
     CEILING_SESSION_UL,
+    DEFAULT_CONTINUATION_WINDOW_S,
     RESERVOIR_CAPACITY_UL,
 )
 

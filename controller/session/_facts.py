@@ -21,7 +21,7 @@ from controller.alarms import (
     acknowledge,
     evaluate,
 )
-from drivers.mn1 import Status
+from drivers.mn1 import FaultBits, Status
 
 from ._effects import Effect, LogLine, Now, WriteAlarm
 from ._running import Conditions, RunningSession
@@ -43,6 +43,7 @@ class AlarmFacts:
     rebooted_mid_session: bool = False  # latched until `device_rebooted` is acknowledged
     stop_unconfirmed_session_id: int | None = None
     last_end: tuple[int, int] | None = None  # (session id, ms) the last session ended
+    dry_end_expected: bool = False  # the cup ran dry at a to-dryness dose's expected volume
 
 
 def _progress(session: RunningSession, now_ms: int) -> SessionProgress | None:
@@ -76,8 +77,11 @@ def alarm_inputs(
 ) -> AlarmInputs:
     """Every fact the alarm table looks at, from the runtime's view of the bed."""
     running = session if device_nebulising else None
+    faults = int(status.faults) if status is not None else 0
+    if facts.dry_end_expected:
+        faults &= ~int(FaultBits.RESERVOIR_EMPTY)  # the planned end of a to-dryness dose
     return AlarmInputs(
-        device_faults=int(status.faults) if status is not None else 0,
+        device_faults=faults,
         link_lost=link_lost,
         session_open=session is not None,
         flow_ul_min=running.flow_ul_min if running is not None else None,

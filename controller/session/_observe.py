@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Final, Literal
 
 from controller.alarms import AlarmSettings, AlarmState
-from controller.dosing import Prescription
+from controller.dosing import HOST_REASON_RESERVOIR_EMPTY, Prescription, dry_end_expected
 from controller.ledger import ReconcileSource
 from drivers.mn1 import (
     DeviceRebooted,
     DeviceState,
     DeviceSwapped,
+    FaultBits,
     Ident,
     Identified,
     LinkEvent,
@@ -251,11 +252,23 @@ class DeviceObserver:
     ) -> None:
         """Fault bits first: STOP at once if ours runs (the device also stops by itself)."""
         had_faults = bool(previous.faults) if previous is not None else False
+        dry_only = status.faults == FaultBits.RESERVOIR_EMPTY
         if status.faults and not had_faults:
             if ours and self.state in (SessionState.NEBULISING, SessionState.CONFIRMING):
-                self._stop("device_fault", now)  # safe state first, not next tick
+                reason = HOST_REASON_RESERVOIR_EMPTY if dry_only else "device_fault"
+                self._stop(reason, now)  # safe state first, not next tick
             self._apply(SessionEvent.FAULT_RAISED)
+            last = self.last_ended
+            ran_dry_now = ours or (last is not None and last.session_id == status.session_id)
+            # A to-dryness prescription that ran dry at its expected volume is complete:
+            # the dry-cup bit is then no alarm (its end is recorded as to dryness).
+            self._book.facts.dry_end_expected = (
+                dry_only
+                and ran_dry_now
+                and dry_end_expected(self.prescription.delivery, delivered_ul=status.delivered_ul)
+            )
         elif not status.faults and had_faults:
+            self._book.facts.dry_end_expected = False
             self._apply(SessionEvent.FAULTS_CLEARED)
 
     def _on_idle_other_session(self, status: Status, now: Now) -> None:

@@ -349,6 +349,7 @@ class SessionRuntime(DeviceObserver):
         assert pending is not None, "intent_recorded without request_start"
         decision = pending.decision
         pending.session_id = session_id
+        self._book.facts.dry_end_expected = False
         self._session = RunningSession(
             session_id=session_id,
             subject_id=self.prescription.subject_id,

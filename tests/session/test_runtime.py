@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller.alarms import AlarmCode
-from controller.dosing import SessionStatus
+from controller.dosing import Delivery, Prescription, SessionStatus
 from controller.ledger import Ledger
 from controller.session import (
     ASSUMED_STOP_LATENCY_MS,
@@ -466,3 +466,39 @@ def test_below_the_floor_a_running_session_finishes_below_the_emergency_level_it
     assert bed.of_type(WriteEnded)[-1].host_reason == "storage_emergency"
     assert AlarmCode.STORAGE_EMERGENCY in bed.raised()
     assert any("emergency" in r for r in bed.runtime.refusals(link_ready=True))
+
+
+# --- nebulising to dryness (issue 15, item 3) ---------------------------------------
+
+
+def _to_dryness() -> Prescription:
+    return pilot_prescription().model_copy(
+        update={"delivery": Delivery(fill_ul=3000, residual_ul=100)}
+    )
+
+
+def test_a_dose_run_to_dryness_at_its_expected_volume_raises_no_alarm() -> None:
+    bed = ready_bed(
+        prescription=_to_dryness(), model=DeviceModel(nominal_ul_min=3000, fill_ul=3000)
+    )
+    assert bed.start().started
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=120_000)
+    bed.run_for(500)
+    ended = bed.of_type(WriteEnded)[-1]
+    assert 2800 <= ended.delivered_ul <= 2900
+    assert "reservoir_empty" in {ended.device_reason.lower(), ended.host_reason}
+    assert AlarmCode.DEVICE_RESERVOIR_EMPTY not in bed.raised()
+
+
+def test_a_cup_that_runs_dry_early_raises_the_alarm_and_may_be_continued(tmp_path: Path) -> None:
+    model = DeviceModel(nominal_ul_min=3000, fill_ul=1500)
+    with Ledger.create(
+        tmp_path / "ledger.sqlite3", device_id="neb-test", subject_id="S-001"
+    ) as ledger:
+        bed = ready_bed(prescription=_to_dryness(), model=model, ledger=ledger)
+        assert bed.start().started
+        bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=120_000)
+        bed.run_for(500)
+        assert AlarmCode.DEVICE_RESERVOIR_EMPTY in bed.raised()
+        decision = bed.decide(continue_last=True)
+        assert decision.continues_administration is not None, decision.refusal_reasons
