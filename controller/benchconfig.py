@@ -47,6 +47,10 @@ class BenchPrescription:
     """First day of the course relative to today (UTC)."""
     course_days: int = 7
     max_session_duration_s: int = 600
+    fill_ul: int | None = None
+    """With a fill: the cup holds this much and the dose is nebulised to dryness."""
+    residual_ul: int = 100
+    """What the mesh cannot nebulise (the simulated head's default)."""
 
 
 def bench_mqtt_section(
@@ -110,6 +114,12 @@ def _prescription_text(rx: BenchPrescription) -> str:
         "output_pct_min = 50",
         "output_pct_max = 100",
     ]
+    if rx.fill_ul is not None:
+        lines += [
+            "[prescription.delivery]",
+            f"fill_ul = {rx.fill_ul}",
+            f"residual_ul = {rx.residual_ul}",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -113,6 +113,7 @@ def _demo_config(
             course_first_day=0,
             course_days=5,
             max_session_duration_s=1200,
+            fill_ul=_SESSION_UL,  # the pilot's form: 3 mL in the cup, nebulised to dryness
         ),
         device=f'device_id = "neb-demo-{number:02d}"\nward = "{_WARD}"\nbed = "{bed}"',
         session="confirm_timeout_s = 30",
@@ -449,9 +450,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--fill-ul",
         type=int,
-        default=3200,
-        help="liquid in each simulated head's cup (µL); below 3000 the pilot session "
-        "runs dry and the demo fails, saying why",
+        default=3000,
+        help="liquid in each simulated head's cup (µL); the pilot fills 3000 µL and "
+        "nebulises to dryness (the mesh leaves 100 µL); well below that the cup runs dry "
+        "early and the demo fails, saying why",
     )
     parser.add_argument(
         "--log-file",
