@@ -44,9 +44,10 @@ def test_breath_gated_with_defaults() -> None:
 
 
 def test_breath_gated_from_toml(tmp_path: Path) -> None:
-    text = EXAMPLE.read_text(encoding="utf-8") + (
-        '\n[prescription.delivery]\nmode = "breath_gated"\ngate_pct = 70\n'
-        "lead_breaths = 0\napnoea_s = 60\n"
+    text = EXAMPLE.read_text(encoding="utf-8").replace(
+        "[prescription.delivery]\n",
+        '[prescription.delivery]\nmode = "breath_gated"\ngate_pct = 70\n'
+        "lead_breaths = 0\napnoea_s = 60\n",
     )
     path = tmp_path / "gated.toml"
     path.write_text(text, encoding="utf-8")
