@@ -209,8 +209,12 @@ class Ledger:
         concentration_per_ml: float | None = None,
         dose_unit: str | None = None,
         publish: Sequence[OutboxMessage] = (),
+        delivery: Mapping[str, Any] | None = None,
     ) -> int:
         """Allocate a new session id and commit the intent; returns the session id.
+
+        `delivery` (optional) records how the dose is delivered: `{"mode":
+        "continuous"}`, or breath-gated with its gating parameters (ICD 1.1).
 
         Returns only after COMMIT (WAL fsynced): call it before the START bytes go out.
         The device target must not exceed the planned cap, because an uncertain session
@@ -238,6 +242,8 @@ class Ledger:
             "dose_unit": dose_unit,
             "decision": dict(decision_trace),
         }
+        if delivery is not None:
+            body["delivery"] = dict(delivery)
         with self._db.writing() as connection:
             cursor = connection.execute(
                 "INSERT INTO sessions (subject_id, allocated_utc) VALUES (?, ?)",

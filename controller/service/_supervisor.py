@@ -48,6 +48,7 @@ from controller.session import (
 )
 from drivers.mn1 import (
     Ack,
+    CapsDiscovery,
     ClearFaults,
     CommandAnswered,
     CommandFailed,
@@ -71,6 +72,9 @@ CONDITIONS_PERIOD_S: Final = 0.5
 #: The longest a start may take from START to its answer (START retries, the
 #: runtime's confirm deadline, and margin); past it the shell reports a bug.
 _START_SETTLE_BOUND_MS: Final = 10_000
+#: The longest a breath-gated start waits for capability discovery (a version-1 head
+#: is known after 3 unanswered QUERY_CAPS 50 ms apart; margin for a loaded machine).
+CAPS_WAIT_MS: Final = 1500
 
 
 class Supervisor:
@@ -262,6 +266,7 @@ class Supervisor:
     async def start(self, decision: Decision) -> StartOutcome:
         """Intent (committed) → START with the device cap → the head shows it running."""
         async with self._start_lock:
+            await self._await_capabilities()
             step = self.runtime.request_start(
                 decision, link_ready=self.link_ready(), now=self._now()
             )
@@ -287,6 +292,15 @@ class Supervisor:
             if not outcome.started:
                 unbind_session()
             return outcome
+
+    async def _await_capabilities(self) -> None:
+        """A breath-gated prescription needs the head's capabilities (ICD 1.1): wait,
+        bounded, for discovery to end; the runtime refuses if it is still pending."""
+        if self.prescription.delivery.breath_gated:
+            await self._wait_for(
+                lambda: self.runtime.caps_discovery is not CapsDiscovery.PENDING,
+                CAPS_WAIT_MS,
+            )
 
     def _take_settled(self) -> StartOutcome:
         outcome = self._settled

@@ -30,6 +30,7 @@ __all__ = [
     "StartOutcome",
     "StartSettled",
     "WriteAlarm",
+    "WriteBreathSummary",
     "WriteCommand",
     "WriteDecision",
     "WriteEnded",
@@ -87,6 +88,9 @@ class WriteIntent:
     concentration_per_ml: float
     dose_unit: str
     at: Instant
+    #: How the dose is delivered ("continuous", or "breath_gated" with gate_pct,
+    #: lead_breaths and apnoea_s); kept with the intent so the record says how it ran.
+    delivery: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,6 +270,16 @@ class WriteCommand:
     session_id: int | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteBreathSummary:
+    """A run's breath accounting on an ICD 1.1 head, once it is final (an estimate
+    beside `delivered_ul`: breaths, rate, tidal volume, aerosol by phase, WAITING)."""
+
+    session_id: int
+    figures: Mapping[str, object]
+    at: Instant
+
+
 LedgerWrite = (
     WriteStarted
     | WriteEnded
@@ -277,6 +291,7 @@ LedgerWrite = (
     | WriteOverride
     | WriteAlarm
     | WriteCommand
+    | WriteBreathSummary
 )
 
 

@@ -33,11 +33,22 @@ from dataclasses import dataclass
 from typing import Final
 
 from controller.alarms import AlarmCode, AlarmEvent, AlarmSettings
+from controller.breath import delivery_refusal, start_command
 from controller.dosing import Decision, Override, Prescription, TrustedTime
 from controller.dosing import SessionRecord as LedgerSessionRecord
 from controller.ledger import StorageReport, decision_to_json
-from drivers.mn1 import Ack, CommandAnswered, CommandOutcome, LinkEvent, Nak, Start
+from drivers.mn1 import (
+    Ack,
+    CapsDiscovery,
+    CommandAnswered,
+    CommandOutcome,
+    LinkEvent,
+    Nak,
+    Start,
+    StartGated,
+)
 
+from ._breath import BreathTracker
 from ._effects import (
     Effect,
     LogLine,
@@ -143,6 +154,9 @@ class SessionRuntime(DeviceObserver):
             deadlines.append(self._last_stop_tx_ms + STOP_REPEAT_MS)
         if self._start is not None and self._start.deadline_ms is not None:
             deadlines.append(self._start.deadline_ms)
+        breath_deadline = self._breath.deadline_ms()
+        if breath_deadline is not None:
+            deadlines.append(breath_deadline)
         return min(deadlines) if deadlines else None
 
     def refusals(self, *, link_ready: bool) -> list[str]:
@@ -227,6 +241,7 @@ class SessionRuntime(DeviceObserver):
         ):
             self._start_deadline_passed(pending, now)
         self._settle_start(now)
+        self._breath_tick(now)
 
     def on_conditions(self, trusted: TrustedTime, storage: StorageReport, now: Now) -> None:
         """Fresh clock trust and free space (read by the shell at least every second)."""
@@ -279,6 +294,9 @@ class SessionRuntime(DeviceObserver):
                 reasons=tuple(refusals) + decision.refusal_reasons,
                 decision=decision,
             )
+        refused = self._delivery_refused(decision)
+        if refused is not None:
+            return refused
         nominal = self.ident.nominal_ul_min if self.ident is not None else DEFAULT_NOMINAL_UL_MIN
         expected_flow = nominal * decision.output_pct // 100
         too_small = cap_too_small(
@@ -305,9 +323,10 @@ class SessionRuntime(DeviceObserver):
             concentration_per_ml=float(lot.concentration_per_ml()),
             dose_unit=str(lot.unit),
             at=now.at,
+            delivery=self._delivery_record(),
         )
 
-    def intent_recorded(self, session_id: int, now: Now) -> Start:
+    def intent_recorded(self, session_id: int, now: Now) -> Start | StartGated:
         """The intent row is committed: the session is open, here is the START to send."""
         pending = self._start
         assert pending is not None, "intent_recorded without request_start"
@@ -324,7 +343,9 @@ class SessionRuntime(DeviceObserver):
             start_sent_ms=now.ms,
         )
         self._apply(SessionEvent.START_REQUESTED)
-        return Start(
+        # START, or START_GATED with the prescription's gating parameters (ICD 1.1).
+        return start_command(
+            self.prescription.delivery,
             session_id=session_id,
             target_ul=decision.session_cap_ul,
             max_duration_s=decision.max_duration_s,
@@ -361,6 +382,7 @@ class SessionRuntime(DeviceObserver):
             if self.state in (SessionState.STARTING, SessionState.START_UNKNOWN):
                 self._apply(SessionEvent.START_ACKED)
             pending.deadline_ms = now.ms + CONFIRM_NEBULISING_MS
+            self._effects += self._breath.start_acked(session_id=pending.session_id, now=now)
         else:
             # Outcome unknown: read STATUS, never a blind second START.
             if self.state is SessionState.STARTING:
@@ -495,3 +517,50 @@ class SessionRuntime(DeviceObserver):
     def _settle(self, outcome: StartOutcome) -> None:
         self._start = None
         self._effects.append(StartSettled(outcome))
+
+    # ------------------------------------------------------------------ breath (ICD 1.1)
+
+    @property
+    def caps_discovery(self) -> CapsDiscovery:
+        """What the runtime knows of the head's addendum-1.1 capabilities."""
+        return self._breath.caps_discovery
+
+    @property
+    def breath(self) -> BreathTracker:
+        """The head's capabilities and the breath accounting of its current run."""
+        return self._breath
+
+    def _delivery_refused(self, decision: Decision) -> StartOutcome | None:
+        """A breath-gated prescription on a head that cannot gate: refused, with why
+        (never run continuously instead)."""
+        refusal = delivery_refusal(
+            self.prescription.delivery,
+            caps_discovery=self._breath.caps_discovery,
+            caps=self._breath.caps,
+        )
+        if refusal is None:
+            return None
+        self._log("warning", "start refused", code=refusal.code, reason=refusal.reason)
+        return StartOutcome(
+            started=False,
+            session_id=None,
+            reasons=(f"{refusal.code}: {refusal.reason}",),
+            decision=decision,
+        )
+
+    def _delivery_record(self) -> dict[str, object]:
+        """How the dose is delivered, for the intent row."""
+        delivery = self.prescription.delivery
+        if not delivery.breath_gated:
+            return {"mode": "continuous"}
+        return {
+            "mode": "breath_gated",
+            "gate_pct": delivery.gated_gate_pct,
+            "lead_breaths": delivery.gated_lead_breaths,
+            "apnoea_s": delivery.gated_apnoea_s,
+        }
+
+    def _breath_tick(self, now: Now) -> None:
+        """An ended run whose last BREATH did not come within `apnoea_s` is final."""
+        if self._breath.tick(now.ms):
+            self._evaluate_alarms(now)  # judges the final run, then records its summary
