@@ -192,7 +192,7 @@ def test_a_stop_while_waiting_is_sent_and_repeated_until_the_head_is_idle() -> N
     bed = ready(Bed(prescription=gated(lead_breaths=3), model=head_11("slow-deep")))
     assert bed.start().started
     assert bed.statuses[-1][1].state is DeviceState.WAITING  # sensing its lead breaths
-    bed.deaf_until_ms = bed.now_ms + 400  # the head's answers are lost for a while
+    bed.deaf_until_ms = bed.now_ms + 250  # answers lost, yet no link loss (300 ms)
     bed.stop()
     bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=3000)
     assert len(bed.of_type(SendStop)) >= 2  # repeated while the head still showed WAITING
