@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from controller.alarms import AlarmCode, AlarmEvent, AlarmSettings
+from controller.breath import BreathingCadence
 from controller.clock import Clock, ClockTrustMonitor
 from controller.dosing import (
     Decision,
@@ -116,6 +117,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._settled: StartOutcome | None = None
         self._start_lock = asyncio.Lock()
+        self._breathing_cadence = BreathingCadence()
         recorder.on_failure = self._on_ledger_failure
 
     # ------------------------------------------------------------------ views
@@ -142,7 +144,23 @@ class Supervisor:
         """Everything `session status` shows."""
         return snapshot(
             self.runtime, link_up=bool(self._link.link_up), refusals=self.controller_refusals()
+        ) | {"breathing": self.runtime.breath.snapshot(self._now_ms())}
+
+    def breathing_message(self) -> dict[str, object] | None:
+        """The fields of a `nebuliser.breathing` message if one is due now (every 10 s
+        and at a change of session or WAITING), on a breath-aware head only."""
+        tracker = self.runtime.breath
+        if tracker.caps is None:
+            return None
+        run = tracker.run
+        current = run if run is not None and run.end_reason is None else None
+        now_ms = self._now_ms()
+        reason = self._breathing_cadence.poll(
+            now_ms,
+            session_id=current.session_id if current is not None else None,
+            waiting=current is not None and current.accumulator.waiting,
         )
+        return None if reason is None else tracker.message_fields(now_ms, reason=reason)
 
     # ------------------------------------------------------------------ effects
 

@@ -15,9 +15,15 @@ Limits never use any of this: the dose stays `delivered_ul` (STATUS / SESSION_EN
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from controller.alarms import BreathingFacts
-from controller.breath import BreathAccumulator, RecentBreathing, breathing_facts
+from controller.breath import (
+    BreathAccumulator,
+    RecentBreathing,
+    breathing_facts,
+    breathing_fields,
+)
 from controller.dosing import Prescription
 from drivers.mn1 import (
     BreathReceived,
@@ -38,6 +44,8 @@ from drivers.mn1 import (
 )
 
 from ._effects import Now, WriteBreathSummary
+
+Reason = Literal["periodic", "state_change"]
 
 __all__ = ["BreathRun", "BreathTracker"]
 
@@ -160,6 +168,40 @@ class BreathTracker:
             end_reason=end_reason,
             final=run.final and not run.cut_short,
         )
+
+    def message_fields(self, now_ms: int, *, reason: Reason) -> dict[str, object]:
+        """The fields of a `nebuliser.breathing` message (and of `session status`)."""
+        run = self.run
+        current = run if run is not None and run.end_reason is None else None
+        gated = current.gated if current is not None else self._prescription.delivery.breath_gated
+        return breathing_fields(
+            self.recent,
+            current.accumulator if current is not None else None,
+            now_ms=now_ms,
+            gated=gated,
+            reason=reason,
+        )
+
+    def snapshot(self, now_ms: int) -> dict[str, object]:
+        """What `session status` shows of the head's breath sensing and the current run."""
+        caps = self.caps
+        fields = self.message_fields(now_ms, reason="periodic")
+        del fields["reason"]
+        return {
+            "delivery": "breath_gated"
+            if self._prescription.delivery.breath_gated
+            else "continuous",
+            "head": (
+                "unknown"
+                if self.caps_discovery is CapsDiscovery.PENDING
+                else "version_1"
+                if caps is None
+                else "breath_gated"
+                if caps.breath_gated
+                else "breath_sensing"
+            ),
+            **fields,
+        }
 
     def take_summary(self, now: Now) -> list[WriteBreathSummary]:
         """Once the run is final (and the alarms judged it): its summary row, once."""
