@@ -21,14 +21,17 @@ from controller.config import NebuliserConfig, load_config
 from controller.ledger import LEDGER_FILE_NAME, Ledger
 from controller.service import run_service
 from simulators.mn1 import BreathingModel, DeviceModel, RunningSimulator, run_pty_simulator
+from tests.controller.test_mqtt_service import capturing, mqtt_section, until
 from tests.controller.test_service_pty import start_confirmed, wait_status
+from tests.support.mosquitto import MosquittoBroker
+from tests.telemetry.helpers import validate_payload
 
 FAST_UL_MIN = 6000  # 100 µL/s
 CAP_UL = 200
 
 
 def gated_config(
-    tmp_path: Path, *, port: str, session_ul: int, apnoea_s: int = 5
+    tmp_path: Path, *, port: str, session_ul: int, apnoea_s: int = 5, extra: str = ""
 ) -> NebuliserConfig:
     """The bench configuration with a breath-gated prescription."""
     text = bench_config_text(
@@ -38,6 +41,7 @@ def gated_config(
             subject_id="TEST-001", lot_id="LOT-T", session_ul=session_ul
         ),
         device='device_id = "neb-test"',
+        extra=extra,
     )
     text += (
         "[prescription.delivery]\n"
@@ -51,12 +55,17 @@ def gated_config(
 
 @contextlib.asynccontextmanager
 async def gated_bed(
-    tmp_path: Path, model: DeviceModel, *, session_ul: int = CAP_UL, apnoea_s: int = 5
+    tmp_path: Path,
+    model: DeviceModel,
+    *,
+    session_ul: int = CAP_UL,
+    apnoea_s: int = 5,
+    extra: str = "",
 ) -> AsyncIterator[tuple[NebuliserConfig, RunningSimulator]]:
     """The simulator on a pty and the controller on it, the head identified."""
     async with run_pty_simulator(model) as sim:
         config = gated_config(
-            tmp_path, port=sim.device_path, session_ul=session_ul, apnoea_s=apnoea_s
+            tmp_path, port=sim.device_path, session_ul=session_ul, apnoea_s=apnoea_s, extra=extra
         )
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as group:
@@ -163,3 +172,41 @@ async def test_a_gated_prescription_is_refused_on_a_version_1_head(tmp_path: Pat
     assert model.truth().session_id == 0
     with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
         assert ledger.history("TEST-001") == []
+
+
+async def test_the_breathing_message_is_published_at_each_change_and_validates(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    model = head_11("severe")
+    async with (
+        MosquittoBroker(workdir=workdir) as broker,
+        capturing(broker) as capture,
+        gated_bed(tmp_path, model, session_ul=800, extra=mqtt_section(broker)) as (config, _sim),
+    ):
+        await until(lambda: bool(capture.bodies("breathing")), 10, "a first breathing message")
+        reply = await start_confirmed(config)
+        assert reply["started"], reply
+        sid = reply["session_id"]
+        await wait_status(config, lambda s: s["last_session"] is not None, 60)
+        await until(
+            lambda: any(
+                b["session_id"] is None and b["reason"] == "state_change"
+                for b in capture.bodies("breathing")[1:]
+            ),
+            10,
+            "the breathing message at the session's end",
+        )
+    bodies = capture.bodies("breathing")
+    for topic, payload, _retain in capture.messages:
+        if topic.endswith("/breathing"):
+            validate_payload(payload)
+    during = [b for b in bodies if b["session_id"] == sid]
+    assert during, bodies
+    assert during[0]["reason"] == "state_change"
+    assert all(b["gated"] for b in during)
+    assert any(b["rate_bpm"] is not None for b in bodies)
+    assert any(b["insp_share_pct"] is not None and b["insp_share_pct"] >= 95 for b in during), [
+        (b["reason"], b["waiting"], b["breaths"], b["insp_share_pct"]) for b in during
+    ]
