@@ -197,3 +197,19 @@ def test_a_stop_while_waiting_is_sent_and_repeated_until_the_head_is_idle() -> N
     bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=3000)
     assert len(bed.of_type(SendStop)) >= 2  # repeated while the head still showed WAITING
     assert bed.of_type(WriteEnded)[0].host_reason == "operator_stop:test"
+
+
+def test_a_head_reboot_mid_run_records_the_cut_run_and_asks_the_head_again() -> None:
+    bed = ready(Bed(prescription=gated(), model=head_11("severe")))
+    assert bed.start().started
+    bed.run_for(8000)
+    bed.model.reboot(now_ms=bed.now_ms)
+    bed.run_until_true(lambda: bed.runtime.session is None, timeout_ms=3000)
+    bed.run_for(2000)
+    assert bed.runtime.caps_discovery is CapsDiscovery.DISCOVERED  # asked again
+    # The run was cut short: its figures are recorded, its accounting is not judged.
+    summaries = bed.of_type(WriteBreathSummary)
+    assert len(summaries) == 1
+    assert summaries[0].figures["gated"] is True
+    assert AlarmCode.BREATH_ACCOUNTING_MISMATCH not in raised(bed)
+    assert bed.runtime.session is None  # uncertain (rule 4), not resumed
