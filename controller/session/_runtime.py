@@ -171,6 +171,7 @@ class SessionRuntime(DeviceObserver):
             uncertain=self._uncertain.all(),
             start_pending=self._start is not None,
         )
+        reasons.extend(self._delivery_refusals(transient=False))
         swapped = self._book.facts.swapped_to_serial
         if swapped is not None:
             reasons.append(
@@ -287,6 +288,7 @@ class SessionRuntime(DeviceObserver):
         commit before calling `intent_recorded` (which gives the START to send).
         """
         refusals = self.refusals(link_ready=link_ready)
+        refusals += self._delivery_refusals(transient=True)
         if refusals or not decision.allowed:
             return StartOutcome(
                 started=False,
@@ -294,9 +296,6 @@ class SessionRuntime(DeviceObserver):
                 reasons=tuple(refusals) + decision.refusal_reasons,
                 decision=decision,
             )
-        refused = self._delivery_refused(decision)
-        if refused is not None:
-            return refused
         nominal = self.ident.nominal_ul_min if self.ident is not None else DEFAULT_NOMINAL_UL_MIN
         expected_flow = nominal * decision.output_pct // 100
         too_small = cap_too_small(
@@ -530,23 +529,22 @@ class SessionRuntime(DeviceObserver):
         """The head's capabilities and the breath accounting of its current run."""
         return self._breath
 
-    def _delivery_refused(self, decision: Decision) -> StartOutcome | None:
+    def _delivery_refusals(self, *, transient: bool) -> list[str]:
         """A breath-gated prescription on a head that cannot gate: refused, with why
-        (never run continuously instead)."""
+        (never run continuously instead). "code: sentence", like every refusal.
+
+        `transient=False`: the lasting ones (`refusals`, shown by `session status`);
+        `transient=True`: discovery still running, checked at the start itself (the
+        shell waits for discovery first).
+        """
         refusal = delivery_refusal(
             self.prescription.delivery,
             caps_discovery=self._breath.caps_discovery,
             caps=self._breath.caps,
         )
-        if refusal is None:
-            return None
-        self._log("warning", "start refused", code=refusal.code, reason=refusal.reason)
-        return StartOutcome(
-            started=False,
-            session_id=None,
-            reasons=(f"{refusal.code}: {refusal.reason}",),
-            decision=decision,
-        )
+        if refusal is None or refusal.transient is not transient:
+            return []
+        return [f"{refusal.code}: {refusal.reason}"]
 
     def _delivery_record(self) -> dict[str, object]:
         """How the dose is delivered, for the intent row."""

@@ -168,6 +168,8 @@ async def test_a_gated_prescription_is_refused_on_a_version_1_head(tmp_path: Pat
         assert any("ICD version 1" in r for r in reply["reasons"]), reply
         status = await wait_status(config, lambda s: True, 1)
         assert status["breathing"]["head"] == "version_1"
+        # `session status` says so before anyone tries.
+        assert any(r.startswith("head_not_breath_aware") for r in status["start_refusals"])
     assert model.truth().sessions == []
     assert model.truth().session_id == 0
     with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:

@@ -17,7 +17,9 @@ from controller.dosing import Delivery, Prescription
 from controller.ledger import Ledger
 from controller.session import (
     SendStop,
+    SessionRuntime,
     SessionState,
+    StartOutcome,
     WriteAlarm,
     WriteBreathSummary,
     WriteEnded,
@@ -161,6 +163,9 @@ def test_mask_off_ends_no_breathing_with_its_alarm() -> None:
 def test_a_gated_prescription_is_refused_on_a_version_1_head_with_the_reason() -> None:
     bed = ready(Bed(prescription=gated(), model=DeviceModel(nominal_ul_min=FAST_UL_MIN)))
     assert bed.runtime.caps_discovery is CapsDiscovery.VERSION_1
+    assert any(
+        r.startswith("head_not_breath_aware:") for r in bed.runtime.refusals(link_ready=True)
+    )
     outcome = bed.start()
     assert not outcome.started
     assert outcome.session_id is None
@@ -213,3 +218,17 @@ def test_a_head_reboot_mid_run_records_the_cut_run_and_asks_the_head_again() -> 
     assert summaries[0].figures["gated"] is True
     assert AlarmCode.BREATH_ACCOUNTING_MISMATCH not in raised(bed)
     assert bed.runtime.session is None  # uncertain (rule 4), not resumed
+
+
+def test_a_gated_start_before_discovery_is_refused_as_unknown_not_run() -> None:
+    bed = ready(Bed(prescription=gated(), model=head_11()))
+    decision = bed.decide()
+    assert decision.allowed
+    fresh = SessionRuntime(prescription=gated())  # no link event yet: discovery pending
+    assert fresh.caps_discovery is CapsDiscovery.PENDING
+    step = fresh.request_start(decision, link_ready=True, now=bed.now())
+    assert isinstance(step, StartOutcome)
+    assert not step.started
+    assert [r.split(":")[0] for r in step.reasons] == ["head_capabilities_unknown"]
+    # Not a lasting refusal: `session status` does not list it, the start re-checks it.
+    assert fresh.refusals(link_ready=True) == []
