@@ -23,6 +23,7 @@ from controller.breath import (
     RecentBreathing,
     breathing_facts,
     breathing_fields,
+    delivery_refusal,
 )
 from controller.dosing import Prescription
 from drivers.mn1 import (
@@ -141,6 +142,33 @@ class BreathTracker:
         return True
 
     # ------------------------------------------------------------------ outputs
+
+    def refusals(self, *, transient: bool) -> list[str]:
+        """A breath-gated prescription on a head that cannot gate: refused, with why
+        (never run continuously instead). "code: sentence", like every refusal.
+
+        `transient=False`: the lasting ones (part of the runtime's `refusals`, shown by
+        `session status`); `transient=True`: discovery still running, checked at the
+        start itself (the shell waits, bounded, for discovery first).
+        """
+        refusal = delivery_refusal(
+            self._prescription.delivery, caps_discovery=self.caps_discovery, caps=self.caps
+        )
+        if refusal is None or refusal.transient is not transient:
+            return []
+        return [f"{refusal.code}: {refusal.reason}"]
+
+    def delivery_record(self) -> dict[str, object]:
+        """How the dose is delivered, for the intent row."""
+        delivery = self._prescription.delivery
+        if not delivery.breath_gated:
+            return {"mode": "continuous"}
+        return {
+            "mode": "breath_gated",
+            "gate_pct": delivery.gated_gate_pct,
+            "lead_breaths": delivery.gated_lead_breaths,
+            "apnoea_s": delivery.gated_apnoea_s,
+        }
 
     def deadline_ms(self) -> int | None:
         """When an ended run stops waiting for its last BREATH."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from controller.alarms import AlarmCode, AlarmEvent, AlarmSettings
-from controller.breath import delivery_refusal, start_command
+from controller.breath import start_command
 from controller.dosing import Decision, Override, Prescription, TrustedTime
 from controller.dosing import SessionRecord as LedgerSessionRecord
 from controller.ledger import StorageReport, decision_to_json
@@ -171,7 +171,7 @@ class SessionRuntime(DeviceObserver):
             uncertain=self._uncertain.all(),
             start_pending=self._start is not None,
         )
-        reasons.extend(self._delivery_refusals(transient=False))
+        reasons.extend(self._breath.refusals(transient=False))
         swapped = self._book.facts.swapped_to_serial
         if swapped is not None:
             reasons.append(
@@ -288,7 +288,7 @@ class SessionRuntime(DeviceObserver):
         commit before calling `intent_recorded` (which gives the START to send).
         """
         refusals = self.refusals(link_ready=link_ready)
-        refusals += self._delivery_refusals(transient=True)
+        refusals += self._breath.refusals(transient=True)  # the shell waited for discovery
         if refusals or not decision.allowed:
             return StartOutcome(
                 started=False,
@@ -322,7 +322,7 @@ class SessionRuntime(DeviceObserver):
             concentration_per_ml=float(lot.concentration_per_ml()),
             dose_unit=str(lot.unit),
             at=now.at,
-            delivery=self._delivery_record(),
+            delivery=self._breath.delivery_record(),
         )
 
     def intent_recorded(self, session_id: int, now: Now) -> Start | StartGated:
@@ -528,35 +528,6 @@ class SessionRuntime(DeviceObserver):
     def breath(self) -> BreathTracker:
         """The head's capabilities and the breath accounting of its current run."""
         return self._breath
-
-    def _delivery_refusals(self, *, transient: bool) -> list[str]:
-        """A breath-gated prescription on a head that cannot gate: refused, with why
-        (never run continuously instead). "code: sentence", like every refusal.
-
-        `transient=False`: the lasting ones (`refusals`, shown by `session status`);
-        `transient=True`: discovery still running, checked at the start itself (the
-        shell waits for discovery first).
-        """
-        refusal = delivery_refusal(
-            self.prescription.delivery,
-            caps_discovery=self._breath.caps_discovery,
-            caps=self._breath.caps,
-        )
-        if refusal is None or refusal.transient is not transient:
-            return []
-        return [f"{refusal.code}: {refusal.reason}"]
-
-    def _delivery_record(self) -> dict[str, object]:
-        """How the dose is delivered, for the intent row."""
-        delivery = self.prescription.delivery
-        if not delivery.breath_gated:
-            return {"mode": "continuous"}
-        return {
-            "mode": "breath_gated",
-            "gate_pct": delivery.gated_gate_pct,
-            "lead_breaths": delivery.gated_lead_breaths,
-            "apnoea_s": delivery.gated_apnoea_s,
-        }
 
     def _breath_tick(self, now: Now) -> None:
         """An ended run whose last BREATH did not come within `apnoea_s` is final."""

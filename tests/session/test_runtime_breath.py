@@ -232,3 +232,23 @@ def test_a_gated_start_before_discovery_is_refused_as_unknown_not_run() -> None:
     assert [r.split(":")[0] for r in step.reasons] == ["head_capabilities_unknown"]
     # Not a lasting refusal: `session status` does not list it, the start re-checks it.
     assert fresh.refusals(link_ready=True) == []
+
+
+@pytest.mark.parametrize("pattern", ["adult", "slow-deep", "irregular"])
+def test_a_gated_head_ignoring_its_cap_is_stopped_by_the_host_at_or_below_it(
+    pattern: str,
+) -> None:
+    """Between pulses STATUS shows no flow; the host's prediction must still stop a
+    head that ignores its own cap before the cap, whatever the breathing."""
+    for seed in range(3):
+        model = DeviceModel(
+            nominal_ul_min=6000,
+            fill_ul=6000,
+            breathing=BreathingModel(pattern=pattern, seed=seed),
+        )
+        model.set_defect("ignore_target_cap", True, now_ms=0)
+        bed = ready(Bed(prescription=gated(), model=model))
+        assert bed.start().started
+        ended = run_to_end(bed, timeout_ms=10 * 60_000)
+        assert ended.host_reason in ("cap_predicted", "cap_reached")
+        assert model.truth().total_delivered_ul <= CAP_UL, (pattern, seed)
