@@ -252,3 +252,16 @@ def test_a_gated_head_ignoring_its_cap_is_stopped_by_the_host_at_or_below_it(
         ended = run_to_end(bed, timeout_ms=10 * 60_000)
         assert ended.host_reason in ("cap_predicted", "cap_reached")
         assert model.truth().total_delivered_ul <= CAP_UL, (pattern, seed)
+
+
+@pytest.mark.parametrize("pattern", ["slow-deep", "irregular"])
+def test_slow_or_irregular_breathing_at_the_pilot_flow_raises_no_alarm(pattern: str) -> None:
+    """400 µL/min, 15 s apnoea: long expirations (WAITING, no flow) are neither
+    `output_low` nor `no_breathing_detected`, and the long gated run is not `dose_late`."""
+    model = DeviceModel(nominal_ul_min=400, fill_ul=5000, breathing=BreathingModel(pattern=pattern))
+    bed = ready(Bed(prescription=gated(apnoea_s=15), model=model))
+    assert bed.start().started
+    ended = run_to_end(bed, timeout_ms=30 * 60_000)
+    assert CAP_UL - 10 <= ended.delivered_ul <= CAP_UL
+    assert ended.duration_ms > 2 * CAP_UL * 60_000 // 400  # over twice the continuous time
+    assert raised(bed) == []
