@@ -127,6 +127,9 @@ class SessionProgress:
     elapsed_ms: int
     expected_duration_ms: int
     target_reached: bool
+    #: When the dose counts as late (None: `expected_duration_ms` + the margin). A
+    #: breath-gated run is late only at its maximum duration.
+    late_after_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -348,7 +351,11 @@ def _treatment_conditions(
         if session.target_reached:
             if session.elapsed_ms * 100 < session.expected_duration_ms * settings.dose_early_pct:
                 present[AlarmCode.DOSE_REACHED_EARLY] = fields
-        elif session.elapsed_ms >= session.expected_duration_ms + settings.dose_late_margin_ms:
+        elif session.elapsed_ms >= (
+            session.late_after_ms
+            if session.late_after_ms is not None
+            else session.expected_duration_ms + settings.dose_late_margin_ms
+        ):
             present[AlarmCode.DOSE_LATE] = fields
     if inputs.stop_sent_at_ms is not None and inputs.device_nebulising:
         stop_pending_ms = now_ms - inputs.stop_sent_at_ms

@@ -44,6 +44,7 @@ def _print_status(reply: dict[str, Any]) -> None:
             f"head:     {status['state']}  reservoir {status['reservoir_ul']} µL  "
             f"mesh {status['mesh_temp_c']:.1f} °C  faults 0x{status['faults']:04x}"
         )
+    _print_breathing(reply.get("breathing"))
     last = reply.get("last_session")
     if last:
         print(
@@ -71,6 +72,26 @@ def _print_status(reply: dict[str, Any]) -> None:
         print("a start would be refused:")
         for reason in reply["start_refusals"]:
             print(f"  - {reason}")
+
+
+def _print_breathing(breathing: dict[str, Any] | None) -> None:
+    """The breath-aware head's view (ICD 1.1): only when the head or prescription has one."""
+    if not breathing or (
+        breathing["head"] in ("unknown", "version_1") and breathing["delivery"] == "continuous"
+    ):
+        return
+    rate = breathing.get("rate_bpm")
+    line = f"breath:   {breathing['delivery']} on a {breathing['head']} head"
+    if rate is not None:
+        line += (
+            f"  rate {rate}/min  tidal {breathing['tidal_ml']} mL  I:E 1:{breathing['ie_ratio']}"
+        )
+    if breathing.get("session_id") is not None:
+        share = breathing.get("insp_share_pct")
+        line += "  WAITING for a breath" if breathing["waiting"] else ""
+        line += f"  {breathing['breaths']} breaths"
+        line += f", {share} % of the aerosol in inspiration" if share is not None else ""
+    print(line)
 
 
 async def _call(args: argparse.Namespace, op: str, **params: Any) -> dict[str, Any]:

@@ -248,11 +248,14 @@ class Ledger(ContinuityMixin, ReadingMixin):
         dose_unit: str | None = None,
         administration_id: int | None = None,
         publish: Sequence[OutboxMessage] = (),
+        delivery: Mapping[str, Any] | None = None,
     ) -> int:
         """Allocate a new session id and commit the intent; returns the session id.
 
         `administration_id` names the first run of the administration this run
         continues (None: a new administration).
+        `delivery` (optional) records how the dose is delivered: `{"mode":
+        "continuous"}`, or breath-gated with its gating parameters (ICD 1.1).
 
         Returns only after COMMIT (WAL fsynced): call it before the START bytes go out.
         The device target must not exceed the planned cap, because an uncertain session
@@ -282,6 +285,8 @@ class Ledger(ContinuityMixin, ReadingMixin):
         }
         if administration_id is not None:
             body["administration_id"] = administration_id
+        if delivery is not None:
+            body["delivery"] = dict(delivery)
         with self._db.writing() as connection:
             cursor = connection.execute(
                 "INSERT INTO sessions (subject_id, allocated_utc) VALUES (?, ?)",

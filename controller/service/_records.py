@@ -16,6 +16,7 @@ from controller.ledger import AlarmAction, Ledger, OutboxMessage
 from controller.session import (
     LedgerWrite,
     WriteAlarm,
+    WriteBreathSummary,
     WriteCommand,
     WriteDecision,
     WriteEnded,
@@ -80,6 +81,7 @@ def write_intent(ledger: Ledger, intent: WriteIntent) -> int:
         concentration_per_ml=intent.concentration_per_ml,
         dose_unit=intent.dose_unit,
         administration_id=intent.administration_id,
+        delivery=intent.delivery,
     )
 
 
@@ -135,6 +137,9 @@ def perform_write(  # noqa: PLR0911 - one arm per record kind
                 session_id=write.session_id,
                 publish=publish,
             )
+        case WriteBreathSummary(session_id=sid, figures=figures, at=at):
+            ledger.record_breath_summary(sid, figures=figures, at=at)
+            return None
         case WriteOverride(override=override, subject_id=subject, at=at):
             return ledger.record_override(override, subject_id=subject, at=at)
         case WriteAlarm(event=event, session_id=sid, at=at):

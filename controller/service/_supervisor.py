@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from controller.alarms import AlarmCode, AlarmEvent, AlarmSettings
+from controller.breath import BreathingCadence
 from controller.clock import Clock, ClockTrustMonitor
 from controller.dosing import (
     Decision,
@@ -48,6 +49,7 @@ from controller.session import (
 )
 from drivers.mn1 import (
     Ack,
+    CapsDiscovery,
     ClearFaults,
     CommandAnswered,
     CommandFailed,
@@ -71,6 +73,9 @@ CONDITIONS_PERIOD_S: Final = 0.5
 #: The longest a start may take from START to its answer (START retries, the
 #: runtime's confirm deadline, and margin); past it the shell reports a bug.
 _START_SETTLE_BOUND_MS: Final = 10_000
+#: The longest a breath-gated start waits for capability discovery (a version-1 head
+#: is known after 3 unanswered QUERY_CAPS 50 ms apart; margin for a loaded machine).
+CAPS_WAIT_MS: Final = 1500
 
 
 class Supervisor:
@@ -115,6 +120,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._settled: StartOutcome | None = None
         self._start_lock = asyncio.Lock()
+        self._breathing_cadence = BreathingCadence()
         recorder.on_failure = self._on_ledger_failure
 
     # ------------------------------------------------------------------ views
@@ -141,7 +147,23 @@ class Supervisor:
         """Everything `session status` shows."""
         return snapshot(
             self.runtime, link_up=bool(self._link.link_up), refusals=self.controller_refusals()
+        ) | {"breathing": self.runtime.breath.snapshot(self._now_ms())}
+
+    def breathing_message(self) -> dict[str, object] | None:
+        """The fields of a `nebuliser.breathing` message if one is due now (every 10 s
+        and at a change of session or WAITING), on a breath-aware head only."""
+        tracker = self.runtime.breath
+        if tracker.caps is None:
+            return None
+        run = tracker.run
+        current = run if run is not None and run.end_reason is None else None
+        now_ms = self._now_ms()
+        reason = self._breathing_cadence.poll(
+            now_ms,
+            session_id=current.session_id if current is not None else None,
+            waiting=current is not None and current.accumulator.waiting,
         )
+        return None if reason is None else tracker.message_fields(now_ms, reason=reason)
 
     # ------------------------------------------------------------------ effects
 
@@ -290,6 +312,7 @@ class Supervisor:
     async def start(self, decision: Decision) -> StartOutcome:
         """Intent (committed) → START with the device cap → the head shows it running."""
         async with self._start_lock:
+            await self._await_capabilities()
             step = self.runtime.request_start(
                 decision, link_ready=self.link_ready(), now=self._now()
             )
@@ -315,6 +338,15 @@ class Supervisor:
             if not outcome.started:
                 unbind_session()
             return outcome
+
+    async def _await_capabilities(self) -> None:
+        """A breath-gated prescription needs the head's capabilities (ICD 1.1): wait,
+        bounded, for discovery to end; the runtime refuses if it is still pending."""
+        if self.prescription.delivery.breath_gated:
+            await self._wait_for(
+                lambda: self.runtime.caps_discovery is not CapsDiscovery.PENDING,
+                CAPS_WAIT_MS,
+            )
 
     def _take_settled(self) -> StartOutcome:
         outcome = self._settled

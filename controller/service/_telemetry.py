@@ -387,7 +387,22 @@ class _Sampler:
                     telemetry_hz=self._hz,
                 ),
             )
-        return entries
+        return entries + self._breathing_entries(utc)
+
+    def _breathing_entries(self, utc: datetime) -> list[OutboxEntry]:
+        """`nebuliser.breathing` (ICD 1.1 heads): every 10 s and at each state change."""
+        fields = self._sup.breathing_message()
+        if fields is None:
+            return []
+        return [
+            outbox_entry(
+                self._identity,
+                root_topic=self._root,
+                schema="nebuliser.breathing",
+                utc=utc,
+                **fields,
+            )
+        ]
 
     async def _sample(self, now_s: float) -> None:
         messages = [ledger_message(entry) for entry in self._entries(now_s)]

@@ -30,6 +30,7 @@ __all__ = [
     "StartOutcome",
     "StartSettled",
     "WriteAlarm",
+    "WriteBreathSummary",
     "WriteCommand",
     "WriteDecision",
     "WriteEnded",
@@ -88,6 +89,9 @@ class WriteIntent:
     dose_unit: str
     at: Instant
     administration_id: int | None = None  # set when this run continues an administration
+    #: How the dose is delivered ("continuous", or "breath_gated" with gate_pct,
+    #: lead_breaths and apnoea_s); kept with the intent so the record says how it ran.
+    delivery: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,6 +273,16 @@ class WriteCommand:
     session_id: int | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteBreathSummary:
+    """A run's breath accounting on an ICD 1.1 head, once it is final (an estimate
+    beside `delivered_ul`: breaths, rate, tidal volume, aerosol by phase, WAITING)."""
+
+    session_id: int
+    figures: Mapping[str, object]
+    at: Instant
+
+
 LedgerWrite = (
     WriteStarted
     | WriteEnded
@@ -280,6 +294,7 @@ LedgerWrite = (
     | WriteOverride
     | WriteAlarm
     | WriteCommand
+    | WriteBreathSummary
 )
 
 

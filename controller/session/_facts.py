@@ -17,11 +17,12 @@ from controller.alarms import (
     AlarmInputs,
     AlarmSettings,
     AlarmState,
+    BreathingFacts,
     SessionProgress,
     acknowledge,
     evaluate,
 )
-from drivers.mn1 import FaultBits, Status
+from drivers.mn1 import DeviceState, FaultBits, Status
 
 from ._effects import Effect, LogLine, Now, WriteAlarm
 from ._running import Conditions, RunningSession
@@ -46,7 +47,7 @@ class AlarmFacts:
     dry_end_expected: bool = False  # the cup ran dry at a to-dryness dose's expected volume
 
 
-def _progress(session: RunningSession, now_ms: int) -> SessionProgress | None:
+def _progress(session: RunningSession, now_ms: int, *, gated: bool) -> SessionProgress | None:
     if session.nebulising_since_ms is None:
         return None
     expected_ms = (
@@ -54,6 +55,19 @@ def _progress(session: RunningSession, now_ms: int) -> SessionProgress | None:
         if session.expected_flow_ul_min
         else session.max_duration_s * 1000
     )
+    if gated:
+        # A gated run pulses only in inspiration and pauses while the patient does not
+        # breathe: it is late only when the head's own limit ends it (max duration).
+        # The continuous figure stays the lower bound for "reached early".
+        return SessionProgress(
+            session_id=session.session_id,
+            delivered_ul=session.delivered_ul,
+            session_cap_ul=session.cap_ul,
+            elapsed_ms=max(0, now_ms - session.nebulising_since_ms),
+            expected_duration_ms=expected_ms,
+            target_reached=session.delivered_ul >= session.cap_ul,
+            late_after_ms=session.max_duration_s * 1000,
+        )
     return SessionProgress(
         session_id=session.session_id,
         delivered_ul=session.delivered_ul,
@@ -74,9 +88,17 @@ def alarm_inputs(
     facts: AlarmFacts,
     uncertain_session_id: int | None,
     now_ms: int,
+    breathing: BreathingFacts | None = None,
+    gated: bool = False,
 ) -> AlarmInputs:
-    """Every fact the alarm table looks at, from the runtime's view of the bed."""
-    running = session if device_nebulising else None
+    """Every fact the alarm table looks at, from the runtime's view of the bed.
+
+    `device_nebulising` includes WAITING (a gated session paused: still in session
+    for the ignored-STOP alarm); the flow alarms only look at NEBULISING, since a
+    head that waits for a breath emits nothing on purpose.
+    """
+    emitting = status is not None and status.state is DeviceState.NEBULISING
+    running = session if device_nebulising and emitting else None
     faults = int(status.faults) if status is not None else 0
     if facts.dry_end_expected:
         faults &= ~int(FaultBits.RESERVOIR_EMPTY)  # the planned end of a to-dryness dose
@@ -86,7 +108,7 @@ def alarm_inputs(
         session_open=session is not None,
         flow_ul_min=running.flow_ul_min if running is not None else None,
         expected_flow_ul_min=running.expected_flow_ul_min if running is not None else None,
-        session=_progress(session, now_ms) if session is not None else None,
+        session=_progress(session, now_ms, gated=gated) if session is not None else None,
         device_nebulising=device_nebulising,
         stop_sent_at_ms=session.stop_sent_ms if session is not None else None,
         session_stopped_by_watchdog=facts.watchdog_stop,
@@ -102,6 +124,7 @@ def alarm_inputs(
         stop_unconfirmed_session_id=facts.stop_unconfirmed_session_id,
         command_flood=conditions.command_flood,
         command_unrecorded_total=conditions.command_unrecorded_total,
+        breathing=breathing,
     )
 
 

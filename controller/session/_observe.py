@@ -33,6 +33,7 @@ from drivers.mn1 import (
     StopReason,
 )
 
+from ._breath import BreathTracker
 from ._effects import (
     Effect,
     LogLine,
@@ -66,6 +67,9 @@ STOP_REPEAT_MS: Final = 100
 _ACKED_OR_SEEN_RUNNING: Final = frozenset(
     {SessionState.NEBULISING, SessionState.STOPPING, SessionState.LINK_LOST}
 )
+#: Device states of a session in progress: WAITING is a breath-gated session paused
+#: (between pulses, or for want of breathing) — still running, still to be stopped.
+IN_SESSION_DEVICE_STATES: Final = frozenset({DeviceState.NEBULISING, DeviceState.WAITING})
 
 
 class DeviceObserver:
@@ -98,6 +102,7 @@ class DeviceObserver:
         self._stop_everything_at_open = False
         self._last_stop_tx_ms = 0
         self._last_tick_ms = 0
+        self._breath = BreathTracker(prescription)  # ICD 1.1: capabilities, breath runs
 
     # ------------------------------------------------------------------ views
 
@@ -125,15 +130,19 @@ class DeviceObserver:
         return not self._status_stale
 
     def device_nebulising(self) -> bool:
-        """The last STATUS says NEBULISING and no SESSION_END has come since."""
+        """The last STATUS says NEBULISING (or WAITING: a gated session paused) and no
+        SESSION_END has come since."""
         status = self.last_status
         return (
-            status is not None and status.state is DeviceState.NEBULISING and not self._status_stale
+            status is not None
+            and status.state in IN_SESSION_DEVICE_STATES
+            and not self._status_stale
         )
 
     # ------------------------------------------------------------------ link events
 
     def _observe(self, event: LinkEvent, now: Now) -> None:  # noqa: PLR0912 - one arm per event
+        self._breath.on_event(event, now.ms)
         match event:
             case PortOpened():
                 if self._stop_everything_at_open or self.state in STOP_SENDING_STATES:
@@ -195,7 +204,7 @@ class DeviceObserver:
             session.flow_ul_min = status.flow_ul_min
             session.status_at_ms = now.ms
         self._on_fault_bits(previous, status, ours=ours, now=now)
-        if status.state is DeviceState.NEBULISING:
+        if status.state in IN_SESSION_DEVICE_STATES:
             if ours and session is not None:
                 if session.nebulising_since_ms is None:
                     session.nebulising_since_ms = now.ms
@@ -231,7 +240,7 @@ class DeviceObserver:
         if self.state not in (SessionState.NEBULISING, SessionState.CONFIRMING):
             return
         self._check_stop_rules(session, now)
-        if status.session_id != session.session_id or status.state is not DeviceState.NEBULISING:
+        if status.session_id != session.session_id or status.state not in IN_SESSION_DEVICE_STATES:
             return
         last = session.progress_recorded_ms
         if last is not None and now.ms - last < self._progress_interval_ms:
@@ -281,7 +290,7 @@ class DeviceObserver:
         if (
             self.state is SessionState.UNCERTAIN
             and self._session is None
-            and status.state is not DeviceState.NEBULISING
+            and status.state not in IN_SESSION_DEVICE_STATES
         ):
             # Uncertain sessions the device does not have (rebooted since): the ledger
             # keeps their full cap; the runtime leaves UNCERTAIN so that the dose engine
@@ -501,10 +510,13 @@ class DeviceObserver:
             facts=self._book.facts,
             uncertain_session_id=self._uncertain.unaccepted_id(),
             now_ms=now.ms,
+            breathing=self._breath.facts(now.ms),
+            gated=self.prescription.delivery.breath_gated,
         )
         self._effects += self._book.evaluate(
             inputs, open_session_id=self._open_session_id(), now=now
         )
+        self._effects += self._breath.take_summary(now)  # once the final run was judged
 
     # ------------------------------------------------------------------ helpers
 

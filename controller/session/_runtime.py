@@ -33,11 +33,22 @@ from dataclasses import dataclass
 from typing import Final
 
 from controller.alarms import AlarmCode, AlarmEvent, AlarmPriority, AlarmSettings
+from controller.breath import start_command
 from controller.dosing import Decision, Override, Prescription, TrustedTime
 from controller.dosing import SessionRecord as LedgerSessionRecord
 from controller.ledger import StorageLevel, StorageReport, decision_to_json
-from drivers.mn1 import Ack, CommandAnswered, CommandOutcome, LinkEvent, Nak, Start
+from drivers.mn1 import (
+    Ack,
+    CapsDiscovery,
+    CommandAnswered,
+    CommandOutcome,
+    LinkEvent,
+    Nak,
+    Start,
+    StartGated,
+)
 
+from ._breath import BreathTracker
 from ._effects import (
     Effect,
     LogLine,
@@ -143,6 +154,9 @@ class SessionRuntime(DeviceObserver):
             deadlines.append(self._last_stop_tx_ms + STOP_REPEAT_MS)
         if self._start is not None and self._start.deadline_ms is not None:
             deadlines.append(self._start.deadline_ms)
+        breath_deadline = self._breath.deadline_ms()
+        if breath_deadline is not None:
+            deadlines.append(breath_deadline)
         return min(deadlines) if deadlines else None
 
     def refusals(self, *, link_ready: bool) -> list[str]:
@@ -157,6 +171,7 @@ class SessionRuntime(DeviceObserver):
             uncertain=self._uncertain.all(),
             start_pending=self._start is not None,
         )
+        reasons.extend(self._breath.refusals(transient=False))
         swapped = self._book.facts.swapped_to_serial
         if swapped is not None:
             reasons.append(
@@ -227,6 +242,7 @@ class SessionRuntime(DeviceObserver):
         ):
             self._start_deadline_passed(pending, now)
         self._settle_start(now)
+        self._breath_tick(now)
 
     def on_conditions(self, trusted: TrustedTime, storage: StorageReport, now: Now) -> None:
         """Fresh clock trust and free space (read by the shell at least every second)."""
@@ -292,6 +308,7 @@ class SessionRuntime(DeviceObserver):
         commit before calling `intent_recorded` (which gives the START to send).
         """
         refusals = self.refusals(link_ready=link_ready)
+        refusals += self._breath.refusals(transient=True)  # the shell waited for discovery
         if refusals or not decision.allowed:
             return StartOutcome(
                 started=False,
@@ -341,9 +358,10 @@ class SessionRuntime(DeviceObserver):
             dose_unit=str(lot.unit),
             at=now.at,
             administration_id=decision.continues_administration,
+            delivery=self._breath.delivery_record(),
         )
 
-    def intent_recorded(self, session_id: int, now: Now) -> Start:
+    def intent_recorded(self, session_id: int, now: Now) -> Start | StartGated:
         """The intent row is committed: the session is open, here is the START to send."""
         pending = self._start
         assert pending is not None, "intent_recorded without request_start"
@@ -361,7 +379,9 @@ class SessionRuntime(DeviceObserver):
             start_sent_ms=now.ms,
         )
         self._apply(SessionEvent.START_REQUESTED)
-        return Start(
+        # START, or START_GATED with the prescription's gating parameters (ICD 1.1).
+        return start_command(
+            self.prescription.delivery,
             session_id=session_id,
             target_ul=decision.session_cap_ul,
             max_duration_s=decision.max_duration_s,
@@ -398,6 +418,7 @@ class SessionRuntime(DeviceObserver):
             if self.state in (SessionState.STARTING, SessionState.START_UNKNOWN):
                 self._apply(SessionEvent.START_ACKED)
             pending.deadline_ms = now.ms + CONFIRM_NEBULISING_MS
+            self._effects += self._breath.start_acked(session_id=pending.session_id, now=now)
         else:
             # Outcome unknown: read STATUS, never a blind second START.
             if self.state is SessionState.STARTING:
@@ -532,3 +553,20 @@ class SessionRuntime(DeviceObserver):
     def _settle(self, outcome: StartOutcome) -> None:
         self._start = None
         self._effects.append(StartSettled(outcome))
+
+    # ------------------------------------------------------------------ breath (ICD 1.1)
+
+    @property
+    def caps_discovery(self) -> CapsDiscovery:
+        """What the runtime knows of the head's addendum-1.1 capabilities."""
+        return self._breath.caps_discovery
+
+    @property
+    def breath(self) -> BreathTracker:
+        """The head's capabilities and the breath accounting of its current run."""
+        return self._breath
+
+    def _breath_tick(self, now: Now) -> None:
+        """An ended run whose last BREATH did not come within `apnoea_s` is final."""
+        if self._breath.tick(now.ms):
+            self._evaluate_alarms(now)  # judges the final run, then records its summary

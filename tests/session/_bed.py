@@ -44,6 +44,7 @@ from drivers.mn1 import (
     HostLink,
     LinkPhase,
     Start,
+    StartGated,
     Status,
     StatusReceived,
     Stop,
@@ -82,6 +83,7 @@ class Bed:
     wall_offset_s: float = 0.0
     deaf_until_ms: int = 0  # device → host bytes are lost (corrupted) until then
     statuses: list[tuple[int, Status]] = field(default_factory=list)
+    intents: list[WriteIntent] = field(default_factory=list)
     _next_session_id: int = 1
     _start_seq: int | None = None
 
@@ -174,6 +176,7 @@ class Bed:
         self._perform()
         if isinstance(step, StartOutcome):
             return step
+        self.intents.append(step)
         session_id = self._write_intent(step)
         command = self.runtime.intent_recorded(session_id, self.now())
         self._perform()
@@ -298,7 +301,9 @@ class Bed:
             for event in self.link.take_events():
                 moved = True
                 if isinstance(event, CommandAnswered | CommandFailed):
-                    if event.seq == self._start_seq and isinstance(event.command, Start):
+                    if event.seq == self._start_seq and isinstance(
+                        event.command, Start | StartGated
+                    ):
                         self._start_seq = None
                         self.runtime.start_answered(event, self.now())
                         self._perform()
