@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from controller.benchconfig import BenchPrescription, bench_config_text
+from controller.benchconfig import BenchPrescription, bench_config_text, init_bench_ledger
 from controller.config import NebuliserConfig, load_config
 from controller.ledger import LEDGER_FILE_NAME, Ledger
 from controller.service import run_service
@@ -50,7 +50,9 @@ def gated_config(
     )
     path = tmp_path / "controller.toml"
     path.write_text(text, encoding="utf-8")
-    return load_config(path)
+    config = load_config(path)
+    init_bench_ledger(config)
+    return config
 
 
 @contextlib.asynccontextmanager
