@@ -29,9 +29,6 @@ Inputs: `recover`, `on_link_event`, `tick`, `on_conditions`, `on_ledger_failure`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
-
 from controller.alarms import AlarmCode, AlarmEvent, AlarmPriority, AlarmSettings
 from controller.breath import start_command
 from controller.dosing import Decision, Override, Prescription, TrustedTime
@@ -51,19 +48,24 @@ from drivers.mn1 import (
 from ._breath import BreathTracker
 from ._effects import (
     Effect,
-    LogLine,
     Now,
-    SendStop,
     StartOutcome,
     StartSettled,
-    WriteAlarm,
     WriteDecision,
     WriteIntent,
     WriteOverride,
-    WriteStartRefused,
 )
-from ._observe import STOP_REPEAT_MS, TICK_MS, DeviceObserver
+from ._observe import STOP_REPEAT_MS, TICK_MS
 from ._running import RunningSession, cap_too_small, controller_refusals
+from ._start_flow import (
+    CONFIRM_NEBULISING_MS,
+    DEFAULT_NOMINAL_UL_MIN,
+    PENDING_STATES,
+    RESOLVE_START_MS,
+    StartFlow,
+    _PendingStart,
+    effect_rank,
+)
 from ._states import SessionEvent, SessionState
 from ._stop_rules import ASSUMED_STOP_LATENCY_MS
 
@@ -76,40 +78,8 @@ __all__ = [
     "SessionRuntime",
 ]
 
-#: After START is ACKed, STATUS must show our session nebulising within this time.
-CONFIRM_NEBULISING_MS: Final = 1000
-#: After an unanswered START, wait this long for a STATUS that tells the outcome.
-RESOLVE_START_MS: Final = 700
-#: The flow assumed before IDENT names the head's nominal output (ICD §4: 400 µL/min).
-DEFAULT_NOMINAL_UL_MIN: Final = 400
-_PENDING_STATES: Final = frozenset(
-    {SessionState.STARTING, SessionState.START_UNKNOWN, SessionState.CONFIRMING}
-)
 
-
-def _effect_rank(effect: Effect) -> int:
-    match effect:
-        case SendStop():
-            return 0
-        case WriteAlarm():
-            return 1
-        case LogLine():
-            return 3
-        case _:
-            return 2
-
-
-@dataclass(slots=True, kw_only=True)
-class _PendingStart:
-    decision: Decision
-    expected_flow_ul_min: int
-    worst_flow_ul_min: int
-    session_id: int | None = None
-    answered: bool = False
-    deadline_ms: int | None = None
-
-
-class SessionRuntime(DeviceObserver):
+class SessionRuntime(StartFlow):
     """Owns the device session of one bed: every safety decision, no I/O."""
 
     def __init__(
@@ -143,12 +113,12 @@ class SessionRuntime(DeviceObserver):
         kind the order of the decisions is kept (a started row before its end row).
         """
         effects, self._effects = self._effects, []
-        return sorted(effects, key=_effect_rank)
+        return sorted(effects, key=effect_rank)
 
     def next_deadline_ms(self) -> int | None:
         """When `tick` must run next (None: only an input can change anything)."""
         deadlines = []
-        if self._session is not None or self.state in _PENDING_STATES:
+        if self._session is not None or self.state in PENDING_STATES:
             deadlines.append(self._last_tick_ms + TICK_MS)
         elif self._stop_must_repeat():
             deadlines.append(self._last_stop_tx_ms + STOP_REPEAT_MS)
@@ -485,74 +455,6 @@ class SessionRuntime(DeviceObserver):
         )
         self._lose_session(SessionEvent.DELIVERY_UNKNOWN, "shutdown_stop_unconfirmed", now)
         self._evaluate_alarms(now)
-
-    # ------------------------------------------------------------------ start flow
-
-    def _observed_confirm(self) -> None:
-        status = self.last_status
-        if not self._confirm_armed or status is None:
-            return
-        if self._confirm_baseline is None:
-            self._confirm_baseline = status.confirm_count
-        elif status.confirm_count != self._confirm_baseline:
-            self.confirm_pressed = True
-
-    def _start_refused(self, pending: _PendingStart, reason: str, now: Now) -> None:
-        sid = pending.session_id
-        assert sid is not None
-        if self._session is not None and self._session.session_id == sid:
-            self._session = None
-        if self.state in (SessionState.STARTING, SessionState.START_UNKNOWN):
-            self._apply(SessionEvent.START_NAKED)
-        self._effects.append(WriteStartRefused(session_id=sid, nak_reason=reason, at=now.at))
-        self._settle(
-            StartOutcome(
-                started=False,
-                session_id=sid,
-                reasons=(f"device refused START: {reason}",),
-                decision=pending.decision,
-            )
-        )
-
-    def _start_deadline_passed(self, pending: _PendingStart, now: Now) -> None:
-        pending.deadline_ms = None
-        if self.state is SessionState.CONFIRMING:
-            self._apply(SessionEvent.CONFIRM_TIMEOUT)
-            self._stop("confirm_timeout", now)
-        elif self.state is SessionState.START_UNKNOWN:
-            self._lose_session(SessionEvent.DELIVERY_UNKNOWN, "start_unanswered", now)
-        self._settle_start(now, deadline_passed=True)
-
-    def _settle_start(self, now: Now, *, deadline_passed: bool = False) -> None:
-        """Answer the pending start once the device has shown what became of it."""
-        pending = self._start
-        if pending is None or not pending.answered or pending.session_id is None:
-            return
-        sid = pending.session_id
-        session = self._session
-        ours_open = session is not None and session.session_id == sid
-        if ours_open and self.state in _PENDING_STATES and not deadline_passed:
-            return
-        if ours_open and self.state is SessionState.IDLE:
-            self._start_refused(pending, "NOT_RUNNING_AFTER_UNANSWERED_START", now)
-            return
-        if sid in self._ran:
-            self._settle(
-                StartOutcome(started=True, session_id=sid, reasons=(), decision=pending.decision)
-            )
-            return
-        self._settle(
-            StartOutcome(
-                started=False,
-                session_id=sid,
-                reasons=(f"device did not confirm session {sid} running ({self.state.value})",),
-                decision=pending.decision,
-            )
-        )
-
-    def _settle(self, outcome: StartOutcome) -> None:
-        self._start = None
-        self._effects.append(StartSettled(outcome))
 
     # ------------------------------------------------------------------ breath (ICD 1.1)
 

@@ -81,7 +81,7 @@ def run_to_end(bed: Bed, timeout_ms: int = 20 * 60_000) -> WriteEnded:
 def test_a_gated_session_runs_to_its_cap_with_no_alarm_and_its_summary_is_recorded(
     tmp_path: Path, pattern: str
 ) -> None:
-    ledger = Ledger.open(tmp_path / "ledger.db")
+    ledger = Ledger.create(tmp_path / "ledger.db", device_id="neb-test", subject_id="S-001")
     bed = ready(Bed(prescription=gated(), model=head_11(pattern), ledger=ledger))
     outcome = bed.start()
     assert outcome.started, outcome.reasons
