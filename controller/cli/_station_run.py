@@ -59,8 +59,8 @@ def run_station_command(args: argparse.Namespace) -> int:
             ward=args.ward,
             users_file=args.users,
             proxy_header=args.auth_header,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
+            tls_cert=args.https_cert,
+            tls_key=args.https_key,
             signer=signer,
             title=args.title or f"Ward {args.ward or 'station'}",
         )

@@ -20,6 +20,7 @@ from controller.config import (
     load_config,
     load_service_prescription,
 )
+from controller.exitcodes import ExitCode
 from controller.ledger import (
     LEDGER_FILE_NAME,
     EmptyHistoryAcceptance,
@@ -35,8 +36,9 @@ from controller.ledger import (
 
 __all__ = ["register"]
 
-EXIT_CONFIG = 2
-EXIT_LEDGER = 3
+# The one exit-code table (controller/exitcodes.py): 2 usage, 4 the ledger.
+EXIT_CONFIG = ExitCode.USAGE
+EXIT_LEDGER = ExitCode.LEDGER
 
 
 def _data_dir(args: argparse.Namespace) -> Path:

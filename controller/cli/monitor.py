@@ -26,11 +26,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 from rich.console import Console, Group
 from rich.live import Live
 
+from controller.brokerurl import add_broker_options, broker_from_args
 from controller.config import ConfigError, load_config
 from controller.security import KeyFileError
 from controller.telemetry import (
@@ -48,9 +48,8 @@ from ._monitor_screen import AckChoice, Page, ack_choices, layout_page, render_r
 
 __all__ = [
     "RENDER_INTERVAL_S",
-    "add_broker_options",
+    "add_ward_broker_options",
     "mqtt_settings",
-    "parse_broker_url",
     "register",
     "render_ward",
     "run_live",
@@ -70,15 +69,11 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--broker",
-        help="mqtt://HOST:PORT or mqtts://HOST:PORT (default: the [mqtt] section of --config)",
-    )
-    parser.add_argument(
         "--ward", help="only this ward, or W1,W2 for several (default: every ward under the root)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per event per line")
     parser.add_argument("--root", default=None, help="topic root (default nebuliser/v1)")
-    add_broker_options(parser)
+    add_ward_broker_options(parser)
     parser.add_argument(
         "--sender",
         default=None,
@@ -99,24 +94,10 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=handler)
 
 
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """`mqtt://host:port` -> (host, port, tls). Raises ValueError naming the fix."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(
-            f"--broker {url!r} is not a broker URL; use mqtt://HOST:PORT or mqtts://HOST:PORT"
-        )
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
-
-
-def add_broker_options(parser: argparse.ArgumentParser) -> None:
-    """--ca, --mqtt-cert/--mqtt-key and --username (shared with `nebuliser station`)."""
-    parser.add_argument("--ca", type=Path, help="CA certificate (PEM) for mqtts://")
-    parser.add_argument(
-        "--mqtt-cert", type=Path, help="client certificate (PEM) for brokers that require mTLS"
-    )
-    parser.add_argument("--mqtt-key", type=Path, help="key of --mqtt-cert (PEM)")
+def add_ward_broker_options(parser: argparse.ArgumentParser) -> None:
+    """--broker URL with --tls-ca/--tls-cert/--tls-key (the one convention, docs/cli.md)
+    and --username (shared with `nebuliser station`)."""
+    add_broker_options(parser)
     parser.add_argument(
         "--username", help="broker user name; the password is read from NEBULISER_MQTT_PASSWORD"
     )
@@ -129,15 +110,17 @@ def mqtt_settings(args: argparse.Namespace, *, client_id: str) -> MqttSettings:
         configured = load_config(args.config).mqtt
         base = configured if configured is not None else base
     update: dict[str, Any] = {"client_id": client_id}
-    if args.broker:
-        host, port, tls = parse_broker_url(args.broker)
-        update |= {"host": host, "port": port}
-        if tls:
-            if args.ca is None and base.tls is None:
-                raise ValueError("mqtts:// needs --ca FILE (the CA that signed the broker)")
-            if args.ca is not None:
+    broker = broker_from_args(args)
+    if broker is not None:
+        update |= {"host": broker.host, "port": broker.port}
+        if broker.tls is not None:
+            if broker.tls.ca_file is None and base.tls is None:
+                raise ValueError("mqtts:// needs --tls-ca FILE (the CA that signed the broker)")
+            if broker.tls.ca_file is not None:
                 update["tls"] = TlsSettings(
-                    ca_file=args.ca, cert_file=args.mqtt_cert, key_file=args.mqtt_key
+                    ca_file=broker.tls.ca_file,
+                    cert_file=broker.tls.cert_file,
+                    key_file=broker.tls.key_file,
                 )
     if args.root:
         update["root_topic"] = args.root

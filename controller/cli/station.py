@@ -7,7 +7,7 @@
     nebuliser station --add-user j.smith --users /etc/nebuliser/station-users
 
 The page is served on loopback by default. Beyond loopback (`--listen 0.0.0.0:8443`)
-it needs --tls-cert/--tls-key and --users (sign-in for everything). Acknowledging
+it needs --https-cert/--https-key and --users (sign-in for everything). Acknowledging
 an alarm needs a signed-in nurse and the station's signing key (--key, --sender,
 --counter-file); unsigned acknowledgements are never sent. See docs/station.md.
 """
@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .monitor import add_broker_options
+from .monitor import add_ward_broker_options
 
 __all__ = ["parse_listen", "register"]
 
@@ -32,10 +32,6 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--broker",
-        help="mqtt://HOST:PORT or mqtts://HOST:PORT (default: the [mqtt] section of --config)",
-    )
-    parser.add_argument(
         "--listen",
         default="127.0.0.1:8080",
         help="HOST:PORT to serve the page on (default 127.0.0.1:8080, loopback only)",
@@ -44,7 +40,7 @@ def register(subparsers: Any) -> None:
         "--ward", help="only this ward, or W1,W2 for several (default: every ward under the root)"
     )
     parser.add_argument("--root", default=None, help="topic root (default nebuliser/v1)")
-    add_broker_options(parser)
+    add_ward_broker_options(parser)
     parser.add_argument("--config", type=Path, help="controller configuration file (TOML)")
     parser.add_argument("--title", default=None, help="page title (default: Ward <ward>)")
     signin = parser.add_argument_group("sign-in")
@@ -60,8 +56,9 @@ def register(subparsers: Any) -> None:
         "NEBULISER_STATION_PASSWORD)",
     )
     tls = parser.add_argument_group("TLS for the page")
-    tls.add_argument("--tls-cert", type=Path, help="certificate (PEM) served to browsers")
-    tls.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    tls.add_argument("--https-cert", type=Path, help="certificate (PEM) served to browsers")
+    tls.add_argument("--https-key", type=Path, help="its private key (PEM)")
+    # (--tls-ca/--tls-cert/--tls-key are the broker's, as on every command: docs/cli.md)
     signing = parser.add_argument_group("signed acknowledgements")
     signing.add_argument("--key", type=Path, help="the station's Ed25519 private key (NAME.key)")
     signing.add_argument("--sender", help="the station's sender id, as configured on the beds")

@@ -3,7 +3,7 @@ task group.
 
 Exposure: on a loopback address the page may be served over plain HTTP and
 viewed without signing in (the station PC's own screen). On any other address
-the station refuses to start unless it has TLS (`--tls-cert`/`--tls-key`) and a
+the station refuses to start unless it has TLS (`--https-cert`/`--https-key`) and a
 sign-in method (a users file); then every request needs a signed-in nurse. The
 reverse-proxy header is trusted only on loopback (the proxy is the only client
 that can reach it there, and the proxy terminates TLS).
@@ -65,7 +65,7 @@ class StationOptions:
         """Refuse unsafe exposure, naming the option that fixes it."""
         loopback = is_loopback(self.listen_host)
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise StationConfigError("give both --tls-cert and --tls-key, or neither")
+            raise StationConfigError("give both --https-cert and --https-key, or neither")
         if self.proxy_header and not loopback:
             raise StationConfigError(
                 f"--auth-header is trusted only when listening on loopback (behind the "
@@ -76,7 +76,7 @@ class StationOptions:
         if not loopback and self.tls_cert is None:
             raise StationConfigError(
                 f"listening on {self.listen_host} (beyond loopback) needs TLS: "
-                "add --tls-cert FILE --tls-key FILE"
+                "add --https-cert FILE --https-key FILE"
             )
         if not loopback and self.users_file is None:
             raise StationConfigError(
@@ -92,7 +92,7 @@ def _check_tls(cert: Path, key: Path) -> None:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise StationConfigError(
-            f"--tls-cert {cert} / --tls-key {key}: {exc}; give a PEM certificate and "
+            f"--https-cert {cert} / --https-key {key}: {exc}; give a PEM certificate and "
             "its private key (readable by this user)"
         ) from exc
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
+from controller.exitcodes import ExitCode
 from controller.ledger import LEDGER_FILE_NAME, AlarmAction, EndSource, Ledger
 from tests.ledger.conftest import SimClock, create_ledger, intent
 
@@ -75,7 +76,7 @@ def test_backup_makes_a_verified_copy_that_opens(
 def test_missing_ledger_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["ledger", "show", "--data-dir", str(tmp_path / "empty")]) == 3
+    assert main(["ledger", "show", "--data-dir", str(tmp_path / "empty")]) == ExitCode.LEDGER
     assert "no dose ledger" in capsys.readouterr().err
 
 

@@ -89,7 +89,7 @@ def mqtt() -> MqttSettings:
             "needs sign-in",
         ),
         ({"listen_host": "10.1.2.3", "proxy_header": "X-Remote-User"}, "only when listening"),
-        ({"tls_cert": Path("c")}, "both --tls-cert and --tls-key"),
+        ({"tls_cert": Path("c")}, "both --https-cert and --https-key"),
     ],
 )
 def test_beyond_loopback_needs_tls_and_sign_in(changes: dict[str, Any], message: str) -> None:
@@ -111,7 +111,7 @@ def test_unusable_tls_files_or_an_empty_users_file_are_clear_errors(
     users = tmp_path / "users"
     UsersFile.load(users).set_password("j.smith", "correct horse")
     args = ["station", "--broker", "mqtt://127.0.0.1:1884", "--listen", "0.0.0.0:8443"]
-    tls = ["--tls-cert", str(tmp_path / "missing.crt"), "--tls-key", str(tmp_path / "k")]
+    tls = ["--https-cert", str(tmp_path / "missing.crt"), "--https-key", str(tmp_path / "k")]
     assert main([*args, *tls, "--users", str(users)]) == 2
     assert "give a PEM certificate" in capsys.readouterr().err
     assert main([*args, *tls, "--users", str(tmp_path / "empty")]) == 2

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from controller.cli import build_parser
 from controller.cli._monitor_screen import ack_choices, layout_page, render_rows
-from controller.cli.monitor import _LiveView, _read_keys, parse_broker_url, run_live
+from controller.cli.monitor import _LiveView, _read_keys, mqtt_settings, run_live
 from controller.telemetry import (
     ActiveAlarm,
     BedRow,
@@ -37,13 +38,23 @@ REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-def test_broker_urls() -> None:
-    assert parse_broker_url("mqtt://10.0.0.5:1884") == ("10.0.0.5", 1884, False)
-    assert parse_broker_url("mqtts://broker.ward") == ("broker.ward", 8883, True)
-    with pytest.raises(ValueError, match="mqtt://HOST:PORT"):
-        parse_broker_url("http://x:1")
-    with pytest.raises(ValueError, match="mqtt://HOST:PORT"):
-        parse_broker_url("localhost:1883")
+def test_monitor_and_station_take_the_one_broker_convention(tmp_path: Path) -> None:
+    """`--broker mqtt(s)://` with `--tls-ca/--tls-cert/--tls-key`, as every command."""
+    parser = build_parser()
+    args = parser.parse_args(["monitor", "--broker", "mqtt://10.0.0.5:1884"])
+    settings = mqtt_settings(args, client_id="m")
+    assert (settings.host, settings.port, settings.tls) == ("10.0.0.5", 1884, None)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here", encoding="utf-8")
+    args = parser.parse_args(["station", "--broker", "mqtts://broker.ward", "--tls-ca", str(ca)])
+    settings = mqtt_settings(args, client_id="s")
+    assert (settings.host, settings.port) == ("broker.ward", 8883)
+    assert settings.tls is not None
+    assert settings.tls.ca_file == ca
+    with pytest.raises(ValueError, match="--tls-ca"):
+        mqtt_settings(parser.parse_args(["monitor", "--broker", "mqtts://b"]), client_id="m")
+    with pytest.raises(ValueError, match="mqtt://HOST"):
+        mqtt_settings(parser.parse_args(["monitor", "--broker", "localhost:1883"]), client_id="m")
 
 
 def alarm(code: str, priority: str, minutes: int, *, acked: bool = False) -> ActiveAlarm:
