@@ -187,6 +187,8 @@ class SessionSummary:
     """Why the host stopped the session, when it did (kept beside the head's reason)."""
     device_reason: str | None = None
     """The head's own stop reason (ICD name), from SESSION_END or STATUS."""
+    administration_id: int | None = None
+    """The first run's session id when this run continues an administration."""
 
     @property
     def dose(self) -> float | None:

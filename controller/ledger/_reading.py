@@ -297,4 +297,7 @@ def _summary(record: SessionRecord, started: bool, events: list[LedgerEvent]) ->
         alarms=tuple(alarms),
         host_reason=None if host_reason is None else str(host_reason),
         device_reason=None if device_reason is None else str(device_reason),
+        administration_id=(
+            None if intent.get("administration_id") is None else int(intent["administration_id"])
+        ),
     )

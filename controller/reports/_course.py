@@ -228,6 +228,14 @@ def read_sessions(
     alarms = [
         e for e in ledger.events(kinds=[EventKind.ALARM], since=since) if e.session_id is None
     ]
+    # A run is continued by the next run of the same administration (issue 15).
+    continued_by: dict[int, int] = {}
+    previous_run: dict[int, int] = {}
+    for s in summaries:
+        administration = s.administration_id or s.session_id
+        if administration in previous_run:
+            continued_by[previous_run[administration]] = s.session_id
+        previous_run[administration] = s.session_id
     sessions = []
     for s in summaries:
         t: Mapping[EventKind, datetime] = times.get(s.session_id, {})
@@ -246,6 +254,7 @@ def read_sessions(
                 reconciled_utc=t.get(EventKind.RECONCILED),
                 subject_overrides=tuple(attached.get(s.session_id, ())),
                 nearby_alarms=nearby,
+                continued_by=continued_by.get(s.session_id),
             )
         )
     return sessions

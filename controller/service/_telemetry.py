@@ -183,6 +183,7 @@ class MqttPublications(Publications):
                     session_id=sid,
                     dose_cap_ul=cap,
                     reasons=[{"code": "started"}],
+                    administration_id=body.get("administration_id"),
                 ),
             )
         cap = int(body.get("cap_ul", body.get("planned_cap_ul", self._caps.get(sid, 0))))

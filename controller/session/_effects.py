@@ -103,6 +103,7 @@ class WriteStarted:
     cap_ul: int
     max_duration_s: int
     at: Instant
+    administration_id: int | None = None  # set on a continuation run
 
     def body(self) -> dict[str, object]:
         """The session message body (MQTT `session` message, event `started`)."""
@@ -112,6 +113,7 @@ class WriteStarted:
             "subject_id": self.subject_id,
             "cap_ul": self.cap_ul,
             "max_duration_s": self.max_duration_s,
+            "administration_id": self.administration_id,
         }
 
 

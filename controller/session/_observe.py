@@ -388,6 +388,7 @@ class DeviceObserver:
                 cap_ul=session.cap_ul,
                 max_duration_s=session.max_duration_s,
                 at=now.at,
+                administration_id=session.administration_id,
             )
         )
         self._log("info", "session started", session_id=session.session_id, cap_ul=session.cap_ul)

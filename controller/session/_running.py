@@ -46,6 +46,7 @@ class RunningSession:
     last_stop_tx_ms: int | None = None
     progress_recorded_ms: int | None = None
     started_recorded: bool = False
+    administration_id: int | None = None  # the first run's id, on a continuation run
 
 
 @dataclass(slots=True, kw_only=True)

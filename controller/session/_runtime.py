@@ -347,6 +347,7 @@ class SessionRuntime(StartFlow):
             expected_flow_ul_min=pending.expected_flow_ul_min,
             worst_flow_ul_min=pending.worst_flow_ul_min,
             start_sent_ms=now.ms,
+            administration_id=decision.continues_administration,
         )
         self._apply(SessionEvent.START_REQUESTED)
         # START, or START_GATED with the prescription's gating parameters (ICD 1.1).

@@ -142,6 +142,8 @@ class SessionMessage(_DeviceFields):
     delivered_ul: Annotated[int, Field(ge=0)] | None = None
     outcome: _Code | None = None
     reasons: list[Reason] = Field(default_factory=list)
+    #: Set on a continuation run: the first run's session id (one dose, several runs).
+    administration_id: Annotated[int, Field(ge=1)] | None = None
 
 
 class AlarmMessage(_DeviceFields):

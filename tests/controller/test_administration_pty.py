@@ -13,6 +13,7 @@ from typing import Any
 from controller.config import NebuliserConfig
 from controller.control import ControlClient
 from controller.ledger import LEDGER_FILE_NAME, Ledger
+from controller.reports import AdministrationStatus, read_sessions, session_outcome
 from controller.session import ASSUMED_STOP_LATENCY_MS
 from simulators.mn1 import DeviceModel, LinkFaults
 
@@ -79,6 +80,13 @@ async def test_an_interrupted_dose_is_continued_to_its_cap(tmp_path: Path) -> No
     runs = _runs(config)
     assert len(runs) == 2
     assert runs[1].administration_id == runs[0].session_id
+    # Reported as one dose: the first run reads "continued in session N".
+    with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+        course = read_sessions(ledger, subject_id="TEST-001")
+    assert course[0].continued_by == runs[1].session_id
+    outcome = session_outcome(course[0])
+    assert outcome.status is AdministrationStatus.CONTINUED
+    assert f"continued in session {runs[1].session_id}" in (outcome.reason or "")
     total = sum(r.delivered_ul or 0 for r in runs)
     price_ul = 2 + -(-FLOW_UL_MIN * ASSUMED_STOP_LATENCY_MS // 60_000)
     assert CAP_UL - price_ul <= total <= CAP_UL
