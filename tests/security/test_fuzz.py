@@ -24,7 +24,9 @@ from controller.security import (
 )
 from tests.security.conftest import DEVICE_ID, NOW, Keys, make_command
 
-_MAX_SECONDS_PER_INPUT = 0.25  # generous for a slow CI core; typical is < 1 ms
+# CPU seconds this thread spent on one input (not wall time: a loaded machine makes the
+# thread wait, which says nothing of the work): typical is < 1 ms.
+_MAX_SECONDS_PER_INPUT = 0.25
 
 json_leaf = st.one_of(
     st.none(),
@@ -55,12 +57,12 @@ ENVELOPE_KEYS = [
 
 
 def _check(raw: bytes, registry: SenderRegistry, counters: SqliteCounterStore) -> Refused:
-    started = time.perf_counter()
+    started = time.thread_time()
     outcome = verify_command(
         raw, retained=False, now=NOW, device_id=DEVICE_ID, registry=registry, counters=counters
     )
-    elapsed = time.perf_counter() - started
-    assert elapsed < _MAX_SECONDS_PER_INPUT, f"{elapsed:.3f} s for {raw[:80]!r}"
+    elapsed = time.thread_time() - started
+    assert elapsed < _MAX_SECONDS_PER_INPUT, f"{elapsed:.3f} CPU s for {raw[:80]!r}"
     assert isinstance(outcome, Refused), f"accepted without a valid signature: {raw[:200]!r}"
     assert outcome.reason
     assert outcome.code.value
