@@ -127,6 +127,10 @@ def _check_range(name: str, value: int, bounds: tuple[int, int], meaning: str) -
         )
 
 
+#: What leaves the bed instead of the drug's name when the arm is blinded (issue 20).
+BLINDED_DRUG_LABEL: Final = "study medication"
+
+
 class Delivery(_Model):
     """`[prescription.delivery]`: continuous, or breath-gated on an ICD 1.1 head; and
     "deliver N µL" (default: stop at the session cap) or "fill F µL, nebulise to dryness".
@@ -435,7 +439,8 @@ class Prescription(_Model):
         summary: dict[str, Any] = {
             "subject_id": self.subject_id,
             "protocol_id": self.protocol_id,
-            "drug": self.drug,
+            # A placebo arm's prescription names its own product: blinded, no drug name.
+            "drug": BLINDED_DRUG_LABEL if self.arm.blinded else self.drug,
             "blinded": self.arm.blinded,
             "session_ul": limits.session_ul,
             "min_interval_s": limits.min_interval_s,

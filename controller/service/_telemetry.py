@@ -294,7 +294,7 @@ class _Sampler:
         summary = prescription.public_summary()
         self._prescription = {
             "prescription_id": _code(str(summary["protocol_id"]))[:64].replace(":", "_"),
-            "label": str(summary["drug"]) + (" (blinded study arm)" if summary["blinded"] else ""),
+            "label": str(summary["drug"]) + (" (blinded)" if summary["blinded"] else ""),
             "blinded": bool(summary["blinded"]),
             "dose_cap_ul": int(summary["session_ul"]),
             "daily_cap_ul": summary.get("rolling_24h_max_ul"),

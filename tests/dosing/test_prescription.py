@@ -134,3 +134,19 @@ def test_unblinded_public_summary_names_the_arm() -> None:
     summary = make_prescription(blinded=False).public_summary()
     assert summary["arm_id"] == "arm-high"
     assert summary["cohort"] == "cohort-16e8"
+
+
+def test_a_blinded_summary_names_no_drug_arm_cohort_lot_or_dose() -> None:
+    """What telemetry may publish of two blinded arms (active and placebo, different
+    products and lots) is the same: nothing in it tells the arms apart (issue 20)."""
+    active = make_prescription(blinded=True, session_ul=3000)
+    placebo = active.model_copy(
+        update={
+            "drug": "saline placebo",
+            "lot": active.lot.model_copy(update={"lot_id": "LOT-PLACEBO"}),
+            "arm": active.arm.model_copy(update={"arm_id": "placebo", "cohort": "c0"}),
+        }
+    )
+    assert active.public_summary() == placebo.public_summary()
+    assert "saline" not in str(placebo.public_summary())
+    assert "test drug" not in str(active.public_summary())
