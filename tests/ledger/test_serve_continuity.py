@@ -29,6 +29,7 @@ import pytest
 from controller.benchconfig import BenchPrescription, write_bench_config
 from controller.cli import main
 from controller.config import NebuliserConfig
+from controller.exitcodes import ExitCode
 from controller.ledger import (
     ANCHOR_FILE_NAME,
     LEDGER_FILE_NAME,
@@ -300,7 +301,7 @@ def test_restore_refuses_another_devices_backup_and_changes_nothing(
     for path in data_dir.glob(f"{LEDGER_FILE_NAME}*"):
         path.unlink()
     args = ["ledger", "restore", str(other.ledger_path), "--by", "CE", "--config", str(config_path)]
-    assert main(args) == 3
+    assert main(args) == ExitCode.LEDGER
     assert "belongs to device 'neb-other'" in capsys.readouterr().err
     assert sorted(p.name for p in data_dir.glob(f"*{LEDGER_FILE_NAME}*")) == []
 
@@ -326,7 +327,7 @@ def test_restore_refuses_a_backup_with_an_altered_event(
             " END;"
         )
     args = ["ledger", "restore", str(tampered), "--by", "CE", "--config", str(config_path)]
-    assert main(args) == 3
+    assert main(args) == ExitCode.LEDGER
     err = capsys.readouterr().err
     assert "hash chain is broken" in err or "differs from the anchor" in err, err
     assert not (data_dir / LEDGER_FILE_NAME).exists()
