@@ -134,7 +134,7 @@ def test_the_guide_runs_as_written(tmp_path: Path) -> None:
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\nscript:\n{script.read_text()}"
     names = [name for name, _ in _blocks()]
     assert names == ["build", "install", "watchdog", "udev", "pharmacy", "configure",
-                     "service", "backup"]  # fmt: skip
+                     "ledger", "service", "backup"]  # fmt: skip
     # The installed release answers, and `config check` says serve would start with
     # the pharmacy-signed prescription.
     assert "nebuliser 0.1.0" in done.stdout
@@ -142,6 +142,7 @@ def test_the_guide_runs_as_written(tmp_path: Path) -> None:
     assert "prescription " + str(scratch / "etc/nebuliser/rx-PILOT-001.toml") in done.stdout
     assert "signed by pharmacy-1" in done.stdout
     assert (scratch / "etc/bash_completion.d/nebuliser").read_text().startswith("# bash")
+    assert (scratch / "var/lib/nebuliser/ledger.sqlite3").is_file(), "ledger init did not run"
     _verify_units(scratch, tmp_path / "verify")
     _verify_watchdog(scratch / "etc/systemd/system.conf.d/watchdog.conf")
     _verify_udev_rule(scratch / "etc/udev/rules.d/99-nebuliser.rules")
