@@ -251,10 +251,17 @@ class CommandIntake(CommandReplies):
                 stopped = self._ctx.supervisor.stop_now(f"remote_stop:{pending.sender_id}")
                 latency_ms = (time.monotonic_ns() - arrived_ns) / 1e6
                 self.stats.last_stop_latency_ms = latency_ms
-                self._cancel_pending_start("superseded by stop")
+                # Every start waiting for CONFIRM goes too, the bedside's included.
+                cancelled = self._ctx.pending_starts.cancel_all(
+                    f"remote stop by {pending.sender_id}"
+                )
                 done = CommandResult(
                     status="accepted",
-                    extra={"stopped": stopped, "arrival_to_stop_ms": round(latency_ms, 3)},
+                    extra={
+                        "stopped": stopped,
+                        "cancelled_starts": cancelled,
+                        "arrival_to_stop_ms": round(latency_ms, 3),
+                    },
                 )
                 self._urgent.append(Arrival(topic=topic, outcome=outcome, arrived_ns=arrived_ns,
                                              stop_result=done))  # fmt: skip
@@ -416,8 +423,12 @@ class CommandIntake(CommandReplies):
         match accepted.command:
             case CommandName.STOP:  # triage stops at once; this is only a fallback
                 stopped = self._ctx.supervisor.stop_now(f"remote_stop:{accepted.sender_id}")
-                self._cancel_pending_start("superseded by stop")
-                return CommandResult(status="accepted", extra={"stopped": stopped})
+                cancelled = self._ctx.pending_starts.cancel_all(
+                    f"remote stop by {accepted.sender_id}"
+                )
+                return CommandResult(
+                    status="accepted", extra={"stopped": stopped, "cancelled_starts": cancelled}
+                )
             case CommandName.ALARM_ACK:
                 return self._ack(accepted)
             case CommandName.SESSION_REQUEST_START:

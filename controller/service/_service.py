@@ -123,7 +123,7 @@ class _Handlers:
     async def stop(self, request: ControlRequest, _reply: Reply) -> dict[str, Any]:
         by = str(request.args.get("by", "local operator"))
         # A start still waiting for CONFIRM is cancelled too (nothing was sent for it).
-        cancelled = self._pending.cancel_all(by)
+        cancelled = self._pending.cancel_all(f"{by} (session stop)")
         stopped = self._sup.stop_now(f"operator_stop:{by}")
         return {
             "ok": True,
@@ -209,8 +209,8 @@ class _Handlers:
                 "ok": False,
                 "started": False,
                 "reasons": [
-                    f"start cancelled by {waiting.cancelled_by} (session stop) before the "
-                    "bedside CONFIRM; nothing started"
+                    f"start cancelled by {waiting.cancelled_by} before the bedside "
+                    "CONFIRM; nothing started"
                 ],
             }
         if how is None:

@@ -34,6 +34,7 @@ from controller.ledger import LEDGER_FILE_NAME, EventKind, Ledger
 from controller.security import (
     CommandName,
     RequestStartBody,
+    StopBody,
     public_key_to_text,
     sign_override,
 )
@@ -403,3 +404,28 @@ async def test_a_remote_start_waiting_for_confirm_is_shown_and_cancelled_at_the_
         ]:
             assert asyncio.get_running_loop().time() < deadline, "cancellation not audited"
             await asyncio.sleep(0.05)
+
+
+async def test_a_remote_stop_cancels_a_start_waiting_at_the_bedside(tmp_path: Path) -> None:
+    """A signed STOP from the ward cancels a bedside start still waiting for CONFIRM."""
+    keys = remote.Keys()
+    async with remote.bed(tmp_path, keys) as b:
+        async with ControlClient(path=b.config.control_socket) as asking:
+            await asking.send("session.start", by="nurse A")
+            assert (await asking.receive())["event"] == "awaiting_confirm"
+            await wait_status(b.config, lambda s: bool(s["pending_starts"]), 5)
+            stop = remote.signed(keys.ward, CommandName.STOP, StopBody(reason="sats"), counter=1)
+            reply = await b.station.command(stop)
+            assert reply["status"] == "accepted", reply
+            assert reply["cancelled_starts"] == 1
+            final = await asking.receive()
+        assert final["final"]
+        assert not final["started"]
+        assert final["reasons"] == [
+            "start cancelled by remote stop by ward-3west before the bedside CONFIRM; "
+            "nothing started"
+        ]
+        status = await wait_status(b.config, lambda s: not s["pending_starts"], 5)
+        assert status["state"] == "idle"
+        assert status["last_session"] is None
+        assert not b.model.truth().nebulising
