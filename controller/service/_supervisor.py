@@ -354,6 +354,11 @@ class Supervisor:
         self._settled = None
         return outcome
 
+    def override_refused(self, *, by: str, reason: str) -> None:
+        """Record a refused override attempt in the dose ledger (who tried, why)."""
+        self.runtime.override_refused(by=by, reason=reason, now=self._now())
+        self._perform()
+
     def stop_now(self, reason: str) -> bool:
         """Stop the running session at once (STOP bytes before anything else)."""
         stopped = self.runtime.stop(reason, self._now())

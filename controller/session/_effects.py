@@ -21,6 +21,7 @@ from controller.ledger import EndSource, ReconcileSource
 
 __all__ = [
     "DEVICE_SESSION_END_COMMAND",
+    "OVERRIDE_REFUSED_COMMAND",
     "Effect",
     "LedgerWrite",
     "LogLine",
@@ -262,6 +263,8 @@ class WriteAlarm:
 #: The command row that keeps a head's SESSION_END figures (reason, duration) for a
 #: session that was already reconciled from STATUS.
 DEVICE_SESSION_END_COMMAND = "device.session_end"
+#: The command row of an override credential that was refused (who tried, why).
+OVERRIDE_REFUSED_COMMAND = "session.override_refused"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,10 +47,13 @@ from drivers.mn1 import (
 
 from ._breath import BreathTracker
 from ._effects import (
+    OVERRIDE_REFUSED_COMMAND,
     Effect,
+    LogLine,
     Now,
     StartOutcome,
     StartSettled,
+    WriteCommand,
     WriteDecision,
     WriteIntent,
     WriteOverride,
@@ -268,6 +271,21 @@ class SessionRuntime(StartFlow):
         )
         if override is not None and decision.allowed:
             self._effects.append(WriteOverride(override=override, subject_id=subject, at=now.at))
+
+    def override_refused(self, *, by: str, reason: str, now: Now) -> None:
+        """An override credential was refused: recorded (who tried, why) and logged.
+
+        Nothing is started; the record lets an investigator see every attempt to lift a
+        limit, the refused ones included."""
+        self._effects.append(
+            WriteCommand(
+                command=OVERRIDE_REFUSED_COMMAND,
+                origin=by,
+                body={"subject_id": self.prescription.subject_id, "reason": reason},
+                at=now.at,
+            )
+        )
+        self._effects.append(LogLine("warning", "override refused", {"by": by, "reason": reason}))
 
     def request_start(
         self, decision: Decision, *, link_ready: bool, now: Now

@@ -332,6 +332,16 @@ async def test_an_override_needs_a_valid_credential_and_names_the_person(
         assert "replayed_counter" in replayed["reasons"][0] or "duplicate" in replayed["reasons"][0]
     with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
         overrides = [e.body for e in ledger.events(kinds=[EventKind.OVERRIDE])]
+        commands = [e.body for e in ledger.events(kinds=[EventKind.COMMAND])]
+    # Every refused attempt to lift a limit is on the record too: who tried and why.
+    refusals = [c for c in commands if c["command"] == "session.override_refused"]
+    assert [r["reason"].split(":")[0] for r in refusals] == [
+        "override by role 'investigator' refused",
+        "override credential refused (bad_signature)",
+        refusals[2]["reason"].split(":")[0],
+    ]
+    assert "replayed_counter" in refusals[2]["reason"] or "duplicate" in refusals[2]["reason"]
+    assert all(r["subject_id"] == "TEST-001" and r["origin"] for r in refusals)
     # Recorded with each admission of the one start (before and after CONFIRM).
     assert {o["credential_id"] for o in overrides} == {json.loads(credential)["command_id"]}
     assert {o["signed_by"] for o in overrides} == {"Dr Jane Smith (key dr-smith)"}

@@ -16,9 +16,11 @@ from controller.dosing import Delivery, Prescription, SessionStatus
 from controller.ledger import Ledger
 from controller.session import (
     ASSUMED_STOP_LATENCY_MS,
+    LogLine,
     SendStop,
     SessionState,
     WriteAlarm,
+    WriteCommand,
     WriteDecision,
     WriteEnded,
     WriteReconciled,
@@ -84,6 +86,19 @@ def test_stop_goes_out_before_the_alarm_and_records_of_the_same_input() -> None:
     assert alarms, "the fault raised no alarm"
     assert first < min(alarms)
     assert max(alarms) < min(i for i in records if i > first)
+
+
+def test_a_refused_override_is_recorded_with_who_and_why_and_starts_nothing() -> None:
+    bed = ready_bed()
+    bed.effects.clear()
+    bed.runtime.override_refused(by="nurse Kim", reason="bad_signature", now=bed.now())
+    bed.run_for(100)
+    (record,) = bed.of_type(WriteCommand)
+    assert (record.command, record.origin) == ("session.override_refused", "nurse Kim")
+    assert record.body == {"subject_id": bed.runtime.prescription.subject_id,
+                           "reason": "bad_signature"}  # fmt: skip
+    assert bed.effects.index(record) < bed.effects.index(bed.of_type(LogLine)[0])
+    assert bed.runtime.session is None
 
 
 # --- rule 1: layered stops -----------------------------------------------------------
