@@ -101,6 +101,23 @@ def _notes(session: CourseSession, context: ReportContext) -> list[dict[str, Any
     return [{"text": text} for text in notes]
 
 
+def _part_of(session: CourseSession, *, ledger_id: str, exported: set[int]) -> dict[str, Any]:
+    """The reference from a continuation run to the first run of its administration.
+
+    One administration given in several runs (issue 15: a dose ended early and was
+    continued) is one first MedicationAdministration and its continuation runs, each
+    `partOf` the first; the reference is by fullUrl when the first run is in the bundle,
+    else by its ledger identifier."""
+    first = session.summary.administration_id
+    assert first is not None
+    if first in exported:
+        return {"reference": _urn(ledger_id, "session", first), "type": "MedicationAdministration"}
+    return {
+        "identifier": {"system": f"urn:nebuliser:ledger:{ledger_id}", "value": str(first)},
+        "type": "MedicationAdministration",
+    }
+
+
 def _administration(
     session: CourseSession,
     *,
@@ -108,6 +125,7 @@ def _administration(
     medication_url: str,
     device_url: str,
     context: ReportContext,
+    exported: set[int],
 ) -> dict[str, Any]:
     s = session.summary
     status, label = administration_status(session, context)
@@ -144,6 +162,9 @@ def _administration(
         "dosage": dosage,
         "note": _notes(session, context),
     }
+    first = s.administration_id
+    if first is not None and first != s.session_id:
+        resource["partOf"] = [_part_of(session, ledger_id=ledger_id, exported=exported)]
     if label is not None:
         outcome = session_outcome(session, delivery=context.delivery)
         coding = [{"system": _OUTCOME_SYSTEM, "code": outcome.status.name.lower()}]
@@ -194,6 +215,7 @@ def fhir_bundle(
         {"fullUrl": device_url, "resource": device},
         {"fullUrl": medication_url, "resource": medication},
     ]
+    exported = {s.summary.session_id for s in sessions}
     entries += [
         {
             "fullUrl": _urn(ledger_id, "session", s.session_id),
@@ -203,6 +225,7 @@ def fhir_bundle(
                 medication_url=medication_url,
                 device_url=device_url,
                 context=context,
+                exported=exported,
             ),
         }
         for s in sessions

@@ -47,9 +47,18 @@ def _instant(seconds: float) -> Instant:
     )
 
 
-def _session(ledger: Ledger, day: int, delivered_ul: int, reason: str, **ended: Any) -> None:
+def _session(
+    ledger: Ledger,
+    day: float,
+    delivered_ul: int,
+    reason: str,
+    *,
+    administration_id: int | None = None,
+    **ended: Any,
+) -> int:
     start_s = day * 86_400
     sid = ledger.record_intent(
+        administration_id=administration_id,
         subject_id=SUBJECT,
         planned_cap_ul=3000,
         device_target_ul=3000,
@@ -65,6 +74,7 @@ def _session(ledger: Ledger, day: int, delivered_ul: int, reason: str, **ended: 
         sid, delivered_ul=delivered_ul, duration_ms=300_000, reason=reason,
         at=_instant(start_s + 300), **ended,
     )  # fmt: skip
+    return sid
 
 
 @pytest.fixture
@@ -90,6 +100,10 @@ def ward(tmp_path: Path) -> Path:
             ledger, 3, 1500, "RESERVOIR_EMPTY", source=EndSource.DEVICE,
             device_reason="RESERVOIR_EMPTY",
         )  # fmt: skip
+    return _ward_config(tmp_path, data_dir)
+
+
+def _ward_config(tmp_path: Path, data_dir: Path) -> Path:
     config = tmp_path / "controller.toml"
     config.write_text(
         f"""
@@ -187,3 +201,40 @@ def test_the_vocabulary_is_one_enum() -> None:
     assert {s.fhir_status for s in AdministrationStatus} <= {
         "completed", "stopped", "not-done", "unknown", "in-progress",
     }  # fmt: skip
+
+
+def test_a_continued_dose_is_one_administration_in_the_fhir_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: run 1 stopped on a fault at 712 µL, run 2 (its continuation, 10 min
+    later) gave the rest. FHIR shows run 2 `partOf` run 1; both say what happened."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with Ledger.create(
+        data_dir / LEDGER_FILE_NAME, device_id="neb-test", subject_id="S-001"
+    ) as ledger:
+        first = _session(ledger, 0, 712, "FAULT", source=EndSource.DEVICE, device_reason="FAULT")
+        second = _session(
+            ledger, 600 / 86_400, 2288, "TARGET_REACHED", administration_id=first,
+            source=EndSource.DEVICE, device_reason="TARGET_REACHED",
+        )  # fmt: skip
+    ward = _ward_config(tmp_path, data_dir)
+    bundle_path = tmp_path / "bundle.json"
+    fhir = ["report", "fhir", "--subject", SUBJECT, "--config", str(ward)]
+    assert main([*fhir, "-o", str(bundle_path)]) == 0
+    raw = json.loads(bundle_path.read_text(encoding="utf-8"))
+    Bundle.model_validate(raw)
+    urls = {e["resource"].get("id"): e["fullUrl"] for e in raw["entry"]}
+    run1, run2 = (e["resource"] for e in raw["entry"][2:])
+    assert run1["identifier"][0]["value"] == str(first)
+    assert "partOf" not in run1
+    assert run1["statusReason"][0]["text"].startswith("continued")
+    assert run2["identifier"][0]["value"] == str(second)
+    assert run2["partOf"] == [
+        {"reference": urls[f"session-{first}"], "type": "MedicationAdministration"}
+    ]
+    # Exported alone, the continuation still names its first run (by ledger identifier).
+    assert main([*fhir, "--since", "2026-11-20T08:05:00Z", "-o", str(bundle_path)]) == 0
+    (alone,) = (e["resource"] for e in json.loads(bundle_path.read_text())["entry"][2:])
+    assert alone["partOf"][0]["identifier"]["value"] == str(first)
+    capsys.readouterr()
