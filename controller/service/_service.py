@@ -164,7 +164,8 @@ class _Handlers:
             override = await override_from_request(args, config=self._config, clock=self._clock)
         except OverrideRefusedError as exc:
             by = str(args.get("by") or "").strip() or "local control socket"
-            self._sup.override_refused(by=by, reason=str(exc))
+            peer = None if request.peer is None else request.peer.record()
+            self._sup.override_refused(by=by, reason=str(exc), peer=peer)
             return {"ok": False, "started": False, "reasons": [str(exc)]}
         continue_last = bool(args.get("continue", False))
         admit = functools.partial(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -354,9 +354,13 @@ class Supervisor:
         self._settled = None
         return outcome
 
-    def override_refused(self, *, by: str, reason: str) -> None:
-        """Record a refused override attempt in the dose ledger (who tried, why)."""
-        self.runtime.override_refused(by=by, reason=reason, now=self._now())
+    def override_refused(
+        self, *, by: str, reason: str, peer: Mapping[str, object] | None = None
+    ) -> None:
+        """Record a refused override attempt in the dose ledger (who tried, why).
+
+        `peer`: the kernel's word on the asking process (SO_PEERCRED), kept with it."""
+        self.runtime.override_refused(by=by, reason=reason, peer=peer, now=self._now())
         self._perform()
 
     def stop_now(self, reason: str) -> bool:

@@ -29,6 +29,8 @@ Inputs: `recover`, `on_link_event`, `tick`, `on_conditions`, `on_ledger_failure`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from controller.alarms import AlarmCode, AlarmEvent, AlarmPriority, AlarmSettings
 from controller.breath import start_command
 from controller.dosing import Decision, Override, Prescription, TrustedTime
@@ -272,7 +274,9 @@ class SessionRuntime(StartFlow):
         if override is not None and decision.allowed:
             self._effects.append(WriteOverride(override=override, subject_id=subject, at=now.at))
 
-    def override_refused(self, *, by: str, reason: str, now: Now) -> None:
+    def override_refused(
+        self, *, by: str, reason: str, now: Now, peer: Mapping[str, object] | None = None
+    ) -> None:
         """An override credential was refused: recorded (who tried, why) and logged.
 
         Nothing is started; the record lets an investigator see every attempt to lift a
@@ -281,7 +285,11 @@ class SessionRuntime(StartFlow):
             WriteCommand(
                 command=OVERRIDE_REFUSED_COMMAND,
                 origin=by,
-                body={"subject_id": self.prescription.subject_id, "reason": reason},
+                body={
+                    "subject_id": self.prescription.subject_id,
+                    "reason": reason,
+                    **({} if peer is None else {"peer": dict(peer)}),
+                },
                 at=now.at,
             )
         )

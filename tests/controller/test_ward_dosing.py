@@ -342,6 +342,8 @@ async def test_an_override_needs_a_valid_credential_and_names_the_person(
     ]
     assert "replayed_counter" in refusals[2]["reason"] or "duplicate" in refusals[2]["reason"]
     assert all(r["subject_id"] == "TEST-001" and r["origin"] for r in refusals)
+    # The kernel's word on who asked (SO_PEERCRED), not only the name typed.
+    assert {r["peer"]["uid"] for r in refusals} == {os.getuid()}
     # Recorded with each admission of the one start (before and after CONFIRM).
     assert {o["credential_id"] for o in overrides} == {json.loads(credential)["command_id"]}
     assert {o["signed_by"] for o in overrides} == {"Dr Jane Smith (key dr-smith)"}
