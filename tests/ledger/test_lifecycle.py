@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,21 @@ def test_storage_floor_reports_free_space_against_the_floor(tmp_path: Path) -> N
     missing = check_storage_floor(tmp_path / "nope", floor_bytes=1)
     assert missing.free_bytes == 0
     assert not missing.ok
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_a_new_ledger_and_its_wal_are_0640_whatever_the_umask(
+    tmp_path: Path, clock: SimClock, umask: int
+) -> None:
+    """Dose records are not world-readable, and the service's group can read backups."""
+    path = tmp_path / "ledger.sqlite3"
+    previous = os.umask(umask)
+    try:
+        with create_ledger(path) as ledger:
+            intent(ledger, clock)
+            wal = path.with_name(path.name + "-wal")
+            assert wal.exists(), "the write went to the WAL"
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (path, wal)}
+    finally:
+        os.umask(previous)
+    assert modes == {path.name: 0o640, wal.name: 0o640}
