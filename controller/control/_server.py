@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -84,14 +85,16 @@ class ControlServer:
         if self._path.is_socket():
             await self._refuse_if_live()
             self._path.unlink()
-        old_umask = os.umask(0o177)  # the socket is born private, then opened to the group
+        sock = _bound_socket(self._path, self._mode)
         try:
             server = await asyncio.start_unix_server(
-                self._serve_client, path=str(self._path), limit=MAX_LINE_BYTES + 2
+                self._serve_client, sock=sock, limit=MAX_LINE_BYTES + 2
             )
-        finally:
-            os.umask(old_umask)
-        os.chmod(self._path, self._mode)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+            raise
         try:
             async with server:
                 yield self._path
@@ -151,3 +154,26 @@ class ControlServer:
 
 def _peer_record(peer: PeerCredentials | None) -> dict[str, int | list[int]] | None:
     return None if peer is None else peer.record()
+
+
+def _bound_socket(path: Path, mode: int) -> socket.socket:
+    """A Unix socket bound at `path` with `mode`, not yet listening.
+
+    Bound under a temporary name, given its mode, then renamed into place: nobody can
+    connect before `listen()` (a bound socket that does not listen refuses), and the
+    process umask is never changed — it is process-wide, and the ledger, audit and
+    telemetry writer threads create files at any moment."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(temporary))
+        os.chmod(temporary, mode)
+        os.rename(temporary, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+    return sock

@@ -31,6 +31,7 @@ from controller.ledger._errors import (
 )
 from controller.ledger._model import OutboxKind, OutboxMessage, OutboxStamp
 from controller.ledger._schema import MIGRATIONS, SCHEMA_VERSION
+from controller.security import create_private_file
 
 __all__ = [
     "Database",
@@ -225,7 +226,8 @@ class Database:
         else:
             created = create_meta is not None
             if created:
-                _create_private_file(path)
+                # SQLite would make it 0644 less the umask; its -wal/-shm follow it.
+                create_private_file(path, LEDGER_FILE_MODE)
             kept = _keep_sidecars(path)
             connection = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
@@ -542,15 +544,3 @@ def _migrate(connection: sqlite3.Connection, current: int) -> None:
 #: A new ledger's mode whatever the umask: the service account reads and writes it, its
 #: group (backups, the clinical engineer's reports) reads it, nobody else sees it.
 LEDGER_FILE_MODE: Final = 0o640
-
-
-def _create_private_file(path: Path) -> None:
-    """Create the empty database file with `LEDGER_FILE_MODE` before SQLite opens it.
-
-    SQLite would create it 0644 less the umask (world-readable dose records under the
-    usual 022); its -wal and -shm files take the database file's mode."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, LEDGER_FILE_MODE)
-    try:
-        os.fchmod(fd, LEDGER_FILE_MODE)  # the umask narrowed the mode given to open()
-    finally:
-        os.close(fd)

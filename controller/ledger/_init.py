@@ -22,6 +22,7 @@ from controller.ledger._continuity import (
 from controller.ledger._database import quarantined_files
 from controller.ledger._errors import LedgerExistsError
 from controller.ledger._ledger import Ledger
+from controller.security import DATA_UMASK
 
 __all__ = ["EmptyHistoryAcceptance", "init_ledger"]
 
@@ -50,16 +51,12 @@ def init_ledger(
     The files are created group-readable at most (0640), whatever the caller's umask.
     Raises `LedgerExistsError` naming what was found and what to do instead.
     """
-    previous = os.umask(_DATA_UMASK)
-    os.umask(previous | _DATA_UMASK)
+    previous = os.umask(DATA_UMASK)
+    os.umask(previous | DATA_UMASK)
     try:
         return _init_ledger(location, device_id=device_id, subject_id=subject_id, accept=accept)
     finally:
         os.umask(previous)
-
-
-#: Never readable or writable by others, never writable by the group (like `serve`).
-_DATA_UMASK = 0o027
 
 
 def _init_ledger(

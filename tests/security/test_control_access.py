@@ -191,3 +191,27 @@ async def test_serve_under_umask_000_creates_no_file_others_can_read(tmp_path: P
     for path in files:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o027 == 0, f"{path.name} is {mode:o}"
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+async def test_the_socket_gets_its_mode_without_touching_the_process_umask(
+    tmp_path: Path, umask: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The umask is process-wide: the ledger, audit and telemetry writer threads create
+    files at any moment, so the server must not narrow it while it binds."""
+    previous = os.umask(umask)
+    try:
+
+        def no_umask(_mask: int) -> int:
+            raise AssertionError("the control server changed the process umask")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        async with _server(tmp_path / "c.sock", ControlAccess()) as path:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o660
+            async with ControlClient(path=path) as client:
+                assert (await client.call("session.status"))["ok"]
+        monkeypatch.undo()
+    finally:
+        os.umask(previous)
+    assert not path.exists()
+    assert os.listdir(tmp_path) == [], "the temporary name was left behind"
