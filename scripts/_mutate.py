@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -127,15 +128,21 @@ def run_one(copy: Path, mutation: Mutation) -> Result:
     """Apply one mutation in `copy`, run its tests, restore the file."""
     target = copy / mutation.file
     original = target.read_text(encoding="utf-8")
-    target.write_text(original.replace(mutation.find, mutation.replace, 1), encoding="utf-8")
+    if mutation.find not in original:
+        return Result(mutation, "ERROR", "its `find` text is not in the file", 0.0)
+    mutated = original.replace(mutation.find, mutation.replace, 1)
+    target.write_text(mutated, encoding="utf-8")
     started = time.monotonic()
     try:
         done = _pytest(copy, mutation.tests)
     except subprocess.TimeoutExpired:
         return Result(mutation, "KILLED", "tests timed out", time.monotonic() - started)
     finally:
+        untouched = target.read_text(encoding="utf-8") == mutated
         target.write_text(original, encoding="utf-8")
     seconds = time.monotonic() - started
+    if not untouched:  # a verdict on code other than the mutant's would be worthless
+        return Result(mutation, "ERROR", "the file changed while its tests ran", seconds)
     if done.returncode == 0:
         return Result(mutation, "SURVIVED", "all listed tests passed", seconds)
     if done.returncode == 1:
@@ -171,10 +178,22 @@ def main() -> int:
             print(baseline.stdout[-3000:])
             print("the listed tests fail without any mutation: fix them first")
             return 2
+        # A copy is lent to one mutation at a time: a fixed copy per index let a fast
+        # worker apply its mutation to a copy whose previous mutation was still being
+        # tested (same file: one restore undid the other, a false SURVIVED).
+        free: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        for copy in copies:
+            free.put(copy)
+
+        def lend(mutation: Mutation) -> Result:
+            copy = free.get()
+            try:
+                return run_one(copy, mutation)
+            finally:
+                free.put(copy)
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [
-                pool.submit(run_one, copies[i % workers], m) for i, m in enumerate(mutations)
-            ]
+            futures = [pool.submit(lend, m) for m in mutations]
             results = []
             for future in futures:
                 result = future.result()
