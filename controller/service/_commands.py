@@ -255,6 +255,7 @@ class CommandIntake(CommandReplies):
                 cancelled = self._ctx.pending_starts.cancel_all(
                     f"remote stop by {pending.sender_id}"
                 )
+                self._cancel_pending_start("superseded by stop")  # one still being admitted
                 done = CommandResult(
                     status="accepted",
                     extra={
@@ -426,6 +427,7 @@ class CommandIntake(CommandReplies):
                 cancelled = self._ctx.pending_starts.cancel_all(
                     f"remote stop by {accepted.sender_id}"
                 )
+                self._cancel_pending_start("superseded by stop")  # one still being admitted
                 return CommandResult(
                     status="accepted", extra={"stopped": stopped, "cancelled_starts": cancelled}
                 )
