@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import select
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -56,6 +58,21 @@ async def wait_for_event(link: SerialLink, kind: type[object], timeout_s: float 
                 return event
 
 
+def read_frames_blocking(fd: int, *, until: Frame, timeout_s: float) -> list[Frame]:
+    """Read `fd` without the event loop until `until` arrives or `timeout_s` passes."""
+    deframer = Deframer()
+    frames: list[Frame] = []
+    deadline = time.monotonic() + timeout_s
+    while until not in frames:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            frames += [f for f in deframer.feed(os.read(fd, 4096)) if isinstance(f, Frame)]
+    return frames
+
+
 async def test_handshake_command_ack_and_status(device: tuple[Pty, FakeDevice]) -> None:
     pty, fake = device
     async with SerialLink(url=str(pty.link_path)) as link:
@@ -79,9 +96,11 @@ async def test_stop_bytes_are_in_the_kernel_when_send_stop_now_returns(
         await link.wait_identified()
         fake.detach()  # read the master ourselves, with no event-loop turn in between
         pending = link.send_stop_now(3)
-        wire = os.read(pty.master_fd, 4096)  # non-blocking: raises if nothing is there
-        frames = [f for f in Deframer().feed(wire) if isinstance(f, Frame)]
-        assert Frame(pending.seq or 0, Stop(session_id=3)) in frames
+        # No await from here on: the event loop cannot run, so whatever reaches the master
+        # was written by send_stop_now itself. The pty moves bytes from the slave to the
+        # master on a kernel work queue, so they may take a moment to become readable.
+        wanted = Frame(pending.seq or 0, Stop(session_id=3))
+        assert wanted in read_frames_blocking(pty.master_fd, until=wanted, timeout_s=2.0)
         fake.attach(pty)
         os.write(pty.master_fd, encode_frame(Ack(ack_seq=pending.seq or 0), seq=200))
         outcome = await asyncio.wait_for(pending.outcome(), 1)
