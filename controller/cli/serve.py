@@ -50,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     if result.exit_code is not ExitCode.OK:
         return result.exit_code
     restrict_umask()  # data files 0640 at most, whatever the shell's umask (issue 13)
-    return asyncio.run(run_service(config))
+    return asyncio.run(run_service(config, loaded=result.loaded))
 
 
 def register(subparsers: Any) -> None:

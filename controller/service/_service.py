@@ -16,6 +16,7 @@ from typing import Any
 from controller.alarms import AlarmCode, AlarmNotActiveError, AlarmSettings
 from controller.clock import Clock, ClockTrustMonitor, ClockTrustPolicy, SystemClock
 from controller.config import (
+    LoadedPrescription,
     NebuliserConfig,
     PrescriptionSourceError,
     load_service_prescription,
@@ -270,13 +271,17 @@ async def run_service(
     *,
     stop_requested: asyncio.Event | None = None,
     clock: Clock | None = None,
+    loaded: LoadedPrescription | None = None,
 ) -> int:
     """Run the controller until SIGTERM/SIGINT (or `stop_requested`); returns the exit code.
 
     `clock` is injectable so that tests step the wall clock without touching the machine's.
+    `loaded` is the prescription `preflight()` already verified (`serve` passes it, so the
+    service runs exactly the prescription that was checked, read and verified once).
     """
     try:
-        loaded = load_service_prescription(config)  # signed unless explicitly not required
+        if loaded is None:
+            loaded = load_service_prescription(config)  # signed unless explicitly not required
     except PrescriptionSourceError as exc:
         _log.error("prescription refused", error=str(exc))
         print(f"nebuliser serve: {exc}")  # noqa: T201 - the operator must see this
