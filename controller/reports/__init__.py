@@ -4,6 +4,7 @@ Everything here reads the ledger read-only and is safe while the controller runs
 See docs/reports.md.
 """
 
+from controller.reports._breathing import RunBreathing
 from controller.reports._course import (
     ALARM_GRACE,
     COMPLETED_REASONS,
@@ -61,6 +62,7 @@ __all__ = [
     "PlotsUnavailableError",
     "ProgressPoint",
     "ReportContext",
+    "RunBreathing",
     "SessionRow",
     "administration_status",
     "fhir_bundle",

@@ -25,6 +25,8 @@ from controller.ledger import (
     SessionSummary,
 )
 
+from ._breathing import RunBreathing
+
 __all__ = [
     "ALARM_GRACE",
     "COMPLETED_REASONS",
@@ -70,6 +72,8 @@ class ReportContext:
     """Lot concentration (dose units per mL) from the prescription, when configured."""
     delivery: Delivery | None = None
     """The prescription's delivery (to dryness or not), when configured."""
+    blinded: bool = False
+    """The prescription's arm is blinded: the breath figures show no drug-unit figure."""
 
 
 def report_context(config: NebuliserConfig) -> ReportContext:
@@ -105,6 +109,7 @@ def report_context(config: NebuliserConfig) -> ReportContext:
         course_dose_limit=limits.course_max_dose,
         amount_per_ml=per_ml,
         delivery=rx.delivery,
+        blinded=rx.arm.blinded,
     )
 
 
@@ -125,6 +130,14 @@ class CourseSession:
     continued_by: int | None = None
     """The session id of the continuation run of this administration, if any (the
     ledger's continuation records fill it; issue 15 item 1)."""
+    breathing: RunBreathing | None = None
+    """The run's breath summary (ICD 1.1 heads; None for a version-1 head)."""
+
+    def breathing_shown(self, context: ReportContext) -> RunBreathing | None:
+        """The breath summary as a report may show it (no drug-unit figure if blinded)."""
+        if self.breathing is None:
+            return None
+        return self.breathing.blinded() if context.blinded else self.breathing
 
     @property
     def alarms(self) -> tuple[AlarmEntry, ...]:
@@ -228,6 +241,7 @@ def read_sessions(
     alarms = [
         e for e in ledger.events(kinds=[EventKind.ALARM], since=since) if e.session_id is None
     ]
+    breathing = ledger.breath_summaries(since=since, subject_id=subject_id)
     # A run is continued by the next run of the same administration (issue 15).
     continued_by: dict[int, int] = {}
     previous_run: dict[int, int] = {}
@@ -255,6 +269,11 @@ def read_sessions(
                 subject_overrides=tuple(attached.get(s.session_id, ())),
                 nearby_alarms=nearby,
                 continued_by=continued_by.get(s.session_id),
+                breathing=(
+                    RunBreathing.from_record(breathing[s.session_id])
+                    if s.session_id in breathing
+                    else None
+                ),
             )
         )
     return sessions
