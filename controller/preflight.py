@@ -236,8 +236,9 @@ def delivery_findings(prescription: Prescription) -> list[Finding]:
         fix = (
             f"raise limits.max_session_duration_s to at least {needed_s} s"
             if needed_s <= CEILING_MAX_DURATION_S
-            else f"even the ICD maximum of {CEILING_MAX_DURATION_S} s is short: plan the "
-            "dose in more than one run (continuation, docs/dosing.md) or a smaller volume"
+            else f"even the ICD maximum of {CEILING_MAX_DURATION_S} s is short: prescribe a "
+            "smaller volume per session or continuous delivery (a run ended at its maximum "
+            "duration cannot be continued)"
         )
         findings.append(
             _warning(

@@ -164,7 +164,7 @@ def _breath_strip(ax: Any, breathing: RunBreathing, *, delivered_ul: int | None)
     """The run's aerosol by breath phase beside the emitted volume (µL), and its breathing.
 
     The ledger keeps one breath summary per run, not each BREATH report
-    (docs/decisions/0007-breath-reports-summary-only.md), so the strip shows the run's
+    (docs/decisions/0019-breath-strip-from-summaries.md), so the strip shows the run's
     split: the emitted volume on one bar, the inspiratory-phase estimate, the
     expiratory-phase (fugitive) aerosol and what lost reports leave unaccounted on the other.
     """
