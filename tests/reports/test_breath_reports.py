@@ -25,10 +25,11 @@ from fhir.resources.R4B.observation import Observation
 from controller.cli import main
 from controller.ledger import LEDGER_FILE_NAME, Ledger
 from controller.session import WriteBreathSummary
-from tests.dosing._factories import SUBJECT
+from tests.dosing._factories import SUBJECT, make_prescription
 from tests.session._bed import Bed
-from tests.session.test_runtime_breath import gated, head_11, ready, run_to_end
+from tests.session.test_runtime_breath import CAP_UL, gated, head_11, ready, run_to_end
 
+from .conftest import Course
 from .test_plots import png_size
 
 PER_ML = 2.0e8 / 3.0  # the pilot lot: 2.0×10⁸ vesicles in 3 mL
@@ -266,3 +267,38 @@ def test_session_plot_has_the_breath_strip(
     args = ["report", "plot", "--session", str(gated_ledger.session_id), "-o", str(out)]
     run_cli(capsys, *args, "--config", str(config))
     assert png_size(out) == (1200, 700)
+
+
+def test_a_continuous_run_on_a_breath_aware_head_reports_its_split_and_v1_runs_stay_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], course: Course
+) -> None:
+    data_dir = tmp_path / "continuous"
+    data_dir.mkdir()
+    with Ledger.create(
+        data_dir / LEDGER_FILE_NAME, device_id="neb-test", subject_id=SUBJECT
+    ) as ledger:
+        prescription = make_prescription(session_ul=CAP_UL)
+        bed = ready(Bed(prescription=prescription, model=head_11(), ledger=ledger))
+        assert bed.start().started
+        ended = run_to_end(bed)
+        bed.run_until_true(lambda: bool(bed.of_type(WriteBreathSummary)), timeout_ms=20_000)
+    config = write_config(tmp_path, data_dir, blinded=False)
+    text = run_cli(capsys, "report", "sessions", "--format", "csv", "--config", str(config))
+    (row,) = csv.DictReader(io.StringIO(text))
+    assert row["breath_mode"] == "continuous"
+    # ISO 27427 (I:E 1:1): about half of a continuous run is released into the room.
+    assert 0.3 * ended.delivered_ul <= float(row["aerosol_exp_ul"]) <= 0.7 * ended.delivered_ul
+    assert float(row["aerosol_insp_share_pct"]) < 70
+    # A course on a version-1 head has no breath summary: its breath columns are empty.
+    text = run_cli(
+        capsys, "report", "sessions", "--format", "csv", "--config", str(course.config_path)
+    )
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows
+    assert all(r["breath_mode"] == "" and r["aerosol_insp_ul"] == "" for r in rows)
+    raw = json.loads(
+        run_cli(
+            capsys, "report", "fhir", "--subject", "PILOT-001", "--config", str(course.config_path)
+        )
+    )
+    assert "Observation" not in {e["resource"]["resourceType"] for e in raw["entry"]}
