@@ -34,7 +34,7 @@ from controller.ledger import (
     restore_ledger,
     summary_to_json,
 )
-from controller.reports import RunBreathing
+from controller.reports import RunBreathing, prescription_blinded
 
 __all__ = ["register"]
 
@@ -135,11 +135,10 @@ def _breath_lines(s: SessionSummary, breathing: RunBreathing | None) -> list[str
 
 
 def _blinded(args: argparse.Namespace) -> bool:
-    """The configured prescription (--config) is blinded: no drug-unit breath figures."""
-    if args.config is None:
-        return False
-    prescription = load_config(Path(args.config)).prescription
-    return prescription is not None and prescription.arm.blinded
+    """No drug-unit breath figures: the prescription is blinded, or unknown (no config)."""
+    if args.config is None and args.data_dir is not None:
+        return True  # a bare data directory says nothing about the study's blinding
+    return prescription_blinded(load_config(Path(args.config) if args.config else None))
 
 
 def _show(args: argparse.Namespace) -> int:

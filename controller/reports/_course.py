@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from controller.config import NebuliserConfig
-from controller.dosing import COMPLETED_REASONS, Delivery
+from controller.dosing import COMPLETED_REASONS, Delivery, load_prescription
 from controller.ledger import (
     AlarmAction,
     AlarmEntry,
@@ -34,6 +34,7 @@ __all__ = [
     "ProgressPoint",
     "ReportContext",
     "read_progress",
+    "prescription_blinded",
     "read_sessions",
     "report_context",
 ]
@@ -72,8 +73,28 @@ class ReportContext:
     """Lot concentration (dose units per mL) from the prescription, when configured."""
     delivery: Delivery | None = None
     """The prescription's delivery (to dryness or not), when configured."""
-    blinded: bool = False
-    """The prescription's arm is blinded: the breath figures show no drug-unit figure."""
+    blinded: bool = True
+    """The breath figures show no drug-unit figure: the prescription's arm is blinded, or
+    the report cannot tell (`prescription_blinded`)."""
+
+
+def prescription_blinded(config: NebuliserConfig | None) -> bool:
+    """Whether reports withhold drug-unit breath figures for this configuration.
+
+    The prescription's `[prescription.arm] blinded`, inline or in `prescription_file`.
+    Fails closed: with no configuration, no prescription, or a prescription file that
+    cannot be read, the answer is True (a report cannot know the study is open).
+    """
+    if config is None:
+        return True
+    if config.prescription is not None:
+        return config.prescription.arm.blinded
+    if config.prescription_file is not None:
+        try:
+            return load_prescription(config.prescription_file).arm.blinded
+        except (OSError, ValueError):
+            return True
+    return True
 
 
 def report_context(config: NebuliserConfig) -> ReportContext:
@@ -91,6 +112,7 @@ def report_context(config: NebuliserConfig) -> ReportContext:
             daily_dose_limit=None,
             course_dose_limit=None,
             amount_per_ml=None,
+            blinded=prescription_blinded(config),
         )
     per_ml = float(rx.lot.concentration_per_ml())
     limits = rx.limits
@@ -109,7 +131,7 @@ def report_context(config: NebuliserConfig) -> ReportContext:
         course_dose_limit=limits.course_max_dose,
         amount_per_ml=per_ml,
         delivery=rx.delivery,
-        blinded=rx.arm.blinded,
+        blinded=prescription_blinded(config),
     )
 
 

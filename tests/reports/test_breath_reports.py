@@ -302,3 +302,35 @@ def test_a_continuous_run_on_a_breath_aware_head_reports_its_split_and_v1_runs_s
         )
     )
     assert "Observation" not in {e["resource"]["resourceType"] for e in raw["entry"]}
+
+
+def write_file_config(directory: Path, data_dir: Path, *, blinded: bool) -> Path:
+    """The same prescription as a separate file (`prescription_file`, as on a ward)."""
+    inline = write_config(directory, data_dir, blinded=blinded).read_text(encoding="utf-8")
+    device, prescription = inline.split("[prescription]", 1)
+    rx = directory / f"rx-{'blinded' if blinded else 'open'}.toml"
+    rx.write_text("[prescription]" + prescription, encoding="utf-8")
+    path = directory / f"ward-{'blinded' if blinded else 'open'}.toml"
+    path.write_text(f'prescription_file = "{rx}"\n{device}', encoding="utf-8")
+    return path
+
+
+def test_drug_unit_breath_figures_need_a_prescription_known_to_be_unblinded(
+    gated_ledger: GatedLedger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def breath_doses(*config: str) -> list[str]:
+        text = run_cli(capsys, "report", "sessions", "--format", "csv", *config)
+        (row,) = csv.DictReader(io.StringIO(text))
+        return [row["aerosol_insp_dose"], row["aerosol_exp_dose"]]
+
+    data_dir = gated_ledger.data_dir
+    # The prescription in a separate file (a ward's signed prescription_file) is read too.
+    opened = write_file_config(tmp_path, data_dir, blinded=False)
+    assert breath_doses("--config", str(opened))[0] != ""
+    blinded = write_file_config(tmp_path, data_dir, blinded=True)
+    assert breath_doses("--config", str(blinded)) == ["", ""]
+    # Without a configuration the report cannot know the study is open: withheld.
+    assert breath_doses("--data-dir", str(data_dir)) == ["", ""]
+    out = run_cli(capsys, "ledger", "show", "--data-dir", str(data_dir))
+    assert "inspiratory-phase estimate" in out
+    assert "vesicles" not in "".join(line for line in out.splitlines() if "aerosol" in line)
