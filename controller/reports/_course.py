@@ -33,8 +33,8 @@ __all__ = [
     "CourseSession",
     "ProgressPoint",
     "ReportContext",
-    "read_progress",
     "prescription_blinded",
+    "read_progress",
     "read_sessions",
     "report_context",
 ]
