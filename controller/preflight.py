@@ -25,11 +25,14 @@ from controller.config import (
     PrescriptionSourceError,
     load_service_prescription,
 )
-from controller.dosing import Prescription
+from controller.dosing import CEILING_MAX_DURATION_S, Prescription
 from controller.exitcodes import ExitCode
 
 __all__ = [
+    "GATED_TIME_FACTOR",
     "MIN_SESSION_DURATION_S",
+    "NOMINAL_FLOW_UL_MIN",
+    "SLOWEST_BREATH_RATE_BPM",
     "TYPICAL_MAX_FLOW_UL_MIN",
     "Finding",
     "Preflight",
@@ -42,6 +45,18 @@ MIN_SESSION_DURATION_S = 30
 #: No MN-1 head in use delivers more than this at 100 % output; a duration that needs
 #: more to deliver `session_ul` would end every session early (underdosing).
 TYPICAL_MAX_FLOW_UL_MIN = 1000
+#: The slowest breathing a breath-gated prescription is expected to meet: 6 breaths/min
+#: (the `slow-deep` pattern, docs/simulator.md; ICD addendum 1.1 names no lower rate),
+#: one breath every 10 s. The prescription names no expected rate or pattern, so
+#: `apnoea_s` is judged against this one.
+SLOWEST_BREATH_RATE_BPM = 6
+#: The MN-1's nominal continuous output at 100 % (IDENT `nominal_ul_min` of the heads in
+#: use, and the simulator's default); `config check` has no head to ask.
+NOMINAL_FLOW_UL_MIN = 400
+#: A breath-gated run takes 2.75× (I:E 1:1) to 4× (I:E 1:2) as long as a continuous
+#: one (bench/breath_gating.py, docs/performance.md); a duration below this many times
+#: the continuous treatment time likely ends a gated dose early.
+GATED_TIME_FACTOR = 3
 #: `sun_path` of a Unix socket holds at most this many bytes on Linux (108 with NUL).
 _MAX_SOCKET_PATH_BYTES = 107
 _FREE_SPACE_FLOOR_LOW_MB = 50
@@ -189,6 +204,55 @@ def limit_findings(prescription: Prescription, *, today: date) -> list[Finding]:
     return findings
 
 
+def delivery_findings(prescription: Prescription) -> list[Finding]:
+    """A breath-gated prescription whose apnoea pause or maximum duration does not fit
+    the breathing it will meet (warnings: legal, but a person should look)."""
+    delivery = prescription.delivery
+    if not delivery.breath_gated:
+        return []
+    findings: list[Finding] = []
+    breath_s = 60 / SLOWEST_BREATH_RATE_BPM
+    apnoea_s = delivery.gated_apnoea_s
+    if apnoea_s <= breath_s:
+        findings.append(
+            _warning(
+                "prescription.delivery.apnoea_s",
+                f"{apnoea_s} s is not longer than one breath at the slowest expected rate "
+                f"({SLOWEST_BREATH_RATE_BPM}/min = {breath_s:.0f} s per breath): a patient "
+                'breathing slowly would make the head pause (WAITING) and raise "no '
+                'breathing detected" between normal breaths; set apnoea_s = 15 (the '
+                f"default) or at least {breath_s + 1:.0f}",
+            )
+        )
+    limits = prescription.limits
+    duration_s = limits.max_session_duration_s
+    volume_ul = delivery.expected_dry_ul if delivery.to_dryness else limits.session_ul
+    if duration_s is None or volume_ul is None:
+        return findings
+    flow_ul_min = NOMINAL_FLOW_UL_MIN * limits.output_pct / 100
+    continuous_s = volume_ul * 60 / flow_ul_min
+    needed_s = round(GATED_TIME_FACTOR * continuous_s)
+    if duration_s < needed_s:
+        fix = (
+            f"raise limits.max_session_duration_s to at least {needed_s} s"
+            if needed_s <= CEILING_MAX_DURATION_S
+            else f"even the ICD maximum of {CEILING_MAX_DURATION_S} s is short: prescribe a "
+            "smaller volume per session or continuous delivery (a run ended at its maximum "
+            "duration cannot be continued)"
+        )
+        findings.append(
+            _warning(
+                "prescription.limits.max_session_duration_s",
+                f"{duration_s} s is likely too short for breath-gated delivery: {volume_ul} µL "
+                f"takes about {continuous_s:.0f} s continuously at {flow_ul_min:.0f} µL/min "
+                f"({limits.output_pct} % output) and a gated run {GATED_TIME_FACTOR}× as long "
+                f"or more (2.75-4× by breathing pattern), so the session would end at its "
+                f"maximum duration before the dose is given; {fix}",
+            )
+        )
+    return findings
+
+
 def _creatable_dir(path: Path) -> str | None:
     """None if `path` is (or can be made) a writable directory; else why not."""
     probe = path
@@ -328,4 +392,5 @@ def preflight(
     if rx is not None:
         local_today = today(rx) if today is not None else datetime.now(rx.zone).date()
         findings += limit_findings(rx, today=local_today)
+        findings += delivery_findings(rx)
     return Preflight(findings=findings, loaded=loaded)

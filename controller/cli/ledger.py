@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from controller.ledger import (
     restore_ledger,
     summary_to_json,
 )
+from controller.reports import RunBreathing, prescription_blinded
 
 __all__ = ["register"]
 
@@ -120,20 +122,48 @@ def _totals_lines(summaries: list[SessionSummary]) -> list[str]:
     return lines
 
 
+def _breath_lines(s: SessionSummary, breathing: RunBreathing | None) -> list[str]:
+    """The run's breath summary (ICD 1.1 heads): emitted and inspiratory-phase side by side."""
+    if breathing is None:
+        return []
+    emitted_dose = s.dose if breathing.dose_unit is not None else None
+    return [
+        f"        breathing {breathing.breathing_text()}",
+        "        aerosol "
+        + breathing.aerosol_text(delivered_ul=s.delivered_ul, emitted_dose=emitted_dose),
+    ]
+
+
+def _blinded(args: argparse.Namespace) -> bool:
+    """No drug-unit breath figures: the prescription is blinded, or unknown (no config)."""
+    if args.config is None and args.data_dir is not None:
+        return True  # a bare data directory says nothing about the study's blinding
+    return prescription_blinded(load_config(Path(args.config) if args.config else None))
+
+
 def _show(args: argparse.Namespace) -> int:
     try:
         data_dir = _data_dir(args)
+        blinded = _blinded(args)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_CONFIG
     try:
         with Ledger.open(data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
             summaries = ledger.summaries(since=args.since, subject_id=args.subject)
+            records = ledger.breath_summaries(since=args.since, subject_id=args.subject)
     except LedgerError as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_LEDGER
+    breathing = {sid: RunBreathing.from_record(figures) for sid, figures in records.items()}
+    if blinded:
+        breathing = {sid: b.blinded() for sid, b in breathing.items()}
     if args.json:
         payload: list[dict[str, Any]] = [summary_to_json(s) for s in summaries]
+        for entry in payload:
+            run = breathing.get(int(entry["session_id"]))
+            if run is not None:
+                entry["breathing"] = asdict(run)
         sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         return 0
     if not summaries:
@@ -142,6 +172,7 @@ def _show(args: argparse.Namespace) -> int:
     out: list[str] = []
     for s in summaries:
         out.extend(_session_lines(s))
+        out.extend(_breath_lines(s, breathing.get(s.session_id)))
     out.append("")
     out.extend(_totals_lines(summaries))
     sys.stdout.write("\n".join(out) + "\n")

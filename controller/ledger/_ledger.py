@@ -612,6 +612,31 @@ class Ledger(ContinuityMixin, ReadingMixin):
         figures: dict[str, Any] = json.loads(row[0])
         return figures
 
+    def breath_summaries(
+        self, *, since: datetime | None = None, subject_id: str | None = None
+    ) -> dict[int, dict[str, Any]]:
+        """Breath summaries by session id, for the sessions `summaries()` selects (one query).
+
+        Sessions without one (continuous on a version-1 head) are absent.
+        """
+        clauses: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            clauses.append("s.intent_utc >= ?")
+            params.append(utc_text(since))
+        if subject_id is not None:
+            clauses.append("s.subject_id = ?")
+            params.append(subject_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._db.reading() as connection:
+            rows = connection.execute(
+                # Only fixed clause text is interpolated; every value is a ? parameter.
+                "SELECT b.session_id, b.body FROM breath_summaries b"  # noqa: S608
+                f" JOIN session_status s ON s.session_id = b.session_id{where}",
+                params,
+            ).fetchall()
+        return {int(session_id): json.loads(body) for session_id, body in rows}
+
     def record_command(
         self,
         *,

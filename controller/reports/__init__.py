@@ -4,12 +4,14 @@ Everything here reads the ledger read-only and is safe while the controller runs
 See docs/reports.md.
 """
 
+from controller.reports._breathing import RunBreathing
 from controller.reports._course import (
     ALARM_GRACE,
     COMPLETED_REASONS,
     CourseSession,
     ProgressPoint,
     ReportContext,
+    prescription_blinded,
     read_progress,
     read_sessions,
     report_context,
@@ -61,6 +63,7 @@ __all__ = [
     "PlotsUnavailableError",
     "ProgressPoint",
     "ReportContext",
+    "RunBreathing",
     "SessionRow",
     "administration_status",
     "fhir_bundle",
@@ -68,6 +71,7 @@ __all__ = [
     "local_time",
     "plot_course",
     "plot_session",
+    "prescription_blinded",
     "read_progress",
     "read_sessions",
     "render_csv",

@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from controller.config import NebuliserConfig
-from controller.dosing import COMPLETED_REASONS, Delivery
+from controller.dosing import COMPLETED_REASONS, Delivery, load_prescription
 from controller.ledger import (
     AlarmAction,
     AlarmEntry,
@@ -25,12 +25,15 @@ from controller.ledger import (
     SessionSummary,
 )
 
+from ._breathing import RunBreathing
+
 __all__ = [
     "ALARM_GRACE",
     "COMPLETED_REASONS",
     "CourseSession",
     "ProgressPoint",
     "ReportContext",
+    "prescription_blinded",
     "read_progress",
     "read_sessions",
     "report_context",
@@ -70,6 +73,28 @@ class ReportContext:
     """Lot concentration (dose units per mL) from the prescription, when configured."""
     delivery: Delivery | None = None
     """The prescription's delivery (to dryness or not), when configured."""
+    blinded: bool = True
+    """The breath figures show no drug-unit figure: the prescription's arm is blinded, or
+    the report cannot tell (`prescription_blinded`)."""
+
+
+def prescription_blinded(config: NebuliserConfig | None) -> bool:
+    """Whether reports withhold drug-unit breath figures for this configuration.
+
+    The prescription's `[prescription.arm] blinded`, inline or in `prescription_file`.
+    Fails closed: with no configuration, no prescription, or a prescription file that
+    cannot be read, the answer is True (a report cannot know the study is open).
+    """
+    if config is None:
+        return True
+    if config.prescription is not None:
+        return config.prescription.arm.blinded
+    if config.prescription_file is not None:
+        try:
+            return load_prescription(config.prescription_file).arm.blinded
+        except (OSError, ValueError):
+            return True
+    return True
 
 
 def report_context(config: NebuliserConfig) -> ReportContext:
@@ -87,6 +112,7 @@ def report_context(config: NebuliserConfig) -> ReportContext:
             daily_dose_limit=None,
             course_dose_limit=None,
             amount_per_ml=None,
+            blinded=prescription_blinded(config),
         )
     per_ml = float(rx.lot.concentration_per_ml())
     limits = rx.limits
@@ -105,6 +131,7 @@ def report_context(config: NebuliserConfig) -> ReportContext:
         course_dose_limit=limits.course_max_dose,
         amount_per_ml=per_ml,
         delivery=rx.delivery,
+        blinded=prescription_blinded(config),
     )
 
 
@@ -125,6 +152,14 @@ class CourseSession:
     continued_by: int | None = None
     """The session id of the continuation run of this administration, if any (the
     ledger's continuation records fill it; issue 15 item 1)."""
+    breathing: RunBreathing | None = None
+    """The run's breath summary (ICD 1.1 heads; None for a version-1 head)."""
+
+    def breathing_shown(self, context: ReportContext) -> RunBreathing | None:
+        """The breath summary as a report may show it (no drug-unit figure if blinded)."""
+        if self.breathing is None:
+            return None
+        return self.breathing.blinded() if context.blinded else self.breathing
 
     @property
     def alarms(self) -> tuple[AlarmEntry, ...]:
@@ -228,6 +263,7 @@ def read_sessions(
     alarms = [
         e for e in ledger.events(kinds=[EventKind.ALARM], since=since) if e.session_id is None
     ]
+    breathing = ledger.breath_summaries(since=since, subject_id=subject_id)
     # A run is continued by the next run of the same administration (issue 15).
     continued_by: dict[int, int] = {}
     previous_run: dict[int, int] = {}
@@ -255,6 +291,11 @@ def read_sessions(
                 subject_overrides=tuple(attached.get(s.session_id, ())),
                 nearby_alarms=nearby,
                 continued_by=continued_by.get(s.session_id),
+                breathing=(
+                    RunBreathing.from_record(breathing[s.session_id])
+                    if s.session_id in breathing
+                    else None
+                ),
             )
         )
     return sessions

@@ -1,7 +1,12 @@
 """`nebuliser report fhir`: a FHIR R4 Bundle of MedicationAdministration resources (pure).
 
 One MedicationAdministration per session, the Medication (drug and lot) and the
-Device, in a `collection` Bundle. Plain JSON-ready dicts: the controller needs no FHIR
+Device, in a `collection` Bundle; for a run on a breath-aware head (ICD 1.1) one
+Observation of its breathing and aerosol by breath phase, `partOf` the run's
+MedicationAdministration (R4 Observation.partOf: "a larger event of which this
+Observation is a component or step"; `derivedFrom` cannot name a
+MedicationAdministration and `focus` would say the observation is *about* the
+administration rather than the patient). Plain JSON-ready dicts: the controller needs no FHIR
 library; the tests validate the output with the `fhir.resources` R4B models (R4B
 leaves MedicationAdministration, Medication, Device and Bundle as in R4).
 
@@ -17,6 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from ._breathing import RunBreathing
 from ._course import CourseSession, ReportContext
 from ._outcome import AdministrationStatus, local_time, round_dose, session_outcome
 
@@ -36,6 +42,9 @@ _END_REASON_SYSTEM = "urn:nebuliser:end-reason"
 _OUTCOME_SYSTEM = "urn:nebuliser:administration-status"
 _SUBJECT_SYSTEM = "urn:nebuliser:subject"
 _DEVICE_SYSTEM = "urn:nebuliser:device-id"
+_BREATH_SYSTEM = "urn:nebuliser:breath"
+LOINC = "http://loinc.org"
+RESPIRATORY_RATE_LOINC = ("9279-1", "Respiratory rate")
 _SERIAL_SYSTEM = "urn:nebuliser:mn1-serial"
 _UCUM_CODES = {"mg": "mg", "ug": "ug", "vesicles": "{vesicles}"}
 _NAMESPACE = uuid.UUID("0b7f3c0e-7d55-4d55-9a53-6f1f5e0c9a11")  # fixed: stable ids per ledger
@@ -175,6 +184,130 @@ def _administration(
     return resource
 
 
+def _quantity(value: float, unit: str, code: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": UCUM, "code": code}
+
+
+def _component(code: str, text: str, quantity: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "code": {"coding": [_coding(_BREATH_SYSTEM, code, text)], "text": text},
+        "valueQuantity": quantity,
+    }
+
+
+def _breath_components(
+    session: CourseSession, breathing: RunBreathing, context: ReportContext
+) -> list[dict[str, Any]]:
+    """Breathing, then the emitted dose and the inspiratory-phase estimate side by side."""
+    per_min = ("/min", "/min")
+    components = [
+        _component("breaths", "breaths", _quantity(breathing.breaths, "breaths", "{breaths}"))
+    ]
+    rates = (
+        ("rate-mean", "mean respiratory rate", breathing.rate_mean_bpm),
+        ("rate-min", "lowest respiratory rate", breathing.rate_min_bpm),
+        ("rate-max", "highest respiratory rate", breathing.rate_max_bpm),
+    )
+    for code, text, value in rates:
+        if value is None:
+            continue
+        component = _component(code, text, _quantity(round(value, 1), *per_min))
+        if code == "rate-mean":  # also coded as LOINC's respiratory rate
+            component["code"]["coding"].append(_coding(LOINC, *RESPIRATORY_RATE_LOINC))
+        components.append(component)
+    if breathing.tidal_mean_ml is not None:
+        components.append(
+            _component(
+                "tidal-mean",
+                "mean tidal volume",
+                _quantity(round(breathing.tidal_mean_ml), "mL", "mL"),
+            )
+        )
+    delivered = session.summary.delivered_ul
+    if delivered is not None:
+        components.append(
+            _component("emitted", "emitted (delivered) volume", _quantity(delivered, "uL", "uL"))
+        )
+    components += [
+        _component(
+            "aerosol-inspiratory",
+            "inspiratory-phase aerosol (estimate)",
+            _quantity(breathing.aerosol_insp_ul, "uL", "uL"),
+        ),
+        _component(
+            "aerosol-expiratory",
+            "expiratory-phase aerosol (released to the room)",
+            _quantity(breathing.aerosol_exp_ul, "uL", "uL"),
+        ),
+    ]
+    unit = breathing.dose_unit
+    if unit is not None and unit in _UCUM_CODES:  # never when blinded (no unit then)
+        emitted_dose = session.dose(context)
+        doses = (
+            ("emitted-dose", "emitted dose", emitted_dose),
+            (
+                "aerosol-inspiratory-dose",
+                "inspiratory-phase dose (estimate)",
+                breathing.aerosol_insp_dose,
+            ),
+            ("aerosol-expiratory-dose", "expiratory-phase dose", breathing.aerosol_exp_dose),
+        )
+        components += [
+            _component(code, text, _quantity(round_dose(value), unit, _UCUM_CODES[unit]))
+            for code, text, value in doses
+            if value is not None
+        ]
+    components += [
+        _component(
+            "waiting", "time waiting for a breath", _quantity(breathing.waiting_s, "s", "s")
+        ),
+        _component(
+            "lost-reports",
+            "lost BREATH reports",
+            _quantity(breathing.lost_reports, "reports", "{reports}"),
+        ),
+    ]
+    return components
+
+
+def _breath_observation(
+    session: CourseSession,
+    breathing: RunBreathing,
+    *,
+    administration_url: str,
+    device_url: str,
+    context: ReportContext,
+) -> dict[str, Any]:
+    """The run's breath summary as an Observation, part of its MedicationAdministration."""
+    s = session.summary
+    zone = context.timezone
+    period: dict[str, Any] = {"start": local_time(session.started_utc or s.intent_at.utc, zone)}
+    if session.ended_utc is not None:
+        period["end"] = local_time(session.ended_utc, zone)
+    emitted = "unknown" if s.delivered_ul is None else f"{s.delivered_ul} uL"
+    return {
+        "resourceType": "Observation",
+        "id": f"session-{s.session_id}-breathing",
+        "status": "final",
+        "partOf": [{"reference": administration_url, "type": "MedicationAdministration"}],
+        "code": {
+            "coding": [_coding(_BREATH_SYSTEM, "breath-summary", "breathing during nebulisation")],
+            "text": f"breathing and aerosol by breath phase ({breathing.mode} run)",
+        },
+        "subject": {"identifier": {"system": _SUBJECT_SYSTEM, "value": s.subject_id}},
+        "effectivePeriod": period,
+        "device": {"reference": device_url},
+        "method": {"text": f"MN-1 head breath sensor (ICD addendum 1.1), {breathing.mode}"},
+        "note": [
+            {
+                "text": f"emitted {emitted} is the administered volume; the inspiratory-phase "
+                "figure is an estimate from the head's breath reports, not a measured lung dose"
+            }
+        ],
+        "component": _breath_components(session, breathing, context),
+    }
+
+
 def fhir_bundle(
     sessions: Sequence[CourseSession],
     *,
@@ -216,20 +349,35 @@ def fhir_bundle(
         {"fullUrl": medication_url, "resource": medication},
     ]
     exported = {s.summary.session_id for s in sessions}
-    entries += [
-        {
-            "fullUrl": _urn(ledger_id, "session", s.session_id),
-            "resource": _administration(
-                s,
-                ledger_id=ledger_id,
-                medication_url=medication_url,
-                device_url=device_url,
-                context=context,
-                exported=exported,
-            ),
-        }
-        for s in sessions
-    ]
+    for s in sessions:
+        administration_url = _urn(ledger_id, "session", s.session_id)
+        entries.append(
+            {
+                "fullUrl": administration_url,
+                "resource": _administration(
+                    s,
+                    ledger_id=ledger_id,
+                    medication_url=medication_url,
+                    device_url=device_url,
+                    context=context,
+                    exported=exported,
+                ),
+            }
+        )
+        breathing = s.breathing_shown(context)
+        if breathing is not None:
+            entries.append(
+                {
+                    "fullUrl": _urn(ledger_id, "breathing", s.session_id),
+                    "resource": _breath_observation(
+                        s,
+                        breathing,
+                        administration_url=administration_url,
+                        device_url=device_url,
+                        context=context,
+                    ),
+                }
+            )
     return {
         "resourceType": "Bundle",
         "id": _urn(ledger_id, "bundle", generated_at.isoformat()).removeprefix("urn:uuid:"),

@@ -13,7 +13,7 @@ import enum
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo
 
 from controller.dosing import (
@@ -24,7 +24,8 @@ from controller.dosing import (
     classify_end,
 )
 
-from ._course import CourseSession
+if TYPE_CHECKING:  # _course imports the breath summary, which formats doses here
+    from ._course import CourseSession
 
 __all__ = [
     "DOSE_SIGNIFICANT_FIGURES",

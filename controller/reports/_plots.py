@@ -14,6 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._breathing import RunBreathing
 from ._course import CourseSession, ProgressPoint, ReportContext
 from ._outcome import local_time, session_outcome
 
@@ -87,7 +88,15 @@ def plot_session(
     """
     s = session.summary
     figure = _figure(size_px)
-    delivered_ax, flow_ax = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    # The strip draws µL only; blinding is still applied where the context is known.
+    breathing = session.breathing if context is None else session.breathing_shown(context)
+    if breathing is None:
+        delivered_ax, flow_ax = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    else:
+        grid = figure.add_gridspec(3, 1, height_ratios=(2, 1, 0.8), hspace=0.6)
+        delivered_ax = figure.add_subplot(grid[0])
+        flow_ax = figure.add_subplot(grid[1], sharex=delivered_ax)
+        _breath_strip(figure.add_subplot(grid[2]), breathing, delivered_ul=s.delivered_ul)
     origin = session.started_utc or s.intent_at.utc
     if progress and session.started_utc is not None:
         # Nothing is delivered at the START ACK: draw from the origin.
@@ -149,6 +158,43 @@ def plot_session(
             0.5, 0.5, "no progress samples recorded", ha="center", transform=flow_ax.transAxes
         )
     _save(figure, path)
+
+
+def _breath_strip(ax: Any, breathing: RunBreathing, *, delivered_ul: int | None) -> None:
+    """The run's aerosol by breath phase beside the emitted volume (µL), and its breathing.
+
+    The ledger keeps one breath summary per run, not each BREATH report
+    (docs/decisions/0019-breath-strip-from-summaries.md), so the strip shows the run's
+    split: the emitted volume on one bar, the inspiratory-phase estimate, the
+    expiratory-phase (fugitive) aerosol and what lost reports leave unaccounted on the other.
+    """
+    insp, exp = breathing.aerosol_insp_ul, breathing.aerosol_exp_ul
+    emitted = float(delivered_ul) if delivered_ul is not None else insp + exp
+    unaccounted = max(0.0, emitted - insp - exp)
+    ax.barh([1], [emitted], color="tab:blue", label="emitted (delivered)")
+    ax.barh([0], [insp], color="tab:green", label="inspiratory-phase (estimate)")
+    ax.barh([0], [exp], left=[insp], color="tab:red", label="expiratory-phase (to the room)")
+    if unaccounted > 0:
+        ax.barh(
+            [0],
+            [unaccounted],
+            left=[insp + exp],
+            color="none",
+            edgecolor="tab:gray",
+            hatch="//",
+            label="not in BREATH reports",
+        )
+    share = breathing.insp_share_pct
+    ax.set_yticks([0, 1], ["by breath phase", "emitted"])
+    ax.set_xlabel("aerosol (µL)")
+    ax.set_xlim(left=0, right=max(emitted, insp + exp, 1.0) * 1.7)  # room for the legend
+    ax.set_title(
+        breathing.breathing_text()
+        + ("" if share is None else f"; inspiratory-phase share {share:.1f} %"),
+        fontsize=9,
+    )
+    ax.legend(loc="center right", fontsize=8)
+    ax.grid(visible=True, axis="x", alpha=0.3)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

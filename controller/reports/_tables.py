@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from ._breathing import RunBreathing
 from ._course import CourseSession, ReportContext
 from ._outcome import format_dose, local_time, round_dose, session_outcome
 
@@ -50,6 +51,27 @@ class SessionRow:
     reconciled: bool
     counted_ul: int
     """What counts against limits: delivered, or the planned cap while unknown."""
+    # Breath summary of the run (ICD 1.1 heads; empty for a version-1 head). Appended
+    # after the columns above, which keep their order (docs/reports.md).
+    breath_mode: str = ""
+    """`breath-gated`, `continuous` (a breath-aware head reported the split), or ""."""
+    breaths: int | None = None
+    breath_rate_mean_bpm: float | None = None
+    breath_rate_min_bpm: float | None = None
+    breath_rate_max_bpm: float | None = None
+    tidal_mean_ml: float | None = None
+    aerosol_insp_ul: float | None = None
+    """Inspiratory-phase aerosol (µL): an estimate beside the emitted `delivered_ul`."""
+    aerosol_exp_ul: float | None = None
+    """Expiratory-phase aerosol (µL): released into the room."""
+    aerosol_insp_share_pct: float | None = None
+    aerosol_insp_dose: float | None = None
+    """The inspiratory-phase estimate in `dose_unit` (beside the emitted `dose`);
+    empty when the prescription is blinded."""
+    aerosol_exp_dose: float | None = None
+    waiting_s: float | None = None
+    """Time the head waited for a breath (WAITING)."""
+    lost_breath_reports: int | None = None
 
 
 def _iso(moment: datetime | None) -> str:
@@ -66,6 +88,33 @@ def _distinct(overrides: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
             seen.add(key)
             kept.append(override)
     return kept
+
+
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _breath_columns(breathing: RunBreathing | None) -> dict[str, Any]:
+    """The appended breath columns of one row (empty without a breath summary)."""
+    if breathing is None:
+        return {}
+    share = breathing.insp_share_pct
+    insp_dose, exp_dose = breathing.aerosol_insp_dose, breathing.aerosol_exp_dose
+    return {
+        "breath_mode": breathing.mode,
+        "breaths": breathing.breaths,
+        "breath_rate_mean_bpm": _rounded(breathing.rate_mean_bpm),
+        "breath_rate_min_bpm": _rounded(breathing.rate_min_bpm),
+        "breath_rate_max_bpm": _rounded(breathing.rate_max_bpm),
+        "tidal_mean_ml": _rounded(breathing.tidal_mean_ml, 0),
+        "aerosol_insp_ul": breathing.aerosol_insp_ul,
+        "aerosol_exp_ul": breathing.aerosol_exp_ul,
+        "aerosol_insp_share_pct": _rounded(share),
+        "aerosol_insp_dose": None if insp_dose is None else round_dose(insp_dose),
+        "aerosol_exp_dose": None if exp_dose is None else round_dose(exp_dose),
+        "waiting_s": _rounded(breathing.waiting_s),
+        "lost_breath_reports": breathing.lost_reports,
+    }
 
 
 def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> list[SessionRow]:
@@ -106,6 +155,7 @@ def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> l
                 uncertain=cs.uncertain,
                 reconciled=cs.reconciled,
                 counted_ul=counted,
+                **_breath_columns(cs.breathing_shown(context)),
             )
         )
     return rows
@@ -133,6 +183,32 @@ def render_json(rows: Sequence[SessionRow]) -> str:
 def _short_time(iso: str) -> str:
     """`2026-11-20 09:00+00:00` from a local ISO time (the offset kept, seconds dropped)."""
     return f"{iso[:16].replace('T', ' ')}{iso[19:]}" if iso else "-"
+
+
+def _breath_lines(row: SessionRow) -> list[str]:
+    """The run's breath summary under its table row (nothing for a version-1 head)."""
+    if not row.breath_mode or row.breaths is None:
+        return []
+    breathing = RunBreathing(
+        gated=row.breath_mode == "breath-gated",
+        breaths=row.breaths,
+        rate_mean_bpm=row.breath_rate_mean_bpm,
+        rate_min_bpm=row.breath_rate_min_bpm,
+        rate_max_bpm=row.breath_rate_max_bpm,
+        tidal_mean_ml=row.tidal_mean_ml,
+        aerosol_insp_ul=row.aerosol_insp_ul or 0.0,
+        aerosol_exp_ul=row.aerosol_exp_ul or 0.0,
+        aerosol_insp_dose=row.aerosol_insp_dose,
+        aerosol_exp_dose=row.aerosol_exp_dose,
+        dose_unit=row.dose_unit if row.aerosol_insp_dose is not None else None,
+        waiting_s=row.waiting_s or 0.0,
+        lost_reports=row.lost_breath_reports or 0,
+    )
+    return [
+        f"{'':>5} breathing {breathing.breathing_text()}",
+        f"{'':>5} aerosol   "
+        + breathing.aerosol_text(delivered_ul=row.delivered_ul, emitted_dose=row.dose),
+    ]
 
 
 def render_table(rows: Sequence[SessionRow], *, timezone: str = "UTC") -> str:
@@ -163,6 +239,7 @@ def render_table(rows: Sequence[SessionRow], *, timezone: str = "UTC") -> str:
             f"{delivered:>6} {format_dose(r.dose):>9} {r.end_reason or '-':<18} "
             f"{'; '.join(flags)}"
         )
+        lines.extend(_breath_lines(r))
     lines.append(f"times in {timezone} with their UTC offset")
     lines.append("")
     subjects = sorted({r.subject_id for r in rows})

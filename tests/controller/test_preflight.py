@@ -229,3 +229,78 @@ def test_relative_paths_resolve_against_the_config_files_directory(
     # From the environment or a flag, a relative path means the current directory.
     monkeypatch.setenv("NEBULISER_STORAGE__DATA_DIR", "here")
     assert load_config(config_path).storage.data_dir == Path("here")
+
+
+def _gated_bench(tmp_path: Path, *, apnoea_s: int, **limits: Any) -> Path:
+    """The bench configuration with a breath-gated prescription (ICD 1.1 heads)."""
+    path = _bench(tmp_path, **limits)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(
+            "[prescription.delivery]\n"
+            f'mode = "breath_gated"\ngate_pct = 80\nlead_breaths = 1\napnoea_s = {apnoea_s}\n'
+        )
+    return path
+
+
+def test_an_apnoea_pause_shorter_than_a_slow_breath_is_a_warning_naming_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 6/min is one breath every 10 s: a 5 s pause would stop the mesh between breaths.
+    path = _gated_bench(tmp_path, apnoea_s=5)
+    assert main(["config", "check", str(path)]) == ExitCode.OK
+    captured = capsys.readouterr()
+    assert "OK, serve would start" in captured.out
+    line = next(
+        line for line in captured.err.splitlines() if "prescription.delivery.apnoea_s" in line
+    )
+    assert "warning: prescription.delivery.apnoea_s: 5 s is not" in line
+    assert "5 s is not longer than one breath" in line
+    assert "6/min = 10 s" in line
+    assert "set apnoea_s = 15" in line
+    # At the boundary (one breath exactly) still a warning; one second longer is fine.
+    for apnoea_s, warned in ((10, True), (11, False), (15, False)):
+        config = load_config(_gated_bench(tmp_path, apnoea_s=apnoea_s))
+        keys = [f.key for f in preflight(config).warnings]
+        assert ("prescription.delivery.apnoea_s" in keys) is warned, apnoea_s
+
+
+def test_a_gated_dose_longer_than_its_maximum_duration_is_a_warning_naming_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The pilot: 3000 µL at 400 µL/min is 450 s continuous; gated ×3 is 1350 s > 1200 s.
+    path = _gated_bench(
+        tmp_path,
+        apnoea_s=15,
+        session_ul=3000,
+        max_session_duration_s=1200,
+        rolling_24h_max_ul=3000,
+        course_max_ul=15000,
+    )
+    assert main(["config", "check", str(path)]) == ExitCode.OK
+    err = capsys.readouterr().err
+    line = next(
+        line for line in err.splitlines() if "prescription.limits.max_session_duration_s" in line
+    )
+    assert "warning: prescription.limits.max_session_duration_s: 1200 s" in line
+    assert "1200 s is likely too short for breath-gated delivery" in line
+    assert "about 450 s continuously at 400 µL/min" in line
+    assert "raise limits.max_session_duration_s to at least 1350 s" in line
+    assert "prescription.delivery.apnoea_s" not in err
+    # Long enough: no warning. The same limits delivered continuously: no warning either.
+    enough = _gated_bench(
+        tmp_path,
+        apnoea_s=15,
+        session_ul=3000,
+        max_session_duration_s=1350,
+        rolling_24h_max_ul=3000,
+        course_max_ul=15000,
+    )
+    assert not [f for f in preflight(load_config(enough)).warnings if "duration" in f.key]
+    continuous = _bench(
+        tmp_path,
+        session_ul=3000,
+        max_session_duration_s=1200,
+        rolling_24h_max_ul=3000,
+        course_max_ul=15000,
+    )
+    assert not [f for f in preflight(load_config(continuous)).warnings if "duration" in f.key]
