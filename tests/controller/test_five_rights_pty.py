@@ -22,8 +22,10 @@ from controller.benchconfig import BenchPrescription, write_bench_config
 from controller.config import NebuliserConfig
 from controller.exitcodes import ExitCode
 from controller.ledger import LEDGER_FILE_NAME, EventKind, Ledger
+from controller.security import CommandName, RequestStartBody, StopBody
 from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
 
+from . import test_remote_commands as remote
 from .test_service_pty import FAST_UL_MIN, running_controller, wait_status
 from .test_ward_dosing import _cli, _read_until
 
@@ -32,7 +34,7 @@ SESSION_UL = 300
 GOOD_LOT = "LOT-P-01"
 
 
-def _trial_tables() -> str:
+def _trial_tables(good_lot: str = GOOD_LOT) -> str:
     """The checks on, and a lot table around today's date (the bench runs on the system clock)."""
     today = datetime.now(UTC).date()
     later, yesterday = today + timedelta(days=90), today - timedelta(days=1)
@@ -46,7 +48,7 @@ def _trial_tables() -> str:
 
     return (
         "[prescription.checks]\nscan_subject = true\nscan_lot = true\n"
-        + lot(GOOD_LOT, "active", "pilot", 2.0e8, later)
+        + lot(good_lot, "active", "pilot", 2.0e8, later)
         + lot("LOT-C4-01", "active", "c4", 4.0e8, later)  # a higher cohort's vial
         + lot("LOT-P-OLD", "active", "pilot", 2.0e8, yesterday)
     )
@@ -151,3 +153,40 @@ async def test_the_right_wristband_and_vial_scanned_at_the_prompts_start_the_dos
     passed = {c["code"] for c in allowed[-1]["trace"]["constraints"] if c["passed"]}
     assert {"scan_subject", "lot_known", "lot_arm", "lot_cohort", "lot_strength"} <= passed
     assert "lot_expiry" in passed
+
+
+async def test_a_remote_start_request_carries_the_scans_or_is_refused(tmp_path: Path) -> None:
+    keys = remote.Keys()
+    async with remote.bed(tmp_path, keys, trial_tables=_trial_tables("LOT-T")) as b:
+
+        def request(counter: int, **scans: str) -> bytes:
+            body = RequestStartBody(note="round 2", **scans)
+            return remote.signed(
+                keys.ward, CommandName.SESSION_REQUEST_START, body, counter=counter
+            )
+
+        bare = await b.station.command(request(1), stage="refused")
+        assert bare["reason_code"] == "start_refused"
+        assert "the patient's wristband was not scanned" in bare["reason"]
+        assert "the vial's lot label was not scanned" in bare["reason"]
+        other_cohort = await b.station.command(
+            request(2, subject_id="TEST-001", lot_id="LOT-C4-01"), stage="refused"
+        )
+        assert (
+            "lot LOT-C4-01 is for cohort c4, the subject is in cohort pilot"
+            in (other_cohort["reason"])
+        )
+        right = request(3, subject_id="TEST-001", lot_id="LOT-T")
+        waiting = await b.station.command(right, stage="awaiting_confirm")
+        assert waiting["status"] == "accepted", waiting
+        b.sim.apply(lambda m, t: m.press_confirm_button(now_ms=t))
+        started = await b.station.reply(remote.command_id_of(right), stage="started")
+        assert started["status"] == "accepted", started
+        stop = remote.signed(keys.ward, CommandName.STOP, StopBody(), counter=4)
+        assert (await b.station.command(stop))["stopped"] is True
+        await wait_status(b.config, lambda s: s["last_session"] is not None, 5)
+    refusals = [d for d in _start_decisions(b.config) if not d["allowed"]]
+    assert [set(d["trace"]["refusal_codes"]) for d in refusals] == [
+        {"scan_subject", "lot_known"},
+        {"lot_cohort", "lot_strength"},
+    ]
