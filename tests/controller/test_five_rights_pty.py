@@ -144,9 +144,10 @@ async def test_the_right_wristband_and_vial_scanned_at_the_prompts_start_the_dos
         assert f"({SESSION_UL} µL cap, confirmed by bedside terminal)".encode() in seen
         status = await wait_status(config, lambda s: s["last_session"] is not None, 20)
         last = status["last_session"]
-        # Ran to its cap (the host's predictive stop: at most flow × 196 ms short of it).
+        # Ran to its cap: the host's predictive stop, never above it, at most one stop
+        # latency of (estimated) flow below it (as test_service_pty's cap test).
         assert last["host_reason"] == "cap_predicted", last
-        assert SESSION_UL - FAST_UL_MIN * 196 // 60_000 <= last["delivered_ul"] <= SESSION_UL
+        assert SESSION_UL - 30 <= last["delivered_ul"] <= SESSION_UL
         assert sim.truth().total_delivered_ul <= SESSION_UL
     allowed = [d for d in _start_decisions(config) if d["allowed"]]
     assert allowed, "the admitted start has its decision row"
