@@ -51,6 +51,9 @@ class BenchPrescription:
     """With a fill: the cup holds this much and the dose is nebulised to dryness."""
     residual_ul: int = 100
     """What the mesh cannot nebulise (the simulated head's default)."""
+    trial_tables: str = ""
+    """TOML appended to the prescription: `[prescription.checks]`, `[[prescription.lots]]`,
+    `[[prescription.cohorts]]` (the five-rights check, docs/trials.md)."""
 
 
 def bench_mqtt_section(
@@ -120,7 +123,7 @@ def _prescription_text(rx: BenchPrescription) -> str:
             f"fill_ul = {rx.fill_ul}",
             f"residual_ul = {rx.residual_ul}",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + rx.trial_tables
 
 
 def bench_config_text(

@@ -79,7 +79,7 @@ def _body(args: argparse.Namespace) -> tuple[CommandName, CommandBody]:
     if command is CommandName.ALARM_ACK:
         return command, AlarmAckBody(alarm_code=args.alarm_code, acknowledged_by=args.by)
     if command is CommandName.SESSION_REQUEST_START:
-        return command, RequestStartBody(note=args.note)
+        return command, RequestStartBody(note=args.note, subject_id=args.subject, lot_id=args.lot)
     rx_path = Path(args.prescription)
     rx_bytes = rx_path.read_bytes()
     sig = PrescriptionSignature.model_validate_json(signature_path_for(rx_path).read_bytes())
@@ -204,6 +204,10 @@ def _add_signing_options(parser: argparse.ArgumentParser) -> None:
         "session.request_start", help="request a start (bedside CONFIRM needed)"
     )
     start.add_argument("--note", default="", help="free text for the record")
+    start.add_argument(
+        "--subject", help="the patient's wristband id as scanned (five-rights check)"
+    )
+    start.add_argument("--lot", help="the vial's lot label as scanned (five-rights check)")
     rx = commands.add_parser("prescription.update", help="send a pharmacy-signed prescription")
     rx.add_argument("prescription", help="prescription TOML file with its .sig next to it")
 

@@ -22,11 +22,14 @@ __all__ = ["example_config_text", "print_findings", "register"]
 _COURSE_DAYS = 5
 _COURSE_START = re.compile(r"^course_start = \S+", re.MULTILINE)
 _COURSE_END = re.compile(r"^course_end = \S+", re.MULTILINE)
+_LOT_EXPIRES = re.compile(r"^expires = \S+", re.MULTILINE)
+#: The template lot expires this long after the course ends.
+_LOT_SHELF_DAYS = 180
 
 
 def example_config_text(*, start: date | None = None) -> str:
     """The commented example configuration (the pilot protocol), its 5-day course
-    starting on `start` (default: today, UTC).
+    starting on `start` (default: today, UTC) and its lot in date until 180 days after.
 
     In a wheel it is packaged as `controller/_data/example.toml`; in a source checkout
     it is read from `config/example.toml` at the repository root.
@@ -40,6 +43,8 @@ def example_config_text(*, start: date | None = None) -> str:
     first = start if start is not None else datetime.now(UTC).date()
     last = first + timedelta(days=_COURSE_DAYS - 1)
     text = _COURSE_START.sub(f"course_start = {first.isoformat()}", text)
+    expires = last + timedelta(days=_LOT_SHELF_DAYS)
+    text = _LOT_EXPIRES.sub(f"expires = {expires.isoformat()}", text)
     return _COURSE_END.sub(f"course_end = {last.isoformat()}", text)
 
 

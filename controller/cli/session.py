@@ -128,11 +128,34 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _read_terminal_line() -> str:
+    """One line typed (or scanned: a USB barcode scanner types the label and Enter)."""
+    loop = asyncio.get_running_loop()
+    answer: str = await loop.run_in_executor(None, sys.stdin.readline)
+    return answer.strip()
+
+
 async def _read_terminal_yes() -> bool:
     """Ask at the bedside terminal; True when the operator typed yes."""
-    loop = asyncio.get_running_loop()
-    answer = await loop.run_in_executor(None, sys.stdin.readline)
-    return answer.strip().lower() in {"y", "yes"}
+    return (await _read_terminal_line()).lower() in {"y", "yes"}
+
+
+#: The bedside prompts of the five-rights check (docs/trials.md quotes them).
+SCAN_SUBJECT_PROMPT = "Scan the patient's wristband (or type the subject id), then Enter: "
+SCAN_LOT_PROMPT = "Scan the vial's lot label (or type the lot id), then Enter: "
+
+
+async def _ask_scans(socket_path: Path, params: dict[str, Any]) -> None:
+    """Ask at the terminal for the scans the protocol requires and the command line lacks."""
+    async with ControlClient(path=socket_path) as client:
+        checks = (await client.call("session.status")).get("checks") or {}
+    for check, key, prompt in (
+        ("scan_subject", "subject", SCAN_SUBJECT_PROMPT),
+        ("scan_lot", "lot", SCAN_LOT_PROMPT),
+    ):
+        if checks.get(check) and key not in params:
+            print(prompt, end="", flush=True)
+            params[key] = await _read_terminal_line()
 
 
 async def _attempt(
@@ -154,6 +177,14 @@ async def _attempt(
             )
             if message.get("reduced_dose"):
                 print(f"  {message['reduced_dose']}")
+            scanned = message.get("scanned") or {}
+            checked = [
+                f"{what} {scanned[key]}"
+                for what, key in (("wristband", "subject_id"), ("lot", "lot_id"))
+                if scanned.get(key)
+            ]
+            if checked:
+                print(f"  {' and '.join(checked)} checked against the prescription")
             print(
                 f"Press CONFIRM on the nebuliser head within {message['timeout_s']} s"
                 + (", or type 'yes' and Enter here:" if interactive else ".")
@@ -166,19 +197,29 @@ async def _attempt(
             return message
 
 
-async def _start(args: argparse.Namespace) -> int:
-    socket_path = control_socket_from_args(args)
+def _start_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The `session.start` arguments from the command line (the credential apart)."""
     params: dict[str, Any] = {"by": args.by or f"OS user {getpass.getuser()}"}
     if args.volume_ul is not None:
         params["requested_ul"] = args.volume_ul
     if args.continue_last:
         params["continue"] = True
+    if args.subject is not None:
+        params["subject"] = args.subject
+    if args.lot is not None:
+        params["lot"] = args.lot
     if args.override_role:
         params |= {
             "override_role": args.override_role,
             "override_reason": args.override_reason,
             "override_codes": args.override,
         }
+    return params
+
+
+async def _start(args: argparse.Namespace) -> int:
+    socket_path = control_socket_from_args(args)
+    params = _start_params(args)
     if args.override_credential is not None:
         try:
             params["override_credential"] = args.override_credential.read_text(encoding="utf-8")
@@ -186,6 +227,8 @@ async def _start(args: argparse.Namespace) -> int:
             print(f"nebuliser: cannot read the override credential: {exc}", file=sys.stderr)
             return EXIT_REFUSED
     interactive = sys.stdin.isatty() and not args.button_only
+    if interactive:
+        await _ask_scans(socket_path, params)
     async with ControlClient(path=socket_path) as client:
         message = await _attempt(client, params, interactive=interactive)
     offer = message.get("reduced_dose_offer")
@@ -288,6 +331,27 @@ def _clear_faults(args: argparse.Namespace) -> int:
     return 0 if reply.get("cleared") else EXIT_REFUSED
 
 
+def _add_bedside_arguments(start: argparse.ArgumentParser) -> None:
+    """`--subject`, `--lot` (the five-rights scans, docs/trials.md) and `--button-only`."""
+    start.add_argument(
+        "--subject",
+        metavar="ID",
+        help="the patient's wristband id, scanned or typed (five-rights check; asked at "
+        "the terminal when the protocol requires it and this is not given)",
+    )
+    start.add_argument(
+        "--lot",
+        metavar="LOT",
+        help="the vial's lot label, scanned or typed (five-rights check; asked at the "
+        "terminal when the protocol requires it and this is not given)",
+    )
+    start.add_argument(
+        "--button-only",
+        action="store_true",
+        help="do not ask at this terminal; wait for the head's CONFIRM button",
+    )
+
+
 def register(subparsers: Any) -> None:
     """Add `session`, `alarm` and `device`."""
     session = subparsers.add_parser("session", help="start, stop or show the bedside session")
@@ -310,11 +374,7 @@ def register(subparsers: Any) -> None:
         help="give the rest of the last, interrupted administration as a further run "
         "(within its window; the refusal of a plain start says when one is available)",
     )
-    start.add_argument(
-        "--button-only",
-        action="store_true",
-        help="do not ask at this terminal; wait for the head's CONFIRM button",
-    )
+    _add_bedside_arguments(start)
     start.add_argument(
         "--override-credential",
         type=Path,

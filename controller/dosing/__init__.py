@@ -28,6 +28,7 @@ from controller.dosing._end import (
     classify_end,
     dry_end_expected,
 )
+from controller.dosing._five_rights import five_rights
 from controller.dosing._prescription import (
     DELIVERY_APNOEA_S,
     DELIVERY_GATE_PCT,
@@ -36,15 +37,19 @@ from controller.dosing._prescription import (
     PLAUSIBLE_CONCENTRATION_PER_ML,
     PLAUSIBLE_RATIO,
     Arm,
+    BedsideChecks,
+    Cohort,
     Delivery,
     DeliveryMode,
     DrugUnit,
     Lot,
     Prescription,
     PrescriptionLimits,
+    TrialLot,
     load_prescription,
 )
 from controller.dosing._types import (
+    BedsideScan,
     ConstraintCode,
     ConstraintResult,
     Decision,
@@ -80,6 +85,9 @@ __all__ = [
     "ROLLING_WINDOW_S",
     "Administration",
     "Arm",
+    "BedsideChecks",
+    "BedsideScan",
+    "Cohort",
     "ConstraintCode",
     "ConstraintResult",
     "ContinuationOffer",
@@ -99,6 +107,7 @@ __all__ = [
     "SessionRecord",
     "SessionStatus",
     "StorageStatus",
+    "TrialLot",
     "TrustedTime",
     "administrations",
     "classify_end",
@@ -106,6 +115,7 @@ __all__ = [
     "decide",
     "dry_end_expected",
     "elapsed_s",
+    "five_rights",
     "format_duration",
     "is_continuable",
     "load_prescription",

@@ -17,6 +17,7 @@ from controller.dosing._ceilings import (
     CEILING_SESSION_UL,
     ROLLING_WINDOW_S,
 )
+from controller.dosing._five_rights import five_rights
 from controller.dosing._prescription import Prescription
 from controller.dosing._reduced import reduced_dose
 from controller.dosing._types import (
@@ -399,6 +400,8 @@ def decide(
             f"'{prescription.subject_id}'",
         ),
     ]
+    # The right patient and the right vial, scanned before CONFIRM (issue 20).
+    results.extend(five_rights(prescription, request.scan, now))
     override_entry, lifted = _override_check(prescription, request.override)
     if override_entry is not None:
         results.append(override_entry)

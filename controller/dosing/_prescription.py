@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import Field, Strict, field_validator, model_validator
 
 from controller.dosing._ceilings import (
     CEILING_24H_UL,
@@ -26,6 +26,18 @@ from controller.dosing._ceilings import (
     DEFAULT_CONTINUATION_WINDOW_S,
     RESERVOIR_CAPACITY_UL,
 )
+from controller.dosing._cohorts import check_trial_tables
+from controller.dosing._lot import (
+    ID_PATTERN,
+    PLAUSIBLE_CONCENTRATION_PER_ML,
+    PLAUSIBLE_RATIO,
+    BedsideChecks,
+    Cohort,
+    DrugUnit,
+    Lot,
+    TrialLot,
+    _Model,
+)
 
 __all__ = [
     "DELIVERY_APNOEA_S",
@@ -35,17 +47,17 @@ __all__ = [
     "PLAUSIBLE_CONCENTRATION_PER_ML",
     "PLAUSIBLE_RATIO",
     "Arm",
+    "BedsideChecks",
+    "Cohort",
     "Delivery",
     "DeliveryMode",
     "DrugUnit",
     "Lot",
     "Prescription",
     "PrescriptionLimits",
+    "TrialLot",
     "load_prescription",
 ]
-
-DrugUnit = Literal["vesicles", "mg", "ug"]
-"""Unit of drug amount; a concentration is this unit per millilitre."""
 
 SoftCode = Literal["interval", "rolling_24h_sessions", "course_start", "course_end"]
 OVERRIDABLE_CODES: Final[frozenset[str]] = frozenset(
@@ -54,58 +66,12 @@ OVERRIDABLE_CODES: Final[frozenset[str]] = frozenset(
 """Constraint codes a prescription may declare soft. Volume and dose limits, ceilings,
 time trust and storage are never overridable."""
 
-PLAUSIBLE_CONCENTRATION_PER_ML: Final[dict[str, tuple[float, float]]] = {
-    "vesicles": (1e6, 1e12),
-    "mg": (1e-3, 500.0),
-    "ug": (1e-3, 5e5),
-}
-"""Coarse sanity range of a lot concentration per drug unit (per mL)."""
 
-PLAUSIBLE_RATIO: Final = (0.5, 2.0)
-"""Allowed ratio of (session_ul × concentration) to the prescribed session_dose."""
-
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ID_PATTERN = ID_PATTERN
 _UL_PER_ML = 1000
 # Strict mode refuses lists for tuples; TOML arrays arrive as lists, so relax only that.
 _StrTuple = Annotated[tuple[str, ...], Strict(strict=False)]
 _SoftTuple = Annotated[tuple[SoftCode, ...], Strict(strict=False)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class Lot(_Model):
-    """One manufactured lot: `amount` drug units per `per_volume_ml` mL.
-
-    Stating the label exactly (2.0e8 vesicles per 3 mL) avoids rounding the
-    concentration to a decimal (6.67e7/mL) that would shave a µL off every dose.
-    """
-
-    lot_id: str = Field(pattern=_ID_PATTERN)
-    amount: float = Field(gt=0, description="drug units in `per_volume_ml` millilitres")
-    unit: DrugUnit
-    per_volume_ml: float = Field(default=1.0, gt=0)
-
-    def concentration_per_ml(self) -> Fraction:
-        """Exact drug units per mL."""
-        return Fraction(self.amount) / Fraction(self.per_volume_ml)
-
-    def concentration_per_ul(self) -> Fraction:
-        """Exact drug units per µL."""
-        return self.concentration_per_ml() / _UL_PER_ML
-
-    @model_validator(mode="after")
-    def _plausible_concentration(self) -> Self:
-        low, high = PLAUSIBLE_CONCENTRATION_PER_ML[self.unit]
-        per_ml = float(self.concentration_per_ml())
-        if not low <= per_ml <= high:
-            raise ValueError(
-                f"lot.amount/per_volume_ml = {per_ml:.4g} {self.unit}/mL is outside the "
-                f"plausible range {low:.4g}..{high:.4g} {self.unit}/mL for unit "
-                f"'{self.unit}'; check the lot label for a typo or a wrong unit"
-            )
-        return self
 
 
 DeliveryMode = Literal["continuous", "breath_gated"]
@@ -355,6 +321,20 @@ class PrescriptionLimits(_Model):
         return self
 
 
+# Strict mode refuses lists for tuples; TOML arrays of tables arrive as lists.
+_LotTable = Annotated[tuple[TrialLot, ...], Strict(strict=False)]
+_CohortTable = Annotated[tuple[Cohort, ...], Strict(strict=False)]
+
+
+def _subject_cohort(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The raw `[[prescription.cohorts]]` entry of the subject's cohort, if any."""
+    arm, cohorts = data.get("arm"), data.get("cohorts")
+    if not isinstance(arm, dict) or not isinstance(cohorts, list | tuple):
+        return None
+    wanted = arm.get("cohort")
+    return next((c for c in cohorts if isinstance(c, dict) and c.get("cohort") == wanted), None)
+
+
 class Prescription(_Model):
     """One subject's prescription under a protocol."""
 
@@ -368,6 +348,36 @@ class Prescription(_Model):
     )
     limits: PrescriptionLimits
     delivery: Delivery = Field(default_factory=Delivery)
+    lots: _LotTable = Field(
+        default=(), description="the protocol's lot table ([[prescription.lots]])"
+    )
+    cohorts: _CohortTable = Field(
+        default=(), description="dose-escalation cohorts ([[prescription.cohorts]])"
+    )
+    checks: BedsideChecks = Field(default_factory=BedsideChecks)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cohort_fixes_the_dose(cls, data: Any) -> Any:
+        """Unset `limits.session_ul`/`session_dose` come from the subject's cohort."""
+        if not isinstance(data, dict):
+            return data
+        cohort = _subject_cohort(data)
+        limits = data.get("limits")
+        if cohort is None or not isinstance(limits, dict):
+            return data
+        filled = {
+            name: cohort[name]
+            for name in ("session_ul", "session_dose")
+            if name in cohort and name not in limits
+        }
+        return {**data, "limits": {**limits, **filled}} if filled else data
+
+    @model_validator(mode="after")
+    def _trial_tables(self) -> Self:
+        """The lot table, the cohorts and the checks agree with each other."""
+        check_trial_tables(self)
+        return self
 
     @field_validator("timezone")
     @classmethod

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 __all__ = [
+    "BedsideScan",
     "ConstraintCode",
     "ConstraintResult",
     "Decision",
@@ -177,6 +178,15 @@ class Override:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BedsideScan:
+    """What the nurse scanned (or typed) at the bedside before CONFIRM: the patient's
+    wristband id and the vial's lot label. None: not scanned."""
+
+    subject_id: str | None = None
+    lot_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DoseRequest:
     """What the controller asks for: a session for `subject_id`.
 
@@ -196,6 +206,8 @@ class DoseRequest:
     accept_reduced_ul: int | None = None
     continue_last: bool = False
     """Continue the last, interrupted administration (not a new one)."""
+    scan: BedsideScan = BedsideScan()
+    """The wristband and lot scanned at the bedside (the five-rights check)."""
 
 
 class ConstraintCode(enum.StrEnum):
@@ -225,6 +237,15 @@ class ConstraintCode(enum.StrEnum):
     OUTPUT_PCT = "output_pct"
     REDUCED_DOSE = "reduced_dose"
     CAP = "cap"
+    # The five-rights check before CONFIRM (`dosing/_five_rights.py`, docs/trials.md).
+    SCAN_SUBJECT = "scan_subject"
+    LOT_KNOWN = "lot_known"
+    LOT_ARM = "lot_arm"
+    LOT_COHORT = "lot_cohort"
+    LOT_STRENGTH = "lot_strength"
+    LOT_PRESCRIBED = "lot_prescribed"
+    """Blinded: arm, cohort and strength as one constraint, so no reason names the arm."""
+    LOT_EXPIRY = "lot_expiry"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -74,9 +74,19 @@ class AlarmAckBody(_Strict):
 
 
 class RequestStartBody(_Strict):
-    """`session.request_start`: ask for a start; the bedside CONFIRM must follow."""
+    """`session.request_start`: ask for a start; the bedside CONFIRM must follow.
+
+    `subject_id` and `lot_id`: the wristband and vial lot scanned for this start (the
+    five-rights check, docs/trials.md); a protocol with `[prescription.checks]` on
+    refuses a request without them."""
 
     note: str = Field(default="", max_length=200, pattern=_PRINTABLE)
+    subject_id: str | None = Field(
+        default=None, pattern=_ID, description="the patient's wristband id, as scanned"
+    )
+    lot_id: str | None = Field(
+        default=None, pattern=_ID, description="the vial's lot label, as scanned"
+    )
 
 
 class PrescriptionUpdateBody(_Strict):

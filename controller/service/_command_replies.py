@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
+from controller.dosing import BedsideScan
 from controller.ledger import Ledger
 from controller.logging import get_logger
 from controller.security import (
     Accepted,
     AuditKind,
     PendingStartRequest,
+    RequestStartBody,
     SecuritySettings,
     StartRequestStatus,
     VerifyOutcome,
@@ -113,7 +115,10 @@ class CommandReplies:
             requested_at_s=time.monotonic(),
             confirm_window_s=window_s,
         )
-        decision = await sup.admit()
+        body = accepted.body
+        assert isinstance(body, RequestStartBody)
+        scan = BedsideScan(subject_id=body.subject_id, lot_id=body.lot_id)  # issue 20
+        decision = await sup.admit(scan=scan)
         refusals = sup.controller_refusals()
         if refusals or not decision.allowed:
             reasons = refusals + list(decision.refusal_reasons)
@@ -165,7 +170,7 @@ class CommandReplies:
             await self._reply(accepted, self._expired_result(window_s))
             return
         self._close_start(accepted, closed, "confirmed")
-        decision = await sup.admit()
+        decision = await sup.admit(scan=scan)
         outcome = await sup.start(decision)
         if outcome.started:
             result = CommandResult(

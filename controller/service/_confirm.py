@@ -9,13 +9,43 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
-from controller.dosing import ConstraintCode, Decision, ReducedDoseOffer
+from controller.control import ControlError
+from controller.dosing import BedsideScan, ConstraintCode, Decision, ReducedDoseOffer
 
 from ._supervisor import Supervisor
 
-__all__ = ["confirm_at_bedside", "reduced_dose_reason", "reduced_offer_json"]
+__all__ = [
+    "MAX_SCAN_CHARS",
+    "bedside_scan",
+    "confirm_at_bedside",
+    "reduced_dose_reason",
+    "reduced_offer_json",
+]
+
+
+#: The longest wristband or lot label accepted (a scanner that never sends Enter).
+MAX_SCAN_CHARS: Final = 128
+
+
+def bedside_scan(subject: object, lot: object) -> BedsideScan:
+    """The wristband and lot the nurse scanned, from a control-socket request.
+
+    Raises `ControlError` naming the field when one is not a short line of text."""
+    labels: dict[str, str | None] = {}
+    for name, value in (("subject", subject), ("lot", lot)):
+        # A scanner ends the label with Enter (CR or LF): blanks around it are not part of it.
+        text = value.strip() if isinstance(value, str) else value
+        if text is not None and (
+            not isinstance(text, str) or len(text) > MAX_SCAN_CHARS or not text.isprintable()
+        ):
+            raise ControlError(
+                f"{name} must be the scanned label as one line of printable text (at most "
+                f"{MAX_SCAN_CHARS} characters), e.g. --{name} S-001"
+            )
+        labels[name] = text or None
+    return BedsideScan(subject_id=labels["subject"], lot_id=labels["lot"])
 
 
 async def _until(event: asyncio.Event) -> None:

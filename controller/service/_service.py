@@ -35,7 +35,7 @@ from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
 
 from ._commands import security_task
-from ._confirm import confirm_at_bedside, reduced_dose_reason, reduced_offer_json
+from ._confirm import bedside_scan, confirm_at_bedside, reduced_dose_reason, reduced_offer_json
 from ._context import ServiceContext
 from ._override_check import OverrideRefusedError, override_from_request
 from ._pending_starts import PendingStarts
@@ -119,7 +119,14 @@ class _Handlers:
         return {"ok": cleared, "cleared": cleared, "reason": reason}
 
     async def status(self, _request: ControlRequest, _reply: Reply) -> dict[str, Any]:
-        return {"ok": True, **self._sup.snapshot(), "pending_starts": self._pending.views()}
+        checks = self._sup.prescription.checks
+        return {
+            "ok": True,
+            **self._sup.snapshot(),
+            "pending_starts": self._pending.views(),
+            # What `session start` must ask the nurse to scan (issue 20, five rights).
+            "checks": {"scan_subject": checks.scan_subject, "scan_lot": checks.scan_lot},
+        }
 
     async def stop(self, request: ControlRequest, _reply: Reply) -> dict[str, Any]:
         by = str(request.args.get("by", "local operator"))
@@ -169,12 +176,14 @@ class _Handlers:
             self._sup.override_refused(by=by, reason=str(exc), peer=peer)
             return {"ok": False, "started": False, "reasons": [str(exc)]}
         continue_last = bool(args.get("continue", False))
+        scan = bedside_scan(args.get("subject"), args.get("lot"))
         admit = functools.partial(
             self._sup.admit,
             requested_ul=requested,
             override=override,
             accept_reduced_ul=accept,
             continue_last=continue_last,
+            scan=scan,
         )
         decision = await admit()
         refusals = self._sup.controller_refusals()
@@ -198,6 +207,7 @@ class _Handlers:
                 "timeout_s": timeout_s,
                 "continues_administration": decision.continues_administration,
                 "reduced_dose": reduced_dose_reason(decision),
+                "scanned": {"subject_id": scan.subject_id, "lot_id": scan.lot_id},
             }
         )
         with self._pending.waiting(

@@ -26,6 +26,7 @@ from controller.alarms import AlarmCode, AlarmEvent, AlarmSettings
 from controller.breath import BreathingCadence
 from controller.clock import Clock, ClockTrustMonitor
 from controller.dosing import (
+    BedsideScan,
     Decision,
     DoseRequest,
     Override,
@@ -289,10 +290,12 @@ class Supervisor:
         override: Override | None = None,
         continue_last: bool = False,
         accept_reduced_ul: int | None = None,
+        scan: BedsideScan | None = None,
     ) -> Decision:
         """Ask the dose engine; record the decision. Controller conditions come first.
 
-        `continue_last` asks for the rest of the last, interrupted administration."""
+        `continue_last` asks for the rest of the last, interrupted administration;
+        `scan` is the wristband and lot scanned at the bedside (the five-rights check)."""
         trusted, storage = await self.refresh_conditions()
         subject = self.prescription.subject_id
         history = await self._recorder.call(lambda ledger: ledger.history(subject))
@@ -303,6 +306,7 @@ class Supervisor:
             override=override,
             continue_last=continue_last,
             accept_reduced_ul=accept_reduced_ul,  # issue 15: a reduced dose is explicit
+            scan=scan if scan is not None else BedsideScan(),  # issue 20: five rights
         )
         decision = decide(self.prescription, history, request, trusted)
         self.runtime.admitted(decision, override, self._now())

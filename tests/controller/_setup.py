@@ -19,13 +19,16 @@ def write_config(
     session_extra: str = "",
     free_space_floor_mb: int = 1,
     security: str = BENCH_SECURITY,
+    trial_tables: str = "",
 ) -> tuple[Path, NebuliserConfig]:
-    """A config with a small daily dose (interval 60 s, 3 a day), data dir in tmp_path."""
+    """A config with a small daily dose (interval 60 s, 3 a day), data dir in tmp_path.
+
+    `trial_tables`: the five-rights checks, lot table and cohorts (lot LOT-T prescribed)."""
     return write_bench_config(
         tmp_path,
         port=port,
         prescription=BenchPrescription(
-            subject_id="TEST-001", lot_id="LOT-T", session_ul=session_ul
+            subject_id="TEST-001", lot_id="LOT-T", session_ul=session_ul, trial_tables=trial_tables
         ),
         device='device_id = "neb-test"',
         storage=f"free_space_floor_mb = {free_space_floor_mb}",

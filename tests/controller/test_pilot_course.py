@@ -61,7 +61,8 @@ async def pilot_bed(
 
 async def dose(config: NebuliserConfig, sim: RunningSimulator) -> dict[str, Any]:
     sim.apply(lambda m, t: m.set_reservoir(3000, now_ms=t))  # the nurse fills the cup
-    reply = await start_confirmed(config)
+    # The nurse scans the wristband and the vial (the example's five-rights check).
+    reply = await start_confirmed(config, subject="PILOT-001", lot="LOT-2026-0042")
     if reply.get("started"):
         sid = reply["session_id"]
         await wait_status(

@@ -184,7 +184,7 @@ class Bed:
 
 @contextlib.asynccontextmanager
 async def bed(
-    tmp_path: Path, keys: Keys, *, nominal_ul_min: int = SLOW_UL_MIN
+    tmp_path: Path, keys: Keys, *, nominal_ul_min: int = SLOW_UL_MIN, trial_tables: str = ""
 ) -> AsyncIterator[Bed]:
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
@@ -200,6 +200,7 @@ async def bed(
             session_ul=200,
             security=security_section(keys),
             extra=mqtt_section(broker),
+            trial_tables=trial_tables,
         )
         async with running_controller(config) as service:
             await wait_status(config, lambda s: s["link_up"] and s["device"], 5)

@@ -52,9 +52,9 @@ async def wait_status(config: NebuliserConfig, predicate: Any, timeout_s: float)
         await asyncio.sleep(0.05)
 
 
-async def start_confirmed(config: NebuliserConfig) -> dict[str, Any]:
+async def start_confirmed(config: NebuliserConfig, **params: Any) -> dict[str, Any]:
     async with ControlClient(path=config.control_socket) as client:
-        await client.send("session.start")
+        await client.send("session.start", **params)
         first = await client.receive()
         if first.get("final"):
             return first

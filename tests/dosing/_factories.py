@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.dosing import (
+    BedsideScan,
     DoseRequest,
     Instant,
     Override,
@@ -99,6 +100,7 @@ def request(
     storage_ok: bool = True,
     subject_id: str = SUBJECT,
     accept_reduced_ul: int | None = None,
+    scan: BedsideScan | None = None,
 ) -> DoseRequest:
     return DoseRequest(
         subject_id=subject_id,
@@ -107,4 +109,5 @@ def request(
         requested_output_pct=output_pct,
         override=override,
         accept_reduced_ul=accept_reduced_ul,
+        scan=BedsideScan() if scan is None else scan,
     )

@@ -8,6 +8,8 @@ import pytest
 
 from controller.clock import ClockTrustMonitor, ClockTrustPolicy, ManualClock, NtpStatus
 from controller.dosing import (
+    BedsideScan,
+    DoseRequest,
     Prescription,
     SessionRecord,
     TrustedTime,
@@ -18,6 +20,11 @@ from tests.dosing._factories import T0, request, session
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.toml"
 DAY_S = 86_400
+
+
+def scanned() -> DoseRequest:
+    """A start after the nurse scanned the wristband and the pilot's vial (five rights)."""
+    return request(scan=BedsideScan(subject_id="S-001", lot_id="LOT-2026-0042"))
 
 
 @pytest.fixture
@@ -39,13 +46,13 @@ def test_five_daily_sessions_then_course_complete(pilot: Prescription) -> None:
     history: list[SessionRecord] = []
     for day in range(5):
         now = monitor.check()
-        decision = decide(pilot, history, request(), now)
+        decision = decide(pilot, history, scanned(), now)
         assert decision.allowed, (day, decision.refusal_reasons)
         assert decision.session_cap_ul == 3000
         assert decision.max_duration_s == 1200
         _give(history, now, decision.session_cap_ul)
         clock.advance(DAY_S)
-    sixth = decide(pilot, history, request(), monitor.check())
+    sixth = decide(pilot, history, scanned(), monitor.check())
     assert not sixth.allowed
     assert sixth.session_cap_ul == 0
     assert {"course_sessions", "course_ul", "course_dose", "course_end"} <= set(sixth.refusal_codes)
@@ -60,10 +67,10 @@ def test_second_session_after_23h_refused_even_after_wall_clock_jumps_2h(
     monitor = ClockTrustMonitor(clock=clock, policy=policy)
     history: list[SessionRecord] = []
     first = monitor.check()
-    _give(history, first, decide(pilot, history, request(), first).session_cap_ul)
+    _give(history, first, decide(pilot, history, scanned(), first).session_cap_ul)
 
     clock.advance(23 * 3600)
-    at_23h = decide(pilot, history, request(), monitor.check())
+    at_23h = decide(pilot, history, scanned(), monitor.check())
     assert not at_23h.allowed
     assert "interval: last start 23h ago < 24h" in at_23h.refusal_reasons
 
@@ -71,7 +78,7 @@ def test_second_session_after_23h_refused_even_after_wall_clock_jumps_2h(
     stepped = monitor.check()
     assert not stepped.trusted
     assert "stepped by +7200.0 s" in stepped.reason
-    after_step = decide(pilot, history, request(), stepped)
+    after_step = decide(pilot, history, scanned(), stepped)
     assert {"time_trusted", "interval"} <= set(after_step.refusal_codes)
 
     # Even once the clock is trusted again, the interval is measured on the monotonic
@@ -79,7 +86,7 @@ def test_second_session_after_23h_refused_even_after_wall_clock_jumps_2h(
     clock.advance(60)
     retrusted = monitor.check()
     assert retrusted.trusted
-    later = decide(pilot, history, request(), retrusted)
+    later = decide(pilot, history, scanned(), retrusted)
     assert later.refusal_codes == (
         "interval",
         "rolling_24h_sessions",
@@ -90,7 +97,7 @@ def test_second_session_after_23h_refused_even_after_wall_clock_jumps_2h(
     assert "interval: last start 23h01m ago < 24h" in later.refusal_reasons
 
     clock.advance(59 * 60)
-    assert decide(pilot, history, request(), monitor.check()).allowed
+    assert decide(pilot, history, scanned(), monitor.check()).allowed
 
 
 def test_reboot_after_23h_still_refused(pilot: Prescription) -> None:
@@ -100,7 +107,7 @@ def test_reboot_after_23h_still_refused(pilot: Prescription) -> None:
     first = monitor.check()
     _give(history, first, 3000)
     clock.reboot(boot_id="boot-2", downtime_s=23 * 3600)
-    decision = decide(pilot, history, request(), monitor.check())
+    decision = decide(pilot, history, scanned(), monitor.check())
     assert "interval" in decision.refusal_codes
 
 
@@ -110,6 +117,7 @@ def test_ntp_policy_refuses_until_synchronised(pilot: Prescription) -> None:
     monitor = ClockTrustMonitor(
         clock=clock, policy=ClockTrustPolicy(mode="ntp"), ntp_reader=lambda: status
     )
-    decision = decide(pilot, [], request(), monitor.check())
-    assert decision.refusal_codes == ("time_trusted",)
+    decision = decide(pilot, [], scanned(), monitor.check())
+    # Without trusted time the vial's expiry date cannot be judged either (issue 20).
+    assert decision.refusal_codes == ("time_trusted", "lot_expiry")
     assert "NTP not synchronised (timedatectl: NTPSynchronized=no)" in decision.refusal_reasons[0]

@@ -142,3 +142,24 @@ def test_prescription_file_below_a_table_gets_a_hint(tmp_path: Path) -> None:
     path.write_text('[storage]\nprescription_file = "rx.toml"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="above the first"):
         load_config(path)
+
+
+def test_the_lot_table_is_covered_by_the_pharmacy_signature(tmp_path: Path, keys: Keys) -> None:
+    """Issue 20: the lot table (arm, cohort, strength, expiry) is part of the signed file."""
+    rx = _signed_rx(tmp_path, keys)
+    config = load_config(_config(tmp_path, f'prescription_file = "rx.toml"\n{_senders(keys)}'))
+    loaded = load_service_prescription(config).prescription
+    (row,) = loaded.lots
+    assert (row.lot_id, row.arm_id, row.cohort) == ("LOT-2026-0042", "active", "pilot")
+    assert loaded.checks.scan_subject
+    assert loaded.checks.scan_lot
+    # Somebody extends an expired lot's date (or moves it to another cohort) after signing.
+    signed = rx.read_text("utf-8")
+    for edit in (
+        ("expires = 2027-06-03", "expires = 2029-06-03"),
+        ('cohort = "pilot"\namount', 'cohort = "c4"\namount'),
+    ):
+        assert edit[0] in signed
+        rx.write_text(signed.replace(*edit), encoding="utf-8")
+        with pytest.raises(PrescriptionSourceError, match="changed after the pharmacy signed"):
+            load_service_prescription(config)
