@@ -58,6 +58,7 @@ from controller.dosing._types import (
     TrustedTime,
     elapsed_s,
 )
+from controller.dosing._usage import DayUsage, DoseUsage, dose_usage
 
 __all__ = [
     "CEILING_24H_UL",
@@ -83,10 +84,12 @@ __all__ = [
     "ConstraintCode",
     "ConstraintResult",
     "ContinuationOffer",
+    "DayUsage",
     "Decision",
     "Delivery",
     "DeliveryMode",
     "DoseRequest",
+    "DoseUsage",
     "DrugUnit",
     "EndClass",
     "EndClassification",
@@ -104,6 +107,7 @@ __all__ = [
     "classify_end",
     "continuation_offer",
     "decide",
+    "dose_usage",
     "dry_end_expected",
     "elapsed_s",
     "format_duration",

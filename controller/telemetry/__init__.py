@@ -32,9 +32,10 @@ from controller.telemetry._builders import (
 )
 from controller.telemetry._export import json_schema_documents, write_json_schemas
 from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
-from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel, urgency_key
+from controller.telemetry._monitor import BackfillAsk, SeqTracker, WardModel
 from controller.telemetry._monitor_client import AckRequest, AckSigner, EventSink, WardMonitor
 from controller.telemetry._monitor_history import AlarmEvent, BedHistory, Run
+from controller.telemetry._monitor_row import BedRow, Breathing, urgency_key
 from controller.telemetry._outbox import (
     OutboxReader,
     OutboxRowLike,
@@ -62,6 +63,8 @@ from controller.telemetry._schemas import (
     BackfillRequest,
     BreathingMessage,
     ConstraintResult,
+    CourseDay,
+    CourseMessage,
     DecisionMessage,
     PrescriptionSummary,
     PresenceMessage,
@@ -97,8 +100,11 @@ __all__ = [
     "BedHistory",
     "BedRow",
     "BedTopics",
+    "Breathing",
     "BreathingMessage",
     "ConstraintResult",
+    "CourseDay",
+    "CourseMessage",
     "DecisionMessage",
     "DeviceIdentity",
     "EventSink",
