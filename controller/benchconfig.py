@@ -51,6 +51,8 @@ class BenchPrescription:
     """With a fill: the cup holds this much and the dose is nebulised to dryness."""
     residual_ul: int = 100
     """What the mesh cannot nebulise (the simulated head's default)."""
+    blinded: bool = False
+    """A blinded arm: nothing published may name the arm, lot or a drug-unit figure."""
 
 
 def bench_mqtt_section(
@@ -97,7 +99,7 @@ def _prescription_text(rx: BenchPrescription) -> str:
         "[prescription.arm]",
         'arm_id = "active"',
         'cohort = "pilot"',
-        "blinded = false",
+        f"blinded = {'true' if rx.blinded else 'false'}",
         "[prescription.limits]",
         f"session_ul = {rx.session_ul}",
         *([f"session_dose = {rx.session_ul * 2.0e8 / 3000}"] if rx.with_session_dose else []),

@@ -35,7 +35,13 @@ from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
 from controller.telemetry._monitor import BackfillAsk, SeqTracker, WardModel
 from controller.telemetry._monitor_client import AckRequest, AckSigner, EventSink, WardMonitor
 from controller.telemetry._monitor_history import AlarmEvent, BedHistory, Run
-from controller.telemetry._monitor_row import BedRow, Breathing, urgency_key
+from controller.telemetry._monitor_row import (
+    BedRow,
+    Breathing,
+    breathing_text,
+    dose_text,
+    urgency_key,
+)
 from controller.telemetry._outbox import (
     OutboxReader,
     OutboxRowLike,
@@ -133,7 +139,9 @@ __all__ = [
     "TlsSettings",
     "WardModel",
     "WardMonitor",
+    "breathing_text",
     "build_backfill_reply",
+    "dose_text",
     "encode_alarm_ack",
     "encode_backfill_request",
     "encode_presence",

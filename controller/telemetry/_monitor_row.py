@@ -19,6 +19,8 @@ __all__ = [
     "Breathing",
     "apply_breathing",
     "apply_state",
+    "breathing_text",
+    "dose_text",
     "urgency_key",
 ]
 
@@ -87,12 +89,17 @@ class BedRow:
         """Offline or stale: the figures on the row are not current."""
         return self.online is False or self.stale
 
-    @property
-    def delivered_dose(self) -> float | None:
-        """The delivered volume in the lot's units (None: blinded, or not known)."""
-        if self.blinded or self.concentration_per_ml is None or self.delivered_ul is None:
+    def in_units(self, volume_ul: int | None) -> str | None:
+        """A volume of this bed's lot in the lot's units, as text (None: blinded,
+        or the prescription summary carried no unit)."""
+        if (
+            self.blinded
+            or volume_ul is None
+            or self.concentration_per_ml is None
+            or self.dose_unit is None
+        ):
             return None
-        return self.delivered_ul * self.concentration_per_ml / UL_PER_ML
+        return dose_text(volume_ul * self.concentration_per_ml / UL_PER_ML, self.dose_unit)
 
     def breathing_now(self, *, now_s: float) -> Breathing | None:
         """The bed's breathing if there is some to show: None for a version-1.0 head
@@ -139,6 +146,29 @@ def urgency_key(row: BedRow) -> tuple[int, str, str]:
     else:
         rank = 5
     return rank, row.ward, row.bed
+
+
+_UNIT_LABEL = {"vesicles": "vesicles", "mg": "mg", "ug": "µg"}
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+def dose_text(value: float, unit: str) -> str:
+    """A drug amount for people: `1.33×10⁸ vesicles`, `0.50 mg`, `250 µg`."""
+    label = _UNIT_LABEL.get(unit, unit)
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-2):
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa}×10{str(int(exponent)).translate(_SUPERSCRIPT)} {label}"
+    return f"{value:.3g} {label}" if value >= 100 else f"{value:.2f} {label}"
+
+
+def breathing_text(breathing: Breathing) -> str:
+    """One line: `WAITING — no breath 12 s` or `15/min · insp 97 %`."""
+    if breathing.waiting:
+        since = breathing.seconds_since_breath
+        return "WAITING — no breath" + ("" if since is None else f" {since} s")
+    rate = "–" if breathing.rate_bpm is None else f"{breathing.rate_bpm:.0f}/min"
+    share = breathing.insp_share_pct
+    return rate if share is None else f"{rate} · insp {share:.0f} %"
 
 
 def apply_state(row: BedRow, message: StateMessage) -> None:

@@ -22,6 +22,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
+    model_serializer,
     model_validator,
 )
 
@@ -126,6 +128,15 @@ class PrescriptionSummary(BaseModel):
                 "concentration_per_ml (a figure in drug units would unblind the arm)"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_dose_unit(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent, not null: a blinded (or pre-issue-19) summary keeps its exact bytes.
+        data: dict[str, Any] = handler(self)
+        for key in ("dose_unit", "concentration_per_ml"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class StateMessage(_DeviceFields):
