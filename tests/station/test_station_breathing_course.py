@@ -59,9 +59,7 @@ async def test_tiles_show_breathing_and_dose_and_the_detail_view_the_course(
         await expect(breathing_bed.locator(".bar em")).to_have_text(
             re.compile(r"^0\.(19|20) mL / 0\.20 mL$"), timeout=60_000
         )
-        await expect(breathing_bed.locator(".state")).not_to_have_text(
-            "nebulising", timeout=30_000
-        )
+        await expect(breathing_bed.locator(".state")).not_to_have_text("nebulising", timeout=30_000)
         # 200 µL of 2.0e8 vesicles per 3 mL.
         await expect(breathing_bed.locator(".dose")).to_have_text(
             re.compile(r"^1\.(2[7-9]|3[0-3])×10⁷ vesicles$")
