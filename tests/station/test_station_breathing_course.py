@@ -6,17 +6,21 @@ bed-01 has a breath-aware (ICD 1.1) head and an open prescription: its tile show
 breathing rate and the inspiratory-phase share, and the dose in vesicles; after its
 run ends the detail view shows the last 24 h and the course so far. bed-02's
 prescription is blinded: its tile says "blinded" where the dose would be, and its
-course shows volumes, never a figure in drug units. With STATION_SCREENSHOTS=1 the
+course shows volumes, never a figure in drug units, and no byte it publishes
+through a whole dose names the lot or a drug-unit figure. With STATION_SCREENSHOTS=1 the
 detail view is saved to docs/station/ (how docs/station.md's picture is made)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from pathlib import Path
 
 import pytest
 from playwright.async_api import expect
 
+from controller.telemetry import MqttSettings, mqtt_client
 from tests.station._ward import running_ward, start_session
 from tests.station.test_station_browser import shoot
 from tests.support.browser import chromium
@@ -83,3 +87,47 @@ async def test_tiles_show_breathing_and_dose_and_the_detail_view_the_course(
         )
         assert "vesicles" not in await course.inner_text()
         assert "vesicles" not in await blinded_bed.inner_text()
+
+
+async def test_a_blinded_bed_publishes_volumes_but_no_drug_unit_figure(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    """Every byte a blinded bed publishes through a whole dose: its course arrives
+    (volumes), and nothing names the lot, the drug, or a figure in drug units."""
+    captured: list[tuple[str, bytes]] = []
+    settings = MqttSettings(
+        host=mosquitto_broker.host, port=mosquitto_broker.port, client_id="raw-capture"
+    )
+    async with (
+        mqtt_client(settings, client_id="raw-capture") as client,
+        running_ward(tmp_path, mosquitto_broker, beds=1, blinded_beds=frozenset({1})) as ward,
+    ):
+        await client.subscribe("nebuliser/v1/#", qos=1)
+
+        async def read() -> None:
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                captured.append((str(message.topic), payload))
+
+        def course_ul() -> int:
+            courses = [json.loads(p) for t, p in captured if t.endswith("/course")]
+            return max((c["course_ul"] for c in courses), default=0)
+
+        async with asyncio.TaskGroup() as group:
+            reader = group.create_task(read())
+            try:
+                await start_session(ward.beds[0])
+                async with asyncio.timeout(60):
+                    while course_ul() < 190:  # noqa: ASYNC110 - the reader task fills `captured`
+                        await asyncio.sleep(0.05)
+            finally:
+                reader.cancel()
+    states = [json.loads(p) for t, p in captured if t.endswith("/state")]
+    assert states
+    assert all(s["prescription"]["blinded"] for s in states)
+    # The lot (2.0e8 vesicles in 3 mL), its id, the drug's name, the arm and cohort.
+    secrets = (b"vesicles", b"dose_unit", b"concentration", b"LOT-BENCH", b"exosome")
+    secrets += (b'"active"', b"pilot", b"66666", b"2e8", b"2.0e8", b"200000000")
+    for topic, payload in captured:
+        for secret in secrets:
+            assert secret not in payload, (secret, topic, payload[:300])
