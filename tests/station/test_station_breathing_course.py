@@ -126,8 +126,10 @@ async def test_a_blinded_bed_publishes_volumes_but_no_drug_unit_figure(
     assert states
     assert all(s["prescription"]["blinded"] for s in states)
     # The lot (2.0e8 vesicles in 3 mL), its id, the drug's name, the arm and cohort.
-    secrets = (b"vesicles", b"dose_unit", b"concentration", b"LOT-BENCH", b"exosome")
-    secrets += (b'"active"', b"pilot", b"66666", b"2e8", b"2.0e8", b"200000000")
+    secrets = (
+        *(b"vesicles", b"dose_unit", b"concentration", b"LOT-BENCH", b"exosome"),
+        *(b'"active"', b"pilot", b"66666", b"2e8", b"2.0e8", b"200000000"),
+    )
     for topic, payload in captured:
         for secret in secrets:
             assert secret not in payload, (secret, topic, payload[:300])
