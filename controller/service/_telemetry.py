@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import re
 import secrets
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -450,8 +451,14 @@ class _Sampler:
         def _append(ledger: Ledger) -> None:
             for message in messages:
                 ledger.outbox.append(message, at=at)
-            if course_reason is not None:
-                ledger.outbox.append(self._course_message(ledger, course_reason), at=at)
+            if course_reason is None:
+                return
+            try:
+                course = self._course_message(ledger, course_reason)
+            except (sqlite3.Error, ValueError) as exc:  # a summary never stops the telemetry
+                _log.error("course summary not published", reason=course_reason, error=repr(exc))
+                return
+            ledger.outbox.append(course, at=at)
 
         await self._ctx.recorder.call(_append)
         self.samples += 1
