@@ -54,6 +54,8 @@ class BenchPrescription:
     trial_tables: str = ""
     """TOML appended to the prescription: `[prescription.checks]`, `[[prescription.lots]]`,
     `[[prescription.cohorts]]` (the five-rights check, docs/trials.md)."""
+    blinded: bool = False
+    """A blinded arm: nothing published may name the arm, lot or a drug-unit figure."""
 
 
 def bench_mqtt_section(
@@ -100,7 +102,7 @@ def _prescription_text(rx: BenchPrescription) -> str:
         "[prescription.arm]",
         'arm_id = "active"',
         'cohort = "pilot"',
-        "blinded = false",
+        f"blinded = {'true' if rx.blinded else 'false'}",
         "[prescription.limits]",
         f"session_ul = {rx.session_ul}",
         *([f"session_dose = {rx.session_ul * 2.0e8 / 3000}"] if rx.with_session_dose else []),

@@ -7,7 +7,9 @@ page of a table out, sized to the terminal.
 * the bed column first and never truncated; narrower terminals drop the less
   important columns, then rich truncates the rest with an ellipsis;
 * alarm messages (as the bed formatted them), not codes; the data age on every row;
-  OFFLINE / NO DATA rows say since when and hide stale figures.
+  OFFLINE / NO DATA rows say since when and hide stale figures;
+* breathing (rate and inspiratory-phase share, or WAITING) on breath-aware heads, and
+  the delivered dose in the lot's units ("blinded" when the prescription is).
 """
 
 from __future__ import annotations
@@ -115,7 +117,9 @@ _COLUMNS: tuple[tuple[str, int, int], ...] = (
     ("Data", 9, 20),
     ("Delivered / cap", 17, 20),
     ("Left", 7, 30),
+    ("Breathing", 17, 30),
     ("Reservoir", 9, 30),
+    ("Dose", 17, 40),
     ("Progress", 12, 40),
     ("Link", 5, 40),
     ("Flow", 12, 40),
@@ -165,6 +169,18 @@ def _alarm_cell(row: BedRow, size: int) -> Text:
     return cell
 
 
+def _breathing(row: BedRow, now_s: float) -> tuple[str, str]:
+    """Rate and inspiratory-phase share, or WAITING (blank for a version-1.0 head)."""
+    breathing = row.breathing_now(now_s=now_s)
+    if breathing is None:
+        return "", ""
+    if breathing.waiting:
+        return "WAITING no breath", "bold black on yellow"
+    rate = "-" if breathing.rate_bpm is None else f"{breathing.rate_bpm:.0f}/min"
+    share = breathing.insp_share_pct
+    return (rate if share is None else f"{rate} {share:.0f}% insp"), ""
+
+
 def _bar(row: BedRow, size: int) -> str:
     if not row.cap_ul:
         return "-"
@@ -187,7 +203,9 @@ def _cells(row: BedRow, now_s: float) -> dict[str, tuple[str, str]]:
         "Data": (_age(row, now_s), "bold red" if row.no_data else ""),
         "Delivered / cap": shown(f"{_volume(row.delivered_ul)} / {_volume(row.cap_ul)}"),
         "Left": shown(_duration(row.time_left_s)),
+        "Breathing": _breathing(row, now_s) if current else ("-", ""),
         "Reservoir": shown(_volume(row.reservoir_ul)),
+        "Dose": ("blinded", "dim") if row.blinded else shown(row.in_units(row.delivered_ul) or "-"),
         "Progress": shown(_bar(row, 12)),
         "Link": shown("-" if row.link_quality_pct is None else f"{row.link_quality_pct}%"),
         "Flow": shown("-" if row.flow_ul_min is None else f"{row.flow_ul_min} µL/min"),

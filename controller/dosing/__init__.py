@@ -63,6 +63,7 @@ from controller.dosing._types import (
     TrustedTime,
     elapsed_s,
 )
+from controller.dosing._usage import DayUsage, DoseUsage, dose_usage
 
 __all__ = [
     "CEILING_24H_UL",
@@ -91,10 +92,12 @@ __all__ = [
     "ConstraintCode",
     "ConstraintResult",
     "ContinuationOffer",
+    "DayUsage",
     "Decision",
     "Delivery",
     "DeliveryMode",
     "DoseRequest",
+    "DoseUsage",
     "DrugUnit",
     "EndClass",
     "EndClassification",
@@ -113,6 +116,7 @@ __all__ = [
     "classify_end",
     "continuation_offer",
     "decide",
+    "dose_usage",
     "dry_end_expected",
     "elapsed_s",
     "five_rights",

@@ -31,6 +31,7 @@ from controller.dosing._types import (
     TrustedTime,
     elapsed_s,
 )
+from controller.dosing._usage import dose_usage
 
 __all__ = ["decide", "format_duration"]
 
@@ -363,9 +364,8 @@ def decide(
     sessions = [
         s for s in history if s.subject_id == prescription.subject_id and s.counts_as_session
     ]
-    recent = [s for s in sessions if elapsed_s(s.started, now.instant) < ROLLING_WINDOW_S]
-    used_24h_ul = sum(s.counted_ul for s in recent)
-    used_course_ul = sum(s.counted_ul for s in sessions)
+    usage = dose_usage(prescription, sessions, now.instant)
+    used_24h_ul, used_course_ul = usage.rolling_24h_ul, usage.course_ul
     admins = administrations(sessions)
     window_s = limits.continuation_window_s
     offer = continuation_offer(

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import re
 import secrets
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -53,6 +54,7 @@ from drivers.mn1 import FaultBits, Status
 
 from ._outbox_view import OutboxView
 from ._supervisor import Publications, Supervisor
+from ._ward_summary import course_fields, prescription_summary
 
 if TYPE_CHECKING:  # a type only: no import at run time
     from ._context import ServiceContext
@@ -87,6 +89,9 @@ _DROP_CHECK_S: Final = 5.0
 _STATUS_STALE_MS: Final = 300
 #: Each device-side CRC error since the previous sample costs this much quality.
 _QUALITY_PER_CRC_ERROR_PCT: Final = 10
+#: `nebuliser.course` is republished this often without a session end (the 24 h
+#: window moves); one indexed read of the subject's history on the writer thread.
+_COURSE_PERIOD_S: Final = 3600.0
 
 _CODE_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 _COMPLETED_REASONS: Final = frozenset({"cap_reached", "cap_predicted", "target_reached"})
@@ -151,6 +156,13 @@ class MqttPublications(Publications):
         self._blinded = prescription.arm.blinded
         self._caps: dict[int, int] = {}
         self._wake_publisher: Callable[[], None] | None = None
+        self._course_due = False
+
+    def take_course_due(self) -> bool:
+        """True once after a run ended (or turned uncertain / was reconciled): the
+        sampler then publishes a fresh `nebuliser.course`."""
+        due, self._course_due = self._course_due, False
+        return due
 
     def bind_publisher(self, notify: Callable[[], None] | None) -> None:
         """Wake this publisher whenever rows carrying messages are committed."""
@@ -196,6 +208,7 @@ class MqttPublications(Publications):
             reason = _code(str(body.get("reason", body.get("source", event))))
             outcome = event
         self._caps.pop(sid, None)
+        self._course_due = True
         return (
             self._message(
                 "nebuliser.session",
@@ -291,14 +304,10 @@ class _Sampler:
         self._notify = notify
         prescription = ctx.config.prescription
         assert prescription is not None
-        summary = prescription.public_summary()
-        self._prescription = {
-            "prescription_id": _code(str(summary["protocol_id"]))[:64].replace(":", "_"),
-            "label": str(summary["drug"]) + (" (blinded)" if summary["blinded"] else ""),
-            "blinded": bool(summary["blinded"]),
-            "dose_cap_ul": int(summary["session_ul"]),
-            "daily_cap_ul": summary.get("rolling_24h_max_ul"),
-        }
+        self._rx = prescription
+        self._prescription = prescription_summary(prescription)
+        self._course_reason: str | None = "startup"
+        self._course_next_s: float | None = None
         self._last_state: tuple[Any, ...] | None = None
         self._last_crc_errors: int | None = None
         self._status_seen: Status | None = None
@@ -405,13 +414,51 @@ class _Sampler:
             )
         ]
 
+    def _course_due(self, now_s: float) -> str | None:
+        """Why a `nebuliser.course` message is due now (None: not due)."""
+        publications = self._sup.publications
+        if isinstance(publications, MqttPublications) and publications.take_course_due():
+            self._course_reason = self._course_reason or "session_end"
+        if self._course_reason is None and (
+            self._course_next_s is not None and now_s >= self._course_next_s
+        ):
+            self._course_reason = "periodic"  # the 24 h window moves on
+        reason, self._course_reason = self._course_reason, None
+        if reason is not None:
+            self._course_next_s = now_s + _COURSE_PERIOD_S
+        return reason
+
+    def _course_message(self, ledger: Ledger, reason: str) -> OutboxMessage:
+        """On the writer thread: one read of the subject's history, as admission does."""
+        at = self._ctx.clock.now()
+        history = ledger.history(self._rx.subject_id)
+        fields = course_fields(self._rx, history, now=at, reason=reason)
+        return ledger_message(
+            outbox_entry(
+                self._identity,
+                root_topic=self._root,
+                schema="nebuliser.course",
+                utc=at.utc,
+                **fields,
+            )
+        )
+
     async def _sample(self, now_s: float) -> None:
         messages = [ledger_message(entry) for entry in self._entries(now_s)]
         at = self._ctx.clock.now()
+        course_reason = self._course_due(now_s)
 
         def _append(ledger: Ledger) -> None:
             for message in messages:
                 ledger.outbox.append(message, at=at)
+            if course_reason is None:
+                return
+            try:
+                course = self._course_message(ledger, course_reason)
+            except (sqlite3.Error, ValueError) as exc:  # a summary never stops the telemetry
+                _log.error("course summary not published", reason=course_reason, error=repr(exc))
+                return
+            ledger.outbox.append(course, at=at)
 
         await self._ctx.recorder.call(_append)
         self.samples += 1

@@ -13,7 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.alarms import ALARM_RULES, AlarmCode
-from controller.telemetry import BedHistory, BedRow, urgency_key
+from controller.telemetry import (
+    BedHistory,
+    BedRow,
+    Breathing,
+    CourseMessage,
+    breathing_text,
+    urgency_key,
+)
 
 __all__ = [
     "AckStatus",
@@ -69,6 +76,50 @@ def _ms(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1000)
 
 
+def _dose(row: BedRow) -> str | None:
+    """The delivered dose in the lot's units; "blinded" when no unit may be shown."""
+    return "blinded" if row.blinded else row.in_units(row.delivered_ul)
+
+
+def _breathing(breathing: Breathing | None) -> dict[str, Any] | None:
+    if breathing is None:
+        return None  # a version-1.0 head, or nothing measured yet: nothing to show
+    return {
+        "waiting": breathing.waiting,
+        "gated": breathing.gated,
+        "rate_bpm": breathing.rate_bpm,
+        "insp_share_pct": breathing.insp_share_pct,
+        "text": breathing_text(breathing),
+    }
+
+
+def _course(row: BedRow, course: CourseMessage | None) -> dict[str, Any] | None:
+    """The last 24 h and the course so far, in µL (and in the lot's units when the
+    prescription is open; never for a blinded one)."""
+    if course is None:
+        return None
+
+    return {
+        "as_of_ms": _ms(course.utc),
+        "rolling_24h_ul": course.rolling_24h_ul,
+        "rolling_24h_max_ul": course.rolling_24h_max_ul,
+        "rolling_24h_sessions": course.rolling_24h_sessions,
+        "rolling_24h_max_sessions": course.rolling_24h_max_sessions,
+        "rolling_24h_dose": row.in_units(course.rolling_24h_ul),
+        "course_ul": course.course_ul,
+        "course_max_ul": course.course_max_ul,
+        "course_sessions": course.course_sessions,
+        "course_max_sessions": course.course_max_sessions,
+        "course_dose": row.in_units(course.course_ul),
+        "uncertain_runs": course.uncertain_runs,
+        "timezone": course.timezone,
+        "days": [
+            {"day": day.day.isoformat(), "counted_ul": day.counted_ul, "runs": day.runs}
+            for day in course.days
+        ],
+    }
+
+
 def tile(
     row: BedRow,
     *,
@@ -97,6 +148,8 @@ def tile(
             "reservoir_ul": row.reservoir_ul,
             "link_quality_pct": row.link_quality_pct,
             "time_left_s": row.time_left_s,
+            "dose": _dose(row),
+            "breathing": _breathing(row.breathing_now(now_s=now_s)),
         }
     return {
         "key": bed_key(row.ward, row.bed),
@@ -110,6 +163,7 @@ def tile(
         "data_ms": _ms(row.data_utc),
         "state": row.session_state,
         "prescription": row.prescription_label,
+        "blinded": bool(row.blinded),
         "gaps": row.gaps,
         "lost": row.unrecoverable,
         **figures,
@@ -141,9 +195,11 @@ def tile(
 
 
 def bed_detail(row: BedRow, history: BedHistory, *, station_sender: str | None) -> dict[str, Any]:
-    """The detail view: delivery curves of the recent runs and the alarm history."""
+    """The detail view: delivery curves of the recent runs, the last 24 h and the
+    course so far, and the alarm history."""
     return {
         "key": bed_key(row.ward, row.bed),
+        "course": _course(row, history.course),
         "runs": [
             {
                 "session_id": run.session_id,

@@ -32,9 +32,16 @@ from controller.telemetry._builders import (
 )
 from controller.telemetry._export import json_schema_documents, write_json_schemas
 from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
-from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel, urgency_key
+from controller.telemetry._monitor import BackfillAsk, SeqTracker, WardModel
 from controller.telemetry._monitor_client import AckRequest, AckSigner, EventSink, WardMonitor
 from controller.telemetry._monitor_history import AlarmEvent, BedHistory, Run
+from controller.telemetry._monitor_row import (
+    BedRow,
+    Breathing,
+    breathing_text,
+    dose_text,
+    urgency_key,
+)
 from controller.telemetry._outbox import (
     OutboxReader,
     OutboxRowLike,
@@ -62,6 +69,8 @@ from controller.telemetry._schemas import (
     BackfillRequest,
     BreathingMessage,
     ConstraintResult,
+    CourseDay,
+    CourseMessage,
     DecisionMessage,
     PrescriptionSummary,
     PresenceMessage,
@@ -97,8 +106,11 @@ __all__ = [
     "BedHistory",
     "BedRow",
     "BedTopics",
+    "Breathing",
     "BreathingMessage",
     "ConstraintResult",
+    "CourseDay",
+    "CourseMessage",
     "DecisionMessage",
     "DeviceIdentity",
     "EventSink",
@@ -127,7 +139,9 @@ __all__ = [
     "TlsSettings",
     "WardModel",
     "WardMonitor",
+    "breathing_text",
     "build_backfill_reply",
+    "dose_text",
     "encode_alarm_ack",
     "encode_backfill_request",
     "encode_presence",

@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from controller.telemetry._monitor_history import AlarmEvent, BedHistory
+from controller.telemetry._monitor_row import (
+    PRIORITY_RANK,
+    BedRow,
+    apply_breathing,
+    apply_state,
+)
 from controller.telemetry._schemas import (
     DEVICE_SCHEMAS,
     ActiveAlarm,
@@ -32,6 +37,8 @@ from controller.telemetry._schemas import (
     AlarmMessage,
     AuditHeadMessage,
     BackfillReplyMessage,
+    BreathingMessage,
+    CourseMessage,
     PresenceMessage,
     SessionMessage,
     StateMessage,
@@ -40,9 +47,8 @@ from controller.telemetry._schemas import (
 )
 from controller.telemetry._topics import SCHEMA_ROUTES, parse_bed_topic
 
-__all__ = ["BackfillAsk", "BedRow", "SeqTracker", "WardModel", "urgency_key"]
+__all__ = ["BackfillAsk", "SeqTracker", "WardModel"]
 
-_PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
 # The schema each device topic carries (the publisher's routes), for the fast path.
 _SCHEMA_BY_SUFFIX: dict[str, type[_DeviceFields]] = {
     route.suffix: DEVICE_SCHEMAS[schema]
@@ -117,79 +123,6 @@ class BackfillAsk:
     device_id: str
     from_seq: int
     to_seq: int
-
-
-@dataclass(kw_only=True)
-class BedRow:
-    """What the table shows for one bed."""
-
-    ward: str
-    bed: str
-    device_id: str | None = None
-    online: bool | None = None
-    session_state: str | None = None
-    prescription_label: str | None = None
-    running: bool = False
-    delivered_ul: int | None = None
-    cap_ul: int | None = None
-    flow_ul_min: int | None = None
-    reservoir_ul: int | None = None
-    link_quality_pct: int | None = None
-    faults: list[str] = field(default_factory=list)
-    alarms: list[ActiveAlarm] = field(default_factory=list)
-    telemetry_hz: int = 1
-    last_seen_s: float | None = None
-    stale: bool = False
-    gaps: int = 0
-    duplicates: int = 0
-    unrecoverable: int = 0
-    applied_seq: dict[str, int] = field(default_factory=dict)
-    session_id: int | None = None
-    #: Monotonic time the bed's presence went offline (None while online).
-    offline_since_s: float | None = None
-    #: The device's UTC stamp of the newest live message (display lag = now - this).
-    data_utc: datetime | None = None
-    #: `WardModel.version` when this row last changed (views redraw only moved rows).
-    version: int = 0
-
-    @property
-    def no_data(self) -> bool:
-        """Offline or stale: the figures on the row are not current."""
-        return self.online is False or self.stale
-
-    @property
-    def time_left_s(self) -> float | None:
-        """Seconds to reach the cap at the current flow (None if not running)."""
-        if (
-            not self.running
-            or self.delivered_ul is None
-            or self.cap_ul is None
-            or not self.flow_ul_min
-        ):
-            return None
-        return max(0, self.cap_ul - self.delivered_ul) * 60.0 / self.flow_ul_min
-
-
-def urgency_key(row: BedRow) -> tuple[int, str, str]:
-    """Sort key of a bed: most urgent first, then ward and bed.
-
-    Unacknowledged HIGH, then unacknowledged MEDIUM, then beds with no data
-    (offline or stale: nobody knows what they are doing), then unacknowledged LOW,
-    then beds whose alarms are all acknowledged, then quiet beds.
-    """
-    unacked = [_PRIORITY_RANK[a.priority] for a in row.alarms if not a.acknowledged]
-    top = min(unacked, default=None)
-    if top is not None and top < _PRIORITY_RANK["low"]:
-        rank = top
-    elif row.no_data:
-        rank = 2
-    elif top is not None:
-        rank = 3
-    elif row.alarms:
-        rank = 4
-    else:
-        rank = 5
-    return rank, row.ward, row.bed
 
 
 class WardModel:
@@ -360,7 +293,7 @@ class WardModel:
                         **message.model_dump(mode="json", by_alias=True, exclude={"messages"}),
                     }
                 )
-            self._update_view(row, message)
+            self._update_view(row, message, now_s=now_s)
             self._touch(row)
             if isinstance(message, BackfillReplyMessage):
                 tracker.give_up(list(message.unavailable))
@@ -383,7 +316,7 @@ class WardModel:
         row.applied_seq[key] = seq
         return True
 
-    def _update_view(self, row: BedRow, message: Any) -> None:
+    def _update_view(self, row: BedRow, message: Any, *, now_s: float) -> None:
         # The curve takes every sample, backfilled ones too (it is drawn in time order).
         if (
             isinstance(message, TelemetryMessage)
@@ -408,10 +341,12 @@ class WardModel:
                 )
             )
         if isinstance(message, StateMessage) and self._newer(row, "state", message.seq):
-            row.session_state = message.session_state
-            row.session_id = message.session_id
-            row.telemetry_hz = message.telemetry_hz
-            row.prescription_label = message.prescription.label if message.prescription else None
+            apply_state(row, message)
+        elif isinstance(message, BreathingMessage) and self._newer(row, "breathing", message.seq):
+            if not message.historical:  # a backfilled report is not the bed's breathing now
+                apply_breathing(row, message, now_s=now_s)
+        elif isinstance(message, CourseMessage) and self._newer(row, "course", message.seq):
+            self.history(row.ward, row.bed).course = message
         elif isinstance(message, TelemetryMessage) and self._newer(row, "telemetry", message.seq):
             row.session_id = message.session_id
             row.running = message.running
@@ -495,4 +430,4 @@ def _apply_alarm_event(alarms: list[ActiveAlarm], event: AlarmMessage) -> list[A
 
 
 def _sorted_alarms(alarms: list[ActiveAlarm]) -> list[ActiveAlarm]:
-    return sorted(alarms, key=lambda a: (_PRIORITY_RANK[a.priority], a.raised_utc))
+    return sorted(alarms, key=lambda a: (PRIORITY_RANK[a.priority], a.raised_utc))

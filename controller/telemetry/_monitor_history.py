@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from controller.telemetry._schemas import CourseMessage
+
 __all__ = ["MAX_ALARM_EVENTS", "MAX_CURVE_POINTS", "MAX_RUNS", "AlarmEvent", "BedHistory", "Run"]
 
 MAX_ALARM_EVENTS = 200
@@ -55,10 +57,12 @@ class Run:
 
 @dataclass(kw_only=True)
 class BedHistory:
-    """Alarm history and recent runs of one bed."""
+    """Alarm history, recent runs and the course summary of one bed."""
 
     alarms: deque[AlarmEvent] = field(default_factory=lambda: deque(maxlen=MAX_ALARM_EVENTS))
     runs: deque[Run] = field(default_factory=lambda: deque(maxlen=MAX_RUNS))
+    #: The newest retained `nebuliser.course` (24 h and course usage), if any.
+    course: CourseMessage | None = None
 
     def add_sample(self, *, session_id: int, cap_ul: int, utc: datetime, delivered_ul: int) -> None:
         """One telemetry sample of a running session."""

@@ -12,10 +12,20 @@ The JSON Schemas in docs/schemas/ are generated from these models by
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
     "ALL_SCHEMAS",
@@ -29,6 +39,8 @@ __all__ = [
     "BackfillRequest",
     "BreathingMessage",
     "ConstraintResult",
+    "CourseDay",
+    "CourseMessage",
     "DecisionMessage",
     "DeviceMessage",
     "PrescriptionSummary",
@@ -91,7 +103,11 @@ class Reason(BaseModel):
 
 
 class PrescriptionSummary(BaseModel):
-    """What a ward monitor may show about the prescription (never blinded details)."""
+    """What a ward monitor may show about the prescription (never blinded details).
+
+    `dose_unit` and `concentration_per_ml` (the lot's, so a station can show volumes
+    in the lot's units) are present only for an unblinded prescription: a blinded
+    summary carrying either is invalid, so it can never be published (issue 20)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     prescription_id: _Name
@@ -99,6 +115,28 @@ class PrescriptionSummary(BaseModel):
     blinded: bool = False
     dose_cap_ul: Annotated[int, Field(ge=0)]
     daily_cap_ul: Annotated[int, Field(ge=0)] | None = None
+    dose_unit: Literal["vesicles", "mg", "ug"] | None = None
+    concentration_per_ml: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _no_drug_units_when_blinded(self) -> Self:
+        if (self.dose_unit is None) != (self.concentration_per_ml is None):
+            raise ValueError("dose_unit and concentration_per_ml go together (both or neither)")
+        if self.blinded and self.dose_unit is not None:
+            raise ValueError(
+                "a blinded prescription's summary must not carry dose_unit or "
+                "concentration_per_ml (a figure in drug units would unblind the arm)"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_dose_unit(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent, not null: a blinded (or pre-issue-19) summary keeps its exact bytes.
+        data: dict[str, Any] = handler(self)
+        for key in ("dose_unit", "concentration_per_ml"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class StateMessage(_DeviceFields):
@@ -231,6 +269,40 @@ class BreathingMessage(_DeviceFields):
     lost_reports: Annotated[int, Field(ge=0)] = 0
 
 
+class CourseDay(BaseModel):
+    """One local calendar day of the course (the prescription's time zone)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    day: date
+    counted_ul: Annotated[int, Field(ge=0)]
+    runs: Annotated[int, Field(ge=0)]
+
+
+class CourseMessage(_DeviceFields):
+    """Retained: what the subject has used, as the dose rules count it (µL that count
+    against the limits: a run whose delivery is not known counts its full planned cap).
+
+    Published at start-up, after every session end (and uncertain / reconciled run)
+    and hourly (the 24 h window moves). Volumes and counts only, never a figure in
+    drug units: the same message for blinded and open prescriptions."""
+
+    SCHEMA: ClassVar[str] = "nebuliser.course"
+    schema_name: Literal["nebuliser.course"] = Field(default="nebuliser.course", alias="schema")
+    reason: Literal["startup", "session_end", "periodic"]
+    rolling_24h_ul: Annotated[int, Field(ge=0)]
+    rolling_24h_max_ul: Annotated[int, Field(ge=0)] | None = None
+    rolling_24h_sessions: Annotated[int, Field(ge=0)]
+    rolling_24h_max_sessions: Annotated[int, Field(ge=0)] | None = None
+    course_ul: Annotated[int, Field(ge=0)]
+    course_max_ul: Annotated[int, Field(ge=0)] | None = None
+    course_sessions: Annotated[int, Field(ge=0)]
+    course_max_sessions: Annotated[int, Field(ge=0)] | None = None
+    uncertain_runs: Annotated[int, Field(ge=0)] = 0
+    #: The prescription's time zone (IANA name) the `days` are in.
+    timezone: Annotated[str, Field(max_length=64)]
+    days: list[CourseDay] = Field(default_factory=list, max_length=31)
+
+
 class BackfillReplyMessage(_DeviceFields):
     """The controller's answer to a backfill request: the archived messages of the
     asked range (each flagged historical) and the seqs it can no longer provide."""
@@ -318,6 +390,7 @@ DeviceMessage = (
     | DecisionMessage
     | BackfillReplyMessage
     | BreathingMessage
+    | CourseMessage
 )
 
 DEVICE_SCHEMAS: dict[str, type[_DeviceFields]] = {
@@ -331,6 +404,7 @@ DEVICE_SCHEMAS: dict[str, type[_DeviceFields]] = {
         DecisionMessage,
         BackfillReplyMessage,
         BreathingMessage,
+        CourseMessage,
     )
 }
 

@@ -7,6 +7,8 @@
 <root>/<ward>/<bed>/alarm
 <root>/<ward>/<bed>/alarms/active     retained
 <root>/<ward>/<bed>/decision
+<root>/<ward>/<bed>/breathing
+<root>/<ward>/<bed>/course            retained: 24 h and course usage (µL)
 <root>/<ward>/<bed>/backfill/request  monitor -> controller
 <root>/<ward>/<bed>/backfill/reply
 <root>/<ward>/<bed>/cmd/ack           monitor -> controller (provisional, unsigned)
@@ -43,6 +45,8 @@ SCHEMA_ROUTES: dict[str, Route] = {
     "nebuliser.decision": Route(suffix="decision", kind="decision", qos=1, retain=False),
     "nebuliser.backfill_reply": Route(suffix="backfill/reply", kind="reply", qos=1, retain=False),
     "nebuliser.breathing": Route(suffix="breathing", kind="telemetry", qos=1, retain=False),
+    # A summary of ledger figures, republished on reconnect like `state`.
+    "nebuliser.course": Route(suffix="course", kind="state", qos=1, retain=True),
 }
 
 

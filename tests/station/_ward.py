@@ -18,7 +18,7 @@ from controller.service import run_service
 from controller.station import Station, StationOptions, UsersFile
 from controller.telemetry import MqttSettings
 from controller.telemetry._ack_signer import AckSigningKey
-from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
+from simulators.mn1 import BreathingModel, DeviceModel, RunningSimulator, run_pty_simulator
 from tests.support.mosquitto import MosquittoBroker
 
 __all__ = [
@@ -94,9 +94,17 @@ async def start_session(bed: WardBed) -> None:
 
 @contextlib.asynccontextmanager
 async def running_ward(
-    tmp_path: Path, broker: MosquittoBroker, *, beds: int = 3
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    *,
+    beds: int = 3,
+    breathing_beds: frozenset[int] = frozenset(),
+    blinded_beds: frozenset[int] = frozenset(),
 ) -> AsyncIterator[Ward]:
-    """`beds` controllers on simulated heads and a signing station on loopback."""
+    """`beds` controllers on simulated heads and a signing station on loopback.
+
+    Beds numbered in `breathing_beds` have a breath-aware (ICD 1.1) head with an
+    adult breathing pattern; those in `blinded_beds` a blinded prescription."""
     private_key, public_key = generate_key_files(out_dir=tmp_path, name=SENDER)
     public_text = public_key_to_text(load_public_key_file(public_key))
     users = UsersFile.load(tmp_path / "station-users")
@@ -125,7 +133,13 @@ async def running_ward(
         for number in range(1, beds + 1):
             name = f"bed-{number:02d}"
             model = DeviceModel(
-                nominal_ul_min=600, fill_ul=3000, serial=f"SIM-{number:02d}", seed=number
+                nominal_ul_min=600,
+                fill_ul=3000,
+                serial=f"SIM-{number:02d}",
+                seed=number,
+                breathing=BreathingModel(pattern="adult", seed=number)
+                if number in breathing_beds
+                else None,
             )
             sim = await stack.enter_async_context(run_pty_simulator(model))
             directory = tmp_path / name
@@ -133,7 +147,11 @@ async def running_ward(
             _, config = write_bench_config(
                 directory,
                 port=sim.device_path,
-                prescription=BenchPrescription(subject_id=f"WARD-{number:03d}", session_ul=200),
+                prescription=BenchPrescription(
+                    subject_id=f"WARD-{number:03d}",
+                    session_ul=200,
+                    blinded=number in blinded_beds,
+                ),
                 device=f'device_id = "neb-{number:02d}"\nward = "{WARD}"\nbed = "{name}"',
                 session="confirm_timeout_s = 10",
                 security=_security(public_text),

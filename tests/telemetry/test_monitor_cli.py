@@ -176,8 +176,9 @@ def test_table_shows_offline_stale_progress_and_alarms() -> None:
             unrecoverable=1,
         ),
     ]
-    console = Console(record=True, width=180, color_system=None)
-    console.print(render_rows(rows, now_s=100.0, width=180, title="Ward W7"))
+    # Wide enough for every column (breathing and dose came in with issue 19).
+    console = Console(record=True, width=220, color_system=None)
+    console.print(render_rows(rows, now_s=100.0, width=220, title="Ward W7"))
     text = console.export_text()
     assert "OFFLINE 1:00" in text, "offline, and for how long"
     assert "NO DATA" in text

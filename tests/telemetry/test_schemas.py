@@ -83,7 +83,75 @@ SAMPLES: dict[str, dict[str, object]] = {
         "seconds_since_breath": 16,
         "breaths": 120,
     },
+    "nebuliser.course": {
+        "reason": "session_end",
+        "rolling_24h_ul": 5000,
+        "rolling_24h_max_ul": 6000,
+        "rolling_24h_sessions": 2,
+        "rolling_24h_max_sessions": 2,
+        "course_ul": 14000,
+        "course_sessions": 6,
+        "timezone": "Europe/Berlin",
+        "days": [{"day": "2026-11-25", "counted_ul": 5000, "runs": 2}],
+    },
 }
+
+
+def test_open_state_may_carry_the_lot_unit_and_a_blinded_one_never() -> None:
+    open_rx = {
+        "prescription_id": "RX-17",
+        "label": "exosome vesicles",
+        "dose_cap_ul": 3000,
+        "dose_unit": "vesicles",
+        "concentration_per_ml": 6.666e7,
+    }
+    entry = outbox_entry(
+        IDENTITY,
+        root_topic=ROOT,
+        schema="nebuliser.state",
+        utc=NOW,
+        session_state="idle",
+        prescription=open_rx,
+    )
+    assert validate_payload(entry.build(1))["prescription"]["dose_unit"] == "vesicles"
+    with pytest.raises(ValidationError, match="would unblind"):
+        outbox_entry(
+            IDENTITY,
+            root_topic=ROOT,
+            schema="nebuliser.state",
+            utc=NOW,
+            session_state="idle",
+            prescription=open_rx | {"blinded": True},
+        )
+    # Without them, the keys are absent (not null): older subscribers see no change.
+    blinded = open_rx | {"blinded": True, "dose_unit": None, "concentration_per_ml": None}
+    payload = outbox_entry(
+        IDENTITY,
+        root_topic=ROOT,
+        schema="nebuliser.state",
+        utc=NOW,
+        session_state="idle",
+        prescription=blinded,
+    ).build(2)
+    assert b"dose_unit" not in payload
+    assert b"concentration" not in payload
+
+
+def test_course_is_retained_and_its_days_are_bounded() -> None:
+    entry = outbox_entry(
+        IDENTITY, root_topic=ROOT, schema="nebuliser.course", utc=NOW, **SAMPLES["nebuliser.course"]
+    )
+    assert (entry.topic, entry.retain, entry.kind) == ("nebuliser/v1/W7/B03/course", True, "state")
+    too_many = [{"day": f"2026-10-{d:02d}", "counted_ul": 1, "runs": 1} for d in range(1, 32)]
+    too_many.append({"day": "2026-11-01", "counted_ul": 1, "runs": 1})
+    with pytest.raises(ValidationError, match="days"):
+        outbox_entry(
+            IDENTITY,
+            root_topic=ROOT,
+            schema="nebuliser.course",
+            utc=NOW,
+            **(SAMPLES["nebuliser.course"] | {"days": too_many}),
+        )
 
 
 @pytest.mark.parametrize("schema", sorted(SAMPLES))

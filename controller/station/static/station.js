@@ -131,6 +131,7 @@ function newTile(key) {
     <div class="silent" hidden></div><p class="hidden-note" hidden>Figures hidden: they are not current.</p>
     <div class="current"><div class="bar" title="delivered / cap"><span></span><em></em></div>
     <dl class="figures"><dt>Time left</dt><dd class="left"></dd><dt>Flow</dt><dd class="flow"></dd>
+    <dt>Dose</dt><dd class="dose"></dd><dt class="breath-label">Breathing</dt><dd class="breath"></dd>
     <dt>Reservoir</dt><dd class="reservoir"></dd><dt>Link</dt><dd class="linkq"></dd>
     <dt class="rx-label">Prescription</dt><dd class="rx"></dd><dt class="lost-label">Lost samples</dt><dd class="lost"></dd></dl></div>
     <div class="alarms"></div>`;
@@ -141,6 +142,7 @@ function newTile(key) {
     bed: q(".bed"), ward: q(".ward"), state: q(".state"), age: q(".age"), silent: q(".silent"),
     note: q(".hidden-note"), current: q(".current"), fill: q(".bar > span"), barText: q(".bar > em"),
     left: q(".left"), flow: q(".flow"), reservoir: q(".reservoir"), linkq: q(".linkq"),
+    dose: q(".dose"), breath: q(".breath"), breathLabel: q(".breath-label"),
     rx: q(".rx"), rxLabel: q(".rx-label"), lost: q(".lost"), lostLabel: q(".lost-label"), alarms: q(".alarms"),
   };
   tiles.set(key, t);
@@ -167,6 +169,15 @@ function drawFigures(t, d) {
   setText(t.barText, d.cap_ul ? `${mL(d.delivered_ul)} / ${mL(d.cap_ul)}` : "no dose running");
   setText(t.left, d.running ? duration(d.time_left_s) : "–");
   setText(t.flow, d.flow_ul_min == null ? "–" : (d.flow_ul_min / 1000).toFixed(2) + " mL/min");
+  // Dose in the lot's units; "blinded" when the prescription hides the arm.
+  setText(t.dose, d.dose || "–");
+  if (t.dose.classList.contains("blinded") !== d.blinded) t.dose.classList.toggle("blinded", d.blinded);
+  // Breathing (breath-aware heads only): rate and inspiratory-phase share, or WAITING.
+  const b = d.breathing;
+  show(t.breathLabel, !!b); show(t.breath, !!b);
+  setText(t.breath, b ? b.text : "");
+  const waiting = !!(b && b.waiting);
+  if (t.breath.classList.contains("waiting") !== waiting) t.breath.classList.toggle("waiting", waiting);
   setText(t.reservoir, mL(d.reservoir_ul));
   setText(t.linkq, d.link_quality_pct == null ? "–" : d.link_quality_pct + " %");
   show(t.rxLabel, !!d.prescription); show(t.rx, !!d.prescription);
@@ -327,9 +338,29 @@ function drawDetail(d) {
   });
   if (!runs.length) out += `<text x="${W / 2}" y="${H / 2}" text-anchor="middle">no run seen by this station yet</text>`;
   svg.innerHTML = out;
+  drawCourse(d.course);
   $("history").querySelector("tbody").innerHTML = d.alarm_history.map((e) =>
     `<tr><td>${clock(e.utc_ms)}</td><td>${esc(e.event)}</td><td>${esc(e.priority)}</td><td>${esc(e.message)}</td><td>${esc(e.by || "")}</td></tr>`).join("")
     || `<tr><td colspan="5">no alarm seen by this station</td></tr>`;
+}
+
+// The last 24 h and the course so far: µL that count against the limits (a run whose
+// delivery is not known counts its full cap), in the lot's units when not blinded.
+function drawCourse(c) {
+  const box = $("course");
+  if (!c) { box.innerHTML = "<p>No course summary from this bed yet.</p>"; return; }
+  const of = (used, max) => `${mL(used)}${max == null ? "" : " of " + mL(max)}`;
+  const count = (n, max) => `${n}${max == null ? "" : " of " + max} dose${n === 1 && max == null ? "" : "s"}`;
+  const unit = (text) => (text ? ` (${esc(text)})` : "");
+  const peak = Math.max(1, ...c.days.map((x) => x.counted_ul));
+  box.innerHTML =
+    `<dl class="course-figures"><dt>Last 24 h</dt><dd class="last24">${of(c.rolling_24h_ul, c.rolling_24h_max_ul)}${unit(c.rolling_24h_dose)} · ${count(c.rolling_24h_sessions, c.rolling_24h_max_sessions)}</dd>` +
+    `<dt>Course so far</dt><dd class="course-total">${of(c.course_ul, c.course_max_ul)}${unit(c.course_dose)} · ${count(c.course_sessions, c.course_max_sessions)}</dd>` +
+    (c.uncertain_runs ? `<dt>Not yet known</dt><dd>${c.uncertain_runs} run(s) counted at their full cap</dd>` : "") +
+    `</dl><table class="days"><tbody>` +
+    c.days.map((x) => `<tr><td>${esc(x.day)}</td><td class="day-bar"><span style="width:${((100 * x.counted_ul) / peak).toFixed(1)}%"></span></td>` +
+      `<td>${mL(x.counted_ul)}</td><td>${x.runs} run${x.runs === 1 ? "" : "s"}</td></tr>`).join("") +
+    `</tbody></table><p class="as-of">As of ${clock(c.as_of_ms)} (days in ${esc(c.timezone)})</p>`;
 }
 
 // ---------------------------------------------------------------- audible signal
