@@ -41,7 +41,7 @@ from controller.telemetry import (
     WardModel,
     WardMonitor,
 )
-from simulators.mn1 import DeviceModel, RunningSimulator, run_pty_simulator
+from simulators.mn1 import BreathingModel, DeviceModel, RunningSimulator, run_pty_simulator
 
 from ._bench_station import BenchStation
 from ._demo_station import demo_station, linger
@@ -54,6 +54,8 @@ _POLL_S = 0.2
 _WARD = "demo-ward"
 _ROOT = "nebuliser/v1"
 _MAX_BEDS = 8
+#: Breathing patterns of the demo patients, bed by bed (docs/simulator.md).
+_DEMO_PATTERNS = ("adult", "severe", "iso27427", "slow-deep")
 _SESSION_UL = 3000
 # A session "reached its volume" at ≥ 95 % of the cap: the host stops ahead of the
 # cap by flow × stop latency (≤ 100 µL at the fastest demo head, 30000 µL/min).
@@ -215,11 +217,17 @@ async def _run_demo(args: argparse.Namespace, view: DemoView) -> int:
         ):
             beds = []
             for number in range(1, count + 1):
+                pattern = _DEMO_PATTERNS[(number - 1) % len(_DEMO_PATTERNS)]
                 model = DeviceModel(
                     nominal_ul_min=args.nominal_ul_min,
                     fill_ul=args.fill_ul,
                     serial=f"SIM-DEMO-{number:02d}",
                     seed=number,
+                    # An addendum-1.1 head senses breaths (the ward shows rate and share);
+                    # the pilot's delivery stays continuous.
+                    breathing=BreathingModel(pattern=pattern, seed=number)
+                    if args.icd == "1.1"
+                    else None,
                 )
                 sim = await stack.enter_async_context(run_pty_simulator(model))
                 config = _demo_config(
@@ -228,7 +236,8 @@ async def _run_demo(args: argparse.Namespace, view: DemoView) -> int:
                 beds.append(_Bed(number=number, sim=sim, config=config))
                 view.say(
                     f"{_WARD}/bed-{number:02d}: simulated MN-1 head on {sim.device_path} "
-                    f"({args.nominal_ul_min} µL/min, {args.fill_ul} µL in the cup)"
+                    f"({args.nominal_ul_min} µL/min, {args.fill_ul} µL in the cup, ICD {args.icd}"
+                    + (f", patient breathing '{pattern}')" if args.icd == "1.1" else ")")
                 )
             stop = asyncio.Event()
             async with asyncio.TaskGroup() as group:
@@ -454,6 +463,13 @@ def register(subparsers: Any) -> None:
         help="liquid in each simulated head's cup (µL); the pilot fills 3000 µL and "
         "nebulises to dryness (the mesh leaves 100 µL); well below that the cup runs dry "
         "early and the demo fails, saying why",
+    )
+    parser.add_argument(
+        "--icd",
+        choices=("1.0", "1.1"),
+        default="1.1",
+        help="simulated heads' ICD version: 1.1 (default) heads sense the patient's breathing "
+        "and the ward shows it; 1.0 heads have no breath sensor",
     )
     parser.add_argument(
         "--log-file",
