@@ -13,7 +13,6 @@ from controller.ledger._anchor import (
     LedgerFacts,
     LedgerFileState,
     anchor_from_json,
-    anchor_outbox_message,
     anchor_to_json,
     check_continuity,
 )
@@ -128,7 +127,6 @@ __all__ = [
     "SubjectTotals",
     "UnknownSessionError",
     "anchor_from_json",
-    "anchor_outbox_message",
     "anchor_to_json",
     "check_continuity",
     "check_storage_floor",

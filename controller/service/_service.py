@@ -41,6 +41,7 @@ from ._pending_starts import PendingStarts
 from ._recorder import Recorder
 from ._supervisor import Supervisor
 from ._systemd import systemd_notify_task
+from ._ledger_anchor import anchor_publication
 from ._telemetry import run_telemetry, telemetry_publications
 
 __all__ = [
@@ -78,9 +79,9 @@ def _open_ledger(config: NebuliserConfig) -> Ledger:
         outbox_budget_bytes=config.storage.outbox_budget_mb * 1024 * 1024,
         progress_interval_ms=int(config.session.progress_sample_s * 1000),
         reserve_bytes=config.storage.ledger_reserve_mb * 1024 * 1024,
-        # The retained MQTT anchor (`anchor_outbox_message`, topic `ledger/anchor`) is not
-        # queued yet: its rows take device seqs that monitors only count once the schema
-        # `nebuliser.ledger_anchor` is registered with the telemetry schemas (issue 16).
+        # With [mqtt]: the retained `ledger/anchor` message, queued in the outbox after
+        # every anchor (the ward station keeps the newest: docs/ledger.md, "Continuity").
+        anchor_message=anchor_publication(config),
     )
 
 

@@ -31,7 +31,11 @@ from controller.telemetry._builders import (
     outbox_entry,
 )
 from controller.telemetry._export import json_schema_documents, write_json_schemas
-from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
+from controller.telemetry._ledger_adapter import (
+    ledger_anchor_entry,
+    ledger_appender,
+    ledger_message,
+)
 from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel, urgency_key
 from controller.telemetry._monitor_client import AckRequest, AckSigner, EventSink, WardMonitor
 from controller.telemetry._monitor_history import AlarmEvent, BedHistory, Run
@@ -61,6 +65,8 @@ from controller.telemetry._schemas import (
     BackfillReplyMessage,
     BackfillRequest,
     BreathingMessage,
+    LedgerAnchorMessage,
+    LedgerAnchorSession,
     ConstraintResult,
     DecisionMessage,
     PrescriptionSummary,
@@ -98,6 +104,8 @@ __all__ = [
     "BedRow",
     "BedTopics",
     "BreathingMessage",
+    "LedgerAnchorMessage",
+    "LedgerAnchorSession",
     "ConstraintResult",
     "DecisionMessage",
     "DeviceIdentity",
@@ -135,6 +143,7 @@ __all__ = [
     "free_loopback_port",
     "json_schema_documents",
     "ledger_appender",
+    "ledger_anchor_entry",
     "ledger_message",
     "mark_historical",
     "mark_republished",

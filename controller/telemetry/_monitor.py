@@ -32,6 +32,7 @@ from controller.telemetry._schemas import (
     AlarmMessage,
     AuditHeadMessage,
     BackfillReplyMessage,
+    LedgerAnchorMessage,
     PresenceMessage,
     SessionMessage,
     StateMessage,
@@ -151,6 +152,9 @@ class BedRow:
     data_utc: datetime | None = None
     #: `WardModel.version` when this row last changed (views redraw only moved rows).
     version: int = 0
+    #: The newest dose-ledger anchor the bed published (retained `ledger/anchor`): how
+    #: far its ledger had reached, kept for `nebuliser ledger restore` (docs/ledger.md).
+    ledger_anchor: LedgerAnchorMessage | None = None
 
     @property
     def no_data(self) -> bool:
@@ -428,6 +432,10 @@ class WardModel:
             row.alarms = _sorted_alarms(message.alarms)
         elif isinstance(message, AlarmMessage) and self._newer(row, "alarms", message.seq):
             row.alarms = _sorted_alarms(_apply_alarm_event(row.alarms, message))
+        elif isinstance(message, LedgerAnchorMessage) and self._newer(
+            row, "ledger_anchor", message.seq
+        ):
+            row.ledger_anchor = message
 
     def rows(self, *, now_s: float) -> list[BedRow]:
         """Every bed, sorted by ward and bed, with staleness evaluated at `now_s`

@@ -11,7 +11,6 @@
 <root>/<ward>/<bed>/backfill/reply
 <root>/<ward>/<bed>/cmd/ack           monitor -> controller (provisional, unsigned)
 <root>/<ward>/<bed>/ledger/anchor     retained: the dose ledger's high-water mark
-                                      (controller.ledger.anchor_outbox_message)
 """
 
 from __future__ import annotations
@@ -43,6 +42,8 @@ SCHEMA_ROUTES: dict[str, Route] = {
     "nebuliser.decision": Route(suffix="decision", kind="decision", qos=1, retain=False),
     "nebuliser.backfill_reply": Route(suffix="backfill/reply", kind="reply", qos=1, retain=False),
     "nebuliser.breathing": Route(suffix="breathing", kind="telemetry", qos=1, retain=False),
+    # Kind "state": never dropped by the outbox budget, republished after a reconnect.
+    "nebuliser.ledger_anchor": Route(suffix="ledger/anchor", kind="state", qos=1, retain=True),
 }
 
 

@@ -16,15 +16,15 @@ from controller.ledger import (
     LedgerExistsError,
     LedgerLocation,
     OutboxKind,
-    anchor_outbox_message,
     init_ledger,
     open_checked,
     read_readings,
 )
 from controller.ledger._continuity import AUDIT_DB_NAME as LEDGER_SIDE_AUDIT_NAME
 from controller.security import AUDIT_DB_NAME
-from controller.telemetry import BedTopics
+from controller.telemetry import DeviceIdentity, ledger_anchor_entry, ledger_message
 from tests.ledger.conftest import SimClock, intent
+from tests.telemetry.helpers import validate_payload
 
 DEVICE = "neb-anchor"
 
@@ -79,12 +79,12 @@ def test_every_session_event_is_anchored_in_file_and_audit_log(
 def test_the_mqtt_anchor_message_is_queued_after_each_anchor(
     location: LedgerLocation, clock: SimClock
 ) -> None:
-    topic = BedTopics(root="nebuliser", ward="w1", bed="b1").ledger_anchor
+    identity = DeviceIdentity(device_id=DEVICE, ward="w1", bed="b1", boot_id="boot-1")
     with open_checked(
         location,
         device_id=DEVICE,
-        anchor_message=lambda anchor: anchor_outbox_message(
-            anchor, topic=topic, ward="w1", bed="b1", boot_id="boot-1"
+        anchor_message=lambda anchor: ledger_message(
+            ledger_anchor_entry(identity, root_topic="nebuliser", anchor=anchor)
         ),
     ) as ledger:
         intent(ledger, clock)
@@ -94,8 +94,10 @@ def test_the_mqtt_anchor_message_is_queued_after_each_anchor(
     assert [(r.topic, r.kind, r.retain, r.qos) for r in rows] == [
         ("nebuliser/w1/b1/ledger/anchor", OutboxKind.STATE, True, 1)
     ] * 2
-    newest = json.loads(rows[-1].payload)
+    newest = validate_payload(rows[-1].payload)  # against docs/schemas/
     assert newest["schema"] == "nebuliser.ledger_anchor"
+    assert newest["session"]["status"] == "open"
+    assert "subject_id" not in newest["session"]
     assert (newest["seq"], newest["ward"], newest["bed"]) == (rows[-1].seq, "w1", "b1")
     assert newest["last_event_hash"] == head.hash
 
