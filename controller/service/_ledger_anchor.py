@@ -29,8 +29,6 @@ def anchor_publication(
     root_topic = config.mqtt.root_topic
 
     def build(anchor: LedgerAnchor) -> OutboxMessage:
-        return ledger_message(
-            ledger_anchor_entry(identity, root_topic=root_topic, anchor=anchor)
-        )
+        return ledger_message(ledger_anchor_entry(identity, root_topic=root_topic, anchor=anchor))
 
     return build

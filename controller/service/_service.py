@@ -29,19 +29,26 @@ from controller.control import (
     resolve_group,
 )
 from controller.exitcodes import ExitCode
-from controller.ledger import Ledger, LedgerError, LedgerLocation, open_checked
+from controller.ledger import (
+    Ledger,
+    LedgerDiscontinuityError,
+    LedgerError,
+    LedgerLocation,
+    open_checked,
+)
 from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
 
 from ._commands import security_task
 from ._confirm import confirm_at_bedside, reduced_dose_reason, reduced_offer_json
 from ._context import ServiceContext
+from ._ledger_anchor import anchor_publication
 from ._override_check import OverrideRefusedError, override_from_request
 from ._pending_starts import PendingStarts
 from ._recorder import Recorder
+from ._refusal_alarm import device_seq_floor, publish_refusal_alarm
 from ._supervisor import Supervisor
 from ._systemd import systemd_notify_task
-from ._ledger_anchor import anchor_publication
 from ._telemetry import run_telemetry, telemetry_publications
 
 __all__ = [
@@ -82,6 +89,9 @@ def _open_ledger(config: NebuliserConfig) -> Ledger:
         # With [mqtt]: the retained `ledger/anchor` message, queued in the outbox after
         # every anchor (the ward station keeps the newest: docs/ledger.md, "Continuity").
         anchor_message=anchor_publication(config),
+        # Seqs used outside this ledger (acknowledged messages, a refusal's alarm):
+        # a restored or new ledger's messages continue above them, never repeat them.
+        seq_floor=device_seq_floor(config.storage.data_dir),
     )
 
 
@@ -346,6 +356,10 @@ async def run_service(
         print(  # noqa: T201 - the operator must see this
             f"nebuliser serve: the dose ledger cannot be used; no session will be started. {exc}"
         )
+        if isinstance(exc, LedgerDiscontinuityError):
+            # The HIGH alarm is in the audit log; the ward sees it too if the broker
+            # answers within the bound (never a longer wait for the exit).
+            await publish_refusal_alarm(config, exc)
         return EXIT_LEDGER
     return 0
 

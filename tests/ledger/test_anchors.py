@@ -13,9 +13,11 @@ from controller.ledger import (
     ANCHOR_FILE_NAME,
     EmptyHistoryAcceptance,
     EndSource,
+    LedgerAnchor,
     LedgerExistsError,
     LedgerLocation,
     OutboxKind,
+    OutboxMessage,
     init_ledger,
     open_checked,
     read_readings,
@@ -100,6 +102,21 @@ def test_the_mqtt_anchor_message_is_queued_after_each_anchor(
     assert "subject_id" not in newest["session"]
     assert (newest["seq"], newest["ward"], newest["bed"]) == (rows[-1].seq, "w1", "b1")
     assert newest["last_event_hash"] == head.hash
+
+
+def test_the_outbox_continues_above_seqs_used_outside_the_ledger(
+    location: LedgerLocation,
+) -> None:
+    """A restored or new ledger never reuses a device seq (`seq_floor`, docs/mqtt.md)."""
+    identity = DeviceIdentity(device_id=DEVICE, ward="w1", bed="b1", boot_id="boot-1")
+
+    def message(anchor: LedgerAnchor) -> OutboxMessage:
+        return ledger_message(ledger_anchor_entry(identity, root_topic="n", anchor=anchor))
+
+    with open_checked(location, device_id=DEVICE, anchor_message=message, seq_floor=41) as ledger:
+        assert [r.seq for r in ledger.outbox.pending()] == [42]
+    with open_checked(location, device_id=DEVICE, anchor_message=message, seq_floor=5) as ledger:
+        assert [r.seq for r in ledger.outbox.pending()] == [42, 43]
 
 
 def test_an_unreadable_anchor_file_is_outvoted_by_the_audit_log(

@@ -262,7 +262,8 @@ def test_the_newest_ledger_anchor_is_kept_per_bed_and_counts_in_the_seq_stream()
     topic = f"{ROOT}/W7/B03/ledger/anchor"
     model.feed(topic, _anchor(3, 9), now_s=0.0, retained=True)  # what the broker kept
     row = model.row("W7", "B03")
-    assert row is not None and row.ledger_anchor is not None
+    assert row is not None
+    assert row.ledger_anchor is not None
     assert row.ledger_anchor.last_event_seq == 9
     feed_telemetry(model, 4)
     [event] = model.feed(topic, _anchor(5, 12), now_s=0.0)
