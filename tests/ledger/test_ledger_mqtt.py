@@ -288,6 +288,7 @@ async def test_a_refused_ledger_publishes_the_high_alarm(
     seqs = [b["seq"] for b in bodies if "seq" in b]  # presence has none
     assert not [q for q in seqs if used_archive_max < q <= active["seq"]], seqs
 
+
 @pytest.fixture
 def silent_broker() -> Iterator[tuple[str, int]]:
     """A TCP port that accepts connections (the kernel does) but never answers MQTT."""
