@@ -21,6 +21,7 @@ from controller.ledger._continuity import (
     DISCONTINUITY_ALARM,
     AnchorWriter,
     LedgerLocation,
+    audit_record,
     open_checked,
     read_readings,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "UnknownSessionError",
     "anchor_from_json",
     "anchor_to_json",
+    "audit_record",
     "check_continuity",
     "check_storage_floor",
     "classify_storage",

@@ -19,6 +19,14 @@ before publishing). The next ledger that serves (restored or new) continues abov
 both (`open_checked(seq_floor=...)`), so a seq is never used twice. If the broker
 could not be reached at all, the seqs are given back (nothing can have been
 delivered) and the monitors see no gap.
+
+Clearing it. The seq file also says whether the alarm may be on the ward
+(`alarm_on_ward`). The next start-up whose ledger passes the check (after `ledger
+restore` or `init`) queues, through the ledger's outbox, the alarm `cleared` and an
+empty `alarms/active` (at that moment nothing else is active: the supervisor has not
+run yet; what it raises later is published after), records the clearance in the
+audit log, and resets the flag. Otherwise the station would keep showing a HIGH alarm
+that the controller no longer has and nobody could acknowledge.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,16 +46,24 @@ import aiomqtt
 
 from controller.alarms import AlarmCode
 from controller.config import NebuliserConfig
-from controller.ledger import LedgerDiscontinuityError
+from controller.dosing import Instant
+from controller.ledger import Ledger, LedgerDiscontinuityError, LedgerLocation, audit_record
 from controller.logging import get_logger
-from controller.telemetry import OutboxEntry, SentArchive, mqtt_client, outbox_entry
+from controller.telemetry import (
+    OutboxEntry,
+    SentArchive,
+    ledger_message,
+    mqtt_client,
+    outbox_entry,
+)
 
-from ._telemetry import SENT_ARCHIVE_FILE_NAME, device_identity
+from ._telemetry import PROCESS_BOOT_ID, SENT_ARCHIVE_FILE_NAME, device_identity
 
 __all__ = [
     "REFUSAL_PUBLISH_BOUND_S",
     "SEQ_FILE_NAME",
     "RefusalPublication",
+    "clear_refusal_on_ward",
     "device_seq_floor",
     "publish_refusal_alarm",
 ]
@@ -76,20 +93,25 @@ def _archive_max_seq(data_dir: Path) -> int:
         archive.close()
 
 
-def _seq_file_value(data_dir: Path) -> int:
+def _seq_file(data_dir: Path) -> tuple[int, bool]:
+    """(last seq used outside the ledger, whether the refusal alarm may be on the ward)."""
     try:
         body = json.loads((data_dir / SEQ_FILE_NAME).read_text(encoding="utf-8"))
-        return max(0, int(body["last_seq"]))
+        return max(0, int(body["last_seq"])), bool(body.get("alarm_on_ward", False))
     except (OSError, ValueError, KeyError, TypeError):
-        return 0
+        return 0, False
 
 
-def _write_seq_file(data_dir: Path, last_seq: int) -> None:
+def _seq_file_value(data_dir: Path) -> int:
+    return _seq_file(data_dir)[0]
+
+
+def _write_seq_file(data_dir: Path, last_seq: int, *, alarm_on_ward: bool = False) -> None:
     """Atomically replace the seq file (temp, fsync, rename, fsync of the directory)."""
     final = data_dir / SEQ_FILE_NAME
     temp = data_dir / f".{SEQ_FILE_NAME}.tmp"
     with temp.open("w", encoding="utf-8") as handle:
-        json.dump({"last_seq": last_seq}, handle)
+        json.dump({"last_seq": last_seq, "alarm_on_ward": alarm_on_ward}, handle)
         handle.flush()
         os.fsync(handle.fileno())
     temp.replace(final)
@@ -157,11 +179,11 @@ async def publish_refusal_alarm(
         return None
     data_dir = config.storage.data_dir
     entries = _entries(config, error)
-    previous = _seq_file_value(data_dir)
+    previous, was_on_ward = _seq_file(data_dir)
     first = device_seq_floor(data_dir) + 1
     seqs = tuple(range(first, first + len(entries)))
     try:
-        _write_seq_file(data_dir, seqs[-1])
+        _write_seq_file(data_dir, seqs[-1], alarm_on_ward=True)
     except OSError as exc:
         detail = f"not published: the seq file {data_dir / SEQ_FILE_NAME} cannot be written ({exc})"
         _log.error("ledger refusal alarm " + detail)
@@ -186,8 +208,53 @@ async def publish_refusal_alarm(
         )
         if not connected:  # nothing can have reached a subscriber: give the seqs back
             with contextlib.suppress(OSError):
-                _write_seq_file(data_dir, previous)
+                _write_seq_file(data_dir, previous, alarm_on_ward=was_on_ward)
         result = RefusalPublication(published=False, seqs=seqs if connected else (), detail=detail)
     log = _log.warning if result.published else _log.error
     log(f"ledger refusal alarm {result.detail}", seqs=list(result.seqs))
     return result
+
+
+def clear_refusal_on_ward(
+    config: NebuliserConfig, ledger: Ledger, location: LedgerLocation
+) -> bool:
+    """After a start-up whose ledger passed the check: clear a published refusal alarm.
+
+    Queues the alarm `cleared` and an empty `alarms/active` in the ledger's outbox
+    (seqs above the refusal's: `open_checked(seq_floor=...)`), records the clearance
+    in the audit log and resets the seq file's flag. True if there was one to clear.
+    """
+    data_dir = config.storage.data_dir
+    last_seq, on_ward = _seq_file(data_dir)
+    if config.mqtt is None or not on_ward:
+        return False
+    identity = device_identity(config)
+    now = datetime.now(UTC)
+    code = str(AlarmCode.LEDGER_DISCONTINUITY)
+    text = "the dose ledger continues its anchors again (restored or initialised)"
+    entries = [
+        outbox_entry(
+            identity,
+            root_topic=config.mqtt.root_topic,
+            utc=now,
+            schema="nebuliser.alarm",
+            event="cleared",
+            alarm_code=code,
+            priority="high",
+            text=text,
+        ),
+        outbox_entry(
+            identity, root_topic=config.mqtt.root_topic, utc=now, schema="nebuliser.alarms_active"
+        ),
+    ]
+    at = Instant(utc=now, boot_id=PROCESS_BOOT_ID, monotonic_ns=time.monotonic_ns())
+    ledger.outbox.append_many([ledger_message(entry) for entry in entries], at=at)
+    with contextlib.suppress(OSError, sqlite3.Error):
+        audit_record(
+            location,
+            "alarm",
+            {"alarm_code": code, "action": "cleared", "priority": "high", "reason": text},
+        )
+    _write_seq_file(data_dir, last_seq, alarm_on_ward=False)
+    _log.info("ledger refusal alarm cleared on the ward")
+    return True

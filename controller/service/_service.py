@@ -46,7 +46,7 @@ from ._ledger_anchor import anchor_publication
 from ._override_check import OverrideRefusedError, override_from_request
 from ._pending_starts import PendingStarts
 from ._recorder import Recorder
-from ._refusal_alarm import device_seq_floor, publish_refusal_alarm
+from ._refusal_alarm import clear_refusal_on_ward, device_seq_floor, publish_refusal_alarm
 from ._supervisor import Supervisor
 from ._systemd import systemd_notify_task
 from ._telemetry import run_telemetry, telemetry_publications
@@ -79,9 +79,11 @@ def _open_ledger(config: NebuliserConfig) -> Ledger:
     Never creates one (`nebuliser ledger init` does); a missing, empty, unreadable,
     rolled-back, swapped or foreign ledger raises a `LedgerError` (exit 4) after the
     suspect file was set aside and the `ledger_discontinuity` alarm was audited.
+    A refusal alarm an earlier start-up published is cleared on the ward.
     """
-    return open_checked(
-        LedgerLocation(data_dir=config.storage.data_dir),
+    location = LedgerLocation(data_dir=config.storage.data_dir)
+    ledger = open_checked(
+        location,
         device_id=config.device.device_id,
         outbox_budget_bytes=config.storage.outbox_budget_mb * 1024 * 1024,
         progress_interval_ms=int(config.session.progress_sample_s * 1000),
@@ -93,6 +95,12 @@ def _open_ledger(config: NebuliserConfig) -> Ledger:
         # a restored or new ledger's messages continue above them, never repeat them.
         seq_floor=device_seq_floor(config.storage.data_dir),
     )
+    try:
+        clear_refusal_on_ward(config, ledger, location)
+    except (OSError, LedgerError) as exc:
+        # A display matter, not a dose one: tried again at the next start.
+        _log.error("the ward's ledger refusal alarm could not be cleared", error=str(exc))
+    return ledger
 
 
 class _Handlers:

@@ -278,6 +278,16 @@ async def test_a_refused_ledger_publishes_the_high_alarm(
                     20,
                     "the restored controller's start-up anchor",
                 )
+                await _until(
+                    lambda: any(
+                        t.endswith("/alarms/active")
+                        and not r
+                        and json.loads(p)["seq"] > active["seq"]
+                        for t, p, r in after
+                    ),
+                    20,
+                    "the restored controller's alarm set",
+                )
             finally:
                 process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(process.wait(), 20)
@@ -287,6 +297,22 @@ async def test_a_refused_ledger_publishes_the_high_alarm(
     # Nothing reuses the alarm's seqs (the backup's own waiting rows are replayed below).
     seqs = [b["seq"] for b in bodies if "seq" in b]  # presence has none
     assert not [q for q in seqs if used_archive_max < q <= active["seq"]], seqs
+    # The ward's refusal alarm is cleared: the restored controller no longer has it
+    # (other alarms, such as the restored session's, may follow).
+    ours = [
+        b
+        for b in bodies
+        if b["schema"] == "nebuliser.alarm"
+        and b["seq"] > active["seq"]
+        and b["alarm_code"] == "ledger_discontinuity"
+    ]
+    assert [b["event"] for b in ours] == ["cleared"]
+    sets = sorted(
+        (b for b in bodies if b["schema"] == "nebuliser.alarms_active"), key=lambda b: b["seq"]
+    )
+    assert sets[0]["seq"] > active["seq"]
+    assert sets[0]["alarms"] == []
+    assert all(a["alarm_code"] != "ledger_discontinuity" for b in sets for a in b["alarms"])
 
 
 @pytest.fixture
