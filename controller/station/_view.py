@@ -141,7 +141,9 @@ def tile(
 
 
 def bed_detail(row: BedRow, history: BedHistory, *, station_sender: str | None) -> dict[str, Any]:
-    """The detail view: delivery curves of the recent runs and the alarm history."""
+    """The detail view: delivery curves of the recent runs, the alarm history, and the
+    newest dose-ledger anchor the bed published (for a clinical engineer comparing a
+    restored ledger against the ward's evidence: docs/ledger.md)."""
     return {
         "key": bed_key(row.ward, row.bed),
         "runs": [
@@ -164,5 +166,8 @@ def bed_detail(row: BedRow, history: BedHistory, *, station_sender: str | None) 
             }
             for event in reversed(history.alarms)
         ],
+        "ledger_anchor": None
+        if row.ledger_anchor is None
+        else row.ledger_anchor.model_dump(mode="json", by_alias=True),
         "generated_ms": _ms(datetime.now(UTC)),
     }
