@@ -33,6 +33,7 @@ from controller.telemetry._builders import (
 from controller.telemetry._export import json_schema_documents, write_json_schemas
 from controller.telemetry._ledger_adapter import (
     ledger_anchor_entry,
+    ledger_anchor_from_message,
     ledger_appender,
     ledger_message,
 )
@@ -143,6 +144,7 @@ __all__ = [
     "free_loopback_port",
     "json_schema_documents",
     "ledger_anchor_entry",
+    "ledger_anchor_from_message",
     "ledger_appender",
     "ledger_message",
     "mark_historical",

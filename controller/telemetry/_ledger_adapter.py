@@ -8,12 +8,24 @@ from collections.abc import Callable
 from datetime import datetime
 
 from controller.dosing import Instant
-from controller.ledger import LedgerAnchor, Outbox, OutboxKind, OutboxMessage, OutboxStamp
+from controller.ledger import (
+    AnchoredSession,
+    LedgerAnchor,
+    Outbox,
+    OutboxKind,
+    OutboxMessage,
+    OutboxStamp,
+)
 from controller.telemetry._builders import DeviceIdentity, OutboxEntry, outbox_entry
 from controller.telemetry._outbox import ReplyAppender
 from controller.telemetry._schemas import LedgerAnchorMessage
 
-__all__ = ["ledger_anchor_entry", "ledger_appender", "ledger_message"]
+__all__ = [
+    "ledger_anchor_entry",
+    "ledger_anchor_from_message",
+    "ledger_appender",
+    "ledger_message",
+]
 
 
 def ledger_message(entry: OutboxEntry) -> OutboxMessage:
@@ -69,4 +81,32 @@ def ledger_anchor_entry(
             "delivered_ul": session.delivered_ul,
             "intent_utc": session.intent_utc,
         },
+    )
+
+
+def ledger_anchor_from_message(message: LedgerAnchorMessage) -> LedgerAnchor:
+    """The ledger anchor a ward station kept (for `nebuliser ledger restore --ward-anchor`).
+
+    The message carries no subject id: the session's `subject_id` is left empty and
+    the restore fills in the ledger's own.
+    """
+    session = message.session
+    return LedgerAnchor(
+        ledger_id=message.ledger_id,
+        device_id=message.device_id,
+        last_event_seq=message.last_event_seq,
+        last_event_hash=message.last_event_hash,
+        last_session_id=message.last_session_id,
+        reason=message.reason,
+        written_utc=message.utc.isoformat(),
+        session=None
+        if session is None
+        else AnchoredSession(
+            session_id=session.session_id,
+            subject_id="",
+            planned_cap_ul=session.planned_cap_ul,
+            status=session.status,
+            delivered_ul=session.delivered_ul,
+            intent_utc=session.intent_utc,
+        ),
     )

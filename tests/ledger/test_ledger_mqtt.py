@@ -11,7 +11,9 @@ stopped with SIGTERM. Then:
   `ledger_discontinuity` alarm reaches a subscriber, with a seq above every seq the
   bed used; after `ledger restore`, `serve`'s messages continue above it;
 * with a broker that accepts the connection but never answers, the refusal still
-  exits 4 within the bound, and says so.
+  exits 4 within the bound, and says so;
+* when the whole data directory is lost, `ledger restore --ward-anchor` finds the
+  missing session from the anchor the ward station kept.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import pytest
 from controller.benchconfig import BenchPrescription, bench_mqtt_section, write_bench_config
 from controller.cli import main
 from controller.config import NebuliserConfig
-from controller.ledger import ANCHOR_FILE_NAME, LEDGER_FILE_NAME
+from controller.ledger import ANCHOR_FILE_NAME, LEDGER_FILE_NAME, LedgerLocation, open_checked
 from controller.service._refusal_alarm import (
     REFUSAL_PUBLISH_BOUND_S,
     SEQ_FILE_NAME,
@@ -349,3 +351,36 @@ def test_a_silent_broker_does_not_hold_up_the_refusal_beyond_the_bound(
     # Never connected: the seqs taken for the alarm were given back (no gap for monitors).
     assert json.loads((data_dir / SEQ_FILE_NAME).read_text())["last_seq"] <= floor_before
     assert device_seq_floor(data_dir) == floor_before
+
+
+def test_restore_uses_the_ward_stations_anchor_when_the_local_ones_are_gone(
+    used_bed: UsedBed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole data directory was lost (ledger, audit log, anchor file); the backup
+    from before the session and the anchor the ward station kept are all that is left."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    config_path, _ = _write_config(tmp_path, port=str(tmp_path / "no-head"), mqtt="", init=False)
+    [(_, payload, _)] = used_bed.late_anchor
+    ward = tmp_path / "ward-anchor.json"
+    ward.write_bytes(payload)  # as `mosquitto_sub -t .../ledger/anchor -C 1 > FILE` saves it
+    restore = ["ledger", "restore", str(used_bed.backup), "--config", str(config_path)]
+
+    assert main([*restore, "--dry-run"]) == 0
+    assert "MISSING" not in capsys.readouterr().out  # nothing local shows the loss
+    assert main([*restore, "--dry-run", "--ward-anchor", str(ward)]) == 0
+    dry = capsys.readouterr().out
+    assert "MISSING" in dry, dry
+    assert "session #1 TEST-001" in dry, dry
+
+    bad = tmp_path / "not-an-anchor.json"
+    bad.write_text('{"schema": "nebuliser.state"}')
+    assert main([*restore, "--dry-run", "--ward-anchor", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not a nebuliser.ledger_anchor message" in err
+    assert "mosquitto_sub" in err
+
+    assert main([*restore, "--by", "CE Smith", "--ward-anchor", str(ward)]) == 0
+    with open_checked(LedgerLocation(data_dir=data_dir), device_id=DEVICE_ID) as ledger:
+        [session] = ledger.history("TEST-001")
+    assert (session.session_id, session.status.value, session.counted_ul) == (1, "uncertain", 200)
