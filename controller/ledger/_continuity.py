@@ -61,7 +61,8 @@ __all__ = [
 #: light (the security package pulls in cryptography); a test checks they agree.
 AUDIT_DB_NAME: Final = "audit.sqlite3"
 
-#: The alarm code recorded (and to be published) when the check refuses the ledger.
+#: The alarm code recorded (and, by `serve` with `[mqtt]`, published) when the check
+#: refuses the ledger.
 DISCONTINUITY_ALARM: Final = "ledger_discontinuity"
 
 
