@@ -26,6 +26,7 @@ from controller.ledger import (
     LEDGER_FILE_NAME,
     EmptyHistoryAcceptance,
     Ledger,
+    LedgerAnchor,
     LedgerError,
     LedgerLocation,
     SessionSummary,
@@ -259,6 +260,38 @@ def _device_and_dir(args: argparse.Namespace) -> tuple[Path, str]:
     return data_dir, device_id
 
 
+def _ward_anchor(path: Path) -> LedgerAnchor:
+    """A `nebuliser.ledger_anchor` message the ward station kept, saved to a file: the
+    payload (`mosquitto_sub -t '<root>/<ward>/<bed>/ledger/anchor' -C 1 > FILE`) or the
+    station's bed-detail JSON (its `ledger_anchor`). Raises ValueError saying what is wrong."""
+    from pydantic import ValidationError  # noqa: PLC0415 - only for this option
+
+    from controller.telemetry import (  # noqa: PLC0415 - keep `ledger` commands light
+        LedgerAnchorMessage,
+        ledger_anchor_from_message,
+    )
+
+    hint = (
+        "save the retained message with `mosquitto_sub -t '<root>/<ward>/<bed>/ledger/anchor' "
+        "-C 1 > FILE` (docs/ledger.md)"
+    )
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--ward-anchor {path}: cannot be read as JSON ({exc}); {hint}") from None
+    if isinstance(body, dict) and isinstance(body.get("ledger_anchor"), dict):
+        body = body["ledger_anchor"]  # the station's bed detail
+    try:
+        return ledger_anchor_from_message(LedgerAnchorMessage.model_validate(body))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the message"
+        raise ValueError(
+            f"--ward-anchor {path}: not a nebuliser.ledger_anchor message ({where}: "
+            f"{first['msg']}); {hint}"
+        ) from None
+
+
 def _restore(args: argparse.Namespace) -> int:
     try:
         data_dir, device_id = _device_and_dir(args)
@@ -271,11 +304,21 @@ def _restore(args: argparse.Namespace) -> int:
     location = LedgerLocation(data_dir=data_dir)
     backup = Path(args.backup)
     try:
+        ward = [_ward_anchor(Path(path)) for path in args.ward_anchor or ()]
+    except ValueError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_CONFIG
+    try:
         if args.dry_run:
-            plan = plan_restore(location, backup, device_id=device_id)
+            plan = plan_restore(location, backup, device_id=device_id, ward_anchors=ward)
         else:
             plan = restore_ledger(
-                location, backup, device_id=device_id, by=args.by, reason=args.reason or ""
+                location,
+                backup,
+                device_id=device_id,
+                by=args.by,
+                reason=args.reason or "",
+                ward_anchors=ward,
             )
     except (LedgerError, OSError) as exc:
         sys.stderr.write(f"ledger restore refused (nothing was changed): {exc}\n")
@@ -359,6 +402,13 @@ def register(subparsers: Any) -> None:
     )
     restore.add_argument(
         "--device-id", metavar="ID", help="this controller's device id (default: from --config)"
+    )
+    restore.add_argument(
+        "--ward-anchor",
+        metavar="FILE",
+        action="append",
+        help="the bed's retained `ledger/anchor` message the ward station kept, saved to a "
+        "file; compared like the local anchors (repeatable)",
     )
     _add_location(restore)
     restore.set_defaults(handler=_restore)

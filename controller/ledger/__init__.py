@@ -13,7 +13,6 @@ from controller.ledger._anchor import (
     LedgerFacts,
     LedgerFileState,
     anchor_from_json,
-    anchor_outbox_message,
     anchor_to_json,
     check_continuity,
 )
@@ -22,6 +21,7 @@ from controller.ledger._continuity import (
     DISCONTINUITY_ALARM,
     AnchorWriter,
     LedgerLocation,
+    audit_record,
     open_checked,
     read_readings,
 )
@@ -128,8 +128,8 @@ __all__ = [
     "SubjectTotals",
     "UnknownSessionError",
     "anchor_from_json",
-    "anchor_outbox_message",
     "anchor_to_json",
+    "audit_record",
     "check_continuity",
     "check_storage_floor",
     "classify_storage",

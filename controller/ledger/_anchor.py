@@ -11,7 +11,8 @@ to places that fail independently of the ledger file:
 - the audit log `<data-dir>/audit.sqlite3` (a `ledger_anchor` record, fsynced by
   SQLite's `synchronous=FULL`);
 - the retained MQTT message `<root>/<ward>/<bed>/ledger/anchor` where MQTT is
-  configured (the ward station keeps it).
+  configured (schema `nebuliser.ledger_anchor`, built by
+  `controller.telemetry.ledger_anchor_entry`; the ward station keeps it).
 
 `check_continuity` compares them with what the ledger file shows, without I/O.
 """
@@ -30,7 +31,6 @@ from typing import Any, Final
 
 from controller.ledger._chain import GENESIS_HASH, ChainHead
 from controller.ledger._database import fsync_dir
-from controller.ledger._model import OutboxKind, OutboxMessage, OutboxStamp
 
 __all__ = [
     "ANCHOR_FILE_NAME",
@@ -44,7 +44,6 @@ __all__ = [
     "LedgerFacts",
     "LedgerFileState",
     "anchor_from_json",
-    "anchor_outbox_message",
     "anchor_to_json",
     "check_continuity",
     "read_anchor_file",
@@ -111,31 +110,6 @@ def anchor_from_json(data: Mapping[str, Any]) -> LedgerAnchor:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"anchor field missing or malformed: {exc}") from None
-
-
-def anchor_outbox_message(
-    anchor: LedgerAnchor, *, topic: str, ward: str, bed: str, boot_id: str
-) -> OutboxMessage:
-    """The retained MQTT anchor (QoS 1) as an outbox message; the seq is the ledger's.
-
-    The payload is the anchor's JSON in the usual device envelope (device id, ward,
-    bed, boot id, seq, UTC time); the ward station keeps the last one.
-    """
-    body = anchor_to_json(anchor)
-
-    def build(stamp: OutboxStamp) -> bytes:
-        envelope = {
-            **body,
-            "ward": ward,
-            "bed": bed,
-            "boot_id": boot_id,
-            "seq": stamp.seq,
-            "utc": anchor.written_utc,
-            "historical": False,
-        }
-        return json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-    return OutboxMessage(kind=OutboxKind.STATE, topic=topic, payload=build, qos=1, retain=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -61,7 +61,8 @@ __all__ = [
 #: light (the security package pulls in cryptography); a test checks they agree.
 AUDIT_DB_NAME: Final = "audit.sqlite3"
 
-#: The alarm code recorded (and to be published) when the check refuses the ledger.
+#: The alarm code recorded (and, by `serve` with `[mqtt]`, published) when the check
+#: refuses the ledger.
 DISCONTINUITY_ALARM: Final = "ledger_discontinuity"
 
 
@@ -191,6 +192,7 @@ def _refuse(
         reason=verdict.reason,
         action=verdict.action,
         quarantined_to=quarantined_to,
+        alarm_raised=audit,
     )
     if not audit:
         return error
@@ -220,12 +222,14 @@ def open_checked(
     progress_interval_ms: int = 1000,
     reserve_bytes: int = 0,
     anchor_message: Callable[[LedgerAnchor], OutboxMessage] | None = None,
+    seq_floor: int = 0,
 ) -> Ledger:
     """Open the ledger only if it continues its anchors; never creates one.
 
     On success the ledger writes an anchor (file + audit log, and `anchor_message` into
     its own outbox for MQTT) after every session event, and one now ("startup"); the
-    end-record reserve is allocated.
+    end-record reserve is allocated. `seq_floor` is the highest device message seq
+    used outside this ledger (`Outbox.raise_seq_floor`): its outbox continues above it.
     On refusal the suspect file is moved aside (`ledger.sqlite3.suspect-<utc>`), a
     HIGH `ledger_discontinuity` alarm is recorded in the audit log, and a `LedgerError`
     (usually `LedgerDiscontinuityError`) is raised whose message says what to do.
@@ -264,6 +268,28 @@ def open_checked(
     if not verdict.ok:
         ledger.close()
         raise _refuse(location, verdict, quarantined_to=quarantine(path, label="suspect"))
+    ledger.anchor_sink = _start_anchoring(
+        ledger, location, anchor_message=anchor_message, seq_floor=seq_floor
+    )
+    reserve = ReserveFile(data_dir=location.data_dir, size_bytes=reserve_bytes)
+    reserve.ensure()  # if it cannot be allocated, the storage level reports EMERGENCY
+    ledger.reserve = reserve
+    return ledger
+
+
+def _start_anchoring(
+    ledger: Ledger,
+    location: LedgerLocation,
+    *,
+    anchor_message: Callable[[LedgerAnchor], OutboxMessage] | None,
+    seq_floor: int,
+) -> AnchorWriter:
+    """Raise the outbox seq floor and write the start-up anchor; closes the ledger on failure."""
+    try:
+        ledger.outbox.raise_seq_floor(seq_floor)
+    except LedgerError:
+        ledger.close()
+        raise
     publish = None
     if anchor_message is not None:
         build = anchor_message
@@ -276,18 +302,14 @@ def open_checked(
     writer = AnchorWriter(location, publish=publish)
     try:
         writer(ledger.anchor(reason="startup"))
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, LedgerError) as exc:
         ledger.close()
         writer.close()
         raise LedgerError(
             f"the ledger is fine but its anchors cannot be written to {location.data_dir} "
             f"({exc}); fix the data directory (permissions, free space) and start again"
         ) from exc
-    ledger.anchor_sink = writer
-    reserve = ReserveFile(data_dir=location.data_dir, size_bytes=reserve_bytes)
-    reserve.ensure()  # if it cannot be allocated, the storage level reports EMERGENCY
-    ledger.reserve = reserve
-    return ledger
+    return writer
 
 
 def _pre_open_facts(location: LedgerLocation) -> LedgerFacts | None:

@@ -75,12 +75,22 @@ class LedgerDiscontinuityError(LedgerError):
     `code` is machine-readable (`ledger_older_than_anchor`, `ledger_missing`, ...),
     `reason` says what was found, `action` is the one sentence saying what to do, and
     `quarantined_to` is where the suspect file was moved (None if there was no file).
+    `alarm_raised` is False only for a new install that skipped `ledger init` (no
+    trace of earlier use: nothing was lost, so no `ledger_discontinuity` alarm).
     """
 
     def __init__(
-        self, *, path: Path, code: str, reason: str, action: str, quarantined_to: Path | None
+        self,
+        *,
+        path: Path,
+        code: str,
+        reason: str,
+        action: str,
+        quarantined_to: Path | None,
+        alarm_raised: bool = True,
     ) -> None:
         self.path = path
+        self.alarm_raised = alarm_raised
         self.code = code
         self.reason = reason
         self.action = action

@@ -134,3 +134,22 @@ class Outbox:
                 "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)"
             ).fetchone()
         return int(row[0])
+
+    def raise_seq_floor(self, floor: int) -> None:
+        """Make the next seq at least `floor + 1` (seqs used outside this ledger).
+
+        Device seqs must never repeat, but a restored backup or a new ledger starts
+        from its own high-water mark; `floor` is the highest seq known elsewhere (the
+        sent-message archive, the seqs of a refused start-up's alarm). A no-op when
+        the ledger is already past it.
+        """
+        if floor <= self.last_seq():
+            return
+        with self._db.writing() as connection:
+            updated = connection.execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'outbox'", (floor,)
+            ).rowcount
+            if not updated:
+                connection.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (floor,)
+                )

@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,16 +102,50 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _anchors(location: LedgerLocation, ledger_id: str) -> list[LedgerAnchor]:
-    """Every readable anchor of `ledger_id`, newest first (anchor file, then audit log)."""
-    found: list[LedgerAnchor] = []
+def _anchors(
+    location: LedgerLocation, ledger_id: str, ward: Sequence[LedgerAnchor] = ()
+) -> list[LedgerAnchor]:
+    """Every readable anchor of `ledger_id`, newest first (anchor file, audit log, and
+    the ward station's `ward` anchors)."""
+    found: list[LedgerAnchor] = list(ward)
     for reading in read_readings(location, history=True):
         candidates = reading.history or ((reading.anchor,) if reading.anchor else ())
         found.extend(a for a in candidates if a is not None and a.ledger_id == ledger_id)
     return sorted(found, key=lambda a: (a.last_event_seq, a.written_utc), reverse=True)
 
 
-def _check(ledger: Ledger, location: LedgerLocation, backup: Path, device_id: str) -> RestorePlan:
+def _ward_anchors(
+    ledger: Ledger, device_id: str, ward: Sequence[LedgerAnchor]
+) -> list[LedgerAnchor]:
+    """The ward station's anchors, checked against the backup; the subject (which the
+    ward message leaves out) is the ledger's own."""
+    subject = ledger.meta("subject_id") or ""
+    checked = []
+    for anchor in ward:
+        if anchor.device_id != device_id:
+            raise LedgerError(
+                f"the ward station's anchor is of device {anchor.device_id!r}, this controller "
+                f"is {device_id!r}; save the anchor of this bed's own controller"
+            )
+        if anchor.ledger_id != ledger.ledger_id:
+            raise LedgerError(
+                f"the ward station's anchor names ledger {anchor.ledger_id}, the backup is "
+                f"ledger {ledger.ledger_id}; restore a backup of the ledger this controller used"
+            )
+        session = anchor.session
+        if session is not None and not session.subject_id:
+            session = dataclasses.replace(session, subject_id=subject)
+        checked.append(dataclasses.replace(anchor, session=session))
+    return checked
+
+
+def _check(
+    ledger: Ledger,
+    location: LedgerLocation,
+    backup: Path,
+    device_id: str,
+    ward: Sequence[LedgerAnchor] = (),
+) -> RestorePlan:
     ledger_id = ledger.ledger_id
     backup_device = ledger.device_id
     if backup_device is not None and backup_device != device_id:
@@ -117,7 +153,7 @@ def _check(ledger: Ledger, location: LedgerLocation, backup: Path, device_id: st
             f"the backup belongs to device {backup_device!r}, this controller is "
             f"{device_id!r}; restore this device's own backup"
         )
-    anchors = _anchors(location, ledger_id)
+    anchors = _anchors(location, ledger_id, _ward_anchors(ledger, device_id, ward))
     wanted = {a.last_event_seq for a in anchors}
     with ledger._db.reading() as connection:
         report = verify_chain(connection, wanted=wanted)
@@ -174,21 +210,39 @@ def _staging(location: LedgerLocation, backup: Path) -> Path:
     return staging
 
 
-def plan_restore(location: LedgerLocation, backup: Path, *, device_id: str) -> RestorePlan:
-    """Verify `backup` and report what it lacks, changing nothing (a dry run)."""
+def plan_restore(
+    location: LedgerLocation,
+    backup: Path,
+    *,
+    device_id: str,
+    ward_anchors: Sequence[LedgerAnchor] = (),
+) -> RestorePlan:
+    """Verify `backup` and report what it lacks, changing nothing (a dry run).
+
+    `ward_anchors` are anchors the ward station kept (retained `ledger/anchor`), used
+    like the local ones: they must match the backup, and show what it lacks.
+    """
     staging = _staging(location, backup)
     try:
         with Ledger.open(staging) as ledger:
-            return _check(ledger, location, backup, device_id)
+            return _check(ledger, location, backup, device_id, ward_anchors)
     finally:
         for leftover in staging.parent.glob(staging.name + "*"):
             leftover.unlink()
 
 
 def restore_ledger(
-    location: LedgerLocation, backup: Path, *, device_id: str, by: str, reason: str = ""
+    location: LedgerLocation,
+    backup: Path,
+    *,
+    device_id: str,
+    by: str,
+    reason: str = "",
+    ward_anchors: Sequence[LedgerAnchor] = (),
 ) -> RestorePlan:
     """Verify `backup`, add the sessions it lacks as UNCERTAIN, put it in place, audit it.
+
+    `ward_anchors`: as for `plan_restore`.
 
     Raises `LedgerError` (nothing changed) when the backup is damaged, of another
     device or ledger, or contradicts an anchor.
@@ -198,7 +252,7 @@ def restore_ledger(
     staging = _staging(location, backup)
     try:
         with Ledger.open(staging) as ledger:
-            plan = _check(ledger, location, backup, device_id)
+            plan = _check(ledger, location, backup, device_id, ward_anchors)
             now = datetime.now(UTC)
             restore = {
                 "by": by,

@@ -30,16 +30,24 @@ from controller.control import (
     resolve_group,
 )
 from controller.exitcodes import ExitCode
-from controller.ledger import Ledger, LedgerError, LedgerLocation, open_checked
+from controller.ledger import (
+    Ledger,
+    LedgerDiscontinuityError,
+    LedgerError,
+    LedgerLocation,
+    open_checked,
+)
 from controller.logging import bind_device, get_logger
 from drivers.mn1 import PortInUseError, SerialLink
 
 from ._commands import security_task
 from ._confirm import bedside_scan, confirm_at_bedside, reduced_dose_reason, reduced_offer_json
 from ._context import ServiceContext
+from ._ledger_anchor import anchor_publication
 from ._override_check import OverrideRefusedError, override_from_request
 from ._pending_starts import PendingStarts
 from ._recorder import Recorder
+from ._refusal_alarm import clear_refusal_on_ward, device_seq_floor, publish_refusal_alarm
 from ._supervisor import Supervisor
 from ._systemd import systemd_notify_task
 from ._telemetry import run_telemetry, telemetry_publications
@@ -72,17 +80,28 @@ def _open_ledger(config: NebuliserConfig) -> Ledger:
     Never creates one (`nebuliser ledger init` does); a missing, empty, unreadable,
     rolled-back, swapped or foreign ledger raises a `LedgerError` (exit 4) after the
     suspect file was set aside and the `ledger_discontinuity` alarm was audited.
+    A refusal alarm an earlier start-up published is cleared on the ward.
     """
-    return open_checked(
-        LedgerLocation(data_dir=config.storage.data_dir),
+    location = LedgerLocation(data_dir=config.storage.data_dir)
+    ledger = open_checked(
+        location,
         device_id=config.device.device_id,
         outbox_budget_bytes=config.storage.outbox_budget_mb * 1024 * 1024,
         progress_interval_ms=int(config.session.progress_sample_s * 1000),
         reserve_bytes=config.storage.ledger_reserve_mb * 1024 * 1024,
-        # The retained MQTT anchor (`anchor_outbox_message`, topic `ledger/anchor`) is not
-        # queued yet: its rows take device seqs that monitors only count once the schema
-        # `nebuliser.ledger_anchor` is registered with the telemetry schemas (issue 16).
+        # With [mqtt]: the retained `ledger/anchor` message, queued in the outbox after
+        # every anchor (the ward station keeps the newest: docs/ledger.md, "Continuity").
+        anchor_message=anchor_publication(config),
+        # Seqs used outside this ledger (acknowledged messages, a refusal's alarm):
+        # a restored or new ledger's messages continue above them, never repeat them.
+        seq_floor=device_seq_floor(config.storage.data_dir),
     )
+    try:
+        clear_refusal_on_ward(config, ledger, location)
+    except (OSError, LedgerError) as exc:
+        # A display matter, not a dose one: tried again at the next start.
+        _log.error("the ward's ledger refusal alarm could not be cleared", error=str(exc))
+    return ledger
 
 
 class _Handlers:
@@ -360,6 +379,10 @@ async def run_service(
         print(  # noqa: T201 - the operator must see this
             f"nebuliser serve: the dose ledger cannot be used; no session will be started. {exc}"
         )
+        if isinstance(exc, LedgerDiscontinuityError):
+            # The HIGH alarm is in the audit log; the ward sees it too if the broker
+            # answers within the bound (never a longer wait for the exit).
+            await publish_refusal_alarm(config, exc)
         return EXIT_LEDGER
     return 0
 

@@ -196,7 +196,9 @@ def tile(
 
 def bed_detail(row: BedRow, history: BedHistory, *, station_sender: str | None) -> dict[str, Any]:
     """The detail view: delivery curves of the recent runs, the last 24 h and the
-    course so far, and the alarm history."""
+    course so far, the alarm history, and the newest dose-ledger anchor the bed
+    published (for a clinical engineer comparing a restored ledger against the ward's
+    evidence: docs/ledger.md)."""
     return {
         "key": bed_key(row.ward, row.bed),
         "course": _course(row, history.course),
@@ -220,5 +222,8 @@ def bed_detail(row: BedRow, history: BedHistory, *, station_sender: str | None) 
             }
             for event in reversed(history.alarms)
         ],
+        "ledger_anchor": None
+        if row.ledger_anchor is None
+        else row.ledger_anchor.model_dump(mode="json", by_alias=True),
         "generated_ms": _ms(datetime.now(UTC)),
     }

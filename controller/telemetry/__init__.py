@@ -31,7 +31,12 @@ from controller.telemetry._builders import (
     outbox_entry,
 )
 from controller.telemetry._export import json_schema_documents, write_json_schemas
-from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
+from controller.telemetry._ledger_adapter import (
+    ledger_anchor_entry,
+    ledger_anchor_from_message,
+    ledger_appender,
+    ledger_message,
+)
 from controller.telemetry._monitor import BackfillAsk, SeqTracker, WardModel
 from controller.telemetry._monitor_client import AckRequest, AckSigner, EventSink, WardMonitor
 from controller.telemetry._monitor_history import AlarmEvent, BedHistory, Run
@@ -72,6 +77,8 @@ from controller.telemetry._schemas import (
     CourseDay,
     CourseMessage,
     DecisionMessage,
+    LedgerAnchorMessage,
+    LedgerAnchorSession,
     PrescriptionSummary,
     PresenceMessage,
     Reason,
@@ -114,6 +121,8 @@ __all__ = [
     "DecisionMessage",
     "DeviceIdentity",
     "EventSink",
+    "LedgerAnchorMessage",
+    "LedgerAnchorSession",
     "MosquittoBroker",
     "MosquittoMissingError",
     "MqttSettings",
@@ -148,6 +157,8 @@ __all__ = [
     "find_mosquitto",
     "free_loopback_port",
     "json_schema_documents",
+    "ledger_anchor_entry",
+    "ledger_anchor_from_message",
     "ledger_appender",
     "ledger_message",
     "mark_historical",

@@ -39,6 +39,7 @@ from controller.telemetry._schemas import (
     BackfillReplyMessage,
     BreathingMessage,
     CourseMessage,
+    LedgerAnchorMessage,
     PresenceMessage,
     SessionMessage,
     StateMessage,
@@ -363,6 +364,10 @@ class WardModel:
             row.alarms = _sorted_alarms(message.alarms)
         elif isinstance(message, AlarmMessage) and self._newer(row, "alarms", message.seq):
             row.alarms = _sorted_alarms(_apply_alarm_event(row.alarms, message))
+        elif isinstance(message, LedgerAnchorMessage) and self._newer(
+            row, "ledger_anchor", message.seq
+        ):
+            row.ledger_anchor = message
 
     def rows(self, *, now_s: float) -> list[BedRow]:
         """Every bed, sorted by ward and bed, with staleness evaluated at `now_s`

@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from controller.telemetry._schemas import ActiveAlarm, BreathingMessage, StateMessage
+from controller.telemetry._schemas import (
+    ActiveAlarm,
+    BreathingMessage,
+    LedgerAnchorMessage,
+    StateMessage,
+)
 
 __all__ = [
     "BREATHING_MAX_AGE_S",
@@ -75,6 +80,9 @@ class BedRow:
     data_utc: datetime | None = None
     #: `WardModel.version` when this row last changed (views redraw only moved rows).
     version: int = 0
+    #: The newest dose-ledger anchor the bed published (retained `ledger/anchor`): how
+    #: far its ledger had reached, kept for `nebuliser ledger restore` (docs/ledger.md).
+    ledger_anchor: LedgerAnchorMessage | None = None
     #: None until the prescription summary says; True: no drug-unit figure exists.
     blinded: bool | None = None
     #: The lot's unit and concentration (open prescriptions only; see `delivered_dose`).

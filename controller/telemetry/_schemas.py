@@ -43,6 +43,8 @@ __all__ = [
     "CourseMessage",
     "DecisionMessage",
     "DeviceMessage",
+    "LedgerAnchorMessage",
+    "LedgerAnchorSession",
     "PrescriptionSummary",
     "PresenceMessage",
     "Reason",
@@ -303,6 +305,43 @@ class CourseMessage(_DeviceFields):
     days: list[CourseDay] = Field(default_factory=list, max_length=31)
 
 
+_Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class LedgerAnchorSession(BaseModel):
+    """The session the anchored event was about, as the ledger had it then (its
+    subject is left out: nothing published names the patient)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    session_id: Annotated[int, Field(ge=1)]
+    planned_cap_ul: Annotated[int, Field(ge=0)]
+    status: _Code
+    delivered_ul: Annotated[int, Field(ge=0)] | None = None
+    intent_utc: _Text
+
+
+class LedgerAnchorMessage(_DeviceFields):
+    """The dose ledger's high-water mark (retained, QoS 1, on ``<bed>/ledger/anchor``),
+    after every session event and at start-up (docs/ledger.md, "Continuity").
+
+    The ward station keeps the newest one per bed: if the bed's ledger file is later
+    lost or rolled back, this shows how far it had reached (`last_event_seq`, its
+    chain hash) and which session that was, for `nebuliser ledger restore`.
+    """
+
+    SCHEMA: ClassVar[str] = "nebuliser.ledger_anchor"
+    schema_name: Literal["nebuliser.ledger_anchor"] = Field(
+        default="nebuliser.ledger_anchor", alias="schema"
+    )
+    ledger_id: _Name
+    last_event_seq: Annotated[int, Field(ge=0)]
+    last_event_hash: _Hash
+    last_session_id: Annotated[int, Field(ge=0)]
+    #: Why it was written: `startup`, `init`, `restore`, or the session event (`intent`, …).
+    reason: _Code
+    session: LedgerAnchorSession | None = None
+
+
 class BackfillReplyMessage(_DeviceFields):
     """The controller's answer to a backfill request: the archived messages of the
     asked range (each flagged historical) and the seqs it can no longer provide."""
@@ -391,6 +430,7 @@ DeviceMessage = (
     | BackfillReplyMessage
     | BreathingMessage
     | CourseMessage
+    | LedgerAnchorMessage
 )
 
 DEVICE_SCHEMAS: dict[str, type[_DeviceFields]] = {
@@ -405,6 +445,7 @@ DEVICE_SCHEMAS: dict[str, type[_DeviceFields]] = {
         BackfillReplyMessage,
         BreathingMessage,
         CourseMessage,
+        LedgerAnchorMessage,
     )
 }
 

@@ -13,7 +13,6 @@
 <root>/<ward>/<bed>/backfill/reply
 <root>/<ward>/<bed>/cmd/ack           monitor -> controller (provisional, unsigned)
 <root>/<ward>/<bed>/ledger/anchor     retained: the dose ledger's high-water mark
-                                      (controller.ledger.anchor_outbox_message)
 """
 
 from __future__ import annotations
@@ -47,6 +46,8 @@ SCHEMA_ROUTES: dict[str, Route] = {
     "nebuliser.breathing": Route(suffix="breathing", kind="telemetry", qos=1, retain=False),
     # A summary of ledger figures, republished on reconnect like `state`.
     "nebuliser.course": Route(suffix="course", kind="state", qos=1, retain=True),
+    # Kind "state": never dropped by the outbox budget, republished after a reconnect.
+    "nebuliser.ledger_anchor": Route(suffix="ledger/anchor", kind="state", qos=1, retain=True),
 }
 
 

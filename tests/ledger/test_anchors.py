@@ -13,18 +13,20 @@ from controller.ledger import (
     ANCHOR_FILE_NAME,
     EmptyHistoryAcceptance,
     EndSource,
+    LedgerAnchor,
     LedgerExistsError,
     LedgerLocation,
     OutboxKind,
-    anchor_outbox_message,
+    OutboxMessage,
     init_ledger,
     open_checked,
     read_readings,
 )
 from controller.ledger._continuity import AUDIT_DB_NAME as LEDGER_SIDE_AUDIT_NAME
 from controller.security import AUDIT_DB_NAME
-from controller.telemetry import BedTopics
+from controller.telemetry import DeviceIdentity, ledger_anchor_entry, ledger_message
 from tests.ledger.conftest import SimClock, intent
+from tests.telemetry.helpers import validate_payload
 
 DEVICE = "neb-anchor"
 
@@ -79,12 +81,12 @@ def test_every_session_event_is_anchored_in_file_and_audit_log(
 def test_the_mqtt_anchor_message_is_queued_after_each_anchor(
     location: LedgerLocation, clock: SimClock
 ) -> None:
-    topic = BedTopics(root="nebuliser", ward="w1", bed="b1").ledger_anchor
+    identity = DeviceIdentity(device_id=DEVICE, ward="w1", bed="b1", boot_id="boot-1")
     with open_checked(
         location,
         device_id=DEVICE,
-        anchor_message=lambda anchor: anchor_outbox_message(
-            anchor, topic=topic, ward="w1", bed="b1", boot_id="boot-1"
+        anchor_message=lambda anchor: ledger_message(
+            ledger_anchor_entry(identity, root_topic="nebuliser", anchor=anchor)
         ),
     ) as ledger:
         intent(ledger, clock)
@@ -94,10 +96,27 @@ def test_the_mqtt_anchor_message_is_queued_after_each_anchor(
     assert [(r.topic, r.kind, r.retain, r.qos) for r in rows] == [
         ("nebuliser/w1/b1/ledger/anchor", OutboxKind.STATE, True, 1)
     ] * 2
-    newest = json.loads(rows[-1].payload)
+    newest = validate_payload(rows[-1].payload)  # against docs/schemas/
     assert newest["schema"] == "nebuliser.ledger_anchor"
+    assert newest["session"]["status"] == "open"
+    assert "subject_id" not in newest["session"]
     assert (newest["seq"], newest["ward"], newest["bed"]) == (rows[-1].seq, "w1", "b1")
     assert newest["last_event_hash"] == head.hash
+
+
+def test_the_outbox_continues_above_seqs_used_outside_the_ledger(
+    location: LedgerLocation,
+) -> None:
+    """A restored or new ledger never reuses a device seq (`seq_floor`, docs/mqtt.md)."""
+    identity = DeviceIdentity(device_id=DEVICE, ward="w1", bed="b1", boot_id="boot-1")
+
+    def message(anchor: LedgerAnchor) -> OutboxMessage:
+        return ledger_message(ledger_anchor_entry(identity, root_topic="n", anchor=anchor))
+
+    with open_checked(location, device_id=DEVICE, anchor_message=message, seq_floor=41) as ledger:
+        assert [r.seq for r in ledger.outbox.pending()] == [42]
+    with open_checked(location, device_id=DEVICE, anchor_message=message, seq_floor=5) as ledger:
+        assert [r.seq for r in ledger.outbox.pending()] == [42, 43]
 
 
 def test_an_unreadable_anchor_file_is_outvoted_by_the_audit_log(

@@ -36,7 +36,8 @@ from controller.station import (
     tile,
     verify_password,
 )
-from controller.telemetry import BedRow, MqttSettings
+from controller.station._view import bed_detail
+from controller.telemetry import BedRow, DeviceIdentity, MqttSettings, WardModel, outbox_entry
 from tests.support.mosquitto import MosquittoBroker
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -144,6 +145,27 @@ def test_silent_beds_hide_their_figures_and_say_since_when() -> None:
     row.stale = False
     shown = tile(row, now_s=160.0, wall_now=NOW, acks=[], station_sender=None)
     assert (shown["status"], shown["delivered_ul"], shown["time_left_s"]) == ("ok", 1200, 180.0)
+
+
+def test_the_bed_detail_shows_the_newest_ledger_anchor() -> None:
+    model = WardModel(root_topic="nebuliser/v1")
+    entry = outbox_entry(
+        DeviceIdentity(device_id="MN1-0042", ward="W7", bed="B03", boot_id="b"),
+        root_topic="nebuliser/v1",
+        schema="nebuliser.ledger_anchor",
+        utc=NOW,
+        ledger_id="ledger-1",
+        last_event_seq=212,
+        last_event_hash="ab" * 32,
+        last_session_id=17,
+        reason="ended",
+    )
+    model.feed(entry.topic, entry.build(5), now_s=0.0, retained=True)
+    row = model.row("W7", "B03")
+    assert row is not None
+    detail = bed_detail(row, model.history("W7", "B03"), station_sender=None)
+    assert detail["ledger_anchor"]["last_event_seq"] == 212
+    assert detail["ledger_anchor"]["last_event_hash"] == "ab" * 32
 
 
 def test_alarm_texts_come_from_the_alarm_table() -> None:

@@ -239,3 +239,36 @@ def test_garbage_is_counted_not_fatal() -> None:
     model.feed(TELEMETRY_TOPIC, json.dumps({"schema": "nebuliser.telemetry"}).encode(), now_s=0)
     assert model.invalid == 2
     assert model.feed("elsewhere/x", b"{}", now_s=0.0) == []
+
+
+def _anchor(seq: int, last_event_seq: int) -> bytes:
+    entry = outbox_entry(
+        IDENTITY,
+        root_topic=ROOT,
+        schema="nebuliser.ledger_anchor",
+        utc=NOW,
+        ledger_id="ledger-1",
+        last_event_seq=last_event_seq,
+        last_event_hash="cd" * 32,
+        last_session_id=2,
+        reason="ended",
+    )
+    assert entry.topic == f"{ROOT}/W7/B03/ledger/anchor"
+    return entry.build(seq)
+
+
+def test_the_newest_ledger_anchor_is_kept_per_bed_and_counts_in_the_seq_stream() -> None:
+    model = WardModel(root_topic=ROOT)
+    topic = f"{ROOT}/W7/B03/ledger/anchor"
+    model.feed(topic, _anchor(3, 9), now_s=0.0, retained=True)  # what the broker kept
+    row = model.row("W7", "B03")
+    assert row is not None
+    assert row.ledger_anchor is not None
+    assert row.ledger_anchor.last_event_seq == 9
+    feed_telemetry(model, 4)
+    [event] = model.feed(topic, _anchor(5, 12), now_s=0.0)
+    assert event["event"] == "ledger_anchor"
+    feed_telemetry(model, 6)
+    model.feed(topic, _anchor(3, 9), now_s=0.0)  # a late duplicate of an older one
+    assert row.ledger_anchor.last_event_seq == 12
+    assert (row.gaps, row.duplicates) == (0, 1)

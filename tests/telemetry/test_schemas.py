@@ -71,6 +71,20 @@ SAMPLES: dict[str, dict[str, object]] = {
         "reasons": [{"code": "rolling_24h_ul", "text": "24 h limit reached"}],
     },
     "nebuliser.backfill_reply": {"request_id": "r1", "from_seq": 3, "to_seq": 4},
+    "nebuliser.ledger_anchor": {
+        "ledger_id": "4f1c2b9e0d6a4c3b8e7f6a5b4c3d2e1f",
+        "last_event_seq": 17,
+        "last_event_hash": "ab" * 32,
+        "last_session_id": 3,
+        "reason": "ended",
+        "session": {
+            "session_id": 3,
+            "planned_cap_ul": 2500,
+            "status": "completed",
+            "delivered_ul": 2497,
+            "intent_utc": "2026-11-25T11:58:00.000000+00:00",
+        },
+    },
     "nebuliser.breathing": {
         "reason": "state_change",
         "session_id": 9,
