@@ -114,8 +114,8 @@ def _audit_kind(event: LedgerEvent) -> AuditKind:
         return AuditKind.ALARM
     if event.kind is EventKind.OVERRIDE:
         return AuditKind.OVERRIDE
-    if event.kind is EventKind.COMMAND:
-        return AuditKind.COMMAND
+    if event.kind is EventKind.COMMAND:  # only local requests are mirrored (`_mirrored`)
+        return AuditKind.CONTROL_REQUEST
     return AuditKind.DECISION
 
 

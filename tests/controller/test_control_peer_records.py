@@ -31,7 +31,7 @@ def _control_rows(data_dir: Path) -> list[dict[str, Any]]:
 def _audited_control_commands(data_dir: Path) -> list[dict[str, Any]]:
     with sqlite3.connect(data_dir / AUDIT_DB_NAME) as conn:
         bodies = [json.loads(row[0]) for row in conn.execute(
-            "SELECT body_json FROM audit_log WHERE kind = 'command' ORDER BY idx"
+            "SELECT body_json FROM audit_log WHERE kind = 'control_request' ORDER BY idx"
         )]  # fmt: skip
     return [
         b["event"]
