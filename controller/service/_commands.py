@@ -161,23 +161,35 @@ class CommandIntake(CommandReplies):
         """Subscribe on `client` and stay until its connection ends (the publisher
         reconnects, with its back-off; we are told of the next connection)."""
         try:
-            # Retain-as-published: a command published with the retain flag is seen as
-            # retained (and refused) also by a live subscriber, not only after a resubscribe.
-            options = SubscribeOptions(qos=1, retainAsPublished=True)
-            await client.subscribe(self._command_topic, options=options)
-            await client.subscribe(self._ack_topic, options=options)
+            while not await self._subscribe(client):
+                # The connection may still be up (a SUBACK that timed out): try again
+                # shortly, unless the connection ends first.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._mqtt.reconnect_max_s):
+                        await self._connection.wait_lost(client)
+                    return
             self._client = client
             self.stats.connections += 1
             self.connected.set()
             await self._publish_head(client)  # an anchor made while disconnected
             _log.info("command intake subscribed", topic=self._command_topic)
             await self._connection.wait_lost(client)
-        except aiomqtt.MqttError as exc:
-            _log.warning("command intake: broker connection lost", error=str(exc))
-            await self._connection.wait_lost(client)
         finally:
             self._client = None
             self.connected.clear()
+
+    async def _subscribe(self, client: aiomqtt.Client) -> bool:
+        # Retain-as-published: a command published with the retain flag is seen as
+        # retained (and refused) also by a live subscriber, not only after a resubscribe.
+        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        try:
+            for topic in (self._command_topic, self._ack_topic):
+                # (Mosquitto 2.0 grants every subscription; its ACL acts on delivery.)
+                await client.subscribe(topic, options=options)
+        except aiomqtt.MqttError as exc:
+            _log.warning("command intake: subscription failed", error=str(exc))
+            return False
+        return True
 
     async def publish_head(self, head: AuditHead, reason: str) -> None:
         """Publish an audit anchor, retained, QoS 1. While disconnected (or when the
