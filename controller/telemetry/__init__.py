@@ -30,7 +30,7 @@ from controller.telemetry._builders import (
     mark_republished,
     outbox_entry,
 )
-from controller.telemetry._connection import BedConnection, MessageSink
+from controller.telemetry._connection import BedConnection
 from controller.telemetry._export import json_schema_documents, write_json_schemas
 from controller.telemetry._ledger_adapter import ledger_appender, ledger_message
 from controller.telemetry._monitor import BackfillAsk, BedRow, SeqTracker, WardModel, urgency_key
@@ -104,7 +104,6 @@ __all__ = [
     "DecisionMessage",
     "DeviceIdentity",
     "EventSink",
-    "MessageSink",
     "MosquittoBroker",
     "MosquittoMissingError",
     "MqttSettings",
