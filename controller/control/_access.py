@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -50,9 +51,23 @@ class PeerCredentials:
     gid: int
     groups: frozenset[int] = field(default_factory=frozenset)
 
-    def record(self) -> dict[str, int | list[int]]:
-        """JSON-friendly form for logs and records."""
-        return {"pid": self.pid, "uid": self.uid, "gid": self.gid, "groups": sorted(self.groups)}
+    def record(self) -> dict[str, int | list[int] | str | None]:
+        """JSON-friendly form for logs and records: pid, uid, gid, groups and the
+        account name of the uid (None if this machine does not know the uid)."""
+        return {
+            "pid": self.pid,
+            "uid": self.uid,
+            "gid": self.gid,
+            "groups": sorted(self.groups),
+            "user": _user_name(self.uid),
+        }
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
 
 
 def _groups_from_proc(pid: int) -> frozenset[int]:

@@ -152,7 +152,7 @@ class ControlServer:
                 await writer.wait_closed()
 
 
-def _peer_record(peer: PeerCredentials | None) -> dict[str, int | list[int]] | None:
+def _peer_record(peer: PeerCredentials | None) -> dict[str, int | list[int] | str | None] | None:
     return None if peer is None else peer.record()
 
 

@@ -83,6 +83,9 @@ class AuditKind(StrEnum):
     LEDGER_INIT = "ledger_init"
     LEDGER_RESTORE = "ledger_restore"
     COMMAND_TALLY = "command_tally"  # messages not accepted, in aggregate (count, first/last)
+    # A local control-socket request (start, confirm, stop, alarm ack, refused
+    # override) mirrored from the ledger, with the kernel's peer (issue 13).
+    CONTROL_REQUEST = "control_request"
 
 
 @dataclass(frozen=True, kw_only=True)

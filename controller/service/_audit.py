@@ -41,6 +41,7 @@ from controller.security import (
     canonical_json,
     read_hmac_key_file,
 )
+from controller.session import CONTROL_REQUEST_COMMAND_PREFIX, OVERRIDE_REFUSED_COMMAND
 from controller.telemetry import AuditHeadMessage
 
 from ._recorder import Recorder
@@ -68,7 +69,21 @@ _MIRROR_OVERLAP: Final = timedelta(seconds=60)
 #: A full scan of the ledger every so often, whatever the clock did.
 _FULL_SCAN_EVERY: Final = 300
 
-MIRRORED_LEDGER_KINDS: Final = frozenset({EventKind.DECISION, EventKind.OVERRIDE, EventKind.ALARM})
+MIRRORED_LEDGER_KINDS: Final = frozenset(
+    {EventKind.DECISION, EventKind.OVERRIDE, EventKind.ALARM, EventKind.COMMAND}
+)
+
+
+def _mirrored(event: LedgerEvent) -> bool:
+    """Command rows are mirrored only when a person asked locally (start, confirm,
+    stop, alarm ack through the control socket, a refused override): remote commands
+    have their own audit records (`_commands.py`), device reports need none."""
+    if event.kind is not EventKind.COMMAND:
+        return True
+    command = str(event.body.get("command", ""))
+    return command.startswith(CONTROL_REQUEST_COMMAND_PREFIX) or command == (
+        OVERRIDE_REFUSED_COMMAND
+    )
 
 
 #: systemd credential name: `LoadCredential=audit-hmac-key:/etc/nebuliser/audit-hmac.key`.
@@ -99,6 +114,8 @@ def _audit_kind(event: LedgerEvent) -> AuditKind:
         return AuditKind.ALARM
     if event.kind is EventKind.OVERRIDE:
         return AuditKind.OVERRIDE
+    if event.kind is EventKind.COMMAND:  # only local requests are mirrored (`_mirrored`)
+        return AuditKind.CONTROL_REQUEST
     return AuditKind.DECISION
 
 
@@ -148,7 +165,7 @@ class _Stores:
         events = self._reader.events(kinds=MIRRORED_LEDGER_KINDS, since=since)
         copied = 0
         for event in events:
-            if event.event_id <= after:
+            if event.event_id <= after or not _mirrored(event):
                 continue
             body = {
                 "ledger_id": ledger_id,

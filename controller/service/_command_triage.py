@@ -1,15 +1,10 @@
-"""Pieces of the command intake's triage: the stand-in for aiomqtt's incoming queue,
-the triaged message, and the refusals the intake gives itself (see `_commands.py`)."""
+"""Pieces of the command intake's triage: the triaged message and the refusals the
+intake gives itself (see `_commands.py`)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, cast
-
-import aiomqtt
 
 from controller.security import Accepted, RefusalCode, Refused, Screened
 from controller.telemetry import AlarmAckCommand
@@ -18,11 +13,9 @@ from ._command_actions import CommandResult
 
 __all__ = [
     "Arrival",
-    "SinkQueue",
     "payload_bytes",
     "refusal_of",
     "refused_result",
-    "sink_queue",
     "unsigned_refusal",
 ]
 
@@ -36,28 +29,6 @@ class Arrival:
     arrived_ns: int
     stop_result: CommandResult | None = None  # a STOP already carried out at triage
     unsigned_ack: AlarmAckCommand | None = None  # bench setting only
-
-
-class SinkQueue(asyncio.Queue[aiomqtt.Message]):
-    """Stands in for aiomqtt's incoming queue (its public `queue_type` argument).
-
-    aiomqtt calls `put_nowait` for every message it reads, on the event loop; this
-    hands the message straight to the intake's triage and keeps nothing, so the
-    client never discards anything ("Message queue is full"). The intake still
-    iterates `client.messages`, which then only reports a lost connection.
-    """
-
-    sink: ClassVar[Callable[[aiomqtt.Message], None]]
-
-    def put_nowait(self, item: aiomqtt.Message) -> None:
-        """Triage the message now (never raises, never blocks)."""
-        type(self).sink(item)
-
-
-def sink_queue(sink: Callable[[aiomqtt.Message], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
-    """A `SinkQueue` class bound to `sink` (aiomqtt instantiates it itself)."""
-    bound = type("_BoundSinkQueue", (SinkQueue,), {"sink": staticmethod(sink)})
-    return cast("type[asyncio.Queue[aiomqtt.Message]]", bound)
 
 
 def payload_bytes(payload: object) -> bytes:

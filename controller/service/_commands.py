@@ -2,8 +2,10 @@
 
 Every message on this bed's command topics (``<root>/<ward>/<bed>/command``, and the
 unsigned ``.../cmd/ack`` of older monitors) is handed to `CommandIntake._triage` the
-moment the MQTT client reads it (`_SinkQueue`: nothing waits in the client, so the
-client never drops). Triage runs on the event loop with no disk I/O:
+moment the MQTT client reads it: the intake rides on the bed's ONE MQTT connection,
+which the telemetry publisher owns (`BedConnection`, docs/decisions/0013), and that
+connection routes these topics to the triage instead of queueing them, so the client
+never drops. Triage runs on the event loop with no disk I/O:
 
 1. `screen_command` — every check of `verify_command` except the durable counter
    commit (size, JSON, envelope, retained, sender, signature, device, time, role,
@@ -29,7 +31,8 @@ audit record, queued) and reply on ``.../command/reply`` (QoS 1).
 
 Nothing a remote party sends can crash this task: screening never raises, each
 message is handled inside its own error boundary, and a lost broker connection is
-retried with back-off. See docs/security.md §3.
+re-established by the publisher (its `ReconnectBackoff`); the intake subscribes again
+on each new connection. See docs/security.md §3.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from controller.security import (
     reply_topic,
     screen_command,
 )
-from controller.telemetry import AlarmAckCommand, BedTopics, MqttSettings, mqtt_client
+from controller.telemetry import AlarmAckCommand, BedConnection, BedTopics, MqttSettings
 
 from ._audit import ServiceAudit, anchor_body, config_sha256, load_audit_hmac_key, run_audit
 from ._command_actions import RECEIVED_PRESCRIPTIONS_DIR, CommandResult, store_prescription
@@ -75,7 +78,6 @@ from ._command_triage import (
     payload_bytes,
     refusal_of,
     refused_result,
-    sink_queue,
     unsigned_refusal,
 )
 
@@ -94,7 +96,8 @@ _TALLY_INTERVAL_S: Final = 1.0
 
 
 class CommandIntake(CommandReplies):
-    """One MQTT connection that receives this bed's commands and acts on the signed ones."""
+    """Receives this bed's commands on the bed's one MQTT connection and acts on the
+    signed ones."""
 
     def __init__(
         self,
@@ -104,6 +107,7 @@ class CommandIntake(CommandReplies):
         security: SecuritySettings,
         audit: ServiceAudit,
         counters: SqliteCounterStore,
+        connection: BedConnection,
     ) -> None:
         device = ctx.config.device
         super().__init__(
@@ -113,6 +117,7 @@ class CommandIntake(CommandReplies):
             reply_topic=reply_topic(ward=device.ward, bed=device.bed, root=mqtt.root_topic),
         )
         self._mqtt = mqtt
+        self._connection = connection
         self._counters = counters
         self._registry = SenderRegistry.from_settings(security)
         self._limits = CommandLimits.from_settings(security)
@@ -130,54 +135,61 @@ class CommandIntake(CommandReplies):
     # ------------------------------------------------------------------ connection
 
     async def run(self) -> None:
-        """Connect, subscribe and handle commands until cancelled; reconnect on loss.
+        """Subscribe on every connection the bed's one MQTT connection makes (the
+        telemetry publisher owns it, `BedConnection`) and handle commands until
+        cancelled.
 
         The worker and the tally flush outlive a connection (a STOP triaged just
         before a disconnect is still committed and recorded); start requests waiting
         for the bedside CONFIRM live in a task group outside the connection too.
         """
-        delay_s = self._mqtt.reconnect_initial_s
+        # Routed before any subscription: no command reaches the publisher's queue.
+        self._connection.route(self._command_topic, self._on_message)
+        self._connection.route(self._ack_topic, self._on_message)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._worker(group))
                 group.create_task(self._flush_tallies_every())
+                client: aiomqtt.Client | None = None
                 while True:
-                    await self._connection_with_retry()
-                    await asyncio.sleep(delay_s)
-                    delay_s = min(delay_s * 2, self._mqtt.reconnect_max_s)
+                    client = await self._connection.next_connection(after=client)
+                    await self._serve(client)
         finally:
             self.flush_tallies()
 
-    async def _connection_with_retry(self) -> None:
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Subscribe on `client` and stay until its connection ends (the publisher
+        reconnects, with its back-off; we are told of the next connection)."""
         try:
-            await self._one_connection()
-        except aiomqtt.MqttError as exc:
-            _log.warning("command intake: broker connection lost", error=str(exc))
-        except OSError as exc:  # e.g. a TLS certificate file that cannot be read
-            _log.error("command intake: cannot connect", error=str(exc))
-        finally:
-            self._client = None
-            self.connected.clear()
-
-    async def _one_connection(self) -> None:
-        client = mqtt_client(
-            self._mqtt,
-            client_id=f"{self._mqtt.client_id}-cmd",
-            queue_type=sink_queue(self._on_message),
-        )
-        async with client:
-            # Retain-as-published: a command published with the retain flag is seen as
-            # retained (and refused) also by a live subscriber, not only after a resubscribe.
-            options = SubscribeOptions(qos=1, retainAsPublished=True)
-            await client.subscribe(self._command_topic, options=options)
-            await client.subscribe(self._ack_topic, options=options)
+            while not await self._subscribe(client):
+                # The connection may still be up (a SUBACK that timed out): try again
+                # shortly, unless the connection ends first.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._mqtt.reconnect_max_s):
+                        await self._connection.wait_lost(client)
+                    return
             self._client = client
             self.stats.connections += 1
             self.connected.set()
             await self._publish_head(client)  # an anchor made while disconnected
             _log.info("command intake subscribed", topic=self._command_topic)
-            async for _ in client.messages:  # _SinkQueue keeps nothing: ends by MqttError
-                pass
+            await self._connection.wait_lost(client)
+        finally:
+            self._client = None
+            self.connected.clear()
+
+    async def _subscribe(self, client: aiomqtt.Client) -> bool:
+        # Retain-as-published: a command published with the retain flag is seen as
+        # retained (and refused) also by a live subscriber, not only after a resubscribe.
+        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        try:
+            for topic in (self._command_topic, self._ack_topic):
+                # (Mosquitto 2.0 grants every subscription; its ACL acts on delivery.)
+                await client.subscribe(topic, options=options)
+        except aiomqtt.MqttError as exc:
+            _log.warning("command intake: subscription failed", error=str(exc))
+            return False
+        return True
 
     async def publish_head(self, head: AuditHead, reason: str) -> None:
         """Publish an audit anchor, retained, QoS 1. While disconnected (or when the
@@ -502,23 +514,31 @@ async def _security_task(ctx: ServiceContext) -> None:
         if config.mqtt is not None:
             counters = SqliteCounterStore.in_data_dir(config.storage.data_dir)
             intake = CommandIntake(
-                ctx=ctx, mqtt=config.mqtt, security=security, audit=audit, counters=counters
+                ctx=ctx,
+                mqtt=config.mqtt,
+                security=security,
+                audit=audit,
+                counters=counters,
+                connection=ctx.mqtt_connection,
             )
         try:
-            async with asyncio.TaskGroup() as group:
-                listening = None if intake is None else group.create_task(intake.run())
-                try:
-                    # In this task: on shutdown its last anchor is published while the
-                    # intake's connection is still up; only then does the intake stop.
-                    await run_audit(
-                        audit,
-                        sessions_ended=lambda: ctx.supervisor.runtime.sessions_ended,
-                        publish_head=intake.publish_head if intake is not None else None,
-                        before_shutdown_anchor=intake.flush_tallies if intake else None,
-                    )
-                finally:
-                    if listening is not None:
-                        listening.cancel()
+            # Held while the audit runs: at a graceful stop the bed's connection stays up
+            # (bounded) until the shutdown anchor below has been published on it.
+            with ctx.mqtt_connection.hold():
+                async with asyncio.TaskGroup() as group:
+                    listening = None if intake is None else group.create_task(intake.run())
+                    try:
+                        # In this task: on shutdown its last anchor is published while the
+                        # intake's connection is still up; only then does the intake stop.
+                        await run_audit(
+                            audit,
+                            sessions_ended=lambda: ctx.supervisor.runtime.sessions_ended,
+                            publish_head=intake.publish_head if intake is not None else None,
+                            before_shutdown_anchor=intake.flush_tallies if intake else None,
+                        )
+                    finally:
+                        if listening is not None:
+                            listening.cancel()
         finally:
             if counters is not None:
                 with contextlib.suppress(Exception):

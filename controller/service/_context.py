@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from controller.clock import Clock
 from controller.config import LoadedPrescription, NebuliserConfig
 from controller.ledger import Ledger
+from controller.telemetry import BedConnection
 from drivers.mn1 import SerialLink
 
 from ._pending_starts import PendingStarts
@@ -34,3 +35,6 @@ class ServiceContext:
     prescription_source: LoadedPrescription | None = None
     pending_starts: PendingStarts = field(default_factory=PendingStarts)
     """Starts waiting for the bedside CONFIRM (local and remote): status shows, stop cancels."""
+    mqtt_connection: BedConnection = field(default_factory=BedConnection)
+    """The bed's one MQTT connection: the telemetry publisher owns it, the command
+    intake rides on it (one certificate = one client id on the hardened broker)."""

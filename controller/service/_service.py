@@ -152,6 +152,13 @@ class _Handlers:
         # A start still waiting for CONFIRM is cancelled too (nothing was sent for it).
         cancelled = self._pending.cancel_all(f"{by} (session stop)")
         stopped = self._sup.stop_now(f"operator_stop:{by}")
+        # Safe state first, record second: the row is queued after the STOP went out.
+        self._sup.control_request(
+            op="session.stop",
+            by=by,
+            peer=_peer(request),
+            outcome={"stopped": stopped, "cancelled_starts": cancelled},
+        )
         return {
             "ok": True,
             "stopped": stopped,
@@ -176,10 +183,49 @@ class _Handlers:
         try:
             events = self._sup.acknowledge_alarm(code, by)
         except AlarmNotActiveError as exc:
+            self._sup.control_request(
+                op="alarm.ack",
+                by=by,
+                peer=_peer(request),
+                outcome={"alarm_code": str(code), "acknowledged": False, "reason": str(exc)},
+            )
             raise ControlError(str(exc)) from None
+        self._sup.control_request(
+            op="alarm.ack",
+            by=by,
+            peer=_peer(request),
+            outcome={"alarm_code": str(code), "acknowledged": True},
+        )
         return {"ok": True, "acknowledged": [str(e.code) for e in events]}
 
     async def start(self, request: ControlRequest, reply: Reply) -> dict[str, Any]:
+        """A bedside start; its outcome is recorded with the asking peer, whatever it is."""
+        by = str(request.args.get("by") or "").strip() or "local control socket"
+        try:
+            result = await self._start(request, reply)
+        except ControlError as exc:  # bad arguments: refused, and still on the record
+            self._sup.control_request(
+                op="session.start",
+                by=by,
+                peer=_peer(request),
+                outcome={"started": False, "reasons": [str(exc)]},
+            )
+            raise
+        session_id = result.get("session_id")
+        self._sup.control_request(
+            op="session.start",
+            by=by,
+            peer=_peer(request),
+            outcome={
+                "started": bool(result.get("started")),
+                "reasons": list(result.get("reasons", [])),
+                **({"confirmed_by": result["confirmed_by"]} if "confirmed_by" in result else {}),
+            },
+            session_id=session_id if isinstance(session_id, int) else None,
+        )
+        return result
+
+    async def _start(self, request: ControlRequest, reply: Reply) -> dict[str, Any]:
         args = request.args
         requested = args.get("requested_ul")
         if requested is not None and (not isinstance(requested, int) or requested < 1):
@@ -191,8 +237,7 @@ class _Handlers:
             override = await override_from_request(args, config=self._config, clock=self._clock)
         except OverrideRefusedError as exc:
             by = str(args.get("by") or "").strip() or "local control socket"
-            peer = None if request.peer is None else request.peer.record()
-            self._sup.override_refused(by=by, reason=str(exc), peer=peer)
+            self._sup.override_refused(by=by, reason=str(exc), peer=_peer(request))
             return {"ok": False, "started": False, "reasons": [str(exc)]}
         continue_last = bool(args.get("continue", False))
         scan = bedside_scan(args.get("subject"), args.get("lot"))
@@ -274,11 +319,22 @@ class _Handlers:
                 if line is None or line.op == "cancel":
                     return None
                 if line.op == "confirm":
+                    self._sup.control_request(
+                        op="confirm",
+                        by="bedside terminal",
+                        peer=_peer(line),
+                        outcome={"confirmed": True},
+                    )
                     return "bedside terminal"
 
         return await confirm_at_bedside(
             self._sup, timeout_s=timeout_s, terminal=terminal, cancelled=cancelled
         )
+
+
+def _peer(request: ControlRequest) -> dict[str, object] | None:
+    """The kernel's word on who sent `request` (SO_PEERCRED), as recorded."""
+    return None if request.peer is None else dict(request.peer.record())
 
 
 async def _pump_events(link: SerialLink, supervisor: Supervisor) -> None:

@@ -367,6 +367,22 @@ class Supervisor:
         self.runtime.override_refused(by=by, reason=reason, peer=peer, now=self._now())
         self._perform()
 
+    def control_request(
+        self,
+        *,
+        op: str,
+        by: str,
+        peer: Mapping[str, object] | None,
+        outcome: Mapping[str, object],
+        session_id: int | None = None,
+    ) -> None:
+        """Record a local control-socket request with its peer (see the runtime's
+        `control_request`). Queued like every record: never waits for the disk."""
+        self.runtime.control_request(
+            op=op, by=by, peer=peer, outcome=outcome, session_id=session_id, now=self._now()
+        )
+        self._perform()
+
     def stop_now(self, reason: str) -> bool:
         """Stop the running session at once (STOP bytes before anything else)."""
         stopped = self.runtime.stop(reason, self._now())

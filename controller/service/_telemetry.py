@@ -81,6 +81,9 @@ SENT_ARCHIVE_FILE_NAME: Final = "telemetry-sent.sqlite3"
 
 #: How long a graceful stop waits for the last rows (the session end) to go out.
 _SHUTDOWN_FLUSH_S: Final = 1.5
+#: How long it then waits for the command intake's last publication (the shutdown
+#: audit anchor, itself bounded to 5 s) on the shared connection.
+_SHUTDOWN_GUESTS_S: Final = 6.0
 #: How long it then waits for the publisher to say "offline (shutdown)".
 _SHUTDOWN_PRESENCE_S: Final = 1.0
 #: How often the outbox's drop counter (budget overflow) is read for the alarm.
@@ -521,6 +524,8 @@ async def run_telemetry(ctx: ServiceContext) -> None:
             # and audited by the command intake (controller/service/_commands.py).
             on_alarm_ack=None,
             settle=view.settle,
+            # The bed's one MQTT connection: the command intake rides on it.
+            connection=ctx.mqtt_connection,
         )
         wake.append(publisher.notify)
         sampler = _Sampler(ctx=ctx, identity=identity, notify=publisher.notify)
@@ -563,6 +568,10 @@ async def _serve_telemetry(
                 await ctx.recorder.drain()
                 while publisher.stats.connected and view.waiting():  # noqa: ASYNC110 - another connection commits; no event to wait on
                     await asyncio.sleep(0.05)
+        # The command intake publishes the shutdown audit anchor on this connection.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_SHUTDOWN_GUESTS_S):
+                await ctx.mqtt_connection.wait_released()
         publisher.request_stop()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_SHUTDOWN_PRESENCE_S):

@@ -7,6 +7,8 @@ shell that feeds it and performs the effects in the safe order.
 """
 
 from ._effects import (
+    CONTROL_REQUEST_COMMAND_PREFIX,
+    OVERRIDE_REFUSED_COMMAND,
     Effect,
     LedgerWrite,
     LogLine,
@@ -67,12 +69,14 @@ from ._stop_rules import (
 __all__ = [
     "ASSUMED_STOP_LATENCY_MS",
     "CONFIRM_NEBULISING_MS",
+    "CONTROL_REQUEST_COMMAND_PREFIX",
     "DEFAULT_NOMINAL_UL_MIN",
     "DELIVERED_RESOLUTION_UL",
     "DEVICE_STOP_REACTION_MS",
     "HOST_CHECK_PERIOD_MS",
     "LINK_LOSS_MS",
     "OBSERVATION_EVENTS",
+    "OVERRIDE_REFUSED_COMMAND",
     "RESOLVE_START_MS",
     "SESSION_OPEN_STATES",
     "START_ALLOWED_STATES",

@@ -20,6 +20,7 @@ from controller.dosing import Decision, Instant, Override
 from controller.ledger import EndSource, ReconcileSource
 
 __all__ = [
+    "CONTROL_REQUEST_COMMAND_PREFIX",
     "DEVICE_SESSION_END_COMMAND",
     "OVERRIDE_REFUSED_COMMAND",
     "Effect",
@@ -265,6 +266,10 @@ class WriteAlarm:
 DEVICE_SESSION_END_COMMAND = "device.session_end"
 #: The command row of an override credential that was refused (who tried, why).
 OVERRIDE_REFUSED_COMMAND = "session.override_refused"
+#: Prefix of the command row kept for every start, confirm, stop and alarm-ack request
+#: made through the local control socket (`control.session.start`, …): who typed
+#: what (`origin`), the kernel's word on the asking process (`peer`) and the outcome.
+CONTROL_REQUEST_COMMAND_PREFIX = "control."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -49,6 +49,7 @@ from drivers.mn1 import (
 
 from ._breath import BreathTracker
 from ._effects import (
+    CONTROL_REQUEST_COMMAND_PREFIX,
     OVERRIDE_REFUSED_COMMAND,
     Effect,
     LogLine,
@@ -294,6 +295,29 @@ class SessionRuntime(StartFlow):
             )
         )
         self._effects.append(LogLine("warning", "override refused", {"by": by, "reason": reason}))
+
+    def control_request(
+        self,
+        *,
+        op: str,
+        by: str,
+        peer: Mapping[str, object] | None,
+        outcome: Mapping[str, object],
+        now: Now,
+        session_id: int | None = None,
+    ) -> None:
+        """A local control-socket request (start, confirm, stop, alarm ack) is recorded
+        with the name typed (`by`) AND the kernel's word on the asking process (`peer`,
+        SO_PEERCRED): a typed name alone attributes nothing."""
+        self._effects.append(
+            WriteCommand(
+                command=f"{CONTROL_REQUEST_COMMAND_PREFIX}{op}",
+                origin=by,
+                body={"peer": None if peer is None else dict(peer), **outcome},
+                at=now.at,
+                session_id=session_id,
+            )
+        )
 
     def request_start(
         self, decision: Decision, *, link_ready: bool, now: Now

@@ -30,6 +30,7 @@ from controller.telemetry._builders import (
     mark_republished,
     outbox_entry,
 )
+from controller.telemetry._connection import BedConnection
 from controller.telemetry._export import json_schema_documents, write_json_schemas
 from controller.telemetry._ledger_adapter import (
     ledger_anchor_entry,
@@ -110,6 +111,7 @@ __all__ = [
     "BackfillAsk",
     "BackfillReplyMessage",
     "BackfillRequest",
+    "BedConnection",
     "BedHistory",
     "BedRow",
     "BedTopics",

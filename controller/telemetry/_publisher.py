@@ -1,5 +1,12 @@
 """Store-and-forward publisher: drains the outbox to the broker, QoS 1, deleting a
-row only after its PUBACK; listens for backfill requests and alarm acks.
+row only after its PUBACK; listens for backfill requests (and, for integrators that
+pass `on_alarm_ack`, unsigned alarm acks).
+
+One connection per bed: the publisher owns the bed's MQTT connection (client id,
+Last Will, reconnect back-off). Given a `BedConnection`, it lends that connection to
+guests — the controller's signed-command intake subscribes and publishes on it —
+instead of each part opening its own (on the hardened broker a certificate is one
+client id, so a second connection would take the first one over).
 
 Historical policy (documented in docs/mqtt.md): on every (re)connect the highest
 seq already waiting is the *backlog ceiling*; every row at or below it was queued
@@ -46,6 +53,7 @@ from controller.telemetry._builders import (
     mark_historical,
     mark_republished,
 )
+from controller.telemetry._connection import BedConnection
 from controller.telemetry._outbox import (
     OutboxReader,
     OutboxRowLike,
@@ -161,6 +169,7 @@ class OutboxPublisher:
         backlog_batch: int = 200,
         poll_interval_s: float | None = None,
         archive_retention_s: float = 24 * 3600.0,
+        connection: BedConnection | None = None,
     ) -> None:
         if live_batch < 1 or backlog_batch < 1:
             raise ValueError("live_batch and backlog_batch must be >= 1")
@@ -172,6 +181,7 @@ class OutboxPublisher:
         self._append_reply = append_reply
         self._on_alarm_ack = on_alarm_ack
         self._settle_rows: Settler = settle if settle is not None else self._settle_here
+        self._connection = connection
         self._clock = clock
         self._historical_age_s = historical_age_s
         self._live_batch = live_batch
@@ -238,7 +248,13 @@ class OutboxPublisher:
             qos=1,
             retain=True,
         )
-        client = mqtt_client(self._settings, client_id=self._settings.client_id, will=will)
+        shared = self._connection
+        client = mqtt_client(
+            self._settings,
+            client_id=self._settings.client_id,
+            will=will,
+            queue_type=None if shared is None else shared.queue_type(),
+        )
         # A whole drain step is in flight at once; that is expected, not a warning.
         client.pending_calls_threshold = self._live_batch + self._backlog_batch + 10
         self._watch_refusals(client)
@@ -258,7 +274,10 @@ class OutboxPublisher:
             )
             await self._republish_retained(client, pending_retained)
             await client.subscribe(self._topics.backfill_request, qos=1)
-            await client.subscribe(self._topics.cmd_ack, qos=1)
+            if self._on_alarm_ack is not None:
+                await client.subscribe(self._topics.cmd_ack, qos=1)
+            if shared is not None:
+                shared.opened(client)  # guests subscribe and publish on it from now on
             try:
                 async with asyncio.TaskGroup() as tasks:
                     intake = tasks.create_task(self._intake(client))
@@ -274,6 +293,9 @@ class OutboxPublisher:
             except* aiomqtt.MqttError as group:
                 # One broken connection shows up in both tasks; report it once.
                 raise group.exceptions[0] from None
+            finally:
+                if shared is not None:
+                    shared.closed()
 
     def _watch_refusals(self, client: aiomqtt.Client) -> None:
         # aiomqtt 2.x resolves publish() on any PUBACK, even one whose MQTT v5 reason

@@ -104,6 +104,7 @@ class Peer:
     ca: Path
     cert_stem: Path | None
     tls: bool = True
+    client_id: str | None = None  # None: a random one
     received: list[tuple[str, bytes]] = field(default_factory=list)
     _connected: threading.Event = field(default_factory=threading.Event)
     _done: threading.Event = field(default_factory=threading.Event)
@@ -115,7 +116,7 @@ class Peer:
         """True only if the broker answered CONNACK success within the timeout."""
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"test-{uuid.uuid4().hex[:12]}",
+            client_id=self.client_id or f"test-{uuid.uuid4().hex[:12]}",
             protocol=mqtt.MQTTv5,
         )
         if self.tls:
@@ -149,6 +150,11 @@ class Peer:
 
     def _on_disconnect(self, *_args: object) -> None:
         self._done.set()
+
+    @property
+    def disconnected(self) -> bool:
+        """True once the broker (or we) ended the connection."""
+        return self._done.is_set()
 
     def _on_subscribe(self, *_args: object) -> None:
         self._subscribed.set()
@@ -187,19 +193,22 @@ class Peer:
 _CONNECT_3_1_1 = bytes.fromhex("100f00044d5154540402003c0003746573")  # CONNECT, client id "tes"
 
 
-_CONNECT_EMPTY_ID = bytes.fromhex("100c00044d5154540402003c0000")  # MQTT 3.1.1, client id ""
-
-
-def connack_for_empty_client_id(*, port: int, ca: Path, cert_stem: Path) -> bytes:
-    """The CONNACK a certified client gets when it connects with an empty client id."""
+def connack_for_client_id(*, port: int, ca: Path, cert_stem: Path, client_id: bytes = b"") -> bytes:
+    """The CONNACK (b"" when the broker hangs up without one) a certified client gets
+    when it connects (MQTT 3.1.1, clean session) with these raw client id bytes."""
+    body = bytes.fromhex("00044d5154540402003c") + len(client_id).to_bytes(2, "big") + client_id
+    assert len(body) < 128, "one-byte remaining length only"
     context = ssl.create_default_context(cafile=str(ca))
     context.load_cert_chain(f"{cert_stem}.crt", f"{cert_stem}.key")
     with (
         socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as sock,
     ):
-        sock.sendall(_CONNECT_EMPTY_ID)
-        return sock.recv(4)
+        sock.sendall(bytes([0x10, len(body)]) + body)
+        try:
+            return sock.recv(4)
+        except (ConnectionError, ssl.SSLError):
+            return b""
 
 
 def raw_connect(*, port: int, ca: Path, cert_stem: Path | None, tls: bool = True) -> bool:

@@ -16,7 +16,7 @@ from controller.cli import main
 from tests.security._broker import (
     HARDENED_CONF,
     Peer,
-    connack_for_empty_client_id,
+    connack_for_client_id,
     free_port,
     hardened_config_for_test,
     make_pki,
@@ -34,9 +34,22 @@ class Broker:
     rogue_pki: Path
     log: Path
 
-    def peer(self, stem: str | None, *, ca: Path | None = None, tls: bool = True) -> Peer:
+    def peer(
+        self,
+        stem: str | None,
+        *,
+        ca: Path | None = None,
+        tls: bool = True,
+        client_id: str | None = None,
+    ) -> Peer:
         cert = None if stem is None else self.pki / stem
-        return Peer(port=self.port, ca=ca or self.pki / "ca.crt", cert_stem=cert, tls=tls)
+        return Peer(
+            port=self.port,
+            ca=ca or self.pki / "ca.crt",
+            cert_stem=cert,
+            tls=tls,
+            client_id=client_id,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +96,8 @@ def test_hardened_config_has_one_tls_listener_and_no_anonymous() -> None:
     assert settings["allow_anonymous"] == ["false"]
     assert settings["require_certificate"] == ["true"]
     assert settings["use_identity_as_username"] == ["true"]
+    # One identity per certificate: the client id is replaced by the CN (issue 13).
+    assert settings["use_username_as_clientid"] == ["true"]
     assert settings["tls_version"] == ["tlsv1.2"]
     assert settings["set_tcp_nodelay"] == ["true"]
     assert settings["persistence"] == ["true"]
@@ -129,12 +144,59 @@ def test_revoked_certificate_is_refused_and_its_unrevoked_neighbour_is_not(
     assert raw_connect(port=broker.port, ca=ca, cert_stem=broker.pki / "bed-3west-08")
 
 
-def test_empty_client_id_is_refused_by_the_broker(broker: Broker) -> None:
+def test_empty_client_id_gets_identifier_rejected(broker: Broker) -> None:
     # CONNACK return code 2: identifier rejected (allow_zero_length_clientid false).
-    connack = connack_for_empty_client_id(
+    connack = connack_for_client_id(
         port=broker.port, ca=broker.pki / "ca.crt", cert_stem=broker.pki / "bed-3west-07"
     )
     assert connack == b"\x20\x02\x00\x02"
+
+
+@pytest.mark.parametrize(
+    "client_id", [b"", b"\xff\xfe-not-utf8", b"bed\x0008"], ids=["empty", "not-utf8", "nul"]
+)
+def test_an_illegal_client_id_is_refused(broker: Broker, client_id: bytes) -> None:
+    connack = connack_for_client_id(
+        port=broker.port,
+        ca=broker.pki / "ca.crt",
+        cert_stem=broker.pki / "bed-3west-07",
+        client_id=client_id,
+    )
+    assert connack != b"\x20\x02\x00\x00", f"client id {client_id!r} was accepted"
+
+
+@pytest.mark.parametrize("stolen_id", ["neb-0008", "3west/08", "3west/+/#"])
+def test_bed_7_certificate_cannot_connect_as_bed_8_nor_knock_it_off(
+    broker: Broker, peers: list[Peer], stolen_id: str
+) -> None:
+    """Bed 8 runs (client id = its device id, as the controller configures it); bed 7's
+    certificate connects with bed 8's configured id, the id the broker gave bed 8, or
+    wildcards: it gets bed 7's identity, bed 8 stays connected, and bed 7 can still
+    neither read nor write bed 8's topics."""
+    bed8 = _connected(peers, broker.peer("bed-3west-08", client_id="neb-0008"))
+    ward = _connected(peers, broker.peer("ward-station-3west"))
+    # From here on (an earlier test's bed 8 may have been closed only just now).
+    log_from = len(broker.log.read_text())
+    bed8.subscribe("nebuliser/v1/3west/08/command")
+    ward.subscribe("nebuliser/v1/3west/#")
+    thief = _connected(peers, broker.peer("bed-3west-07", client_id=stolen_id))
+    thief.subscribe("nebuliser/v1/3west/08/command")
+    thief.subscribe("nebuliser/v1/3west/07/command")
+    thief.publish("nebuliser/v1/3west/08/state", b"forged-by-7")
+    thief.publish("nebuliser/v1/3west/07/state", b"marker")
+    seen_by_ward = ward.wait_for("nebuliser/v1/3west/07/state")
+    assert ("nebuliser/v1/3west/08/state", b"forged-by-7") not in seen_by_ward
+    ward.publish("nebuliser/v1/3west/08/command", b"cmd-for-8")
+    ward.publish("nebuliser/v1/3west/07/command", b"marker")  # same publisher, sent last
+    seen_by_thief = thief.wait_for("nebuliser/v1/3west/07/command")
+    assert all("/08/" not in topic for topic, _ in seen_by_thief), seen_by_thief
+    # Bed 8 was never knocked off, and still gets its commands.
+    seen_by_bed8 = bed8.wait_for("nebuliser/v1/3west/08/command")
+    assert not bed8.disconnected, "bed 7's certificate took bed 8's session over"
+    assert ("nebuliser/v1/3west/08/command", b"cmd-for-8") in seen_by_bed8
+    log = broker.log.read_text()[log_from:]
+    assert "Client 3west/08 already connected" not in log
+    assert "Client neb-0008 already connected" not in log
 
 
 def test_make_test_ca_refuses_to_revoke_an_unknown_certificate(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from controller.security import (
     TallyDisposition,
     TokenBucket,
 )
-from controller.service._command_triage import sink_queue
+from controller.telemetry import BedConnection
 from tests.support.mosquitto import MosquittoBroker
 
 UTC_TEXT = "2026-12-07T06:00:00.000+00:00"
@@ -135,8 +135,9 @@ async def _next(client: aiomqtt.Client) -> aiomqtt.Message:
 async def test_aiomqtt_hands_every_incoming_message_to_queue_type_put_nowait(
     tmp_path: Path,
 ) -> None:
-    """Upgrade guard: the intake replaces aiomqtt's incoming queue through the public
-    `queue_type` argument and relies on aiomqtt calling `put_nowait` once per message
+    """Upgrade guard: the bed's one connection (`BedConnection`) replaces aiomqtt's
+    incoming queue through the public `queue_type` argument, routing command topics to
+    the intake's triage, and relies on aiomqtt calling `put_nowait` once per message
     (on the event loop) and on `client.messages` still ending with MqttError when the
     connection is lost. If an aiomqtt upgrade changes either, this fails."""
     seen: list[bytes] = []
@@ -149,13 +150,15 @@ async def test_aiomqtt_hands_every_incoming_message_to_queue_type_put_nowait(
         if len(seen) == 500:
             all_seen.set()
 
+    connection = BedConnection()
+    connection.route("guard/x", sink)
     async with MosquittoBroker(workdir=tmp_path) as broker:
         client = aiomqtt.Client(
             broker.host,
             broker.port,
             identifier="guard-intake",
             protocol=aiomqtt.ProtocolVersion.V5,
-            queue_type=sink_queue(sink),
+            queue_type=connection.queue_type(),
         )
         async with client:
             await client.subscribe("guard/#", qos=1)
