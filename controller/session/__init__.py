@@ -6,6 +6,7 @@ this record, raise this alarm, log this); `controller.service` is the thin async
 shell that feeds it and performs the effects in the safe order.
 """
 
+from ._breath import BREATH_BATCH_MAX_AGE_MS, BREATH_BATCH_MAX_ROWS
 from ._effects import (
     Effect,
     LedgerWrite,
@@ -16,8 +17,8 @@ from ._effects import (
     StartOutcome,
     StartSettled,
     WriteAlarm,
-    WriteBreathSummary,
     WriteBreaths,
+    WriteBreathSummary,
     WriteCommand,
     WriteDecision,
     WriteEnded,
@@ -67,6 +68,8 @@ from ._stop_rules import (
 
 __all__ = [
     "ASSUMED_STOP_LATENCY_MS",
+    "BREATH_BATCH_MAX_AGE_MS",
+    "BREATH_BATCH_MAX_ROWS",
     "CONFIRM_NEBULISING_MS",
     "DEFAULT_NOMINAL_UL_MIN",
     "DELIVERED_RESOLUTION_UL",

@@ -10,11 +10,12 @@ judged once by the alarm table, and its summary row is recorded
 (`WriteBreathSummary`).
 
 Each BREATH report counted for the run is kept as a row too (`WriteBreaths`), for the
-per-breath strip of the session plot. Rows are handed over in batches — when the oldest
-has waited `BREATH_BATCH_MAX_AGE_MS`, at `BREATH_BATCH_MAX_ROWS`, and all that is left
-just before the summary — so that a breath costs the ledger's writer thread a share of
-one transaction, not one of its own; a crash loses at most the last batch (the summary
-is lost with it, and the plot shows what was stored).
+per-breath strip of the session plot. Rows are handed over in batches at a runtime
+tick — once the oldest has waited `BREATH_BATCH_MAX_AGE_MS` or there are
+`BREATH_BATCH_MAX_ROWS` — and all that is left just before the summary, so that a
+breath costs the ledger's writer thread a share of one transaction, not one of its
+own. A crash loses at most the unwritten batch (the summary is lost with it: the plot
+shows what was stored).
 
 Limits never use any of this: the dose stays `delivered_ul` (STATUS / SESSION_END).
 """
@@ -58,9 +59,10 @@ Reason = Literal["periodic", "state_change"]
 
 __all__ = ["BREATH_BATCH_MAX_AGE_MS", "BREATH_BATCH_MAX_ROWS", "BreathRun", "BreathTracker"]
 
-#: A stored breath waits at most this long (while the runtime ticks) for its batch.
+#: A stored breath waits at most this long for its batch (checked at each runtime tick,
+#: which comes every `TICK_MS` while a session runs; an ended run is flushed when final).
 BREATH_BATCH_MAX_AGE_MS: Final = 10_000
-#: A batch is written at once when it has this many rows (fast breathing, no tick).
+#: A batch is handed over at the next tick once it has this many rows.
 BREATH_BATCH_MAX_ROWS: Final = 16
 
 #: States in which the head is running a session (WAITING: a gated session paused
@@ -133,9 +135,7 @@ class BreathTracker:
             case _:
                 pass
 
-    def start_acked(
-        self, *, session_id: int, now: Now
-    ) -> list[WriteBreaths | WriteBreathSummary]:
+    def start_acked(self, *, session_id: int, now: Now) -> list[WriteBreaths | WriteBreathSummary]:
         """Our START (or START_GATED) was ACKed: a new run, on a breath-aware head only.
 
         Returns the summary of the previous run if it was not final yet (it is now).

@@ -143,7 +143,6 @@ class DeviceObserver:
 
     def _observe(self, event: LinkEvent, now: Now) -> None:  # noqa: PLR0912 - one arm per event
         self._breath.on_event(event, now)
-        self._effects += self._breath.take_breaths(now)  # a batch of BREATH rows, when due
         match event:
             case PortOpened():
                 if self._stop_everything_at_open or self.state in STOP_SENDING_STATES:
