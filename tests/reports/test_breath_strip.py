@@ -17,6 +17,7 @@ import pytest
 
 from controller.config import load_config
 from controller.ledger import LEDGER_FILE_NAME, BreathRecord, Ledger
+from controller.reports import _plots as plots
 from controller.reports import read_progress, read_sessions, report_context, session_figure
 from controller.reports._plots import LOST_REPORTS_GID
 from controller.session import WriteBreathSummary
@@ -30,6 +31,8 @@ from .test_breath_reports import _DRUG_UNIT_FIGURE, run_cli, write_config
 from .test_plots import png_size
 
 pytest.importorskip("matplotlib", reason="plots are the optional extra 'plots'")
+
+save = plots._save  # the real one, before any test replaces it
 
 PER_BREATH_LABEL = "aerosol per breath (µL)"
 INSP = "inspiratory-phase (estimate)"
@@ -128,22 +131,44 @@ def test_the_strip_has_one_bar_per_stored_breath_and_a_gap_per_loss(
     assert sorted(legend) == sorted([INSP, EXP, "breath reported", "lost BREATH reports"])
 
 
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every figure the CLI saves, kept for inspection (and still written)."""
+    saved: list[Any] = []
+
+    def keep(figure: Any, path: Path) -> None:
+        saved.append(figure)
+        save(figure, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return saved
+
+
 def test_the_cli_plot_draws_the_stored_breaths_and_shows_no_drug_unit_figure_when_blinded(
-    lossy_run: LossyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    lossy_run: LossyRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    saved = saved_figures(monkeypatch)
     config = write_config(tmp_path, lossy_run.data_dir, blinded=True)
     out = tmp_path / "strip.png"
     args = ["report", "plot", "--session", str(lossy_run.session_id), "-o", str(out)]
     run_cli(capsys, *args, "--config", str(config))
     assert png_size(out) == (1200, 700)
-    figure, _ = draw(lossy_run.data_dir, config, lossy_run.session_id)
+    (figure,) = saved
+    (strip,) = per_breath_axes(figure)
+    (_, breaths) = draw(lossy_run.data_dir, config, lossy_run.session_id)
+    assert len(strip.containers[0].patches) == len(breaths)
     texts = [t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text"))]
-    assert per_breath_axes(figure)
+    assert any("BREATH reports stored" in t for t in texts)
     assert not [t for t in texts if _DRUG_UNIT_FIGURE.search(t) or "vesicles" in t]
 
 
 def test_a_ledger_from_before_per_breath_rows_still_plots_from_the_summary(
-    lossy_run: LossyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    lossy_run: LossyRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data_dir = tmp_path / "older"
     shutil.copytree(lossy_run.data_dir, data_dir)
@@ -158,7 +183,11 @@ def test_a_ledger_from_before_per_breath_rows_still_plots_from_the_summary(
     labels = [t.get_text() for t in summary_strip.get_yticklabels()]
     assert labels == ["by breath phase", "emitted"]
     assert "lost BREATH reports 3" in summary_strip.get_title()
+    saved = saved_figures(monkeypatch)
     out = tmp_path / "older.png"
     args = ["report", "plot", "--session", str(lossy_run.session_id), "-o", str(out)]
     run_cli(capsys, *args, "--config", str(config))
     assert png_size(out) == (1200, 700)
+    (drawn,) = saved
+    assert per_breath_axes(drawn) == []
+    assert [ax.get_xlabel() for ax in drawn.axes].count("aerosol (µL)") == 1
