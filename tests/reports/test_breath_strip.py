@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controller.config import load_config
+from controller.dosing import Instant
 from controller.ledger import LEDGER_FILE_NAME, BreathRecord, Ledger
+from controller.reports import (
+    BreathStrip,
+    read_progress,
+    read_sessions,
+    report_context,
+    session_figure,
+)
 from controller.reports import _plots as plots
-from controller.reports import read_progress, read_sessions, report_context, session_figure
 from controller.reports._plots import LOST_REPORTS_GID
 from controller.session import WriteBreathSummary
 from drivers.mn1 import Breath
@@ -29,8 +37,6 @@ from tests.session.test_runtime_breath import gated, head_11, ready, run_to_end
 
 from .test_breath_reports import _DRUG_UNIT_FIGURE, run_cli, write_config
 from .test_plots import png_size
-
-pytest.importorskip("matplotlib", reason="plots are the optional extra 'plots'")
 
 save = plots._save  # the real one, before any test replaces it
 
@@ -75,6 +81,7 @@ def lossy_run(tmp_path_factory: pytest.TempPathFactory) -> LossyRun:
 
 def draw(data_dir: Path, config: Path, session_id: int) -> tuple[Any, list[BreathRecord]]:
     """The session figure as `report plot --session` draws it, and the stored breaths."""
+    pytest.importorskip("matplotlib", reason="plots are the optional extra 'plots'")
     context = report_context(load_config(config))
     with Ledger.open(data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
         (session,) = [s for s in read_sessions(ledger) if s.session_id == session_id]
@@ -133,6 +140,7 @@ def test_the_strip_has_one_bar_per_stored_breath_and_a_gap_per_loss(
 
 def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every figure the CLI saves, kept for inspection (and still written)."""
+    pytest.importorskip("matplotlib", reason="plots are the optional extra 'plots'")
     saved: list[Any] = []
 
     def keep(figure: Any, path: Path) -> None:
@@ -191,3 +199,37 @@ def test_a_ledger_from_before_per_breath_rows_still_plots_from_the_summary(
     (drawn,) = saved
     assert per_breath_axes(drawn) == []
     assert [ax.get_xlabel() for ax in drawn.axes].count("aerosol (µL)") == 1
+
+
+def test_strip_geometry_from_records_including_a_loss_before_the_first_stored_breath() -> None:
+    origin = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+    def record(breath_no: int, received_s: float, lost_before: int = 0) -> BreathRecord:
+        return BreathRecord(
+            session_id=1,
+            breath_no=breath_no,
+            lost_before=lost_before,
+            at=Instant(
+                utc=origin + timedelta(seconds=received_s),
+                boot_id="b",
+                monotonic_ns=int(received_s * 1e9),
+            ),
+            insp_ms=1500,
+            exp_ms=2500,
+            tidal_ml=500,
+            peak_flow_ml_s=400,
+            aerosol_insp_dul=412,
+            aerosol_exp_dul=3,
+        )
+
+    strip = BreathStrip.from_records(
+        [record(65535, 12.0, lost_before=2), record(0, 16.0), record(3, 28.0, lost_before=2)],
+        origin=origin,
+    )
+    first, second, third = strip.bars
+    assert (first.insp_start_s, first.exp_start_s, first.end_s) == (8.0, 9.5, 12.0)
+    assert (first.aerosol_insp_ul, first.aerosol_exp_ul) == (41.2, 0.3)
+    assert second.insp_start_s == 12.0  # follows the first without a gap
+    assert third.insp_start_s == 24.0
+    assert [(g.count, g.start_s, g.end_s) for g in strip.lost] == [(2, 0.0, 8.0), (2, 16.0, 24.0)]
+    assert strip.text() == "per breath: 3 BREATH reports stored, 4 lost"
