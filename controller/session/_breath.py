@@ -138,7 +138,8 @@ class BreathTracker:
     def start_acked(self, *, session_id: int, now: Now) -> list[WriteBreaths | WriteBreathSummary]:
         """Our START (or START_GATED) was ACKed: a new run, on a breath-aware head only.
 
-        Returns the summary of the previous run if it was not final yet (it is now).
+        Returns the last breaths and the summary of the previous run if it was not
+        final yet (it is now).
         """
         self._finish()
         previous = self.take_summary(now)
@@ -268,15 +269,15 @@ class BreathTracker:
         if run is None or not run.final:
             return []
         self.run = None
-        last_breaths: list[WriteBreaths | WriteBreathSummary] = [*self._batch(run)]
+        records: list[WriteBreaths | WriteBreathSummary] = [*self._batch(run)]  # rows first
         prescription = self._prescription
         figures = run.accumulator.summary().ledger_figures(
             concentration_per_ul=prescription.lot.concentration_per_ul(),
             dose_unit=str(prescription.lot.unit),
             gated=run.gated,
         )
-        summary = WriteBreathSummary(session_id=run.session_id, figures=figures, at=now.at)
-        return [*last_breaths, summary]
+        records.append(WriteBreathSummary(session_id=run.session_id, figures=figures, at=now.at))
+        return records
 
     # ------------------------------------------------------------------ helpers
 
