@@ -154,18 +154,24 @@ class BreathAccumulator:
 
     # --- inputs ---------------------------------------------------------------------
 
-    def on_breath(self, breath: Breath, at_ms: int) -> None:
-        """A BREATH report received at monotonic `at_ms`."""
+    def on_breath(self, breath: Breath, at_ms: int) -> int | None:
+        """A BREATH report received at monotonic `at_ms`.
+
+        Returns None when the report does not count for this run, else the number of
+        reports lost just before it (0 when none): what the run's per-breath record keeps.
+        """
         previous = self._last_breath_no
         self._last_breath_no = breath.breath_no
         self.last_breath_ms = at_ms
         if breath.session_id not in (0, self.session_id):
-            return
+            return None
         if breath.session_id == 0 and breath.aerosol_insp_dul + breath.aerosol_exp_dul == 0:
-            return  # a breath outside any session: nothing of ours in it
+            return None  # a breath outside any session: nothing of ours in it
+        lost = 0
         if previous is not None:
             gap = (breath.breath_no - previous - 1) % _BREATH_NO_MODULUS
             if gap <= _MAX_GAP:
+                lost = gap
                 self._lost += gap
         self._breaths += 1
         cycle_ms = breath.insp_ms + breath.exp_ms
@@ -176,6 +182,7 @@ class BreathAccumulator:
         self._tidal_ml_sum += breath.tidal_ml
         self._insp_dul += breath.aerosol_insp_dul
         self._exp_dul += breath.aerosol_exp_dul
+        return lost
 
     def on_status(self, status: Status, at_ms: int) -> None:
         """A STATUS received at monotonic `at_ms`: counts the time spent WAITING."""

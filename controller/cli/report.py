@@ -124,6 +124,7 @@ def _draw(args: argparse.Namespace, ledger: Ledger, context: ReportContext) -> N
             args.output,
             size_px=size,
             context=context,
+            breaths=ledger.breaths(args.session),
         )
         return
     sessions = read_sessions(ledger, subject_id=args.subject, since=args.since)

@@ -16,6 +16,7 @@ from controller.ledger._anchor import (
     anchor_to_json,
     check_continuity,
 )
+from controller.ledger._breaths import BreathRecord
 from controller.ledger._chain import ChainHead, ChainReport, verify_chain
 from controller.ledger._continuity import (
     DISCONTINUITY_ALARM,
@@ -90,6 +91,7 @@ __all__ = [
     "AnchorSink",
     "AnchorWriter",
     "AnchoredSession",
+    "BreathRecord",
     "ChainHead",
     "ChainReport",
     "ContinuityCode",

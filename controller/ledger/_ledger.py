@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from controller.dosing import Instant, Override, SessionStatus
+from controller.ledger._breaths import BreathRowsMixin
 from controller.ledger._chain import stored_head
 from controller.ledger._continuity_mixin import AnchorSink, ContinuityMixin
 from controller.ledger._database import (
@@ -87,7 +88,7 @@ def _non_negative(name: str, value: int) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-class Ledger(ContinuityMixin, ReadingMixin):
+class Ledger(ContinuityMixin, ReadingMixin, BreathRowsMixin):
     """One open ledger database. Use `Ledger.open(path)`; close it (or use `with`)."""
 
     def __init__(

@@ -201,11 +201,43 @@ _V4_CHAIN: tuple[str, ...] = (
     " CHECK (chain_hash IS NULL OR length(chain_hash) = 64)",
 )
 
+# Each BREATH report of a run (ICD 1.1 §3), for the per-breath strip of a session plot
+# (docs/decisions/0019-breath-strip-from-summaries.md). Like the breath summary: a table
+# of its own, append-only, outside the events' hash chain (an estimate, never a dose).
+# `lost_before`: reports missing from `breath_no` just before this one, as the run's
+# accounting counted them (a renumbering after a head reboot is not a loss).
+_BREATHS: tuple[str, ...] = (
+    """CREATE TABLE breaths (
+        breath_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id INTEGER NOT NULL REFERENCES sessions(session_id),
+        breath_no INTEGER NOT NULL CHECK (breath_no BETWEEN 0 AND 65535),
+        lost_before INTEGER NOT NULL CHECK (lost_before >= 0),
+        utc TEXT NOT NULL,
+        boot_id TEXT NOT NULL CHECK (length(boot_id) > 0),
+        monotonic_ns INTEGER NOT NULL,
+        insp_ms INTEGER NOT NULL CHECK (insp_ms BETWEEN 0 AND 65535),
+        exp_ms INTEGER NOT NULL CHECK (exp_ms BETWEEN 0 AND 65535),
+        tidal_ml INTEGER NOT NULL CHECK (tidal_ml BETWEEN 0 AND 65535),
+        peak_flow_ml_s INTEGER NOT NULL CHECK (peak_flow_ml_s BETWEEN 0 AND 65535),
+        aerosol_insp_dul INTEGER NOT NULL CHECK (aerosol_insp_dul BETWEEN 0 AND 65535),
+        aerosol_exp_dul INTEGER NOT NULL CHECK (aerosol_exp_dul BETWEEN 0 AND 65535)
+    ) STRICT""",
+    *_append_only("breaths"),
+    "CREATE INDEX breaths_by_session ON breaths(session_id, breath_id)",
+    """CREATE TRIGGER breaths_need_intent BEFORE INSERT ON breaths
+        WHEN NOT EXISTS (
+            SELECT 1 FROM events WHERE session_id = NEW.session_id AND kind = 'intent')
+        BEGIN SELECT RAISE(ABORT, 'breath report without a recorded intent'); END""",
+)
+
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, _V1),
     (2, _V2_BREATH),
     (3, _V3_DROPS),
     (4, _V4_CHAIN),
+    # Issue 19's per-breath rows are migration 7 once 5 and 6 (other branches) are in:
+    # renumber this one line at the merge.
+    (5, _BREATHS),
 )
 """(version, statements) in ascending order; versions are 1, 2, 3, ... without gaps."""
 

@@ -4,7 +4,7 @@ Everything here reads the ledger read-only and is safe while the controller runs
 See docs/reports.md.
 """
 
-from controller.reports._breathing import RunBreathing
+from controller.reports._breathing import BreathStrip, RunBreathing
 from controller.reports._course import (
     ALARM_GRACE,
     COMPLETED_REASONS,
@@ -38,6 +38,7 @@ from controller.reports._plots import (
     PlotsUnavailableError,
     plot_course,
     plot_session,
+    session_figure,
     session_title,
 )
 from controller.reports._tables import (
@@ -57,6 +58,7 @@ __all__ = [
     "ROUTE_RESPIRATORY_TRACT",
     "SNOMED_CT",
     "AdministrationStatus",
+    "BreathStrip",
     "CoursePlotData",
     "CourseSession",
     "Outcome",
@@ -79,6 +81,7 @@ __all__ = [
     "render_table",
     "report_context",
     "round_dose",
+    "session_figure",
     "session_outcome",
     "session_rows",
     "session_title",

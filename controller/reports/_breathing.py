@@ -10,6 +10,10 @@ The **emitted** dose is `delivered_ul` (what left the cup; every limit uses it).
 breathed in, from the head's BREATH reports. Reports put the two side by side and
 label them so, never one for the other.
 
+A run recorded since the ledger keeps each BREATH report (`Ledger.breaths`) also has
+its breaths one by one: `BreathStrip` lays them along the session's time axis for the
+per-breath strip of the session plot, lost reports as gaps.
+
 Blinding: a blinded prescription (`[prescription.arm] blinded = true`) shows no figure
 in the drug's unit — the dose level or the lot would name the arm — only volumes,
 which are equal across arms (`RunBreathing.blinded()`).
@@ -17,13 +21,18 @@ which are equal across arms (`RunBreathing.blinded()`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
+
+from controller.ledger import BreathRecord
 
 from ._outcome import format_dose
 
-__all__ = ["RunBreathing"]
+__all__ = ["BreathBar", "BreathStrip", "LostReports", "RunBreathing"]
+
+_DUL_PER_UL = 10
 
 
 def _float(figures: Mapping[str, Any], key: str) -> float | None:
@@ -123,3 +132,85 @@ class RunBreathing:
         if unit is not None and self.aerosol_exp_dose is not None:
             text += f" = {format_dose(self.aerosol_exp_dose)} {unit}"
         return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreathBar:
+    """One stored breath on the session's time axis (seconds since the start)."""
+
+    breath_no: int
+    insp_start_s: float
+    insp_s: float
+    exp_s: float
+    aerosol_insp_ul: float
+    aerosol_exp_ul: float
+
+    @property
+    def exp_start_s(self) -> float:
+        """When the breath's expiration began."""
+        return self.insp_start_s + self.insp_s
+
+    @property
+    def end_s(self) -> float:
+        """When the next inspiration began (the report came then)."""
+        return self.exp_start_s + self.exp_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LostReports:
+    """BREATH reports missing from the numbering: a gap on the strip, never filled in."""
+
+    count: int
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreathStrip:
+    """A run's stored breaths, one bar each, and the gaps its lost reports leave (pure)."""
+
+    bars: tuple[BreathBar, ...]
+    lost: tuple[LostReports, ...]
+
+    @classmethod
+    def from_records(cls, records: Sequence[BreathRecord], *, origin: datetime) -> BreathStrip:
+        """From `Ledger.breaths(session_id)`, on the axis of the session plot (`origin`:
+        its start). A report arrives at the next inspiration, so a breath ends when it was
+        received and began `insp_ms + exp_ms` before. A gap runs from the end of the last
+        stored breath to the start of the next one (for lost reports before the first
+        stored one: as many breaths as were lost, of that breath's length, before it)."""
+        bars: list[BreathBar] = []
+        lost: list[LostReports] = []
+        for record in records:
+            cycle = timedelta(milliseconds=record.insp_ms + record.exp_ms)
+            start_s = (record.at.utc - cycle - origin).total_seconds()
+            bar = BreathBar(
+                breath_no=record.breath_no,
+                insp_start_s=start_s,
+                insp_s=record.insp_ms / 1000,
+                exp_s=record.exp_ms / 1000,
+                aerosol_insp_ul=record.aerosol_insp_dul / _DUL_PER_UL,
+                aerosol_exp_ul=record.aerosol_exp_dul / _DUL_PER_UL,
+            )
+            if record.lost_before:
+                gap_start_s = (
+                    bars[-1].end_s if bars else start_s - record.lost_before * cycle.total_seconds()
+                )
+                lost.append(
+                    LostReports(
+                        count=record.lost_before,
+                        start_s=min(gap_start_s, start_s),
+                        end_s=start_s,
+                    )
+                )
+            bars.append(bar)
+        return cls(bars=tuple(bars), lost=tuple(lost))
+
+    @property
+    def lost_reports(self) -> int:
+        """Reports lost among (and just before) the stored ones."""
+        return sum(gap.count for gap in self.lost)
+
+    def text(self) -> str:
+        """`per breath: 152 BREATH reports stored, 3 lost`."""
+        return f"per breath: {len(self.bars)} BREATH reports stored, {self.lost_reports} lost"

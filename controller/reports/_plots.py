@@ -14,7 +14,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._breathing import RunBreathing
+from controller.ledger import BreathRecord
+
+from ._breathing import BreathStrip, RunBreathing
 from ._course import CourseSession, ProgressPoint, ReportContext
 from ._outcome import local_time, session_outcome
 
@@ -27,6 +29,7 @@ __all__ = [
     "PlotsUnavailableError",
     "plot_course",
     "plot_session",
+    "session_figure",
     "session_title",
 ]
 
@@ -80,24 +83,46 @@ def plot_session(
     *,
     size_px: tuple[int, int] = DEFAULT_PLOT_SIZE_PX,
     context: ReportContext | None = None,
+    breaths: Sequence[BreathRecord] = (),
 ) -> None:
+    """Draw `session_figure(...)` into a PNG at `path`."""
+    figure = session_figure(session, progress, size_px=size_px, context=context, breaths=breaths)
+    _save(figure, path)
+
+
+def session_figure(
+    session: CourseSession,
+    progress: Sequence[ProgressPoint],
+    *,
+    size_px: tuple[int, int] = DEFAULT_PLOT_SIZE_PX,
+    context: ReportContext | None = None,
+    breaths: Sequence[BreathRecord] = (),
+) -> Figure:
     """Delivered volume and flow over time, with the cap and the alarms marked.
 
     The title says the outcome in the report vocabulary (`partial (FAULT)`, ...) and
     the start time in the prescription's zone (`context`) with its UTC offset.
+
+    A run on a breath-aware head gets a third panel: one bar per stored BREATH report
+    (`breaths`, `Ledger.breaths`) on the same time axis, lost reports as gaps; a run
+    recorded before the ledger kept each breath gets its breath summary's split instead.
     """
     s = session.summary
     figure = _figure(size_px)
-    # The strip draws µL only; blinding is still applied where the context is known.
+    origin = session.started_utc or s.intent_at.utc
+    # The strips draw µL only; blinding is still applied where the context is known.
     breathing = session.breathing if context is None else session.breathing_shown(context)
-    if breathing is None:
+    if breathing is None and not breaths:
         delivered_ax, flow_ax = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     else:
-        grid = figure.add_gridspec(3, 1, height_ratios=(2, 1, 0.8), hspace=0.6)
+        grid = figure.add_gridspec(3, 1, height_ratios=(2, 1, 1), hspace=0.75)
         delivered_ax = figure.add_subplot(grid[0])
         flow_ax = figure.add_subplot(grid[1], sharex=delivered_ax)
-        _breath_strip(figure.add_subplot(grid[2]), breathing, delivered_ul=s.delivered_ul)
-    origin = session.started_utc or s.intent_at.utc
+        if breaths:
+            strip = BreathStrip.from_records(breaths, origin=origin)
+            _per_breath_strip(figure.add_subplot(grid[2], sharex=delivered_ax), strip, breathing)
+        elif breathing is not None:
+            _breath_strip(figure.add_subplot(grid[2]), breathing, delivered_ul=s.delivered_ul)
     if progress and session.started_utc is not None:
         # Nothing is delivered at the START ACK: draw from the origin.
         progress = [ProgressPoint(utc=origin, delivered_ul=0, flow_ul_min=0), *progress]
@@ -157,16 +182,89 @@ def plot_session(
         flow_ax.text(
             0.5, 0.5, "no progress samples recorded", ha="center", transform=flow_ax.transAxes
         )
-    _save(figure, path)
+    return figure
+
+
+#: `gid` of the lost-report spans (tests and SVG readers find them by it).
+LOST_REPORTS_GID = "lost-breath-reports"
+
+
+def _per_breath_strip(ax: Any, strip: BreathStrip, breathing: RunBreathing | None) -> None:
+    """One bar per stored BREATH report along the session's time (µL): its
+    inspiratory-phase aerosol over its inspiration, its expiratory-phase aerosol over
+    its expiration, a tick where each report came, and a hatched gap where reports
+    were lost (their aerosol is unknown, not zero)."""
+    bars = strip.bars
+    ax.bar(
+        [b.insp_start_s for b in bars],
+        [b.aerosol_insp_ul for b in bars],
+        width=[b.insp_s for b in bars],
+        align="edge",
+        color="tab:green",
+        label="inspiratory-phase (estimate)",
+    )
+    ax.bar(
+        [b.exp_start_s for b in bars],
+        [b.aerosol_exp_ul for b in bars],
+        width=[b.exp_s for b in bars],
+        align="edge",
+        color="tab:red",
+        label="expiratory-phase (to the room)",
+    )
+    ax.plot(
+        [b.end_s for b in bars],
+        [0.0] * len(bars),
+        linestyle="none",
+        marker="|",
+        color="tab:gray",
+        label="breath reported",
+    )
+    for index, gap in enumerate(strip.lost):
+        ax.axvspan(
+            gap.start_s,
+            gap.end_s,
+            facecolor="none",
+            edgecolor="tab:gray",
+            hatch="//",
+            gid=LOST_REPORTS_GID,
+            label="lost BREATH reports" if index == 0 else None,
+        )
+        ax.annotate(
+            f"{gap.count} lost",
+            ((gap.start_s + gap.end_s) / 2, 0.4),
+            xycoords=("data", "axes fraction"),
+            ha="center",
+            va="center",
+            rotation=90,
+            fontsize=7,
+            color="tab:gray",
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+        )
+    top = max((max(b.aerosol_insp_ul, b.aerosol_exp_ul) for b in bars), default=0.0)
+    ax.set_ylim(bottom=0, top=max(top, 0.1) * 1.5)  # room for the legend
+    ax.set_ylabel("aerosol per breath (µL)")
+    ax.set_xlabel("seconds since start")
+    title = strip.text()
+    if breathing is not None:
+        share = breathing.insp_share_pct
+        title = (
+            breathing.breathing_text()
+            + ("" if share is None else f"; inspiratory-phase share {share:.1f} %")
+            + f"\n{title}"
+        )
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper right", fontsize=7, ncols=4)
+    ax.grid(visible=True, axis="y", alpha=0.3)
 
 
 def _breath_strip(ax: Any, breathing: RunBreathing, *, delivered_ul: int | None) -> None:
     """The run's aerosol by breath phase beside the emitted volume (µL), and its breathing.
 
-    The ledger keeps one breath summary per run, not each BREATH report
-    (docs/decisions/0019-breath-strip-from-summaries.md), so the strip shows the run's
-    split: the emitted volume on one bar, the inspiratory-phase estimate, the
-    expiratory-phase (fugitive) aerosol and what lost reports leave unaccounted on the other.
+    For runs recorded before the ledger kept each BREATH report (an older ledger;
+    docs/decisions/0019-breath-strip-from-summaries.md): the strip shows the run's
+    split from its summary: the emitted volume on one bar, the inspiratory-phase
+    estimate, the expiratory-phase (fugitive) aerosol and what lost reports leave
+    unaccounted on the other.
     """
     insp, exp = breathing.aerosol_insp_ul, breathing.aerosol_exp_ul
     emitted = float(delivered_ul) if delivered_ul is not None else insp + exp

@@ -16,6 +16,7 @@ from controller.ledger import AlarmAction, Ledger, OutboxMessage
 from controller.session import (
     LedgerWrite,
     WriteAlarm,
+    WriteBreaths,
     WriteBreathSummary,
     WriteCommand,
     WriteDecision,
@@ -139,6 +140,9 @@ def perform_write(  # noqa: PLR0911 - one arm per record kind
             )
         case WriteBreathSummary(session_id=sid, figures=figures, at=at):
             ledger.record_breath_summary(sid, figures=figures, at=at)
+            return None
+        case WriteBreaths(rows=rows):
+            ledger.record_breaths(rows)
             return None
         case WriteOverride(override=override, subject_id=subject, at=at):
             return ledger.record_override(override, subject_id=subject, at=at)

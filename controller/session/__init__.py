@@ -6,6 +6,7 @@ this record, raise this alarm, log this); `controller.service` is the thin async
 shell that feeds it and performs the effects in the safe order.
 """
 
+from ._breath import BREATH_BATCH_MAX_AGE_MS, BREATH_BATCH_MAX_ROWS
 from ._effects import (
     CONTROL_REQUEST_COMMAND_PREFIX,
     OVERRIDE_REFUSED_COMMAND,
@@ -18,6 +19,7 @@ from ._effects import (
     StartOutcome,
     StartSettled,
     WriteAlarm,
+    WriteBreaths,
     WriteBreathSummary,
     WriteCommand,
     WriteDecision,
@@ -68,6 +70,8 @@ from ._stop_rules import (
 
 __all__ = [
     "ASSUMED_STOP_LATENCY_MS",
+    "BREATH_BATCH_MAX_AGE_MS",
+    "BREATH_BATCH_MAX_ROWS",
     "CONFIRM_NEBULISING_MS",
     "CONTROL_REQUEST_COMMAND_PREFIX",
     "DEFAULT_NOMINAL_UL_MIN",
@@ -107,6 +111,7 @@ __all__ = [
     "UncertainSession",
     "WriteAlarm",
     "WriteBreathSummary",
+    "WriteBreaths",
     "WriteCommand",
     "WriteDecision",
     "WriteEnded",

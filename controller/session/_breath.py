@@ -9,13 +9,21 @@ link loss, a reconnect or a head reboot. Then the run is *final*: its accounting
 judged once by the alarm table, and its summary row is recorded
 (`WriteBreathSummary`).
 
+Each BREATH report counted for the run is kept as a row too (`WriteBreaths`), for the
+per-breath strip of the session plot. Rows are handed over in batches at a runtime
+tick — once the oldest has waited `BREATH_BATCH_MAX_AGE_MS` or there are
+`BREATH_BATCH_MAX_ROWS` — and all that is left just before the summary, so that a
+breath costs the ledger's writer thread a share of one transaction, not one of its
+own. A crash loses at most the unwritten batch (the summary is lost with it: the plot
+shows what was stored).
+
 Limits never use any of this: the dose stays `delivered_ul` (STATUS / SESSION_END).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Final, Literal
 
 from controller.alarms import BreathingFacts
 from controller.breath import (
@@ -26,6 +34,7 @@ from controller.breath import (
     delivery_refusal,
 )
 from controller.dosing import Prescription
+from controller.ledger import BreathRecord
 from drivers.mn1 import (
     BreathReceived,
     CapabilitiesDiscovered,
@@ -44,11 +53,17 @@ from drivers.mn1 import (
     StopReason,
 )
 
-from ._effects import Now, WriteBreathSummary
+from ._effects import Now, WriteBreaths, WriteBreathSummary
 
 Reason = Literal["periodic", "state_change"]
 
-__all__ = ["BreathRun", "BreathTracker"]
+__all__ = ["BREATH_BATCH_MAX_AGE_MS", "BREATH_BATCH_MAX_ROWS", "BreathRun", "BreathTracker"]
+
+#: A stored breath waits at most this long for its batch (checked at each runtime tick,
+#: which comes every `TICK_MS` while a session runs; an ended run is flushed when final).
+BREATH_BATCH_MAX_AGE_MS: Final = 10_000
+#: A batch is handed over at the next tick once it has this many rows.
+BREATH_BATCH_MAX_ROWS: Final = 16
 
 #: States in which the head is running a session (WAITING: a gated session paused
 #: between pulses or for want of breathing; still ours, still to be stopped).
@@ -70,6 +85,9 @@ class BreathRun:
     no_breathing_told: bool = False
     #: Ended by a reboot, swap or reconnect: its figures are incomplete, not judged.
     cut_short: bool = False
+    #: Counted BREATH reports not yet handed over (`WriteBreaths`), and when the first came.
+    unwritten: list[BreathRecord] = field(default_factory=list)
+    unwritten_since_ms: int = 0
 
     @property
     def session_id(self) -> int:
@@ -89,8 +107,9 @@ class BreathTracker:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_event(self, event: LinkEvent, now_ms: int) -> None:
+    def on_event(self, event: LinkEvent, now: Now) -> None:
         """Every link event (before the alarms are evaluated for it)."""
+        now_ms = now.ms
         match event:
             case PortOpened() | PortClosed() | DeviceRebooted() | DeviceSwapped():
                 # Another head (or the same one, reset) may be there: ask again.
@@ -106,7 +125,7 @@ class BreathTracker:
                     self._finish()  # its last BREATH may never come
             case BreathReceived(breath=breath):
                 self.recent.on_breath(breath, now_ms)
-                self._on_breath(event, now_ms)
+                self._on_breath(event, now)
             case StatusReceived():
                 self._on_status(event, now_ms)
             case SessionEndReceived(session_end=end):
@@ -116,10 +135,11 @@ class BreathTracker:
             case _:
                 pass
 
-    def start_acked(self, *, session_id: int, now: Now) -> list[WriteBreathSummary]:
+    def start_acked(self, *, session_id: int, now: Now) -> list[WriteBreaths | WriteBreathSummary]:
         """Our START (or START_GATED) was ACKed: a new run, on a breath-aware head only.
 
-        Returns the summary of the previous run if it was not final yet (it is now).
+        Returns the last breaths and the summary of the previous run if it was not
+        final yet (it is now).
         """
         self._finish()
         previous = self.take_summary(now)
@@ -231,23 +251,42 @@ class BreathTracker:
             **fields,
         }
 
-    def take_summary(self, now: Now) -> list[WriteBreathSummary]:
-        """Once the run is final (and the alarms judged it): its summary row, once."""
+    def take_breaths(self, now: Now) -> list[WriteBreaths]:
+        """The run's stored breaths that are due for the ledger (a batch, or nothing)."""
+        run = self.run
+        if run is None or not run.unwritten:
+            return []
+        due = (
+            len(run.unwritten) >= BREATH_BATCH_MAX_ROWS
+            or now.ms - run.unwritten_since_ms >= BREATH_BATCH_MAX_AGE_MS
+        )
+        return self._batch(run) if due else []
+
+    def take_summary(self, now: Now) -> list[WriteBreaths | WriteBreathSummary]:
+        """Once the run is final (and the alarms judged it): its last breaths, then its
+        summary row, once."""
         run = self.run
         if run is None or not run.final:
             return []
         self.run = None
+        records: list[WriteBreaths | WriteBreathSummary] = [*self._batch(run)]  # rows first
         prescription = self._prescription
         figures = run.accumulator.summary().ledger_figures(
             concentration_per_ul=prescription.lot.concentration_per_ul(),
             dose_unit=str(prescription.lot.unit),
             gated=run.gated,
         )
-        return [WriteBreathSummary(session_id=run.session_id, figures=figures, at=now.at)]
+        records.append(WriteBreathSummary(session_id=run.session_id, figures=figures, at=now.at))
+        return records
 
     # ------------------------------------------------------------------ helpers
 
-    def _on_breath(self, event: BreathReceived, now_ms: int) -> None:
+    @staticmethod
+    def _batch(run: BreathRun) -> list[WriteBreaths]:
+        rows, run.unwritten = tuple(run.unwritten), []
+        return [WriteBreaths(session_id=run.session_id, rows=rows)] if rows else []
+
+    def _on_breath(self, event: BreathReceived, now: Now) -> None:
         run = self.run
         if run is None or run.final:
             return
@@ -255,7 +294,24 @@ class BreathTracker:
         ours = breath.session_id == run.session_id or (
             breath.session_id == 0 and breath.aerosol_insp_dul + breath.aerosol_exp_dul > 0
         )
-        run.accumulator.on_breath(breath, now_ms)
+        lost_before = run.accumulator.on_breath(breath, now.ms)
+        if lost_before is not None:  # counted for this run: kept for its strip
+            if not run.unwritten:
+                run.unwritten_since_ms = now.ms
+            run.unwritten.append(
+                BreathRecord(
+                    session_id=run.session_id,
+                    breath_no=breath.breath_no,
+                    lost_before=lost_before,
+                    at=now.at,
+                    insp_ms=breath.insp_ms,
+                    exp_ms=breath.exp_ms,
+                    tidal_ml=breath.tidal_ml,
+                    peak_flow_ml_s=breath.peak_flow_ml_s,
+                    aerosol_insp_dul=breath.aerosol_insp_dul,
+                    aerosol_exp_dul=breath.aerosol_exp_dul,
+                )
+            )
         if run.end_reason is not None and not ours:
             self._finish()  # a breath after the end that is not ours: nothing more to come
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 from controller.alarms import AlarmEvent, AlarmState
 from controller.dosing import Decision, Instant, Override
-from controller.ledger import EndSource, ReconcileSource
+from controller.ledger import BreathRecord, EndSource, ReconcileSource
 
 __all__ = [
     "CONTROL_REQUEST_COMMAND_PREFIX",
@@ -33,6 +33,7 @@ __all__ = [
     "StartSettled",
     "WriteAlarm",
     "WriteBreathSummary",
+    "WriteBreaths",
     "WriteCommand",
     "WriteDecision",
     "WriteEnded",
@@ -293,6 +294,18 @@ class WriteBreathSummary:
     at: Instant
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteBreaths:
+    """A batch of one run's BREATH reports (ICD 1.1), for the per-breath strip.
+
+    Each row carries the instant it was received (`BreathRecord.at`); the batch is one
+    transaction on the writer thread (an estimate beside `delivered_ul`, never a limit).
+    """
+
+    session_id: int
+    rows: tuple[BreathRecord, ...]
+
+
 LedgerWrite = (
     WriteStarted
     | WriteEnded
@@ -305,6 +318,7 @@ LedgerWrite = (
     | WriteAlarm
     | WriteCommand
     | WriteBreathSummary
+    | WriteBreaths
 )
 
 

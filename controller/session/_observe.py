@@ -142,7 +142,7 @@ class DeviceObserver:
     # ------------------------------------------------------------------ link events
 
     def _observe(self, event: LinkEvent, now: Now) -> None:  # noqa: PLR0912 - one arm per event
-        self._breath.on_event(event, now.ms)
+        self._breath.on_event(event, now)
         match event:
             case PortOpened():
                 if self._stop_everything_at_open or self.state in STOP_SENDING_STATES:

@@ -523,3 +523,4 @@ class SessionRuntime(StartFlow):
         """An ended run whose last BREATH did not come within `apnoea_s` is final."""
         if self._breath.tick(now.ms):
             self._evaluate_alarms(now)  # judges the final run, then records its summary
+        self._effects += self._breath.take_breaths(now)  # rows that waited long enough

@@ -123,6 +123,12 @@ async def test_a_gated_pilot_session_runs_to_its_cap(tmp_path: Path, pattern: st
         total = figures["aerosol_insp_ul"] + figures["aerosol_exp_ul"]
         assert abs(total - last["delivered_ul"]) <= 2
         assert figures["aerosol_exp_ul"] <= 0.05 * total
+        # Each BREATH report of the run is stored too, through the writer thread.
+        with Ledger.open(config.storage.data_dir / LEDGER_FILE_NAME, read_only=True) as ledger:
+            rows = ledger.breaths(last["session_id"])
+        assert len(rows) == figures["breaths"]
+        assert sum(r.aerosol_insp_dul for r in rows) / 10 == figures["aerosol_insp_ul"]
+        assert sum(r.lost_before for r in rows) == figures["lost_reports"]
         final = await wait_status(config, lambda s: True, 1)
         assert alarm_codes(final) == set(), final["alarms"]
 

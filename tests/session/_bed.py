@@ -39,6 +39,8 @@ from controller.session import (
     WriteIntent,
 )
 from drivers.mn1 import (
+    Breath,
+    BreathReceived,
     CommandAnswered,
     CommandFailed,
     HostLink,
@@ -82,6 +84,10 @@ class Bed:
     host_paused: bool = False  # the controller process is stopped (SIGSTOP): no reads, no ticks
     wall_offset_s: float = 0.0
     deaf_until_ms: int = 0  # device → host bytes are lost (corrupted) until then
+    #: BREATH reports for which this says True are lost on the wire (ICD 1.1 §3: a lost
+    #: report is lost); every other one is kept in `breaths` as the runtime got it.
+    lose_breath: Callable[[Breath], bool] | None = None
+    breaths: list[Breath] = field(default_factory=list)
     statuses: list[tuple[int, Status]] = field(default_factory=list)
     intents: list[WriteIntent] = field(default_factory=list)
     _next_session_id: int = 1
@@ -310,6 +316,10 @@ class Bed:
                     continue
                 if isinstance(event, StatusReceived):
                     self.statuses.append((self.now_ms, event.status))
+                if isinstance(event, BreathReceived):
+                    if self.lose_breath is not None and self.lose_breath(event.breath):
+                        continue
+                    self.breaths.append(event.breath)
                 self.runtime.on_link_event(event, self.now())
                 self._perform()
             if not moved:
