@@ -235,9 +235,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (2, _V2_BREATH),
     (3, _V3_DROPS),
     (4, _V4_CHAIN),
-    # Issue 19's per-breath rows are migration 7 once 5 and 6 (other branches) are in:
-    # renumber this one line at the merge.
-    (5, _BREATHS),
+    (5, _BREATHS),  # issue 19: each BREATH report of a run
 )
 """(version, statements) in ascending order; versions are 1, 2, 3, ... without gaps."""
 
