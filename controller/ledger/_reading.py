@@ -147,16 +147,25 @@ class ReadingMixin:
         session_id: int | None = None,
         kinds: Iterable[EventKind] | None = None,
         since: datetime | None = None,
+        after_event_id: int | None = None,
     ) -> list[LedgerEvent]:
-        """Stored events in order, optionally for one session, some kinds, or since a time."""
+        """Stored events in order, optionally for one session, some kinds, since a time,
+        or after an event id (an incremental reader's watermark: events are committed
+        in id order by the one writer, so nothing can appear below it later)."""
         clauses: list[str] = []
         params: list[Any] = []
+        if after_event_id is not None:
+            clauses.append("event_id > ?")
+            params.append(after_event_id)
         if session_id is not None:
             clauses.append("session_id = ?")
             params.append(session_id)
         if kinds is not None:
             wanted = [str(EventKind(k)) for k in kinds]
-            clauses.append(f"kind IN ({', '.join('?' for _ in wanted)})")
+            # With a watermark, `+kind` keeps the planner on the primary-key range
+            # (an index on kind would read every event of those kinds).
+            column = "+kind" if after_event_id is not None else "kind"
+            clauses.append(f"{column} IN ({', '.join('?' for _ in wanted)})")
             params.extend(wanted)
         if since is not None:
             clauses.append("utc >= ?")
@@ -185,17 +194,23 @@ class ReadingMixin:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._db.reading() as connection:
             rows = _select_status(connection, where, params)
-            event_rows = {
-                int(row[0]): connection.execute(
-                    f"{_SELECT_EVENTS} WHERE session_id = ? AND kind <> ? ORDER BY event_id",
-                    (int(row[0]), str(EventKind.PROGRESS)),
-                ).fetchall()
-                for row in rows
-            }
+            if not rows:
+                return []
+            # One range read for every selected session (not one query per session):
+            # the ids are sorted, and events_by_session serves the range.
+            wanted = {int(row[0]) for row in rows}
+            event_rows = connection.execute(
+                f"{_SELECT_EVENTS} WHERE session_id BETWEEN ? AND ? AND kind <> ?"
+                " ORDER BY event_id",
+                (min(wanted), max(wanted), str(EventKind.PROGRESS)),
+            ).fetchall()
+        by_session: dict[int, list[LedgerEvent]] = {sid: [] for sid in wanted}
+        for event_row in event_rows:
+            events = by_session.get(int(event_row[2]))
+            if events is not None:
+                events.append(_event_from_row(event_row))
         return [
-            _summary(_record_from_row(row), bool(row[8]), [_event_from_row(e) for e in ev])
-            for row in rows
-            for ev in (event_rows[int(row[0])],)
+            _summary(_record_from_row(row), bool(row[8]), by_session[int(row[0])]) for row in rows
         ]
 
     @staticmethod
