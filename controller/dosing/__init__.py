@@ -28,6 +28,7 @@ from controller.dosing._end import (
     classify_end,
     dry_end_expected,
 )
+from controller.dosing._history import AdmissionHistory, CourseTotals, full_history
 from controller.dosing._prescription import (
     DELIVERY_APNOEA_S,
     DELIVERY_GATE_PCT,
@@ -79,10 +80,12 @@ __all__ = [
     "RESERVOIR_CAPACITY_UL",
     "ROLLING_WINDOW_S",
     "Administration",
+    "AdmissionHistory",
     "Arm",
     "ConstraintCode",
     "ConstraintResult",
     "ContinuationOffer",
+    "CourseTotals",
     "Decision",
     "Delivery",
     "DeliveryMode",
@@ -107,6 +110,7 @@ __all__ = [
     "dry_end_expected",
     "elapsed_s",
     "format_duration",
+    "full_history",
     "is_continuable",
     "load_prescription",
 ]

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from controller.dosing import Instant, Override, SessionStatus
+from controller.ledger._admission import SettledCounts
 from controller.ledger._chain import stored_head
 from controller.ledger._continuity_mixin import AnchorSink, ContinuityMixin
 from controller.ledger._database import (
@@ -82,6 +83,24 @@ def _check_arguments(outbox_budget_bytes: int, progress_interval_ms: int) -> Non
         raise ValueError(f"progress_interval_ms must be >= 0, got {progress_interval_ms}")
 
 
+def _check_continues(connection: sqlite3.Connection, administration_id: int, subject: str) -> None:
+    """A continuation names the first run of one of its subject's administrations that
+    the head did not refuse (admission's course count relies on it)."""
+    row = connection.execute(
+        "SELECT 1 FROM events i WHERE i.session_id = ? AND i.kind = 'intent'"
+        " AND i.subject_id = ? AND json_extract(i.body, '$.administration_id') IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM events n WHERE n.session_id = i.session_id"
+        " AND n.kind = 'start_refused')",
+        (administration_id, subject),
+    ).fetchone()
+    if row is None:
+        raise ValueError(
+            f"administration_id {administration_id} is not the first run of an "
+            f"administration of '{subject}' that the head accepted; a continuation names "
+            "the administration that `decide()` offered (Decision.continues_administration)"
+        )
+
+
 def _non_negative(name: str, value: int) -> None:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
@@ -99,6 +118,7 @@ class Ledger(ContinuityMixin, ReadingMixin):
         reserve: ReserveFile | None = None,
     ) -> None:
         self._db = database
+        self._settled = SettledCounts()
         self._progress_interval_ns = progress_interval_ms * _NS_PER_MS
         self._last_progress: dict[int, Instant] = {}
         self.outbox = Outbox(database=database)
@@ -288,6 +308,8 @@ class Ledger(ContinuityMixin, ReadingMixin):
         if delivery is not None:
             body["delivery"] = dict(delivery)
         with self._db.writing() as connection:
+            if administration_id is not None:
+                _check_continues(connection, administration_id, subject_id)
             cursor = connection.execute(
                 "INSERT INTO sessions (subject_id, allocated_utc) VALUES (?, ?)",
                 (subject_id, utc_text(at.utc)),

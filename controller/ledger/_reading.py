@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from controller.dosing import SessionRecord, SessionStatus
+from controller.dosing import AdmissionHistory, Instant, SessionRecord, SessionStatus
+from controller.ledger._admission import SettledCounts, read_admission_history
 from controller.ledger._database import Database, instant_from_row, utc_text
 from controller.ledger._errors import UnknownSessionError
+from controller.ledger._history import read_history, record_from_row, select_status
 from controller.ledger._model import (
     AlarmAction,
     AlarmEntry,
@@ -29,99 +31,41 @@ _SELECT_EVENTS = (
     "SELECT event_id, kind, session_id, subject_id, utc, boot_id, monotonic_ns,"
     " delivered_ul, json(body) FROM events"
 )
-_STATUS_COLUMNS = (
-    "session_id, subject_id, intent_utc, intent_boot_id, intent_monotonic_ns,"
-    " planned_cap_ul, status, delivered_ul, started"
-)
-
-
-def _select_status(
-    connection: sqlite3.Connection, where: str, params: Sequence[Any]
-) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = connection.execute(
-        # Only fixed clause text is interpolated; every value is a ? parameter.
-        f"SELECT {_STATUS_COLUMNS} FROM session_status {where} ORDER BY session_id",  # noqa: S608
-        params,
-    ).fetchall()
-    return rows
-
-
-def _record_from_row(
-    row: sqlite3.Row | tuple[Any, ...], facts: Mapping[str, Any] | None = None
-) -> SessionRecord:
-    session_id, subject_id, utc, boot_id, mono, cap, status, delivered, _started = row
-    facts = facts or {}
-    administration_id = facts.get("administration_id")
-    bound = facts.get("upper_bound_ul")
-    return SessionRecord(
-        session_id=int(session_id),
-        subject_id=str(subject_id),
-        started=instant_from_row(utc, boot_id, int(mono)),
-        planned_cap_ul=int(cap),
-        delivered_ul=None if delivered is None else int(delivered),
-        status=SessionStatus(status),
-        administration_id=None if administration_id is None else int(administration_id),
-        ended=facts.get("ended"),
-        end_reason=facts.get("end_reason"),
-        upper_bound_ul=None if bound is None else int(bound),
-    )
-
-
-def _end_facts(rows: list[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
-    """Per session: its administration, when and why it ended, an uncertain run's bound."""
-    facts: dict[int, dict[str, Any]] = {}
-    for session_id, kind, utc, boot_id, mono, body_text in rows:
-        body = json.loads(body_text)
-        fact = facts.setdefault(int(session_id), {})
-        if kind == EventKind.INTENT:
-            fact["administration_id"] = body.get("administration_id")
-            continue
-        fact["ended"] = instant_from_row(utc, boot_id, int(mono))
-        if kind == EventKind.ENDED:
-            fact["end_reason"] = (
-                body.get("host_reason") or body.get("device_reason") or body.get("reason")
-            )
-        elif kind == EventKind.UNCERTAIN:
-            fact["end_reason"] = body.get("reason")
-            fact["upper_bound_ul"] = body.get("upper_bound_ul")
-        else:
-            fact["end_reason"] = "START_NAK"
-    return facts
 
 
 class ReadingMixin:
     """The read side of `Ledger`."""
 
     _db: Database
+    _settled: SettledCounts
 
     # ----------------------------------------------------------------- reading
 
     def open_sessions(self) -> list[SessionRecord]:
         """Sessions with an intent but no end, refusal or uncertain record (restart check)."""
         with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE status = 'open'", ())
-        return [_record_from_row(row) for row in rows]
+            rows = select_status(connection, "WHERE status = 'open'", ())
+        return [record_from_row(row) for row in rows]
 
     def uncertain_sessions(self) -> list[SessionRecord]:
         """Sessions waiting for reconciliation (they count their full planned cap)."""
         with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE status = 'uncertain'", ())
-        return [_record_from_row(row) for row in rows]
+            rows = select_status(connection, "WHERE status = 'uncertain'", ())
+        return [record_from_row(row) for row in rows]
 
     def history(self, subject_id: str) -> list[SessionRecord]:
         """Every session of `subject_id`, oldest first, status derived from its events,
         with what the dose rules need of each run's end (administration, end time and
         reason, the upper bound of an uncertain run)."""
         with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE subject_id = ?", (subject_id,))
-            ends = connection.execute(
-                "SELECT session_id, kind, utc, boot_id, monotonic_ns, json(body) FROM events"
-                " WHERE subject_id = ? AND kind IN ('intent', 'ended', 'uncertain', "
-                "'start_refused') ORDER BY event_id",
-                (subject_id,),
-            ).fetchall()
-        facts = _end_facts(ends)
-        return [_record_from_row(row, facts.get(int(row[0]), {})) for row in rows]
+            return read_history(connection, subject_id)
+
+    def admission_history(self, subject_id: str, now: Instant) -> AdmissionHistory:
+        """What `decide()` reads of `subject_id`'s history at `now`: the runs inside its
+        windows and the course totals, read in a fixed number of statements that do
+        not grow with the number of past sessions (see `read_admission_history`)."""
+        with self._db.reading() as connection:
+            return read_admission_history(connection, subject_id, now, self._settled)
 
     def totals(self, subject_id: str) -> SubjectTotals:
         """Totals of one subject: sessions, known delivered volume, volume that counts."""
@@ -193,7 +137,7 @@ class ReadingMixin:
             params.append(subject_id)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._db.reading() as connection:
-            rows = _select_status(connection, where, params)
+            rows = select_status(connection, where, params)
             if not rows:
                 return []
             # One range read for every selected session (not one query per session):
@@ -210,7 +154,7 @@ class ReadingMixin:
             if events is not None:
                 events.append(_event_from_row(event_row))
         return [
-            _summary(_record_from_row(row), bool(row[8]), by_session[int(row[0])]) for row in rows
+            _summary(record_from_row(row), bool(row[8]), by_session[int(row[0])]) for row in rows
         ]
 
     @staticmethod

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from controller.clock import SystemClock
-from controller.dosing import Instant
+from controller.dosing import AdmissionHistory, CourseTotals, Instant
 from controller.ledger import LEDGER_FILE_NAME, Ledger
 from controller.reports import read_sessions
 from controller.service._audit import ServiceAudit
@@ -94,6 +94,28 @@ def test_report_sessions_reads_in_a_fixed_number_of_statements(tmp_path: Path) -
     # Each session's own alarm (raised just after its end) is reported with it.
     assert all(len(s.nearby_alarms) == 1 for s in many)
     assert large.statements == small.statements, (small, large)
+
+
+def _admission_cost(directory: Path, sessions: int) -> tuple[SqlCost, AdmissionHistory]:
+    """The cost of an admission after a first one and a new session (the service's
+    case: the ledger object keeps the course counts between admissions)."""
+    directory.mkdir()
+    with _filled(directory / LEDGER_FILE_NAME, sessions) as ledger:
+        now = Instant(utc=datetime.now(UTC), boot_id="boot-now", monotonic_ns=0)
+        ledger.admission_history(SUBJECT, now)
+        fill_sessions(ledger, count=1, subject_id=SUBJECT, start=now)
+        with counted(ledger._db.connection) as cost:
+            return cost, ledger.admission_history(SUBJECT, now)
+
+
+def test_admission_reads_only_its_windows(tmp_path: Path) -> None:
+    small, few = _admission_cost(tmp_path / "small", 10)
+    large, many = _admission_cost(tmp_path / "large", 300)
+    # The new session, the two latest before it (the interval), and the course totals.
+    assert [len(few.runs), len(many.runs)] == [3, 3]
+    assert many.course == CourseTotals(counted_ul=301 * 490, administrations=301)
+    assert large.statements == small.statements, (small, large)
+    assert large.ticks <= small.ticks * 1.5 + 5, (small, large)
 
 
 def _mirror_cost(directory: Path, sessions: int) -> tuple[int, SqlCost]:
