@@ -144,11 +144,14 @@ class Ledger(ContinuityMixin, ReadingMixin):
         read_only: bool = False,
         anchor_sink: AnchorSink | None = None,
         reserve: ReserveFile | None = None,
+        check: bool = True,
     ) -> Ledger:
         """Open the existing ledger at `path` and migrate it if needed; never creates one.
 
         Runs `PRAGMA integrity_check` (read-only: `quick_check`) and compares the schema
-        with what the migrations create. Raises `LedgerMissingError` (no file: use
+        with what the migrations create; `check=False` skips the page check, only for
+        a read-only second connection of a process that opened (and so checked) the
+        ledger for writing first. Raises `LedgerMissingError` (no file: use
         `Ledger.create` through `nebuliser ledger init`), `LedgerCorruptError` or
         `LedgerSchemaUnexpectedError` (the file and its -wal/-shm are moved aside to
         `<name>.corrupt-<utc>` unless read-only), `LedgerSchemaTooNewError`, or
@@ -156,7 +159,11 @@ class Ledger(ContinuityMixin, ReadingMixin):
         replaced it. The controller treats each as "stop delivery + alarm".
         """
         _check_arguments(outbox_budget_bytes, progress_interval_ms)
-        database = Database.open(path, read_only=read_only, budget_bytes=outbox_budget_bytes)
+        if not check and not read_only:
+            raise ValueError("only a read-only connection may skip the page check")
+        database = Database.open(
+            path, read_only=read_only, budget_bytes=outbox_budget_bytes, check=check
+        )
         return cls(
             database=database,
             progress_interval_ms=progress_interval_ms,

@@ -127,7 +127,8 @@ class _Stores:
             path = self.data_dir / LEDGER_FILE_NAME
             if not path.exists():
                 return 0
-            self._reader = Ledger.open(path, read_only=True)
+            # Opened after the service's writer checked the file (no second check).
+            self._reader = Ledger.open(path, read_only=True, check=False)
         ledger_id = self._reader.ledger_id
         after = self._mirrored_up_to(ledger_id)
         # Incremental: only events after the last one mirrored (the primary key, so
