@@ -17,7 +17,7 @@ Each figure is the median of `--runs` runs; the ratio is against the smallest N.
 Targets: admission (kept totals) flat in N (ratio ≤ 2 at 100× the sessions); show
 and report linear in what they print (a fixed number of queries).
 
-Run: uv run python bench/ledger_scale.py [--sizes 1000,10000,100000] [--runs 3]
+Run: uv run python bench/ledger_scale.py [--sizes 1000,10000,100000] [--runs 2]  (about 2 min)
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def measure(directory: Path, sessions: int, runs: int) -> dict[str, float]:
     t0 = time.perf_counter()
     with Ledger.create(path, device_id="neb-bench", subject_id=SUBJECT) as ledger:
         fill(ledger, sessions, start)
-    figures = {"fill": time.perf_counter() - t0}
+    figures = {"fill": time.perf_counter() - t0, "mb": path.stat().st_size / 1e6}
     figures["open"] = _median_s(lambda: Ledger.open(path).close(), runs)
     figures["integrity_check"] = _check_s(path, "integrity_check", runs)
     figures["quick_check"] = _check_s(path, "quick_check", runs)
@@ -240,7 +240,7 @@ ROWS = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {machine()}")
@@ -249,7 +249,12 @@ def main() -> None:
     for sessions in sizes:
         with tempfile.TemporaryDirectory(dir=Path.home()) as directory:
             results[sessions] = measure(Path(directory), sessions, args.runs)
-        print(f"  {sessions} sessions filled in {results[sessions]['fill']:.1f} s", flush=True)
+        figures = results[sessions]
+        print(
+            f"  {sessions} sessions ({sessions * 7} events, {figures['mb']:.0f} MB)"
+            f" filled in {figures['fill']:.1f} s",
+            flush=True,
+        )
     base = sizes[0]
     header = "".join(f"{n:>12,}" for n in sizes)
     title = f"median of {args.runs} runs (ms)"

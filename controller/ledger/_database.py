@@ -285,7 +285,7 @@ class Database:
         connection.execute("PRAGMA foreign_keys = ON")
         if check:
             # Full check for the writer: it also proves every index agrees with its
-            # table, which admission's indexed reads rely on (docs/decisions/0016).
+            # table, which admission's indexed reads rely on (docs/decisions/0018).
             pragma = "quick_check" if read_only else "integrity_check"
             rows = connection.execute(f"PRAGMA {pragma}").fetchall()
             if rows != [("ok",)]:

@@ -75,6 +75,22 @@ def _end_facts(rows: list[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
     return facts
 
 
+_ENDS = "SELECT session_id, kind, utc, boot_id, monotonic_ns, json(body) FROM events WHERE "
+# The whole history: the subject's index, by kind (never the progress rows).
+_ENDS_WHOLE = (
+    _ENDS + "subject_id = ? AND session_id >= ? AND kind IN"
+    " ('intent', 'ended', 'uncertain', 'start_refused') ORDER BY session_id"
+)
+# A tail: `+subject_id` and `+kind` keep the planner on the session-id range
+# (events_by_session); the subject or kind index would read the whole history. A
+# session has one intent and at most one of these end kinds, so the order within a
+# session does not matter.
+_ENDS_TAIL = (
+    _ENDS + "+subject_id = ? AND session_id >= ? AND +kind IN"
+    " ('intent', 'ended', 'uncertain', 'start_refused') ORDER BY session_id"
+)
+
+
 def read_history(
     connection: sqlite3.Connection, subject_id: str, from_session_id: int = 0
 ) -> list[SessionRecord]:
@@ -84,14 +100,7 @@ def read_history(
         connection, "WHERE subject_id = ? AND session_id >= ?", (subject_id, from_session_id)
     )
     ends = connection.execute(
-        # `+subject_id`, `+kind` and the order: the session-id range (events_by_session)
-        # is the narrow read; the kind or subject indexes, or the event-id order, would
-        # read the whole history. A session has one intent and at most one of the end
-        # kinds read here, so the order within a session does not matter.
-        "SELECT session_id, kind, utc, boot_id, monotonic_ns, json(body) FROM events"
-        " WHERE +subject_id = ? AND session_id >= ? AND +kind IN ('intent', 'ended',"
-        " 'uncertain', 'start_refused') ORDER BY session_id",
-        (subject_id, from_session_id),
+        _ENDS_WHOLE if from_session_id <= 0 else _ENDS_TAIL, (subject_id, from_session_id)
     ).fetchall()
     facts = _end_facts(ends)
     return [record_from_row(row, facts.get(int(row[0]), {})) for row in rows]
