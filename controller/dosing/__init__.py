@@ -29,6 +29,7 @@ from controller.dosing._end import (
     dry_end_expected,
 )
 from controller.dosing._five_rights import five_rights
+from controller.dosing._history import AdmissionHistory, CourseTotals, full_history
 from controller.dosing._prescription import (
     DELIVERY_APNOEA_S,
     DELIVERY_GATE_PCT,
@@ -85,6 +86,7 @@ __all__ = [
     "RESERVOIR_CAPACITY_UL",
     "ROLLING_WINDOW_S",
     "Administration",
+    "AdmissionHistory",
     "Arm",
     "BedsideChecks",
     "BedsideScan",
@@ -92,6 +94,7 @@ __all__ = [
     "ConstraintCode",
     "ConstraintResult",
     "ContinuationOffer",
+    "CourseTotals",
     "DayUsage",
     "Decision",
     "Delivery",
@@ -121,6 +124,7 @@ __all__ = [
     "elapsed_s",
     "five_rights",
     "format_duration",
+    "full_history",
     "is_continuable",
     "load_prescription",
 ]

@@ -18,6 +18,7 @@ from controller.dosing._ceilings import (
     ROLLING_WINDOW_S,
 )
 from controller.dosing._five_rights import five_rights
+from controller.dosing._history import AdmissionHistory, full_history
 from controller.dosing._prescription import Prescription
 from controller.dosing._reduced import reduced_dose
 from controller.dosing._types import (
@@ -185,11 +186,13 @@ def _schedule(
     now: TrustedTime,
     sessions: list[SessionRecord],
     admins: list[Administration],
+    course_sessions: int,
 ) -> Iterable[ConstraintResult]:
     """Date, interval and session-count constraints (no volume).
 
     The interval and the session counts are over administrations (an interrupted dose
-    continued in a second run counts once, from its first run)."""
+    continued in a second run counts once, from its first run); `course_sessions` is
+    the course's count (the administrations in `admins` are only the recent ones)."""
     recent = [a for a in admins if elapsed_s(a.first_started, now.instant) < ROLLING_WINDOW_S]
     limits = prescription.limits
     soft = set(limits.soft_limits)
@@ -256,7 +259,7 @@ def _schedule(
         yield _count(
             _C.COURSE_SESSIONS,
             limit=limits.course_max_sessions,
-            used=len(admins),
+            used=course_sessions,
             what="in the course",
             soft=False,
         )
@@ -346,13 +349,15 @@ def _volumes(
 
 def decide(
     prescription: Prescription,
-    history: Iterable[SessionRecord],
+    history: Iterable[SessionRecord] | AdmissionHistory,
     request: DoseRequest,
     now: TrustedTime,
 ) -> Decision:
     """Admit or refuse one session for `request.subject_id`, with every constraint traced.
 
-    `history` is the ledger's sessions (other subjects are ignored). Sessions the device
+    `history` is the ledger's sessions (other subjects are ignored), or the part of
+    them the rules read (`AdmissionHistory`: the runs inside the windows and the
+    course totals; the decision is the same). Sessions the device
     refused count for nothing; OPEN and UNCERTAIN sessions count their full planned cap.
     The cap is the volume wanted (the request, else the prescribed session volume);
     if any volume/dose constraint leaves less (whole µL, rounded down), the start is
@@ -361,11 +366,21 @@ def decide(
     constraint fails or the cap is < 1 µL.
     """
     limits = prescription.limits
+    if not isinstance(history, AdmissionHistory):
+        history = full_history(history, prescription.subject_id)
+    if history.subject_id != prescription.subject_id:
+        raise ValueError(
+            f"admission history of subject '{history.subject_id}' given for a prescription "
+            f"of '{prescription.subject_id}': read the prescription's subject"
+        )
     sessions = [
-        s for s in history if s.subject_id == prescription.subject_id and s.counts_as_session
+        s for s in history.runs if s.subject_id == prescription.subject_id and s.counts_as_session
     ]
     usage = dose_usage(prescription, sessions, now.instant)
-    used_24h_ul, used_course_ul = usage.rolling_24h_ul, usage.course_ul
+    # The windowed runs hold every run of the last 24 h, so this figure is exact; the
+    # course volume is counted from the ledger's indexes (the runs read are a window).
+    used_24h_ul = usage.rolling_24h_ul
+    used_course_ul = history.course.counted_ul
     admins = administrations(sessions)
     window_s = limits.continuation_window_s
     offer = continuation_offer(
@@ -379,6 +394,7 @@ def decide(
     # A continuation is part of its administration: the schedule looks at the others.
     continued_id = offer.administration_id if continuing and offer is not None else None
     prior = [a for a in admins if a.administration_id != continued_id]
+    course_sessions = history.course.administrations - (0 if continued_id is None else 1)
 
     results: list[ConstraintResult] = [
         _gate(
@@ -407,7 +423,7 @@ def decide(
         results.append(override_entry)
     results.extend(
         _apply_override(r, lifted, request.override)
-        for r in _schedule(prescription, now, sessions, prior)
+        for r in _schedule(prescription, now, sessions, prior, course_sessions)
     )
     results.extend(_volumes(prescription, request, used_24h_ul, used_course_ul))
     if request.continue_last:

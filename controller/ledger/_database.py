@@ -206,8 +206,13 @@ class Database:
         read_only: bool,
         budget_bytes: int,
         create_meta: Mapping[str, str] | None = None,
+        check: bool = True,
     ) -> Database:
         """Open (migrating unless `read_only`) and check the file.
+
+        `check=False` skips the page check (never the schema check): only for a
+        second, read-only connection of a process whose writer opened and checked
+        the same file first (the service's telemetry and audit readers).
 
         A ledger is created only when `create_meta` is given (the `ledger_meta` rows
         of a new ledger: device id, subject); then the file must not exist yet.
@@ -233,7 +238,7 @@ class Database:
                 path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
             )
         try:
-            cls._prepare(connection, path=path, read_only=read_only)
+            cls._prepare(connection, path=path, read_only=read_only, check=check)
             if created:
                 _insert_meta(connection, create_meta or {})
         except _UnexpectedSchemaError as exc:
@@ -263,7 +268,9 @@ class Database:
         return cls(connection=connection, path=path, read_only=read_only, budget_bytes=budget_bytes)
 
     @staticmethod
-    def _prepare(connection: sqlite3.Connection, *, path: Path, read_only: bool) -> None:
+    def _prepare(
+        connection: sqlite3.Connection, *, path: Path, read_only: bool, check: bool
+    ) -> None:
         if read_only:
             connection.execute("PRAGMA query_only = ON")
         else:
@@ -276,11 +283,14 @@ class Database:
         # FULL: every commit fsyncs the WAL before COMMIT returns.
         connection.execute("PRAGMA synchronous = FULL")
         connection.execute("PRAGMA foreign_keys = ON")
-        check = "quick_check" if read_only else "integrity_check"
-        rows = connection.execute(f"PRAGMA {check}").fetchall()
-        if rows != [("ok",)]:
-            detail = "; ".join(str(row[0]) for row in rows[:_INTEGRITY_DETAIL_ROWS])
-            raise _CorruptFileError(f"{check} failed: {detail}")
+        if check:
+            # Full check for the writer: it also proves every index agrees with its
+            # table, which admission's indexed reads rely on (docs/decisions/0018).
+            pragma = "quick_check" if read_only else "integrity_check"
+            rows = connection.execute(f"PRAGMA {pragma}").fetchall()
+            if rows != [("ok",)]:
+                detail = "; ".join(str(row[0]) for row in rows[:_INTEGRITY_DETAIL_ROWS])
+                raise _CorruptFileError(f"{pragma} failed: {detail}")
         version = _schema_version(connection)
         if version > SCHEMA_VERSION:
             raise LedgerSchemaTooNewError(path=path, found=version, supported=SCHEMA_VERSION)

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from controller.dosing import Instant, Override, SessionStatus
+from controller.ledger._admission import SettledCounts
 from controller.ledger._breaths import BreathRowsMixin
 from controller.ledger._chain import stored_head
 from controller.ledger._continuity_mixin import AnchorSink, ContinuityMixin
@@ -83,6 +84,24 @@ def _check_arguments(outbox_budget_bytes: int, progress_interval_ms: int) -> Non
         raise ValueError(f"progress_interval_ms must be >= 0, got {progress_interval_ms}")
 
 
+def _check_continues(connection: sqlite3.Connection, administration_id: int, subject: str) -> None:
+    """A continuation names the first run of one of its subject's administrations that
+    the head did not refuse (admission's course count relies on it)."""
+    row = connection.execute(
+        "SELECT 1 FROM events i WHERE i.session_id = ? AND i.kind = 'intent'"
+        " AND i.subject_id = ? AND json_extract(i.body, '$.administration_id') IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM events n WHERE n.session_id = i.session_id"
+        " AND n.kind = 'start_refused')",
+        (administration_id, subject),
+    ).fetchone()
+    if row is None:
+        raise ValueError(
+            f"administration_id {administration_id} is not the first run of an "
+            f"administration of '{subject}' that the head accepted; a continuation names "
+            "the administration that `decide()` offered (Decision.continues_administration)"
+        )
+
+
 def _non_negative(name: str, value: int) -> None:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
@@ -100,6 +119,7 @@ class Ledger(ContinuityMixin, ReadingMixin, BreathRowsMixin):
         reserve: ReserveFile | None = None,
     ) -> None:
         self._db = database
+        self._settled = SettledCounts()
         self._progress_interval_ns = progress_interval_ms * _NS_PER_MS
         self._last_progress: dict[int, Instant] = {}
         self.outbox = Outbox(database=database)
@@ -125,11 +145,14 @@ class Ledger(ContinuityMixin, ReadingMixin, BreathRowsMixin):
         read_only: bool = False,
         anchor_sink: AnchorSink | None = None,
         reserve: ReserveFile | None = None,
+        check: bool = True,
     ) -> Ledger:
         """Open the existing ledger at `path` and migrate it if needed; never creates one.
 
         Runs `PRAGMA integrity_check` (read-only: `quick_check`) and compares the schema
-        with what the migrations create. Raises `LedgerMissingError` (no file: use
+        with what the migrations create; `check=False` skips the page check, only for
+        a read-only second connection of a process that opened (and so checked) the
+        ledger for writing first. Raises `LedgerMissingError` (no file: use
         `Ledger.create` through `nebuliser ledger init`), `LedgerCorruptError` or
         `LedgerSchemaUnexpectedError` (the file and its -wal/-shm are moved aside to
         `<name>.corrupt-<utc>` unless read-only), `LedgerSchemaTooNewError`, or
@@ -137,7 +160,11 @@ class Ledger(ContinuityMixin, ReadingMixin, BreathRowsMixin):
         replaced it. The controller treats each as "stop delivery + alarm".
         """
         _check_arguments(outbox_budget_bytes, progress_interval_ms)
-        database = Database.open(path, read_only=read_only, budget_bytes=outbox_budget_bytes)
+        if not check and not read_only:
+            raise ValueError("only a read-only connection may skip the page check")
+        database = Database.open(
+            path, read_only=read_only, budget_bytes=outbox_budget_bytes, check=check
+        )
         return cls(
             database=database,
             progress_interval_ms=progress_interval_ms,
@@ -289,6 +316,8 @@ class Ledger(ContinuityMixin, ReadingMixin, BreathRowsMixin):
         if delivery is not None:
             body["delivery"] = dict(delivery)
         with self._db.writing() as connection:
+            if administration_id is not None:
+                _check_continues(connection, administration_id, subject_id)
             cursor = connection.execute(
                 "INSERT INTO sessions (subject_id, allocated_utc) VALUES (?, ?)",
                 (subject_id, utc_text(at.utc)),

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from controller.dosing import SessionRecord, SessionStatus
+from controller.dosing import AdmissionHistory, Instant, SessionRecord, SessionStatus
+from controller.ledger._admission import SettledCounts, read_admission_history
 from controller.ledger._database import Database, instant_from_row, utc_text
 from controller.ledger._errors import UnknownSessionError
+from controller.ledger._history import read_history, record_from_row, select_status
 from controller.ledger._model import (
     AlarmAction,
     AlarmEntry,
@@ -29,99 +31,41 @@ _SELECT_EVENTS = (
     "SELECT event_id, kind, session_id, subject_id, utc, boot_id, monotonic_ns,"
     " delivered_ul, json(body) FROM events"
 )
-_STATUS_COLUMNS = (
-    "session_id, subject_id, intent_utc, intent_boot_id, intent_monotonic_ns,"
-    " planned_cap_ul, status, delivered_ul, started"
-)
-
-
-def _select_status(
-    connection: sqlite3.Connection, where: str, params: Sequence[Any]
-) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = connection.execute(
-        # Only fixed clause text is interpolated; every value is a ? parameter.
-        f"SELECT {_STATUS_COLUMNS} FROM session_status {where} ORDER BY session_id",  # noqa: S608
-        params,
-    ).fetchall()
-    return rows
-
-
-def _record_from_row(
-    row: sqlite3.Row | tuple[Any, ...], facts: Mapping[str, Any] | None = None
-) -> SessionRecord:
-    session_id, subject_id, utc, boot_id, mono, cap, status, delivered, _started = row
-    facts = facts or {}
-    administration_id = facts.get("administration_id")
-    bound = facts.get("upper_bound_ul")
-    return SessionRecord(
-        session_id=int(session_id),
-        subject_id=str(subject_id),
-        started=instant_from_row(utc, boot_id, int(mono)),
-        planned_cap_ul=int(cap),
-        delivered_ul=None if delivered is None else int(delivered),
-        status=SessionStatus(status),
-        administration_id=None if administration_id is None else int(administration_id),
-        ended=facts.get("ended"),
-        end_reason=facts.get("end_reason"),
-        upper_bound_ul=None if bound is None else int(bound),
-    )
-
-
-def _end_facts(rows: list[tuple[Any, ...]]) -> dict[int, dict[str, Any]]:
-    """Per session: its administration, when and why it ended, an uncertain run's bound."""
-    facts: dict[int, dict[str, Any]] = {}
-    for session_id, kind, utc, boot_id, mono, body_text in rows:
-        body = json.loads(body_text)
-        fact = facts.setdefault(int(session_id), {})
-        if kind == EventKind.INTENT:
-            fact["administration_id"] = body.get("administration_id")
-            continue
-        fact["ended"] = instant_from_row(utc, boot_id, int(mono))
-        if kind == EventKind.ENDED:
-            fact["end_reason"] = (
-                body.get("host_reason") or body.get("device_reason") or body.get("reason")
-            )
-        elif kind == EventKind.UNCERTAIN:
-            fact["end_reason"] = body.get("reason")
-            fact["upper_bound_ul"] = body.get("upper_bound_ul")
-        else:
-            fact["end_reason"] = "START_NAK"
-    return facts
 
 
 class ReadingMixin:
     """The read side of `Ledger`."""
 
     _db: Database
+    _settled: SettledCounts
 
     # ----------------------------------------------------------------- reading
 
     def open_sessions(self) -> list[SessionRecord]:
         """Sessions with an intent but no end, refusal or uncertain record (restart check)."""
         with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE status = 'open'", ())
-        return [_record_from_row(row) for row in rows]
+            rows = select_status(connection, "WHERE status = 'open'", ())
+        return [record_from_row(row) for row in rows]
 
     def uncertain_sessions(self) -> list[SessionRecord]:
         """Sessions waiting for reconciliation (they count their full planned cap)."""
         with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE status = 'uncertain'", ())
-        return [_record_from_row(row) for row in rows]
+            rows = select_status(connection, "WHERE status = 'uncertain'", ())
+        return [record_from_row(row) for row in rows]
 
     def history(self, subject_id: str) -> list[SessionRecord]:
         """Every session of `subject_id`, oldest first, status derived from its events,
         with what the dose rules need of each run's end (administration, end time and
         reason, the upper bound of an uncertain run)."""
         with self._db.reading() as connection:
-            rows = _select_status(connection, "WHERE subject_id = ?", (subject_id,))
-            ends = connection.execute(
-                "SELECT session_id, kind, utc, boot_id, monotonic_ns, json(body) FROM events"
-                " WHERE subject_id = ? AND kind IN ('intent', 'ended', 'uncertain', "
-                "'start_refused') ORDER BY event_id",
-                (subject_id,),
-            ).fetchall()
-        facts = _end_facts(ends)
-        return [_record_from_row(row, facts.get(int(row[0]), {})) for row in rows]
+            return read_history(connection, subject_id)
+
+    def admission_history(self, subject_id: str, now: Instant) -> AdmissionHistory:
+        """What `decide()` reads of `subject_id`'s history at `now`: the runs inside its
+        windows and the course totals, read in a fixed number of statements that do
+        not grow with the number of past sessions (see `read_admission_history`)."""
+        with self._db.reading() as connection:
+            return read_admission_history(connection, subject_id, now, self._settled)
 
     def totals(self, subject_id: str) -> SubjectTotals:
         """Totals of one subject: sessions, known delivered volume, volume that counts."""
@@ -147,16 +91,25 @@ class ReadingMixin:
         session_id: int | None = None,
         kinds: Iterable[EventKind] | None = None,
         since: datetime | None = None,
+        after_event_id: int | None = None,
     ) -> list[LedgerEvent]:
-        """Stored events in order, optionally for one session, some kinds, or since a time."""
+        """Stored events in order, optionally for one session, some kinds, since a time,
+        or after an event id (an incremental reader's watermark: events are committed
+        in id order by the one writer, so nothing can appear below it later)."""
         clauses: list[str] = []
         params: list[Any] = []
+        if after_event_id is not None:
+            clauses.append("event_id > ?")
+            params.append(after_event_id)
         if session_id is not None:
             clauses.append("session_id = ?")
             params.append(session_id)
         if kinds is not None:
             wanted = [str(EventKind(k)) for k in kinds]
-            clauses.append(f"kind IN ({', '.join('?' for _ in wanted)})")
+            # With a watermark, `+kind` keeps the planner on the primary-key range
+            # (an index on kind would read every event of those kinds).
+            column = "+kind" if after_event_id is not None else "kind"
+            clauses.append(f"{column} IN ({', '.join('?' for _ in wanted)})")
             params.extend(wanted)
         if since is not None:
             clauses.append("utc >= ?")
@@ -184,18 +137,24 @@ class ReadingMixin:
             params.append(subject_id)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._db.reading() as connection:
-            rows = _select_status(connection, where, params)
-            event_rows = {
-                int(row[0]): connection.execute(
-                    f"{_SELECT_EVENTS} WHERE session_id = ? AND kind <> ? ORDER BY event_id",
-                    (int(row[0]), str(EventKind.PROGRESS)),
-                ).fetchall()
-                for row in rows
-            }
+            rows = select_status(connection, where, params)
+            if not rows:
+                return []
+            # One range read for every selected session (not one query per session):
+            # the ids are sorted, and events_by_session serves the range.
+            wanted = {int(row[0]) for row in rows}
+            event_rows = connection.execute(
+                f"{_SELECT_EVENTS} WHERE session_id BETWEEN ? AND ? AND kind <> ?"
+                " ORDER BY event_id",
+                (min(wanted), max(wanted), str(EventKind.PROGRESS)),
+            ).fetchall()
+        by_session: dict[int, list[LedgerEvent]] = {sid: [] for sid in wanted}
+        for event_row in event_rows:
+            events = by_session.get(int(event_row[2]))
+            if events is not None:
+                events.append(_event_from_row(event_row))
         return [
-            _summary(_record_from_row(row), bool(row[8]), [_event_from_row(e) for e in ev])
-            for row in rows
-            for ev in (event_rows[int(row[0])],)
+            _summary(record_from_row(row), bool(row[8]), by_session[int(row[0])]) for row in rows
         ]
 
     @staticmethod

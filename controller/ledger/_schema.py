@@ -230,12 +230,28 @@ _BREATHS: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'breath report without a recorded intent'); END""",
 )
 
+# Version 6: indexes for admission (issue 14). Admission reads the sessions inside
+# its windows and the course totals, never the whole history: intents by subject and
+# time (this boot's monotonic clock, and UTC), by session id, the continuations, and
+# the volumes of ends and reconciliations (docs/ledger.md "Admission reads").
+_V6_ADMISSION: tuple[str, ...] = (
+    """CREATE INDEX intents_by_boot ON events(subject_id, boot_id, monotonic_ns)
+        WHERE kind = 'intent'""",
+    "CREATE INDEX intents_by_utc ON events(subject_id, utc) WHERE kind = 'intent'",
+    "CREATE INDEX intents_by_session ON events(subject_id, session_id) WHERE kind = 'intent'",
+    """CREATE INDEX intents_continuing ON events(subject_id)
+        WHERE kind = 'intent' AND json_extract(body, '$.administration_id') IS NOT NULL""",
+    """CREATE INDEX volumes_by_subject ON events(subject_id, kind, delivered_ul)
+        WHERE kind IN ('ended', 'reconciled')""",
+)
+
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, _V1),
     (2, _V2_BREATH),
     (3, _V3_DROPS),
     (4, _V4_CHAIN),
     (5, _BREATHS),  # issue 19: each BREATH report of a run
+    (6, _V6_ADMISSION),
 )
 """(version, statements) in ascending order; versions are 1, 2, 3, ... without gaps."""
 

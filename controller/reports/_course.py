@@ -8,6 +8,7 @@ report handed on (docs/reports.md).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -238,19 +239,33 @@ def _alarm_entry(event: LedgerEvent) -> AlarmEntry:
 def _attach_overrides(
     summaries: Sequence[SessionSummary], overrides: Iterable[LedgerEvent]
 ) -> dict[int, list[Mapping[str, Any]]]:
-    """Subject-level overrides (no session id) go to that subject's next session."""
+    """Subject-level overrides (no session id) go to that subject's next session.
+
+    "Next" is the first session (in ledger order) whose intent is at or after the
+    override. A running maximum of the intent times finds it by bisection, so the
+    cost is O(log n) per override, not a scan of every session."""
+    by_subject: dict[str, tuple[list[datetime], list[int]]] = {}
+    for s in summaries:
+        running_max, ids = by_subject.setdefault(s.subject_id, ([], []))
+        intent = s.intent_at.utc
+        running_max.append(max(running_max[-1], intent) if running_max else intent)
+        ids.append(s.session_id)
     attached: dict[int, list[Mapping[str, Any]]] = {}
     for event in overrides:
-        if event.session_id is not None:
-            continue
-        following = [
-            s
-            for s in summaries
-            if s.subject_id == event.subject_id and s.intent_at.utc >= event.at.utc
-        ]
-        if following:
-            attached.setdefault(following[0].session_id, []).append(event.body)
+        if event.session_id is None and event.subject_id in by_subject:
+            running_max, ids = by_subject[event.subject_id]
+            index = bisect_left(running_max, event.at.utc)
+            if index < len(ids):
+                attached.setdefault(ids[index], []).append(event.body)
     return attached
+
+
+def _alarms_between(
+    alarms: Sequence[LedgerEvent], times: Sequence[datetime], start: datetime, end: datetime
+) -> tuple[AlarmEntry, ...]:
+    """The alarms (sorted by time in `times`) stamped in [start, end], in ledger order."""
+    found = alarms[bisect_left(times, start) : bisect_right(times, end)]
+    return tuple(_alarm_entry(e) for e in sorted(found, key=lambda e: e.event_id))
 
 
 def read_sessions(
@@ -260,9 +275,11 @@ def read_sessions(
     summaries = ledger.summaries(since=since, subject_id=subject_id)
     times = _first_times(ledger.events(kinds=_TIMES, since=since))
     attached = _attach_overrides(summaries, ledger.events(kinds=[EventKind.OVERRIDE], since=since))
-    alarms = [
-        e for e in ledger.events(kinds=[EventKind.ALARM], since=since) if e.session_id is None
-    ]
+    alarms = sorted(
+        (e for e in ledger.events(kinds=[EventKind.ALARM], since=since) if e.session_id is None),
+        key=lambda e: e.at.utc,
+    )
+    alarm_times = [e.at.utc for e in alarms]
     breathing = ledger.breath_summaries(since=since, subject_id=subject_id)
     # A run is continued by the next run of the same administration (issue 15).
     continued_by: dict[int, int] = {}
@@ -281,7 +298,7 @@ def read_sessions(
             ended = t.get(EventKind.UNCERTAIN)
         window_start = t.get(EventKind.STARTED) or s.intent_at.utc
         window_end = (ended or datetime.max.replace(tzinfo=UTC)) + ALARM_GRACE
-        nearby = tuple(_alarm_entry(e) for e in alarms if window_start <= e.at.utc <= window_end)
+        nearby = _alarms_between(alarms, alarm_times, window_start, window_end)
         sessions.append(
             CourseSession(
                 summary=s,

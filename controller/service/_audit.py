@@ -25,7 +25,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -63,12 +63,6 @@ _log = get_logger(__name__)
 ANCHOR_INTERVAL_S: Final = 900.0
 #: How often new ledger events are copied into the audit log.
 MIRROR_INTERVAL_S: Final = 1.0
-#: Events written this long before the previous poll started are still looked for
-#: (the ledger writer thread may commit an event a little after stamping it).
-_MIRROR_OVERLAP: Final = timedelta(seconds=60)
-#: A full scan of the ledger every so often, whatever the clock did.
-_FULL_SCAN_EVERY: Final = 300
-
 MIRRORED_LEDGER_KINDS: Final = frozenset(
     {EventKind.DECISION, EventKind.OVERRIDE, EventKind.ALARM, EventKind.COMMAND}
 )
@@ -127,8 +121,6 @@ class _Stores:
         self.log = AuditLog.in_data_dir(data_dir, hmac_key=hmac_key)
         self._reader: Ledger | None = None
         self._watermark: dict[str, int] = {}
-        self._last_poll_utc: datetime | None = None
-        self._polls = 0
 
     def close(self) -> None:
         self.log.close()
@@ -152,20 +144,19 @@ class _Stores:
             path = self.data_dir / LEDGER_FILE_NAME
             if not path.exists():
                 return 0
-            self._reader = Ledger.open(path, read_only=True)
+            # Opened after the service's writer checked the file (no second check).
+            self._reader = Ledger.open(path, read_only=True, check=False)
         ledger_id = self._reader.ledger_id
         after = self._mirrored_up_to(ledger_id)
-        # Normally only recent events are read; a full scan at start, now and then, and
-        # whenever the wall clock went backwards (events could carry older stamps).
-        last = self._last_poll_utc
-        full = last is None or now < last or self._polls % _FULL_SCAN_EVERY == 0
-        since = None if full or last is None else last - _MIRROR_OVERLAP
-        self._last_poll_utc = now
-        self._polls += 1
-        events = self._reader.events(kinds=MIRRORED_LEDGER_KINDS, since=since)
+        # Incremental: only events after the last one mirrored (the primary key, so
+        # the read is O(new events) whatever the ledger's size or the clock did).
+        events = self._reader.events(kinds=MIRRORED_LEDGER_KINDS, after_event_id=after)
         copied = 0
         for event in events:
-            if event.event_id <= after or not _mirrored(event):
+            if not _mirrored(event):
+                # Known not to be mirrored: not read again this run (after a restart the
+                # watermark is the last mirrored event, so a few are read once more).
+                self._watermark[ledger_id] = event.event_id
                 continue
             body = {
                 "ledger_id": ledger_id,

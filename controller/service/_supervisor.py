@@ -298,7 +298,10 @@ class Supervisor:
         `scan` is the wristband and lot scanned at the bedside (the five-rights check)."""
         trusted, storage = await self.refresh_conditions()
         subject = self.prescription.subject_id
-        history = await self._recorder.call(lambda ledger: ledger.history(subject))
+        # Only the runs inside the rules' windows and the course totals (issue 14).
+        history = await self._recorder.call(
+            lambda ledger: ledger.admission_history(subject, trusted.instant)
+        )
         request = DoseRequest(
             subject_id=subject,
             storage=StorageStatus(ok=storage.ok, reason=storage.reason),

@@ -487,8 +487,10 @@ async def run_telemetry(ctx: ServiceContext) -> None:
         return
     identity = device_identity(ctx.config)
     data_dir = ctx.config.storage.data_dir
+    # The service's writer opened and fully checked this file before telemetry starts:
+    # a second page check would only cost start-up time (seconds on a large ledger).
     reader_ledger = await asyncio.to_thread(
-        Ledger.open, data_dir / LEDGER_FILE_NAME, read_only=True
+        Ledger.open, data_dir / LEDGER_FILE_NAME, read_only=True, check=False
     )
     archive_path = data_dir / SENT_ARCHIVE_FILE_NAME
     # The writing connection lives on the ledger's writer thread (record, prune); the

@@ -118,3 +118,20 @@ def test_read_only_open_reports_corruption_but_leaves_the_file(
         Ledger.open(db_path, read_only=True)
     assert caught.value.quarantined_to is None
     assert db_path.exists()
+
+
+def test_only_a_second_read_only_connection_may_skip_the_page_check(
+    db_path: Path, clock: SimClock
+) -> None:
+    # The service's telemetry and audit readers open the file its writer has just
+    # checked; they skip the check (seconds on a large ledger), nobody else may.
+    _filled_ledger(db_path, clock)
+    page_size, root = _root_page(db_path, "events_by_kind")
+    _overwrite(db_path, (root - 1) * page_size, b"\x0a\xff\xff\x00\x07" + b"\xa5" * 200)
+    with pytest.raises(LedgerCorruptError):
+        Ledger.open(db_path, read_only=True)
+    with Ledger.open(db_path, read_only=True, check=False) as reader:
+        assert reader.schema_version >= 5
+    with pytest.raises(ValueError, match="read-only"):
+        Ledger.open(db_path, check=False)
+    assert db_path.exists()
