@@ -8,14 +8,19 @@ from pathlib import Path
 import pytest
 
 from controller.ledger import (
-    SCHEMA_VERSION,
     BreathRecord,
     Ledger,
     LedgerError,
     LedgerWriteError,
 )
+from controller.ledger._schema import MIGRATIONS
 from tests.ledger.conftest import SimClock, intent
 from tests.ledger.test_schema import _v1_ledger
+
+#: The migration that added the `breaths` table.
+_BREATHS_VERSION = next(
+    version for version, sql in MIGRATIONS if any("CREATE TABLE breaths" in s for s in sql)
+)
 
 
 def breath_row(
@@ -88,10 +93,16 @@ def as_previous_version(db_path: Path) -> None:
             "SELECT sql FROM sqlite_master WHERE name = 'schema_version_no_delete'"
         ).fetchone()
         raw.execute("DROP TRIGGER schema_version_no_delete")
-        raw.execute("DELETE FROM schema_version WHERE version = ?", (SCHEMA_VERSION,))
+        raw.execute("DELETE FROM schema_version WHERE version >= ?", (_BREATHS_VERSION,))
         raw.execute(guard)
         raw.execute("DROP TABLE breaths")  # with its index and triggers
         raw.execute("DELETE FROM sqlite_sequence WHERE name = 'breaths'")
+        for version, statements in MIGRATIONS:  # and what later migrations made
+            if version > _BREATHS_VERSION:
+                for statement in statements:
+                    words = statement.split()
+                    assert words[:2] == ["CREATE", "INDEX"], "teach this helper the new DDL"
+                    raw.execute(f"DROP INDEX {words[2]}")
     finally:
         raw.close()
 
