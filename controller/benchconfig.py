@@ -51,6 +51,12 @@ class BenchPrescription:
     """With a fill: the cup holds this much and the dose is nebulised to dryness."""
     residual_ul: int = 100
     """What the mesh cannot nebulise (the simulated head's default)."""
+    drug: str = "exosome vesicles (inhaled)"
+    lot_amount: float = 2.0e8
+    """Drug units in the lot's 3 mL (the session dose stays the pilot's 2.0e8 per 3 mL)."""
+    arm_id: str = "active"
+    cohort: str = "pilot"
+    blinded: bool = False
 
 
 def bench_mqtt_section(
@@ -87,17 +93,17 @@ def _prescription_text(rx: BenchPrescription) -> str:
         "[prescription]",
         f'subject_id = "{rx.subject_id}"',
         'protocol_id = "EXO-PILOT-01"',
-        'drug = "exosome vesicles (inhaled)"',
+        f'drug = "{rx.drug}"',
         'timezone = "UTC"',
         "[prescription.lot]",
         f'lot_id = "{rx.lot_id}"',
-        "amount = 2.0e8",
+        f"amount = {rx.lot_amount!r}",
         'unit = "vesicles"',
         "per_volume_ml = 3.0",
         "[prescription.arm]",
-        'arm_id = "active"',
-        'cohort = "pilot"',
-        "blinded = false",
+        f'arm_id = "{rx.arm_id}"',
+        f'cohort = "{rx.cohort}"',
+        f"blinded = {str(rx.blinded).lower()}",
         "[prescription.limits]",
         f"session_ul = {rx.session_ul}",
         *([f"session_dose = {rx.session_ul * 2.0e8 / 3000}"] if rx.with_session_dose else []),

@@ -45,6 +45,7 @@ from controller.dosing._prescription import (
     load_prescription,
 )
 from controller.dosing._types import (
+    ARM_NEUTRAL_UNITS,
     ConstraintCode,
     ConstraintResult,
     Decision,
@@ -60,6 +61,7 @@ from controller.dosing._types import (
 )
 
 __all__ = [
+    "ARM_NEUTRAL_UNITS",
     "CEILING_24H_UL",
     "CEILING_MAX_DURATION_S",
     "CEILING_OUTPUT_PCT_MAX",

@@ -27,6 +27,7 @@ from controller.security import (
     build_reply,
     canonical_json,
 )
+from controller.session import StartOutcome
 
 from ._audit import ServiceAudit
 from ._command_actions import CommandResult
@@ -116,7 +117,8 @@ class CommandReplies:
         decision = await sup.admit()
         refusals = sup.controller_refusals()
         if refusals or not decision.allowed:
-            reasons = refusals + list(decision.refusal_reasons)
+            blinded = sup.prescription.arm.blinded  # the reply is published (issue 20)
+            reasons = refusals + list(decision.public_refusal_reasons(blinded=blinded))
             result = CommandResult(
                 status="refused",
                 reason_code="start_refused",
@@ -176,7 +178,7 @@ class CommandReplies:
             result = CommandResult(
                 status="refused",
                 reason_code="start_refused",
-                reason="; ".join(outcome.reasons),
+                reason="; ".join(_public_reasons(outcome, blinded=sup.prescription.arm.blinded)),
                 extra={"stage": "refused"},
             )
         self._finish(accepted, result)
@@ -256,3 +258,13 @@ def _record_command(
     ledger: Ledger, command: str, origin: str, body: dict[str, Any], at: Any
 ) -> int:
     return ledger.record_command(command=command, origin=origin, body=body, at=at)
+
+
+def _public_reasons(outcome: StartOutcome, *, blinded: bool) -> tuple[str, ...]:
+    """A refused start's reasons as the published reply may carry them (issue 20)."""
+    decision = outcome.decision
+    if not blinded or decision is None:
+        return outcome.reasons
+    own = set(decision.refusal_reasons)
+    controller_reasons = tuple(r for r in outcome.reasons if r not in own)
+    return controller_reasons + decision.public_refusal_reasons(blinded=True)
