@@ -29,6 +29,7 @@ from controller.dosing._end import (
     dry_end_expected,
 )
 from controller.dosing._prescription import (
+    BLINDED_DRUG_LABEL,
     DELIVERY_APNOEA_S,
     DELIVERY_GATE_PCT,
     DELIVERY_LEAD_BREATHS,
@@ -42,6 +43,7 @@ from controller.dosing._prescription import (
     Lot,
     Prescription,
     PrescriptionLimits,
+    UnblindingKey,
     load_prescription,
 )
 from controller.dosing._types import (
@@ -62,6 +64,7 @@ from controller.dosing._types import (
 
 __all__ = [
     "ARM_NEUTRAL_UNITS",
+    "BLINDED_DRUG_LABEL",
     "CEILING_24H_UL",
     "CEILING_MAX_DURATION_S",
     "CEILING_OUTPUT_PCT_MAX",
@@ -102,6 +105,7 @@ __all__ = [
     "SessionStatus",
     "StorageStatus",
     "TrustedTime",
+    "UnblindingKey",
     "administrations",
     "classify_end",
     "continuation_offer",

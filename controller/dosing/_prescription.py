@@ -28,6 +28,7 @@ from controller.dosing._ceilings import (
 )
 
 __all__ = [
+    "BLINDED_DRUG_LABEL",
     "DELIVERY_APNOEA_S",
     "DELIVERY_GATE_PCT",
     "DELIVERY_LEAD_BREATHS",
@@ -41,6 +42,7 @@ __all__ = [
     "Lot",
     "Prescription",
     "PrescriptionLimits",
+    "UnblindingKey",
     "load_prescription",
 ]
 
@@ -69,6 +71,7 @@ _UL_PER_ML = 1000
 # Strict mode refuses lists for tuples; TOML arrays arrive as lists, so relax only that.
 _StrTuple = Annotated[tuple[str, ...], Strict(strict=False)]
 _SoftTuple = Annotated[tuple[SoftCode, ...], Strict(strict=False)]
+_UnblindingKeys = Annotated[tuple["UnblindingKey", ...], Strict(strict=False)]
 
 
 class _Model(BaseModel):
@@ -261,6 +264,25 @@ class Arm(_Model):
     blinded: bool
 
 
+class UnblindingKey(_Model):
+    """`[[prescription.unblinding_keys]]`: a person who may unblind this subject's reports.
+
+    Listed in the (pharmacy-signed) prescription, not in the controller's `[security]`
+    senders, so whoever can edit the configuration cannot add an unblinder. The key
+    signs a `report.unblind` credential (controller.security, the envelope of remote
+    commands); docs/trials.md, Blinding.
+    """
+
+    id: str = Field(pattern=_ID_PATTERN, description="the key's sender id in credentials")
+    public_key: str = Field(
+        pattern=r"^ed25519:[A-Za-z0-9+/]{42,43}=?$",
+        description="`ed25519:<base64>` from the coordinator's .pub file",
+    )
+    name: str = Field(
+        min_length=1, max_length=100, description="the person, recorded with every unblinding"
+    )
+
+
 def _check_ceiling(name: str, value: int | None, ceiling: int, why: str) -> int | None:
     if value is not None and value > ceiling:
         raise ValueError(
@@ -368,6 +390,9 @@ class Prescription(_Model):
     )
     limits: PrescriptionLimits
     delivery: Delivery = Field(default_factory=Delivery)
+    unblinding_keys: _UnblindingKeys = Field(
+        default=(), description="who may sign an unblinded report (blinded arms)"
+    )
 
     @field_validator("timezone")
     @classmethod

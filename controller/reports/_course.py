@@ -4,6 +4,11 @@ The ledger records volumes, times, reasons, alarms and overrides. It does not re
 the drug unit or the lot: those come from the prescription in the configuration
 (`ReportContext`), which is right as long as the course used one lot. Say so in any
 report handed on (docs/reports.md).
+
+Blinding (issue 20): for a blinded arm the context is blinded unless the caller holds
+a verified unblinding credential. A blinded context names no drug, lot, arm, cohort
+or concentration, and its "dose" is the volume in µL (equal on every arm); the
+drug and concentration the ledger recorded at each intent are not read.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from controller.config import NebuliserConfig
-from controller.dosing import COMPLETED_REASONS, Delivery
+from controller.dosing import BLINDED_DRUG_LABEL, COMPLETED_REASONS, Delivery
 from controller.ledger import (
     AlarmAction,
     AlarmEntry,
@@ -70,10 +75,30 @@ class ReportContext:
     """Lot concentration (dose units per mL) from the prescription, when configured."""
     delivery: Delivery | None = None
     """The prescription's delivery (to dryness or not), when configured."""
+    arm_id: str | None = None
+    cohort: str | None = None
+    blinded: bool = False
+    """A blinded arm's report without unblinding: "dose" is volume (µL), no drug names."""
+
+    @property
+    def arm_label(self) -> str:
+        """`study medication (blinded)`, or the drug, lot, arm and cohort (unblinded)."""
+        if self.blinded:
+            return f"{self.drug} (blinded)"
+        parts = [
+            f"lot {self.lot_id}" if self.lot_id else "",
+            f"arm {self.arm_id}" if self.arm_id else "",
+        ]
+        parts.append(f"cohort {self.cohort}" if self.cohort else "")
+        detail = ", ".join(p for p in parts if p)
+        return (self.drug or "drug not recorded") + (f" ({detail})" if detail else "")
 
 
-def report_context(config: NebuliserConfig) -> ReportContext:
-    """The report context from a loaded configuration (its prescription, if any)."""
+def report_context(config: NebuliserConfig, *, unblinded: bool = False) -> ReportContext:
+    """The report context from a loaded configuration (its prescription, if any).
+
+    For a blinded arm the context is blinded unless `unblinded` (the caller verified
+    an unblinding credential and audited it: `controller.cli.report`)."""
     rx = config.prescription
     if rx is None:
         return ReportContext(
@@ -88,8 +113,26 @@ def report_context(config: NebuliserConfig) -> ReportContext:
             course_dose_limit=None,
             amount_per_ml=None,
         )
-    per_ml = float(rx.lot.concentration_per_ml())
     limits = rx.limits
+    if rx.arm.blinded and not unblinded:
+        # Volumes and volume limits are equal on every arm: 1000 "µL" per mL.
+        return ReportContext(
+            dose_unit="µL",
+            lot_id=None,
+            drug=BLINDED_DRUG_LABEL,
+            device_id=config.device.device_id,
+            expected_serial=config.device.expected_serial,
+            timezone=rx.timezone,
+            session_dose_limit=None if limits.session_ul is None else float(limits.session_ul),
+            daily_dose_limit=None
+            if limits.rolling_24h_max_ul is None
+            else float(limits.rolling_24h_max_ul),
+            course_dose_limit=None if limits.course_max_ul is None else float(limits.course_max_ul),
+            amount_per_ml=1000.0,
+            delivery=rx.delivery,
+            blinded=True,
+        )
+    per_ml = float(rx.lot.concentration_per_ml())
     daily = limits.rolling_24h_max_dose
     if daily is None and limits.rolling_24h_max_ul is not None:
         daily = limits.rolling_24h_max_ul / 1000.0 * per_ml
@@ -105,6 +148,8 @@ def report_context(config: NebuliserConfig) -> ReportContext:
         course_dose_limit=limits.course_max_dose,
         amount_per_ml=per_ml,
         delivery=rx.delivery,
+        arm_id=rx.arm.arm_id,
+        cohort=rx.arm.cohort,
     )
 
 
@@ -157,11 +202,13 @@ class CourseSession:
         return self.summary.end_reason in COMPLETED_REASONS
 
     def dose(self, context: ReportContext) -> float | None:
-        """Delivered drug in the lot's unit (from the concentration recorded at intent)."""
+        """Delivered drug in the lot's unit (from the concentration recorded at intent);
+        in µL for a blinded context."""
         s = self.summary
         if s.delivered_ul is None:
             return None
-        per_ml = s.concentration_per_ml
+        # Blinded: never the concentration the ledger recorded (it tells the arms apart).
+        per_ml = None if context.blinded else s.concentration_per_ml
         if per_ml is None:
             per_ml = context.amount_per_ml
         return None if per_ml is None else s.delivered_ul / 1000.0 * per_ml

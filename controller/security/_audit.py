@@ -83,6 +83,7 @@ class AuditKind(StrEnum):
     LEDGER_INIT = "ledger_init"
     LEDGER_RESTORE = "ledger_restore"
     COMMAND_TALLY = "command_tally"  # messages not accepted, in aggregate (count, first/last)
+    UNBLINDING = "unblinding"  # an unblinded report asked for: granted or refused (issue 20)
 
 
 @dataclass(frozen=True, kw_only=True)
