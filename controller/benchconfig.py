@@ -57,6 +57,8 @@ class BenchPrescription:
     arm_id: str = "active"
     cohort: str = "pilot"
     blinded: bool = False
+    breath_gated: bool = False
+    """An ICD 1.1 breath-gated delivery (gate 80 %, one learning breath, apnoea 5 s)."""
 
 
 def bench_mqtt_section(
@@ -120,7 +122,15 @@ def _prescription_text(rx: BenchPrescription) -> str:
         "output_pct_min = 50",
         "output_pct_max = 100",
     ]
-    if rx.fill_ul is not None:
+    if rx.breath_gated:
+        lines += [
+            "[prescription.delivery]",
+            'mode = "breath_gated"',
+            "gate_pct = 80",
+            "lead_breaths = 1",
+            "apnoea_s = 5",
+        ]
+    elif rx.fill_ul is not None:
         lines += [
             "[prescription.delivery]",
             f"fill_ul = {rx.fill_ul}",

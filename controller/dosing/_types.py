@@ -311,16 +311,13 @@ class Decision:
         return reasons
 
     def public_refusal_reasons(self, *, blinded: bool) -> tuple[str, ...]:
-        """`refusal_reasons` as they may leave the bed: for a blinded arm, a constraint
-        in drug units is named by its code only (its sentence has the dose figures and
-        the lot); the continuation offer is in µL and stays."""
+        """`refusal_reasons` as they may leave the bed. For a blinded arm, the codes of
+        the failed constraints only, as in the published decision message (a sentence
+        of a constraint in drug units names the dose and the lot); the continuation
+        offer is in µL and stays."""
         if not blinded:
             return self.refusal_reasons
-        reasons = tuple(
-            c.reason if c.arm_neutral else f"{c.code} (figures withheld: blinded study)"
-            for c in self.constraints
-            if not c.passed
-        )
+        reasons = tuple(c.code for c in self.constraints if not c.passed)
         if reasons and self.continuation_available:
             reasons += (self.continuation_available,)
         return reasons

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
+from controller.dosing import Decision
 from controller.ledger import Ledger
 from controller.logging import get_logger
 from controller.security import (
@@ -27,7 +29,6 @@ from controller.security import (
     build_reply,
     canonical_json,
 )
-from controller.session import StartOutcome
 
 from ._audit import ServiceAudit
 from ._command_actions import CommandResult
@@ -36,7 +37,7 @@ from ._confirm import confirm_at_bedside
 if TYPE_CHECKING:  # _service imports the intake, which imports this module
     from ._service import ServiceContext
 
-__all__ = ["CommandReplies", "IntakeStats"]
+__all__ = ["CommandReplies", "IntakeStats", "published_refusal_reasons"]
 
 _log = get_logger(__name__)
 
@@ -117,8 +118,11 @@ class CommandReplies:
         decision = await sup.admit()
         refusals = sup.controller_refusals()
         if refusals or not decision.allowed:
-            blinded = sup.prescription.arm.blinded  # the reply is published (issue 20)
-            reasons = refusals + list(decision.public_refusal_reasons(blinded=blinded))
+            reasons = published_refusal_reasons(
+                [*refusals, *decision.refusal_reasons],
+                decision,
+                blinded=sup.prescription.arm.blinded,
+            )
             result = CommandResult(
                 status="refused",
                 reason_code="start_refused",
@@ -178,7 +182,11 @@ class CommandReplies:
             result = CommandResult(
                 status="refused",
                 reason_code="start_refused",
-                reason="; ".join(_public_reasons(outcome, blinded=sup.prescription.arm.blinded)),
+                reason="; ".join(
+                    published_refusal_reasons(
+                        outcome.reasons, outcome.decision, blinded=sup.prescription.arm.blinded
+                    )
+                ),
                 extra={"stage": "refused"},
             )
         self._finish(accepted, result)
@@ -260,11 +268,17 @@ def _record_command(
     return ledger.record_command(command=command, origin=origin, body=body, at=at)
 
 
-def _public_reasons(outcome: StartOutcome, *, blinded: bool) -> tuple[str, ...]:
-    """A refused start's reasons as the published reply may carry them (issue 20)."""
-    decision = outcome.decision
+def published_refusal_reasons(
+    reasons: Sequence[str], decision: Decision | None, *, blinded: bool
+) -> tuple[str, ...]:
+    """A refused start's reasons as the published reply carries them (issue 20).
+
+    For a blinded arm the decision's sentences (a constraint in drug units names the
+    dose and the lot) are replaced by its constraint codes, as in the decision message;
+    the controller's own refusals (state, link, storage) stay.
+    """
     if not blinded or decision is None:
-        return outcome.reasons
+        return tuple(reasons)
     own = set(decision.refusal_reasons)
-    controller_reasons = tuple(r for r in outcome.reasons if r not in own)
+    controller_reasons = tuple(r for r in reasons if r not in own)
     return controller_reasons + decision.public_refusal_reasons(blinded=True)

@@ -107,8 +107,8 @@ def test_public_refusal_reasons_of_a_blinded_arm_name_no_dose_figure_or_lot() ->
     )
     blinded = decision.public_refusal_reasons(blinded=True)
     assert blinded == (
-        "interval: too soon",
-        "session_dose (figures withheld: blinded study)",
+        "interval",
+        "session_dose",
         "its remaining 40 µL may be given as a continuation",
     )
     assert decision.public_refusal_reasons(blinded=False) == decision.refusal_reasons

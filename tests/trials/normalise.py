@@ -19,8 +19,14 @@ VOLATILE_KEYS: Final = frozenset(
         # run identity: when, which boot, which message, which process, which chain head
         "timestamp",  # log lines
         "utc",  # messages
+        "time_utc",  # command replies
         "raised_utc",  # alarms/active
         "seq",
+        "session_id",  # ids; a breathing sample falls between sessions (null) or not
+        "command_id",  # a signed command's random id (echoed in its reply)
+        "issued_at_ms",  # a signed command's times and signature (the station's command
+        "expires_at_ms",  # is on the bed's tree too)
+        "signature",
         "backlog_ceiling_seq",  # the outbox's sequence number when MQTT connected
         "boot_id",
         "pid",  # the control client's process (log lines of control requests)
@@ -39,6 +45,9 @@ VOLATILE_KEYS: Final = frozenset(
         "temperature_cC",
         "duration_ms",
         "link_quality_pct",
+        # the state as sampled at the telemetry rate: a state of a few ms (confirming,
+        # stopping) is caught or not; every transition is compared in the log lines
+        "session_state",
         "value",  # a constraint's current figure: seconds since the last start, µL used
     }
 )

@@ -15,22 +15,38 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from controller.benchconfig import BenchPrescription, bench_mqtt_section, write_bench_config
 from controller.config import NebuliserConfig
+from controller.security import (
+    CommandName,
+    RequestStartBody,
+    command_topic,
+    public_key_to_text,
+    sign_command,
+)
 from controller.telemetry import MosquittoBroker, MqttSettings, mqtt_client
-from simulators.mn1 import DeviceModel, run_pty_simulator
+from simulators.mn1 import BreathingModel, DeviceModel, RunningSimulator, run_pty_simulator
 from tests.controller.test_service_pty import FAST_UL_MIN, start_confirmed, wait_status
 
 from .normalise import normalise_stream
 
-SESSION_UL: Final = 100  # 1 s at the fast head's 6000 µL/min
+SESSION_UL: Final = 200  # 2 s at the fast head's 6000 µL/min (longer when breath-gated)
 MIN_INTERVAL_S: Final = 3
-#: The same prescribed dose on both arms (the pilot's 2.0e8 per 3 mL for 100 µL).
+DEVICE_ID: Final = "neb-trial"
+WARD: Final = "ward-3"
+BED: Final = "bed-12"
+#: The ward station's key: the same for both courses (its commands are the same).
+WARD_STATION_KEY: Final = Ed25519PrivateKey.generate()
+#: The same prescribed dose on both arms (the pilot's 2.0e8 per 3 mL for 200 µL).
 SESSION_DOSE: Final = SESSION_UL * 2.0e8 / 3000
 
 
@@ -49,7 +65,7 @@ class Arm:
         its figures in drug units (concentration, the dose of each delivered volume)."""
         per_ml = self.lot_amount / 3.0
         doses = [d * per_ml / 1000 for d in delivered_ul if d > 0]
-        figures = [self.lot_amount, per_ml, SESSION_DOSE, *doses]
+        figures = [self.lot_amount, per_ml, SESSION_DOSE, SESSION_DOSE / 2, *doses]
         return [
             self.arm_id,
             self.cohort,
@@ -83,13 +99,16 @@ class Course:
     log_lines: list[str] = field(default_factory=list)
 
 
-@contextlib.asynccontextmanager
-async def _subscribed_to_everything(broker: MosquittoBroker, course: Course) -> AsyncIterator[None]:
-    settings = MqttSettings(
+def _monitor_settings(broker: MosquittoBroker) -> MqttSettings:
+    return MqttSettings(
         host=broker.host, port=broker.port, client_id="capture", keepalive_s=2,
         reconnect_initial_s=0.05, reconnect_max_s=0.3,
     )  # fmt: skip
-    async with mqtt_client(settings, client_id="capture") as client:
+
+
+@contextlib.asynccontextmanager
+async def _subscribed_to_everything(broker: MosquittoBroker, course: Course) -> AsyncIterator[None]:
+    async with mqtt_client(_monitor_settings(broker), client_id="capture") as client:
         await client.subscribe("#", qos=1)
 
         async def read() -> None:
@@ -114,7 +133,7 @@ async def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> 
 
 
 def _write_config(
-    directory: Path, *, port: str, arm: Arm, broker: MosquittoBroker
+    directory: Path, *, port: str, arm: Arm, broker: MosquittoBroker, breath_gated: bool
 ) -> tuple[Path, NebuliserConfig]:
     return write_bench_config(
         directory,
@@ -127,56 +146,58 @@ def _write_config(
             arm_id=arm.arm_id,
             cohort=arm.cohort,
             blinded=True,
-            session_ul=SESSION_UL,
+            session_ul=SESSION_UL // 2 if breath_gated else SESSION_UL,
             with_session_dose=True,
             min_interval_s=MIN_INTERVAL_S,
             rolling_24h_max_sessions=4,
             course_max_sessions=4,
+            breath_gated=breath_gated,
         ),
-        device='device_id = "neb-trial"\nward = "ward-3"\nbed = "bed-12"',
+        device=f'device_id = "{DEVICE_ID}"\nward = "{WARD}"\nbed = "{BED}"',
         session="confirm_timeout_s = 10",
+        security=f"""[security]
+require_signed_prescriptions = false  # bench: the inline prescription
+[[security.senders]]
+id = "ward-3-station"
+public_key = "{public_key_to_text(WARD_STATION_KEY.public_key())}"
+role = "ward_station"
+""",
         extra=bench_mqtt_section(
             host=broker.host, port=broker.port, client_id="ctl-trial", telemetry_hz=5
         ),
     )
 
 
-async def run_course(directory: Path, arm: Arm) -> Course:
-    """A short blinded course: a session, a start refused by the interval, a session."""
+async def run_course(directory: Path, arm: Arm, *, breath_gated: bool) -> Course:
+    """A short blinded course: a session, a start refused while it runs, a session.
+
+    `breath_gated`: an ICD 1.1 head with a breathing patient (the `breathing` topic).
+    """
     course = Course()
     workdir = directory / "mosquitto"
     workdir.mkdir(parents=True)
-    model = DeviceModel(nominal_ul_min=FAST_UL_MIN, fill_ul=3000, serial="SIM-TRIAL")
+    model = DeviceModel(
+        nominal_ul_min=FAST_UL_MIN,
+        fill_ul=3000,
+        serial="SIM-TRIAL",
+        breathing=BreathingModel(pattern="severe") if breath_gated else None,  # 32/min: quick
+    )
     log_path = directory / "serve.log"
     async with (
         MosquittoBroker(workdir=workdir) as broker,
         run_pty_simulator(model) as sim,
         _subscribed_to_everything(broker, course),
     ):
-        config_path, config = _write_config(directory, port=sim.device_path, arm=arm, broker=broker)
+        config_path, config = _write_config(
+            directory, port=sim.device_path, arm=arm, broker=broker, breath_gated=breath_gated
+        )
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "controller.cli", "serve", "--config", str(config_path),
                 stdout=log, stderr=log,
             )  # fmt: skip
             try:
-                await wait_status(config, lambda s: s["link_up"] and s["device"], 15)
-                first = await start_confirmed(config)
-                assert first["started"], first
-                await wait_status(config, lambda s: s["last_session"] is not None, 15)
-                refused = await start_confirmed(config)
-                assert not refused["started"], refused  # the interval: a refusal decision
-                second = await _wait_then_start(config)
-                assert second["started"], second
-                await wait_status(
-                    config,
-                    lambda s: (
-                        s["state"] == "idle"
-                        and s["last_session"] is not None
-                        and s["last_session"]["session_id"] != first.get("session_id")
-                    ),
-                    15,
-                )
+                await _course_steps(config, sim, broker, course)
             finally:
                 if process.returncode is None:
                     process.send_signal(signal.SIGTERM)
@@ -193,10 +214,65 @@ async def run_course(directory: Path, arm: Arm) -> Course:
     return course
 
 
-async def _wait_then_start(config: NebuliserConfig) -> dict[str, Any]:
+async def _course_steps(
+    config: NebuliserConfig, sim: RunningSimulator, broker: MosquittoBroker, course: Course
+) -> None:
+    """What the nurse, the ward station and the head do during the course."""
+    await wait_status(config, lambda s: s["link_up"] and s["device"], 15)
+    first = await start_confirmed(config)
+    first_at = asyncio.get_running_loop().time()
+    assert first["started"], first
+    await wait_status(config, lambda s: s["session"] is not None, 5)
+    refused = await start_confirmed(config)  # a session is open: refused at the bedside
+    assert not refused["started"], refused
+    await _remote_start_refused(broker, course)  # ... and from the ward station
+    await wait_status(config, lambda s: s["last_session"] is not None, 30)
+    second = await _wait_then_start(config, first_at=first_at)
+    assert second["started"], second
+    await wait_status(
+        config,
+        lambda s: (
+            s["state"] == "idle"
+            and s["last_session"] is not None
+            and s["last_session"]["session_id"] != first.get("session_id")
+        ),
+        15,
+    )
+    # A device alarm while idle: the `alarm` and `alarms/active` topics.
+    sim.apply(lambda m, t: m.set_condition("supply_low", True, now_ms=t))
+    await _until(
+        lambda: any(t.endswith("/alarms/active") for t, _ in course.messages),
+        10,
+        "the alarm messages",
+    )
+
+
+async def _remote_start_refused(broker: MosquittoBroker, course: Course) -> None:
+    """A signed `session.request_start` from the ward station while a session is open:
+    its refusal is published on `command/reply` (the refusal's reasons, blinded)."""
+    payload = sign_command(
+        key=WARD_STATION_KEY,
+        sender_id="ward-3-station",
+        device_id=DEVICE_ID,
+        counter=1,
+        command=CommandName.SESSION_REQUEST_START,
+        body=RequestStartBody(),
+        issued_at_ms=int(time.time() * 1000),
+        validity_s=30,
+    )
+    async with mqtt_client(_monitor_settings(broker), client_id="ward-station") as client:
+        await client.publish(command_topic(ward=WARD, bed=BED), payload, qos=1)
+    await _until(
+        lambda: any(t.endswith("/command/reply") and b'"refused"' in b for t, b in course.messages),
+        10,
+        "the refusal of the remote start request",
+    )
+
+
+async def _wait_then_start(config: NebuliserConfig, *, first_at: float) -> dict[str, Any]:
     """The interval is measured from the previous start: wait it out on the clock."""
     loop = asyncio.get_running_loop()
-    until = loop.time() + MIN_INTERVAL_S + 0.5
+    until = first_at + MIN_INTERVAL_S + 0.3
     while loop.time() < until:  # noqa: ASYNC110 - waiting for the prescription's interval
         await asyncio.sleep(0.05)
     return await start_confirmed(config)
@@ -214,16 +290,19 @@ def _delivered(course: Course) -> set[int]:
     }
 
 
-async def _course_in(tmp_path: Path, arm: Arm, keep_as: str) -> Course:
+async def _course_in(tmp_path: Path, arm: Arm, keep_as: str, *, breath_gated: bool) -> Course:
     """Run in the same directory every time (paths are in log lines), then keep it."""
-    course = await run_course(tmp_path / "bed", arm)
+    course = await run_course(tmp_path / "bed", arm, breath_gated=breath_gated)
     (tmp_path / "bed").rename(tmp_path / keep_as)
     return course
 
 
-async def test_blinded_active_and_placebo_courses_are_indistinguishable(tmp_path: Path) -> None:
-    active = await _course_in(tmp_path, ACTIVE, "course-1")
-    placebo = await _course_in(tmp_path, PLACEBO, "course-2")
+@pytest.mark.parametrize("breath_gated", [False, True], ids=["continuous", "breath_gated"])
+async def test_blinded_active_and_placebo_courses_are_indistinguishable(
+    tmp_path: Path, breath_gated: bool
+) -> None:
+    active = await _course_in(tmp_path, ACTIVE, "course-1", breath_gated=breath_gated)
+    placebo = await _course_in(tmp_path, PLACEBO, "course-2", breath_gated=breath_gated)
     for course, arm in ((active, ACTIVE), (placebo, PLACEBO)):
         everything = _dump(course)
         assert len(_delivered(course)) >= 1, "both sessions ran and ended"
