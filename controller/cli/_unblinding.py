@@ -37,7 +37,7 @@ from controller.security import (
 __all__ = ["UnblindingRefusedError", "add_unblinding_options", "context_for_report"]
 
 _HOW: Final = (
-    "a coordinator signs one with `nebuliser report sign-unblinding --key KEY.pem "
+    "a coordinator signs one with `nebuliser report sign-unblinding --key KEY.key "
     "--key-id ID --device DEVICE --subject SUBJECT --report REPORT --reason TEXT -o FILE` "
     "and you pass `--unblinded --unblind-credential FILE` (docs/trials.md, Blinding)"
 )
