@@ -16,6 +16,7 @@ import argparse
 import getpass
 import os
 import socket
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -24,6 +25,7 @@ from controller.config import NebuliserConfig
 from controller.dosing import Prescription
 from controller.reports import ReportContext, report_context
 from controller.security import (
+    AUDIT_DB_NAME,
     AuditKind,
     AuditLog,
     CommandLimits,
@@ -77,17 +79,35 @@ def _peer() -> dict[str, object]:
     return peer
 
 
+class UnblindingNotAuditedError(UnblindingRefusedError):
+    """The audit record could not be written: nothing unblinded may be shown."""
+
+
 def _audit(config: NebuliserConfig, body: dict[str, object]) -> None:
-    """Append the unblinding record (fsynced), with the service's HMAC key if it has one."""
+    """Append the unblinding record (fsynced), with the service's HMAC key if it has one.
+
+    Raises `UnblindingNotAuditedError` when it cannot: an unblinding that leaves no
+    record is refused.
+    """
     from controller.service import load_audit_hmac_key  # noqa: PLC0415 - only when unblinding
 
     security = config.security
-    key = load_audit_hmac_key(None if security is None else security.audit_hmac_key_file)
-    log = AuditLog.in_data_dir(config.storage.data_dir, hmac_key=key)
+    data_dir = config.storage.data_dir
     try:
-        log.append(AuditKind.UNBLINDING, body, now=datetime.now(UTC))
-    finally:
-        log.close()
+        key = load_audit_hmac_key(None if security is None else security.audit_hmac_key_file)
+        log = AuditLog.in_data_dir(data_dir, hmac_key=key)
+        try:
+            log.append(AuditKind.UNBLINDING, body, now=datetime.now(UTC))
+        finally:
+            log.close()
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        raise UnblindingNotAuditedError(
+            "audit_failed",
+            f"the unblinding cannot be recorded in the audit log {data_dir / AUDIT_DB_NAME} "
+            f"({exc}); nothing is unblinded. Run the report as the controller's service "
+            "user (sudo -u nebuliser nebuliser report ...), which can write the audit log "
+            "and read its HMAC key",
+        ) from exc
 
 
 def _verify(
@@ -101,7 +121,14 @@ def _verify(
         ) from exc
     security = config.security
     limits = CommandLimits() if security is None else CommandLimits.from_settings(security)
-    counters = SqliteCounterStore.in_data_dir(config.storage.data_dir)
+    try:
+        counters = SqliteCounterStore.in_data_dir(config.storage.data_dir)
+    except (OSError, sqlite3.Error) as exc:
+        raise UnblindingRefusedError(
+            "counter_store_failed",
+            f"cannot open the replay counters in {config.storage.data_dir} ({exc}); run the "
+            "report as the controller's service user",
+        ) from exc
     try:
         return verify_unblinding(
             raw,
@@ -167,7 +194,7 @@ def context_for_report(
         granted = _grant(args, config=config, prescription=prescription, report=report)
     except UnblindingRefusedError as exc:
         _audit(config, record | {"outcome": "refused", "code": exc.code, "reason": str(exc)})
-        raise
+        raise  # the refusal; or, if it could not be audited, that
     _audit(
         config,
         record

@@ -383,3 +383,17 @@ def test_an_unblinding_key_cannot_be_added_in_the_controllers_configuration() ->
                 ]
             }
         )
+
+
+def test_an_unblinding_that_cannot_be_audited_shows_nothing(
+    bed: Bed, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (bed.data_dir / AUDIT_DB_NAME).mkdir()  # the audit log cannot be opened
+    credential = _credential(tmp_path)
+    code, out, err = _report(
+        bed, capsys, "sessions", "--unblinded", "--unblind-credential", str(credential)
+    )
+    assert code == ExitCode.REFUSED
+    assert out == ""
+    assert "audit_failed" in err
+    assert "nothing is unblinded" in err
