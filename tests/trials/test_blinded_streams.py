@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,10 +63,15 @@ class Arm:
 
     def secrets(self, delivered_ul: set[int]) -> list[str]:
         """Strings that would name this arm if any channel carried them: its names and
-        its figures in drug units (concentration, the dose of each delivered volume)."""
-        per_ml = self.lot_amount / 3.0
-        doses = [d * per_ml / 1000 for d in delivered_ul if d > 0]
-        figures = [self.lot_amount, per_ml, SESSION_DOSE, SESSION_DOSE / 2, *doses]
+        its figures in drug units: the concentration, the prescribed dose, and the dose
+        of every volume a dose rule or record could state (each delivered volume, the
+        caps, their sums), computed exactly as the controller does (`Fraction`)."""
+        per_ul = Fraction(self.lot_amount) / 3 / 1000
+        caps = {SESSION_UL, SESSION_UL // 2}
+        volumes = delivered_ul | caps | {sum(delivered_ul)}
+        volumes |= {d + c for d in delivered_ul for c in caps}
+        doses = [float(v * per_ul) for v in volumes if v > 0]
+        figures = [self.lot_amount, float(per_ul * 1000), SESSION_DOSE, SESSION_DOSE / 2, *doses]
         return [
             self.arm_id,
             self.cohort,
