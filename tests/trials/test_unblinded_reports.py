@@ -397,3 +397,20 @@ def test_an_unblinding_that_cannot_be_audited_shows_nothing(
     assert out == ""
     assert "audit_failed" in err
     assert "nothing is unblinded" in err
+
+
+def test_the_course_plot_is_drawn_blinded_and_unblinded_with_a_credential(
+    bed: Bed, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    blinded_png, unblinded_png = tmp_path / "blinded.png", tmp_path / "unblinded.png"
+    code, _out, err = _report(bed, capsys, "plot", "--subject", SUBJECT, "-o", str(blinded_png))
+    assert code == ExitCode.OK, err
+    credential = _credential(tmp_path, report="plot")
+    code, _out, err = _report(
+        bed, capsys, "plot", "--subject", SUBJECT, "-o", str(unblinded_png),
+        "--unblinded", "--unblind-credential", str(credential),
+    )  # fmt: skip
+    assert code == ExitCode.OK, err
+    assert blinded_png.stat().st_size > 0
+    assert unblinded_png.read_bytes() != blinded_png.read_bytes()  # µL versus vesicles
+    assert [r["report"] for r in _audit_rows(bed)] == ["plot"]
