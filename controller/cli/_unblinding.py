@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from controller.config import NebuliserConfig
+from controller.config import NebuliserConfig, PrescriptionSourceError, load_service_prescription
 from controller.dosing import Prescription
-from controller.reports import ReportContext, report_context
+from controller.reports import ReportContext, report_context, report_prescription
 from controller.security import (
     AUDIT_DB_NAME,
     AuditKind,
@@ -153,9 +153,20 @@ def _report_name(report: str) -> UnblindReport:
 
 
 def _grant(
-    args: argparse.Namespace, *, config: NebuliserConfig, prescription: Prescription, report: str
+    args: argparse.Namespace,
+    *,
+    config: NebuliserConfig,
+    prescription: Prescription | None,
+    problem: str | None,
+    report: str,
 ) -> Unblinding:
     """The verified unblinding, or `UnblindingRefusedError` saying what is missing."""
+    if prescription is None:
+        raise UnblindingRefusedError(
+            "no_prescription",
+            "the prescription cannot be read or verified as `serve` would, so nobody can be "
+            f"checked against its unblinding_keys: {problem}; pass the controller's --config",
+        )
     if not args.unblinded:
         raise UnblindingRefusedError(
             "not_asked",
@@ -177,21 +188,35 @@ def context_for_report(
     Raises `UnblindingRefusedError` (after auditing the refusal) when `--unblinded`
     was asked without a valid credential; the caller prints it and exits REFUSED.
     """
-    prescription = config.prescription
     wanted = bool(args.unblinded or args.unblind_credential is not None)
-    if prescription is None or not prescription.arm.blinded or not wanted:
+    if not wanted:
         return report_context(config)
+    try:
+        shown = report_prescription(config)
+    except PrescriptionSourceError:
+        shown = None  # unreadable: the report is blinded; the gate below says why
+    if shown is not None and not shown.arm.blinded:
+        return report_context(config)  # an open-label arm: nothing to unblind
+    # Who may unblind is read only from a prescription `serve` would accept: a pharmacy-
+    # signed file (an inline table only where signatures are not required: a bench).
+    try:
+        prescription: Prescription | None = load_service_prescription(config).prescription
+        problem = None
+    except PrescriptionSourceError as exc:
+        prescription, problem = None, str(exc)
     record: dict[str, object] = {
         "report": report,
-        "subject_id": prescription.subject_id,
-        "protocol_id": prescription.protocol_id,
+        "subject_id": None if prescription is None else prescription.subject_id,
+        "protocol_id": None if prescription is None else prescription.protocol_id,
         "peer": _peer(),
         "credential_file": None
         if args.unblind_credential is None
         else str(args.unblind_credential),
     }
     try:
-        granted = _grant(args, config=config, prescription=prescription, report=report)
+        granted = _grant(
+            args, config=config, prescription=prescription, problem=problem, report=report
+        )
     except UnblindingRefusedError as exc:
         _audit(config, record | {"outcome": "refused", "code": exc.code, "reason": str(exc)})
         raise  # the refusal; or, if it could not be audited, that

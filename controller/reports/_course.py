@@ -19,8 +19,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from controller.config import NebuliserConfig
-from controller.dosing import BLINDED_DRUG_LABEL, COMPLETED_REASONS, Delivery
+from controller.config import NebuliserConfig, PrescriptionSourceError, load_service_prescription
+from controller.dosing import BLINDED_DRUG_LABEL, COMPLETED_REASONS, Delivery, Prescription
 from controller.ledger import (
     AlarmAction,
     AlarmEntry,
@@ -39,6 +39,7 @@ __all__ = [
     "read_progress",
     "read_sessions",
     "report_context",
+    "report_prescription",
 ]
 
 ALARM_GRACE = timedelta(seconds=10)
@@ -94,12 +95,32 @@ class ReportContext:
         return (self.drug or "drug not recorded") + (f" ({detail})" if detail else "")
 
 
+def report_prescription(config: NebuliserConfig) -> Prescription | None:
+    """The prescription whose lot, arm and blinding the reports use: the inline table,
+    or the `prescription_file` checked as `serve` checks it (its pharmacy signature
+    when signatures are required).
+
+    None when the configuration names none (a report from `--data-dir` alone). Raises
+    `PrescriptionSourceError` when the file cannot be read or verified.
+    """
+    if config.prescription is not None:
+        return config.prescription
+    if config.prescription_file is None:
+        return None
+    return load_service_prescription(config).prescription
+
+
 def report_context(config: NebuliserConfig, *, unblinded: bool = False) -> ReportContext:
     """The report context from a loaded configuration (its prescription, if any).
 
     For a blinded arm the context is blinded unless `unblinded` (the caller verified
-    an unblinding credential and audited it: `controller.cli.report`)."""
-    rx = config.prescription
+    an unblinding credential and audited it: `controller.cli.report`). A prescription
+    file that cannot be read or verified gives a blinded context (it might be blinded).
+    """
+    try:
+        rx = report_prescription(config)
+    except PrescriptionSourceError:
+        return _blinded_context(config, None)
     if rx is None:
         return ReportContext(
             dose_unit="units",
@@ -115,23 +136,7 @@ def report_context(config: NebuliserConfig, *, unblinded: bool = False) -> Repor
         )
     limits = rx.limits
     if rx.arm.blinded and not unblinded:
-        # Volumes and volume limits are equal on every arm: 1000 "µL" per mL.
-        return ReportContext(
-            dose_unit="µL",
-            lot_id=None,
-            drug=BLINDED_DRUG_LABEL,
-            device_id=config.device.device_id,
-            expected_serial=config.device.expected_serial,
-            timezone=rx.timezone,
-            session_dose_limit=None if limits.session_ul is None else float(limits.session_ul),
-            daily_dose_limit=None
-            if limits.rolling_24h_max_ul is None
-            else float(limits.rolling_24h_max_ul),
-            course_dose_limit=None if limits.course_max_ul is None else float(limits.course_max_ul),
-            amount_per_ml=1000.0,
-            delivery=rx.delivery,
-            blinded=True,
-        )
+        return _blinded_context(config, rx)
     per_ml = float(rx.lot.concentration_per_ml())
     daily = limits.rolling_24h_max_dose
     if daily is None and limits.rolling_24h_max_ul is not None:
@@ -150,6 +155,30 @@ def report_context(config: NebuliserConfig, *, unblinded: bool = False) -> Repor
         delivery=rx.delivery,
         arm_id=rx.arm.arm_id,
         cohort=rx.arm.cohort,
+    )
+
+
+def _blinded_context(config: NebuliserConfig, rx: Prescription | None) -> ReportContext:
+    """No drug, lot, arm or concentration; "dose" is the volume (1000 µL per mL) against
+    the volume limits, which are equal on every arm."""
+    limits = None if rx is None else rx.limits
+
+    def volume(value: int | None) -> float | None:
+        return None if value is None else float(value)
+
+    return ReportContext(
+        dose_unit="µL",
+        lot_id=None,
+        drug=BLINDED_DRUG_LABEL,
+        device_id=config.device.device_id,
+        expected_serial=config.device.expected_serial,
+        timezone="UTC" if rx is None else rx.timezone,
+        session_dose_limit=None if limits is None else volume(limits.session_ul),
+        daily_dose_limit=None if limits is None else volume(limits.rolling_24h_max_ul),
+        course_dose_limit=None if limits is None else volume(limits.course_max_ul),
+        amount_per_ml=1000.0,
+        delivery=None if rx is None else rx.delivery,
+        blinded=True,
     )
 
 

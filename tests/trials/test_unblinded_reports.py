@@ -28,8 +28,10 @@ from controller.security import (
     generate_key_files,
     load_private_key,
     public_key_to_text,
+    sign_prescription_bytes,
     sign_unblinding,
     verify_audit_log,
+    write_prescription_signature,
 )
 
 SUBJECT: Final = "TRIAL-007"
@@ -56,14 +58,11 @@ class Bed:
     data_dir: Path
 
 
-def _config_text(data_dir: Path, *, unblinding_keys: str) -> str:
-    return f"""
-[device]
-port = "/dev/nebuliser"
-device_id = "{DEVICE}"
-[storage]
-data_dir = "{data_dir}"
-[prescription]
+PHARMACY: Final = Ed25519PrivateKey.generate()
+
+
+def _prescription_text(unblinding_keys: str) -> str:
+    return f"""[prescription]
 subject_id = "{SUBJECT}"
 protocol_id = "EXO-RCT-02"
 drug = "{DRUG}"
@@ -84,6 +83,32 @@ rolling_24h_max_ul = 3000
 course_max_dose = 1.0e9
 {unblinding_keys}
 """
+
+
+def _write_ward_config(directory: Path, data_dir: Path, *, unblinding_keys: str) -> Path:
+    """As on a ward: the prescription in its own file, signed by the pharmacy."""
+    rx = directory / "rx.toml"
+    rx.write_text(_prescription_text(unblinding_keys), encoding="utf-8")
+    write_prescription_signature(
+        rx, sign_prescription_bytes(rx.read_bytes(), key=PHARMACY, key_id="pharmacy-1")
+    )
+    config_path = directory / "controller.toml"
+    config_path.write_text(
+        f"""prescription_file = "{rx}"
+[device]
+port = "/dev/nebuliser"
+device_id = "{DEVICE}"
+[storage]
+data_dir = "{data_dir}"
+[security]
+[[security.senders]]
+id = "pharmacy-1"
+public_key = "{public_key_to_text(PHARMACY.public_key())}"
+role = "pharmacy"
+""",
+        encoding="utf-8",
+    )
+    return config_path
 
 
 def _keys_toml(key: Ed25519PrivateKey = COORDINATOR) -> str:
@@ -131,8 +156,7 @@ def bed(tmp_path: Path) -> Bed:
                     utc=at + timedelta(minutes=8), boot_id="b", monotonic_ns=day * 10**12 + 3
                 ),
             )
-    config_path = tmp_path / "controller.toml"
-    config_path.write_text(_config_text(data_dir, unblinding_keys=_keys_toml()), encoding="utf-8")
+    config_path = _write_ward_config(tmp_path, data_dir, unblinding_keys=_keys_toml())
     return Bed(config_path=config_path, data_dir=data_dir)
 
 
@@ -323,9 +347,7 @@ def test_the_coordinator_signs_with_the_cli_and_the_key_file(
 ) -> None:
     private_path, _public = generate_key_files(out_dir=tmp_path / "keys", name=COORDINATOR_ID)
     key = load_private_key(private_path)
-    bed.config_path.write_text(
-        _config_text(bed.data_dir, unblinding_keys=_keys_toml(key)), encoding="utf-8"
-    )
+    _write_ward_config(bed.config_path.parent, bed.data_dir, unblinding_keys=_keys_toml(key))
     credential = tmp_path / "unblind.json"
     code = main(
         [
@@ -359,7 +381,7 @@ def test_the_coordinator_signs_with_the_cli_and_the_key_file(
 def test_a_prescription_without_unblinding_keys_cannot_be_unblinded(
     bed: Bed, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    bed.config_path.write_text(_config_text(bed.data_dir, unblinding_keys=""), encoding="utf-8")
+    _write_ward_config(bed.config_path.parent, bed.data_dir, unblinding_keys="")
     code, out, err = _report(
         bed, capsys, "sessions", "--unblinded", "--unblind-credential", str(_credential(tmp_path))
     )
@@ -414,3 +436,37 @@ def test_the_course_plot_is_drawn_blinded_and_unblinded_with_a_credential(
     assert blinded_png.stat().st_size > 0
     assert unblinded_png.read_bytes() != blinded_png.read_bytes()  # µL versus vesicles
     assert [r["report"] for r in _audit_rows(bed)] == ["plot"]
+
+
+def test_a_prescription_file_edited_after_signing_blinds_the_report_and_unblinds_nothing(
+    bed: Bed, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rx = bed.config_path.parent / "rx.toml"
+    rx.write_text(rx.read_text(encoding="utf-8").replace("blinded = true", "blinded = false"))
+    code, out, err = _report(bed, capsys, "sessions", "--format", "csv")
+    assert code == ExitCode.OK, err
+    _no_secret(out)  # it might be a blinded study: fail closed
+    code, out, err = _report(
+        bed, capsys, "sessions", "--unblinded", "--unblind-credential", str(_credential(tmp_path))
+    )
+    assert code == ExitCode.REFUSED
+    assert out == ""
+    assert "no_prescription" in err
+    assert _audit_rows(bed)[0]["code"] == "no_prescription"
+
+
+def test_unblinding_keys_of_an_unsigned_inline_prescription_are_not_believed(
+    bed: Bed, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = bed.config_path.read_text(encoding="utf-8").split("\n", 1)[1]  # no file
+    rx = (bed.config_path.parent / "rx.toml").read_text(encoding="utf-8")
+    bed.config_path.write_text(config + rx, encoding="utf-8")  # inline, unsigned
+    code, out, err = _report(
+        bed, capsys, "sessions", "--unblinded", "--unblind-credential", str(_credential(tmp_path))
+    )
+    assert code == ExitCode.REFUSED
+    assert out == ""
+    assert "no_prescription" in err
+    code, out, err = _report(bed, capsys, "sessions")
+    assert code == ExitCode.OK, err
+    _no_secret(out)  # the inline table says blinded: the report is blinded
