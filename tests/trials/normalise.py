@@ -45,6 +45,8 @@ VOLATILE_KEYS: Final = frozenset(
         "temperature_cC",
         "duration_ms",
         "link_quality_pct",
+        "seconds_since_breath",  # breathing: when the sample fell in the breath cycle
+        "breaths",  # breathing: breaths of the run so far when the sample was taken
         # the state as sampled at the telemetry rate: a state of a few ms (confirming,
         # stopping) is caught or not; every transition is compared in the log lines
         "session_state",

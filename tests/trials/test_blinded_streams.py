@@ -247,9 +247,12 @@ async def _course_steps(
     # A device alarm while idle: the `alarm` and `alarms/active` topics.
     sim.apply(lambda m, t: m.set_condition("supply_low", True, now_ms=t))
     await _until(
-        lambda: any(t.endswith("/alarms/active") for t, _ in course.messages),
+        lambda: (
+            any(t.endswith("/alarms/active") for t, _ in course.messages)
+            and any(t.endswith("/telemetry") and b"supply_low" in b for t, b in course.messages)
+        ),
         10,
-        "the alarm messages",
+        "the alarm messages and a telemetry sample with the fault",
     )
 
 
