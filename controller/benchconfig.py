@@ -56,6 +56,13 @@ class BenchPrescription:
     `[[prescription.cohorts]]` (the five-rights check, docs/trials.md)."""
     blinded: bool = False
     """A blinded arm: nothing published may name the arm, lot or a drug-unit figure."""
+    drug: str = "exosome vesicles (inhaled)"
+    lot_amount: float = 2.0e8
+    """Drug units in the lot's 3 mL (the session dose stays the pilot's 2.0e8 per 3 mL)."""
+    arm_id: str = "active"
+    cohort: str = "pilot"
+    breath_gated: bool = False
+    """An ICD 1.1 breath-gated delivery (gate 80 %, one learning breath, apnoea 5 s)."""
 
 
 def bench_mqtt_section(
@@ -92,17 +99,17 @@ def _prescription_text(rx: BenchPrescription) -> str:
         "[prescription]",
         f'subject_id = "{rx.subject_id}"',
         'protocol_id = "EXO-PILOT-01"',
-        'drug = "exosome vesicles (inhaled)"',
+        f'drug = "{rx.drug}"',
         'timezone = "UTC"',
         "[prescription.lot]",
         f'lot_id = "{rx.lot_id}"',
-        "amount = 2.0e8",
+        f"amount = {rx.lot_amount!r}",
         'unit = "vesicles"',
         "per_volume_ml = 3.0",
         "[prescription.arm]",
-        'arm_id = "active"',
-        'cohort = "pilot"',
-        f"blinded = {'true' if rx.blinded else 'false'}",
+        f'arm_id = "{rx.arm_id}"',
+        f'cohort = "{rx.cohort}"',
+        f"blinded = {str(rx.blinded).lower()}",
         "[prescription.limits]",
         f"session_ul = {rx.session_ul}",
         *([f"session_dose = {rx.session_ul * 2.0e8 / 3000}"] if rx.with_session_dose else []),
@@ -119,7 +126,15 @@ def _prescription_text(rx: BenchPrescription) -> str:
         "output_pct_min = 50",
         "output_pct_max = 100",
     ]
-    if rx.fill_ul is not None:
+    if rx.breath_gated:
+        lines += [
+            "[prescription.delivery]",
+            'mode = "breath_gated"',
+            "gate_pct = 80",
+            "lead_breaths = 1",
+            "apnoea_s = 5",
+        ]
+    elif rx.fill_ul is not None:
         lines += [
             "[prescription.delivery]",
             f"fill_ul = {rx.fill_ul}",

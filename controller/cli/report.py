@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,21 @@ from controller.reports import (
     render_csv,
     render_json,
     render_table,
-    report_context,
     session_rows,
 )
 
 from ._common import add_service_options, config_from_args
+from ._unblinding import UnblindingRefusedError, add_unblinding_options, context_for_report
 
 __all__ = ["register"]
 
 EXIT_LEDGER = ExitCode.LEDGER
 EXIT_PLOTS = ExitCode.MISSING_EXTRA
+EXIT_REFUSED = ExitCode.REFUSED
+
+
+class _RefusedError(Exception):
+    """An unblinded report was refused (already printed and audited)."""
 
 
 def _parse_since(text: str) -> datetime:
@@ -68,13 +74,31 @@ def _write(args: argparse.Namespace, text: str) -> None:
     sys.stderr.write(f"wrote {args.output}\n")
 
 
-def _load(args: argparse.Namespace) -> tuple[NebuliserConfig, ReportContext]:
+def _load(args: argparse.Namespace, report: str) -> tuple[NebuliserConfig, ReportContext]:
+    """The configuration and the report context: blinded for a blinded arm unless an
+    unblinding credential verifies (`_unblinding.py`; refusals raise `_RefusedError`)."""
     config = config_from_args(args)
-    return config, report_context(config)
+    try:
+        return config, context_for_report(args, config, report=report)
+    except UnblindingRefusedError as exc:
+        sys.stderr.write(f"nebuliser report: unblinded report refused [{exc.code}]: {exc}\n")
+        raise _RefusedError from exc
+
+
+def _refusing(handler: Any) -> Any:
+    """Exit REFUSED (1) when the unblinding gate refused; the report is not written."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except _RefusedError:
+            return EXIT_REFUSED
+
+    return run
 
 
 def _sessions(args: argparse.Namespace) -> int:
-    config, context = _load(args)
+    config, context = _load(args, "sessions")
     try:
         with _open_ledger(config) as ledger:
             sessions = read_sessions(ledger, subject_id=args.subject, since=args.since)
@@ -84,14 +108,14 @@ def _sessions(args: argparse.Namespace) -> int:
     rows = session_rows(sessions, context)
     fmt = "json" if args.json else args.format
     if fmt == "table":
-        _write(args, render_table(rows, timezone=context.timezone))
+        _write(args, render_table(rows, timezone=context.timezone, medication=context.arm_label))
     else:
         _write(args, render_csv(rows) if fmt == "csv" else render_json(rows))
     return 0
 
 
 def _fhir(args: argparse.Namespace) -> int:
-    config, context = _load(args)
+    config, context = _load(args, "fhir")
     try:
         with _open_ledger(config) as ledger:
             sessions = read_sessions(ledger, subject_id=args.subject, since=args.since)
@@ -134,7 +158,7 @@ def _draw(args: argparse.Namespace, ledger: Ledger, context: ReportContext) -> N
 
 
 def _plot(args: argparse.Namespace) -> int:
-    config, context = _load(args)
+    config, context = _load(args, "plot")
     try:
         with _open_ledger(config) as ledger:
             _draw(args, ledger, context)
@@ -159,6 +183,7 @@ def _common(parser: argparse.ArgumentParser, *, subject_required: bool = False) 
         help="only sessions whose intent is at or after this ISO 8601 date/time (UTC)",
     )
     add_service_options(parser)
+    add_unblinding_options(parser)
 
 
 def register(subparsers: Any) -> None:
@@ -180,13 +205,13 @@ def register(subparsers: Any) -> None:
     )
     sessions.add_argument("--json", action="store_true", help="machine-readable output")
     sessions.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
-    sessions.set_defaults(handler=_sessions)
+    sessions.set_defaults(handler=_refusing(_sessions))
     fhir = sub.add_parser(
         "fhir", help="a FHIR R4 Bundle of MedicationAdministration resources for one subject"
     )
     _common(fhir, subject_required=True)
     fhir.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
-    fhir.set_defaults(handler=_fhir)
+    fhir.set_defaults(handler=_refusing(_fhir))
     plot = sub.add_parser(
         "plot",
         help="PNG: one session's delivery (--session) or a subject's course (--subject)",
@@ -202,4 +227,62 @@ def register(subparsers: Any) -> None:
     plot.add_argument("--width", type=int, default=DEFAULT_PLOT_SIZE_PX[0], help="pixels")
     plot.add_argument("--height", type=int, default=DEFAULT_PLOT_SIZE_PX[1], help="pixels")
     add_service_options(plot)
-    plot.set_defaults(handler=_plot)
+    add_unblinding_options(plot)
+    plot.set_defaults(handler=_refusing(_plot))
+    _register_sign(sub)
+
+
+def _sign_unblinding(args: argparse.Namespace) -> int:
+    # Imported here: cryptography is not needed by the other report commands.
+    from controller.security import (  # noqa: PLC0415
+        KeyFileError,
+        load_private_key,
+        sign_unblinding,
+    )
+
+    try:
+        key = load_private_key(args.key)
+        credential = sign_unblinding(
+            key=key,
+            key_id=args.key_id,
+            device_id=args.device,
+            subject_id=args.subject,
+            report=args.report,
+            reason=args.reason,
+            issued_at_ms=int(time.time() * 1000),
+            validity_s=args.valid_s,
+        )
+    except (KeyFileError, ValueError) as exc:
+        sys.stderr.write(f"nebuliser report: unblinding credential not signed: {exc}\n")
+        return EXIT_REFUSED
+    args.output.write_bytes(credential)
+    print(
+        f"unblinding credential for `report {args.report}` of subject {args.subject} written "
+        f"to {args.output}; valid {args.valid_s} s, for one report"
+    )
+    return 0
+
+
+def _register_sign(sub: Any) -> None:
+    sign = sub.add_parser(
+        "sign-unblinding",
+        help="(coordinator) sign a credential that unblinds one report of a blinded arm",
+        description="Signs with a key listed in the prescription's unblinding_keys. The "
+        "credential is valid for --valid-s seconds and for one report; hand it to "
+        "`nebuliser report REPORT --unblinded --unblind-credential FILE`.",
+    )
+    sign.add_argument("--key", type=Path, required=True, help="your Ed25519 private key (PEM)")
+    sign.add_argument(
+        "--key-id", required=True, help="your key's id in the prescription's unblinding_keys"
+    )
+    sign.add_argument("--device", required=True, help="the controller's device id")
+    sign.add_argument("--subject", required=True, help="the subject whose report is unblinded")
+    sign.add_argument(
+        "--report", choices=["sessions", "fhir", "plot"], required=True, help="which report"
+    )
+    sign.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    sign.add_argument(
+        "--valid-s", type=int, default=60, help="seconds the credential is valid (at most 60)"
+    )
+    sign.add_argument("-o", "--output", type=Path, required=True, help="credential file to write")
+    sign.set_defaults(handler=_sign_unblinding)

@@ -31,6 +31,7 @@ from controller.dosing._end import (
 from controller.dosing._five_rights import five_rights
 from controller.dosing._history import AdmissionHistory, CourseTotals, full_history
 from controller.dosing._prescription import (
+    BLINDED_DRUG_LABEL,
     DELIVERY_APNOEA_S,
     DELIVERY_GATE_PCT,
     DELIVERY_LEAD_BREATHS,
@@ -47,9 +48,11 @@ from controller.dosing._prescription import (
     Prescription,
     PrescriptionLimits,
     TrialLot,
+    UnblindingKey,
     load_prescription,
 )
 from controller.dosing._types import (
+    ARM_NEUTRAL_UNITS,
     BedsideScan,
     ConstraintCode,
     ConstraintResult,
@@ -67,6 +70,8 @@ from controller.dosing._types import (
 from controller.dosing._usage import DayUsage, DoseUsage, dose_usage
 
 __all__ = [
+    "ARM_NEUTRAL_UNITS",
+    "BLINDED_DRUG_LABEL",
     "CEILING_24H_UL",
     "CEILING_MAX_DURATION_S",
     "CEILING_OUTPUT_PCT_MAX",
@@ -115,6 +120,7 @@ __all__ = [
     "StorageStatus",
     "TrialLot",
     "TrustedTime",
+    "UnblindingKey",
     "administrations",
     "classify_end",
     "continuation_offer",

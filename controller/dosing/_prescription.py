@@ -40,6 +40,7 @@ from controller.dosing._lot import (
 )
 
 __all__ = [
+    "BLINDED_DRUG_LABEL",
     "DELIVERY_APNOEA_S",
     "DELIVERY_GATE_PCT",
     "DELIVERY_LEAD_BREATHS",
@@ -56,6 +57,7 @@ __all__ = [
     "Prescription",
     "PrescriptionLimits",
     "TrialLot",
+    "UnblindingKey",
     "load_prescription",
 ]
 
@@ -72,6 +74,7 @@ _UL_PER_ML = 1000
 # Strict mode refuses lists for tuples; TOML arrays arrive as lists, so relax only that.
 _StrTuple = Annotated[tuple[str, ...], Strict(strict=False)]
 _SoftTuple = Annotated[tuple[SoftCode, ...], Strict(strict=False)]
+_UnblindingKeys = Annotated[tuple["UnblindingKey", ...], Strict(strict=False)]
 
 
 DeliveryMode = Literal["continuous", "breath_gated"]
@@ -227,6 +230,25 @@ class Arm(_Model):
     blinded: bool
 
 
+class UnblindingKey(_Model):
+    """`[[prescription.unblinding_keys]]`: a person who may unblind this subject's reports.
+
+    Listed in the (pharmacy-signed) prescription, not in the controller's `[security]`
+    senders, so whoever can edit the configuration cannot add an unblinder. The key
+    signs a `report.unblind` credential (controller.security, the envelope of remote
+    commands); docs/trials.md, Blinding.
+    """
+
+    id: str = Field(pattern=_ID_PATTERN, description="the key's sender id in credentials")
+    public_key: str = Field(
+        pattern=r"^ed25519:[A-Za-z0-9+/]{42,43}=?$",
+        description="`ed25519:<base64>` from the coordinator's .pub file",
+    )
+    name: str = Field(
+        min_length=1, max_length=100, description="the person, recorded with every unblinding"
+    )
+
+
 def _check_ceiling(name: str, value: int | None, ceiling: int, why: str) -> int | None:
     if value is not None and value > ceiling:
         raise ValueError(
@@ -378,6 +400,10 @@ class Prescription(_Model):
         """The lot table, the cohorts and the checks agree with each other."""
         check_trial_tables(self)
         return self
+
+    unblinding_keys: _UnblindingKeys = Field(
+        default=(), description="who may sign an unblinded report (blinded arms)"
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -10,8 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 __all__ = [
+    "ARM_NEUTRAL_UNITS",
     "BedsideScan",
     "ConstraintCode",
     "ConstraintResult",
@@ -28,6 +30,10 @@ __all__ = [
 ]
 
 _NS_PER_S = 1_000_000_000
+
+#: Constraint units whose figures may leave a blinded bed (issue 20): "" (no figure),
+#: volumes, times and counts are the same on every arm; a drug unit is not.
+ARM_NEUTRAL_UNITS: Final = frozenset({"", "µL", "s", "sessions"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,6 +276,13 @@ class ConstraintResult:
     limited_by: str | None = None
     """`reduced_dose` only: the code of the constraint that leaves less than wanted."""
 
+    @property
+    def arm_neutral(self) -> bool:
+        """True when this constraint's figures are equal on every arm of a blinded study
+        (volumes, times, session counts) and may leave the bed; False when they are in
+        the lot's drug unit, which would tell an active arm from a placebo arm."""
+        return self.unit in ARM_NEUTRAL_UNITS
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReducedDoseOffer:
@@ -314,6 +327,18 @@ class Decision:
         """Human reasons of every failed constraint (empty when allowed), and the
         continuation the nurse may start instead, if there is one."""
         reasons = tuple(c.reason for c in self.constraints if not c.passed)
+        if reasons and self.continuation_available:
+            reasons += (self.continuation_available,)
+        return reasons
+
+    def public_refusal_reasons(self, *, blinded: bool) -> tuple[str, ...]:
+        """`refusal_reasons` as they may leave the bed. For a blinded arm, the codes of
+        the failed constraints only, as in the published decision message (a sentence
+        of a constraint in drug units names the dose and the lot); the continuation
+        offer is in µL and stays."""
+        if not blinded:
+            return self.refusal_reasons
+        reasons = tuple(c.code for c in self.constraints if not c.passed)
         if reasons and self.continuation_available:
             reasons += (self.continuation_available,)
         return reasons

@@ -15,6 +15,7 @@ from controller.reports._course import (
     read_progress,
     read_sessions,
     report_context,
+    report_prescription,
 )
 from controller.reports._fhir import (
     METHOD_INHALE,
@@ -80,6 +81,7 @@ __all__ = [
     "render_json",
     "render_table",
     "report_context",
+    "report_prescription",
     "round_dose",
     "session_figure",
     "session_outcome",

@@ -4,6 +4,11 @@ The ledger records volumes, times, reasons, alarms and overrides. It does not re
 the drug unit or the lot: those come from the prescription in the configuration
 (`ReportContext`), which is right as long as the course used one lot. Say so in any
 report handed on (docs/reports.md).
+
+Blinding (issue 20): for a blinded arm the context is blinded unless the caller holds
+a verified unblinding credential. A blinded context names no drug, lot, arm, cohort
+or concentration, and its "dose" is the volume in µL (equal on every arm); the
+drug and concentration the ledger recorded at each intent are not read.
 """
 
 from __future__ import annotations
@@ -15,8 +20,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from controller.config import NebuliserConfig
-from controller.dosing import COMPLETED_REASONS, Delivery, load_prescription
+from controller.config import NebuliserConfig, PrescriptionSourceError, load_service_prescription
+from controller.dosing import (
+    BLINDED_DRUG_LABEL,
+    COMPLETED_REASONS,
+    Delivery,
+    Prescription,
+    load_prescription,
+)
 from controller.ledger import (
     AlarmAction,
     AlarmEntry,
@@ -38,6 +49,7 @@ __all__ = [
     "read_progress",
     "read_sessions",
     "report_context",
+    "report_prescription",
 ]
 
 ALARM_GRACE = timedelta(seconds=10)
@@ -74,9 +86,26 @@ class ReportContext:
     """Lot concentration (dose units per mL) from the prescription, when configured."""
     delivery: Delivery | None = None
     """The prescription's delivery (to dryness or not), when configured."""
-    blinded: bool = True
-    """The breath figures show no drug-unit figure: the prescription's arm is blinded, or
-    the report cannot tell (`prescription_blinded`)."""
+    arm_id: str | None = None
+    cohort: str | None = None
+    blinded: bool = False
+    """A blinded arm's report without unblinding: "dose" is volume (µL), no drug names."""
+    breath_units_withheld: bool = True
+    """The breath figures show no drug-unit figure: the report form is blinded, or the
+    report cannot tell whether the arm is blinded (`prescription_blinded`)."""
+
+    @property
+    def arm_label(self) -> str:
+        """`study medication (blinded)`, or the drug, lot, arm and cohort (unblinded)."""
+        if self.blinded:
+            return f"{self.drug} (blinded)"
+        parts = [
+            f"lot {self.lot_id}" if self.lot_id else "",
+            f"arm {self.arm_id}" if self.arm_id else "",
+        ]
+        parts.append(f"cohort {self.cohort}" if self.cohort else "")
+        detail = ", ".join(p for p in parts if p)
+        return (self.drug or "drug not recorded") + (f" ({detail})" if detail else "")
 
 
 def prescription_blinded(config: NebuliserConfig | None) -> bool:
@@ -98,9 +127,32 @@ def prescription_blinded(config: NebuliserConfig | None) -> bool:
     return True
 
 
-def report_context(config: NebuliserConfig) -> ReportContext:
-    """The report context from a loaded configuration (its prescription, if any)."""
-    rx = config.prescription
+def report_prescription(config: NebuliserConfig) -> Prescription | None:
+    """The prescription whose lot, arm and blinding the reports use: the inline table,
+    or the `prescription_file` checked as `serve` checks it (its pharmacy signature
+    when signatures are required).
+
+    None when the configuration names none (a report from `--data-dir` alone). Raises
+    `PrescriptionSourceError` when the file cannot be read or verified.
+    """
+    if config.prescription is not None:
+        return config.prescription
+    if config.prescription_file is None:
+        return None
+    return load_service_prescription(config).prescription
+
+
+def report_context(config: NebuliserConfig, *, unblinded: bool = False) -> ReportContext:
+    """The report context from a loaded configuration (its prescription, if any).
+
+    For a blinded arm the context is blinded unless `unblinded` (the caller verified
+    an unblinding credential and audited it: `controller.cli.report`). A prescription
+    file that cannot be read or verified gives a blinded context (it might be blinded).
+    """
+    try:
+        rx = report_prescription(config)
+    except PrescriptionSourceError:
+        return _blinded_context(config, None)
     if rx is None:
         return ReportContext(
             dose_unit="units",
@@ -113,10 +165,12 @@ def report_context(config: NebuliserConfig) -> ReportContext:
             daily_dose_limit=None,
             course_dose_limit=None,
             amount_per_ml=None,
-            blinded=prescription_blinded(config),
+            breath_units_withheld=prescription_blinded(config),
         )
-    per_ml = float(rx.lot.concentration_per_ml())
     limits = rx.limits
+    if rx.arm.blinded and not unblinded:
+        return _blinded_context(config, rx)
+    per_ml = float(rx.lot.concentration_per_ml())
     daily = limits.rolling_24h_max_dose
     if daily is None and limits.rolling_24h_max_ul is not None:
         daily = limits.rolling_24h_max_ul / 1000.0 * per_ml
@@ -132,7 +186,33 @@ def report_context(config: NebuliserConfig) -> ReportContext:
         course_dose_limit=limits.course_max_dose,
         amount_per_ml=per_ml,
         delivery=rx.delivery,
-        blinded=prescription_blinded(config),
+        breath_units_withheld=False,  # an open arm, or unblinded with a credential
+        arm_id=rx.arm.arm_id,
+        cohort=rx.arm.cohort,
+    )
+
+
+def _blinded_context(config: NebuliserConfig, rx: Prescription | None) -> ReportContext:
+    """No drug, lot, arm or concentration; "dose" is the volume (1000 µL per mL) against
+    the volume limits, which are equal on every arm."""
+    limits = None if rx is None else rx.limits
+
+    def volume(value: int | None) -> float | None:
+        return None if value is None else float(value)
+
+    return ReportContext(
+        dose_unit="µL",
+        lot_id=None,
+        drug=BLINDED_DRUG_LABEL,
+        device_id=config.device.device_id,
+        expected_serial=config.device.expected_serial,
+        timezone="UTC" if rx is None else rx.timezone,
+        session_dose_limit=None if limits is None else volume(limits.session_ul),
+        daily_dose_limit=None if limits is None else volume(limits.rolling_24h_max_ul),
+        course_dose_limit=None if limits is None else volume(limits.course_max_ul),
+        amount_per_ml=1000.0,
+        delivery=None if rx is None else rx.delivery,
+        blinded=True,
     )
 
 
@@ -160,7 +240,8 @@ class CourseSession:
         """The breath summary as a report may show it (no drug-unit figure if blinded)."""
         if self.breathing is None:
             return None
-        return self.breathing.blinded() if context.blinded else self.breathing
+        withheld = context.blinded or context.breath_units_withheld
+        return self.breathing.blinded() if withheld else self.breathing
 
     @property
     def alarms(self) -> tuple[AlarmEntry, ...]:
@@ -193,11 +274,13 @@ class CourseSession:
         return self.summary.end_reason in COMPLETED_REASONS
 
     def dose(self, context: ReportContext) -> float | None:
-        """Delivered drug in the lot's unit (from the concentration recorded at intent)."""
+        """Delivered drug in the lot's unit (from the concentration recorded at intent);
+        in µL for a blinded context."""
         s = self.summary
         if s.delivered_ul is None:
             return None
-        per_ml = s.concentration_per_ml
+        # Blinded: never the concentration the ledger recorded (it tells the arms apart).
+        per_ml = None if context.blinded else s.concentration_per_ml
         if per_ml is None:
             per_ml = context.amount_per_ml
         return None if per_ml is None else s.delivered_ul / 1000.0 * per_ml

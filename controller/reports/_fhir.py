@@ -336,7 +336,9 @@ def fhir_bundle(
         ],
         "type": {"text": "vibrating mesh nebuliser"},
     }
-    drug = context.drug or next((s.summary.drug for s in sessions if s.summary.drug), None)
+    drug = context.drug
+    if drug is None and not context.blinded:
+        drug = next((s.summary.drug for s in sessions if s.summary.drug), None)
     medication: dict[str, Any] = {
         "resourceType": "Medication",
         "id": "medication",
@@ -344,6 +346,11 @@ def fhir_bundle(
     }
     if context.lot_id:
         medication["batch"] = {"lotNumber": context.lot_id}
+    if context.arm_id:  # unblinded: the study arm and cohort, for the trial's records
+        arm = f"study arm {context.arm_id}" + (
+            f", cohort {context.cohort}" if context.cohort else ""
+        )
+        medication["code"]["text"] = f"{medication['code']['text']} ({arm})"
     entries: list[dict[str, Any]] = [
         {"fullUrl": device_url, "resource": device},
         {"fullUrl": medication_url, "resource": medication},

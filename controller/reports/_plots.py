@@ -318,7 +318,8 @@ class CoursePlotData:
             unknown.setdefault(day, 0.0)
             status = cs.summary.status.value
             if status in ("open", "uncertain"):
-                per_ml = cs.summary.concentration_per_ml or context.amount_per_ml or 0.0
+                recorded = None if context.blinded else cs.summary.concentration_per_ml
+                per_ml = recorded or context.amount_per_ml or 0.0
                 unknown[day] += cs.summary.planned_cap_ul / 1000.0 * per_ml
             else:
                 delivered[day] += cs.dose(context) or 0.0

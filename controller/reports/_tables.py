@@ -24,7 +24,9 @@ class SessionRow:
     `status` is the report vocabulary (`completed`, `partial (FAULT)`, ...; see
     `AdministrationStatus`); `ledger_status` is the ledger's own. `*_utc` times are ISO
     8601 UTC; `start_local`/`end_local` are in the prescription's zone with its offset.
-    `dose` is rounded to 3 significant figures.
+    `dose` is rounded to 3 significant figures. In a blinded report (a blinded arm,
+    no unblinding credential) `drug` is "study medication", `lot_id`, `arm` and
+    `cohort` are empty and `dose` is the delivered volume in µL (docs/trials.md).
     """
 
     session_id: int
@@ -41,6 +43,9 @@ class SessionRow:
     dose: float | None
     dose_unit: str
     drug: str
+    lot_id: str
+    arm: str
+    cohort: str
     end_reason: str
     end_source: str
     alarms: str
@@ -142,7 +147,11 @@ def session_rows(sessions: Sequence[CourseSession], context: ReportContext) -> l
                 delivered_ul=s.delivered_ul,
                 dose=None if dose is None else round_dose(dose),
                 dose_unit=context.dose_unit,
-                drug=s.drug or context.drug or "",
+                # Blinded: the neutral label, never the drug the ledger recorded.
+                drug=(context.drug if context.blinded else s.drug or context.drug) or "",
+                lot_id=context.lot_id or "",
+                arm=context.arm_id or "",
+                cohort=context.cohort or "",
                 end_reason=s.end_reason or "",
                 end_source=s.end_source or "",
                 alarms=";".join(a.alarm_code for a in cs.alarms if a.action.value == "raised"),
@@ -211,18 +220,22 @@ def _breath_lines(row: SessionRow) -> list[str]:
     ]
 
 
-def render_table(rows: Sequence[SessionRow], *, timezone: str = "UTC") -> str:
+def render_table(
+    rows: Sequence[SessionRow], *, timezone: str = "UTC", medication: str | None = None
+) -> str:
     """A fixed-width table for a terminal, with totals per subject underneath.
 
-    Times are in `timezone` (the prescription's) with their UTC offset.
+    Times are in `timezone` (the prescription's) with their UTC offset; `medication`
+    (`ReportContext.arm_label`) heads the table when given.
     """
     if not rows:
         return "no sessions recorded for this selection\n"
+    title = [f"medication: {medication}"] if medication else []
     header = (
         f"{'#':>5} {'subject':<12} {'status':<24} {'start':<22} {'end':<22} "
         f"{'uL':>6} {'dose':>9} {'end reason':<18} flags"
     )
-    lines = [header, "-" * len(header)]
+    lines = [*title, header, "-" * len(header)]
     for r in rows:
         flags = []
         if r.uncertain:

@@ -31,6 +31,8 @@ from controller.security._envelope import (
     PrescriptionUpdateBody,
     RequestStartBody,
     StopBody,
+    UnblindBody,
+    UnblindReport,
     new_command_id,
     sign_command,
     signing_input,
@@ -82,6 +84,13 @@ from controller.security._settings import (
     security_warnings,
 )
 from controller.security._topics import DEFAULT_TOPIC_ROOT, command_topic, reply_topic
+from controller.security._unblind import (
+    Unblinding,
+    UnblindingRefusedError,
+    sign_unblinding,
+    unblinding_registry,
+    verify_unblinding,
+)
 from controller.security._verify import (
     MAX_JSON_DEPTH,
     Accepted,
@@ -152,6 +161,10 @@ __all__ = [
     "StoredAnchor",
     "TallyDisposition",
     "TokenBucket",
+    "UnblindBody",
+    "UnblindReport",
+    "Unblinding",
+    "UnblindingRefusedError",
     "VerifyOutcome",
     "audit_device_id",
     "build_reply",
@@ -175,11 +188,14 @@ __all__ = [
     "sign_command",
     "sign_override",
     "sign_prescription_bytes",
+    "sign_unblinding",
     "signature_path_for",
     "signing_input",
+    "unblinding_registry",
     "verify_audit_log",
     "verify_command",
     "verify_override",
     "verify_prescription_signature",
+    "verify_unblinding",
     "write_prescription_signature",
 ]

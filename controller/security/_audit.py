@@ -86,6 +86,7 @@ class AuditKind(StrEnum):
     # A local control-socket request (start, confirm, stop, alarm ack, refused
     # override) mirrored from the ledger, with the kernel's peer (issue 13).
     CONTROL_REQUEST = "control_request"
+    UNBLINDING = "unblinding"  # an unblinded report asked for: granted or refused (issue 20)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,8 @@ __all__ = [
     "PrescriptionUpdateBody",
     "RequestStartBody",
     "StopBody",
+    "UnblindBody",
+    "UnblindReport",
     "new_command_id",
     "sign_command",
     "signing_input",
@@ -107,7 +109,21 @@ class OverrideBody(_Strict):
     constraint_codes: list[str] = Field(min_length=1, max_length=8)
 
 
-CommandBody = StopBody | AlarmAckBody | RequestStartBody | PrescriptionUpdateBody | OverrideBody
+#: The reports a coordinator may ask unblinded (`nebuliser report <name>`).
+UnblindReport = Literal["sessions", "fhir", "plot"]
+
+
+class UnblindBody(_Strict):
+    """`report.unblind`: a coordinator unblinds one report of one subject, once."""
+
+    subject_id: str = Field(pattern=_ID)
+    report: UnblindReport
+    reason: str = Field(min_length=1, max_length=200, pattern=_PRINTABLE)
+
+
+CommandBody = (
+    StopBody | AlarmAckBody | RequestStartBody | PrescriptionUpdateBody | OverrideBody | UnblindBody
+)
 
 BODY_MODELS: Final[Mapping[CommandName, type[CommandBody]]] = {
     CommandName.STOP: StopBody,
@@ -115,6 +131,7 @@ BODY_MODELS: Final[Mapping[CommandName, type[CommandBody]]] = {
     CommandName.SESSION_REQUEST_START: RequestStartBody,
     CommandName.PRESCRIPTION_UPDATE: PrescriptionUpdateBody,
     CommandName.SESSION_OVERRIDE: OverrideBody,
+    CommandName.REPORT_UNBLIND: UnblindBody,
 }
 
 

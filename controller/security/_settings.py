@@ -44,6 +44,9 @@ class Role(StrEnum):
     PHARMACY = "pharmacy"
     INVESTIGATOR = "investigator"
     """Signs soft-limit overrides (issue 15); its sender entry names the person."""
+    UNBLINDING = "unblinding"
+    """Signs unblinded reports of a blinded arm (issue 20). Its keys are listed in the
+    signed prescription (`unblinding_keys`), never in `[security]` senders."""
 
 
 class CommandName(StrEnum):
@@ -55,6 +58,8 @@ class CommandName(StrEnum):
     PRESCRIPTION_UPDATE = "prescription.update"
     SESSION_OVERRIDE = "session.override"
     """A signed soft-limit override, handed to `nebuliser session start` (issue 15)."""
+    REPORT_UNBLIND = "report.unblind"
+    """A signed unblinding credential, handed to `nebuliser report` (issue 20)."""
 
 
 ROLE_COMMANDS: Final[dict[Role, frozenset[CommandName]]] = {
@@ -66,6 +71,7 @@ ROLE_COMMANDS: Final[dict[Role, frozenset[CommandName]]] = {
     ),
     Role.PHARMACY: frozenset({CommandName.PRESCRIPTION_UPDATE}),
     Role.INVESTIGATOR: frozenset({CommandName.SESSION_OVERRIDE}),
+    Role.UNBLINDING: frozenset({CommandName.REPORT_UNBLIND}),
 }
 
 
@@ -87,6 +93,12 @@ class SenderConfig(BaseModel):
 
     @model_validator(mode="after")
     def _investigator_is_a_person(self) -> SenderConfig:
+        if self.role is Role.UNBLINDING:
+            raise ValueError(
+                f"sender {self.id!r} has role unblinding: unblinding keys are listed in the "
+                "signed prescription ([[prescription.unblinding_keys]]), where the pharmacy "
+                "vouches for them; remove this sender (docs/trials.md, Blinding)"
+            )
         if self.role is Role.INVESTIGATOR and not (self.name or "").strip():
             raise ValueError(
                 f"sender {self.id!r} has role investigator but no name: an override must "

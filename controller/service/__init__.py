@@ -1,5 +1,6 @@
 """The running controller: supervisor, ledger writer thread, wiring of `nebuliser serve`."""
 
+from ._audit import load_audit_hmac_key
 from ._confirm import confirm_at_bedside
 from ._recorder import Recorder
 from ._service import EXIT_LEDGER, EXIT_PORT, EXIT_STOP_UNCONFIRMED, ServiceContext, run_service
@@ -35,6 +36,7 @@ __all__ = [
     "device_identity",
     "fault_codes",
     "link_quality_pct",
+    "load_audit_hmac_key",
     "run_service",
     "run_telemetry",
     "systemd_notify_task",

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
-from controller.dosing import BedsideScan
+from controller.dosing import BedsideScan, Decision
 from controller.ledger import Ledger
 from controller.logging import get_logger
 from controller.security import (
@@ -37,7 +38,7 @@ from ._confirm import confirm_at_bedside
 if TYPE_CHECKING:  # _service imports the intake, which imports this module
     from ._service import ServiceContext
 
-__all__ = ["CommandReplies", "IntakeStats"]
+__all__ = ["CommandReplies", "IntakeStats", "published_refusal_reasons"]
 
 _log = get_logger(__name__)
 
@@ -121,7 +122,11 @@ class CommandReplies:
         decision = await sup.admit(scan=scan)
         refusals = sup.controller_refusals()
         if refusals or not decision.allowed:
-            reasons = refusals + list(decision.refusal_reasons)
+            reasons = published_refusal_reasons(
+                [*refusals, *decision.refusal_reasons],
+                decision,
+                blinded=sup.prescription.arm.blinded,
+            )
             result = CommandResult(
                 status="refused",
                 reason_code="start_refused",
@@ -181,7 +186,11 @@ class CommandReplies:
             result = CommandResult(
                 status="refused",
                 reason_code="start_refused",
-                reason="; ".join(outcome.reasons),
+                reason="; ".join(
+                    published_refusal_reasons(
+                        outcome.reasons, outcome.decision, blinded=sup.prescription.arm.blinded
+                    )
+                ),
                 extra={"stage": "refused"},
             )
         self._finish(accepted, result)
@@ -261,3 +270,19 @@ def _record_command(
     ledger: Ledger, command: str, origin: str, body: dict[str, Any], at: Any
 ) -> int:
     return ledger.record_command(command=command, origin=origin, body=body, at=at)
+
+
+def published_refusal_reasons(
+    reasons: Sequence[str], decision: Decision | None, *, blinded: bool
+) -> tuple[str, ...]:
+    """A refused start's reasons as the published reply carries them (issue 20).
+
+    For a blinded arm the decision's sentences (a constraint in drug units names the
+    dose and the lot) are replaced by its constraint codes, as in the decision message;
+    the controller's own refusals (state, link, storage) stay.
+    """
+    if not blinded or decision is None:
+        return tuple(reasons)
+    own = set(decision.refusal_reasons)
+    controller_reasons = tuple(r for r in reasons if r not in own)
+    return controller_reasons + decision.public_refusal_reasons(blinded=True)

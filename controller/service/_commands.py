@@ -456,13 +456,8 @@ class CommandIntake(CommandReplies):
                 return None
             case CommandName.PRESCRIPTION_UPDATE:
                 return await store_prescription(self._ctx, self._audit, accepted)
-            case CommandName.SESSION_OVERRIDE:  # issue 15: a credential for the bedside
-                return CommandResult(
-                    status="refused",
-                    reason_code="override_at_bedside_only",
-                    reason="a signed override is handed to `nebuliser session start "
-                    "--override-credential FILE` at the bedside, not sent over MQTT",
-                )
+            case CommandName.SESSION_OVERRIDE | CommandName.REPORT_UNBLIND:
+                return _credential_not_a_command(accepted.command)
 
     def _ack(self, accepted: Accepted) -> CommandResult:
         body = accepted.body
@@ -543,3 +538,20 @@ async def _security_task(ctx: ServiceContext) -> None:
             if counters is not None:
                 with contextlib.suppress(Exception):
                     counters.close()
+
+
+def _credential_not_a_command(command: CommandName) -> CommandResult:
+    """Signed credentials handed to a bedside command, never acted on from MQTT."""
+    if command is CommandName.SESSION_OVERRIDE:  # issue 15: a credential for the bedside
+        return CommandResult(
+            status="refused",
+            reason_code="override_at_bedside_only",
+            reason="a signed override is handed to `nebuliser session start "
+            "--override-credential FILE` at the bedside, not sent over MQTT",
+        )
+    return CommandResult(  # issue 20: a credential for `nebuliser report`
+        status="refused",
+        reason_code="unblinding_not_a_command",
+        reason="an unblinding credential is handed to `nebuliser report ... "
+        "--unblinded --unblind-credential FILE`, not sent over MQTT",
+    )

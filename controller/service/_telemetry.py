@@ -255,7 +255,7 @@ class MqttPublications(Publications):
         """`decision`: allow or refuse with every constraint (blinded: codes and volumes)."""
         constraints = []
         for c in decision.constraints:
-            figures = not self._blinded or c.unit in ("µL", "s", "sessions")
+            figures = not self._blinded or c.arm_neutral
             constraints.append(
                 {
                     "code": _code(c.code),

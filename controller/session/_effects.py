@@ -145,9 +145,10 @@ class WriteEnded:
         """Who ended the session."""
         return EndSource.HOST if self.host_reason else EndSource.DEVICE
 
-    def body(self) -> dict[str, object]:
-        """The session message body (event `ended`)."""
-        return {
+    def body(self, *, blinded: bool = False) -> dict[str, object]:
+        """The session message body (event `ended`); `blinded` leaves out the dose and
+        its unit (for what leaves the bed of a blinded arm: a log line, issue 20)."""
+        body: dict[str, object] = {
             "event": "ended",
             "session_id": self.session_id,
             "subject_id": self.subject_id,
@@ -156,9 +157,10 @@ class WriteEnded:
             "duration_ms": self.duration_ms,
             "device_reason": self.device_reason,
             "host_reason": self.host_reason,
-            "dose": self.dose,
-            "dose_unit": self.dose_unit,
         }
+        if not blinded:
+            body |= {"dose": self.dose, "dose_unit": self.dose_unit}
+        return body
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

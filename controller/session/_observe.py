@@ -452,7 +452,8 @@ class DeviceObserver:
         self.sessions_ended += 1
         self._book.facts.last_end = (session_id, now.ms)
         self._effects.append(ended)
-        self._log("info", "session ended", record=ended.body())
+        # Log lines are shipped off the bed: no dose figure for a blinded arm (issue 20).
+        self._log("info", "session ended", record=ended.body(blinded=self.prescription.arm.blinded))
 
     def _lose_session(self, event: SessionEvent, reason: str, now: Now) -> None:
         """Our open session can no longer be accounted from device figures: UNCERTAIN."""

@@ -86,3 +86,30 @@ def test_refusal_reasons_lists_failed_constraints_only() -> None:
     )
     assert decision.refusal_reasons == ("interval: too soon",)
     assert decision.refusal_codes == ("interval",)
+
+
+def test_public_refusal_reasons_of_a_blinded_arm_name_no_dose_figure_or_lot() -> None:
+    dose_reason = "session_dose: 6.67e+06 vesicles per session is 100 µL of lot LOT-2026-0042"
+    decision = Decision(
+        allowed=False,
+        session_cap_ul=0,
+        max_duration_s=60,
+        output_pct=100,
+        constraints=(
+            ConstraintResult(
+                code="interval", passed=False, reason="interval: too soon", unit="s", limit=60
+            ),
+            ConstraintResult(
+                code="session_dose", passed=False, reason=dose_reason, unit="vesicles", limit=6e6
+            ),
+        ),
+        continuation_available="its remaining 40 µL may be given as a continuation",
+    )
+    blinded = decision.public_refusal_reasons(blinded=True)
+    assert blinded == (
+        "interval",
+        "session_dose",
+        "its remaining 40 µL may be given as a continuation",
+    )
+    assert decision.public_refusal_reasons(blinded=False) == decision.refusal_reasons
+    assert dose_reason in decision.refusal_reasons
