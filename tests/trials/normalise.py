@@ -34,6 +34,12 @@ VOLATILE_KEYS: Final = frozenset(
         "firmware",  # the head's identity ("" in a state sampled before it was identified)
         "head",  # audit chain head: a hash over this bed's own records
         "config_sha256",  # a hash of the whole configuration file
+        # the dose ledger's anchor (`ledger/anchor`): which file, its chain head, and
+        # when the session's intent was written
+        "ledger_id",
+        "last_event_hash",
+        "last_event_seq",  # how many ledger events so far (progress rows are timing)
+        "intent_utc",
         # delivery: whether a sample waited in the outbox for the broker connection
         "historical",
         "republished",
@@ -45,6 +51,9 @@ VOLATILE_KEYS: Final = frozenset(
         "temperature_cC",
         "duration_ms",
         "link_quality_pct",
+        "counted_ul",  # course summary: sums of the runs' delivered volumes
+        "course_ul",
+        "rolling_24h_ul",
         "seconds_since_breath",  # breathing: when the sample fell in the breath cycle
         "breaths",  # breathing: breaths of the run so far when the sample was taken
         # the state as sampled at the telemetry rate: a state of a few ms (confirming,
