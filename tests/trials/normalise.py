@@ -12,7 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-__all__ = ["SAMPLED_TOPICS", "VOLATILE_KEYS", "normalise_stream"]
+__all__ = [
+    "FINAL_TOPICS",
+    "SAMPLED_TOPICS",
+    "TIMING_PATH_EVENTS",
+    "VOLATILE_KEYS",
+    "normalise_stream",
+]
 
 VOLATILE_KEYS: Final = frozenset(
     {
@@ -80,11 +86,21 @@ def _line(text: str | bytes) -> str:
         decoded = json.loads(text)
     except ValueError:
         return text.decode() if isinstance(text, bytes) else text
+    if isinstance(decoded, dict) and decoded.get("event") in TIMING_PATH_EVENTS:
+        # Which way the state machine went (through WAITING or straight to NEBULISING)
+        # depends on where in the patient's breath the START fell: timing, not the arm.
+        decoded = {k: v for k, v in decoded.items() if k not in ("before", "after", "trigger")}
     return json.dumps(_normalise(decoded), sort_keys=True, ensure_ascii=False)
 
 
 #: Topics whose messages are samples taken at the telemetry rate (not events).
 SAMPLED_TOPICS: Final = ("/state", "/telemetry", "/breathing")
+#: Retained summaries republished on events and on a timer, built from whatever the
+#: ledger held at that moment: only the last one of a run is compared (it is the
+#: summary after the whole course; the earlier ones depend on when they were built).
+FINAL_TOPICS: Final = ("/course",)
+#: Log events whose path (before/after/trigger) follows the breath phase at START.
+TIMING_PATH_EVENTS: Final = frozenset({"session state"})
 
 
 def _facts(value: Any, path: str = "") -> set[str]:
@@ -109,11 +125,16 @@ def normalise_stream(
     start was being confirmed, is timing too; every value any sample carried is kept.
     """
     streams: dict[str, set[str]] = {}
+    last: dict[str, bytes] = {}
     for topic, payload in messages:
         lines = streams.setdefault(topic, set())
-        if topic.endswith(SAMPLED_TOPICS):
+        if topic.endswith(FINAL_TOPICS):
+            last[topic] = payload
+        elif topic.endswith(SAMPLED_TOPICS):
             lines |= _facts(_normalise(json.loads(payload)))
         else:
             lines.add(_line(payload))
+    for topic, payload in last.items():
+        streams[topic] = {_line(payload)}
     streams["log"] = {_line(line) for line in log_lines}
     return streams
