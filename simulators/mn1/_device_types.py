@@ -32,6 +32,7 @@ __all__ = [
     "EndedSession",
     "Session",
     "breathing_truth",
+    "check_head_parameters",
     "fault_name",
 ]
 
@@ -169,3 +170,30 @@ def breathing_truth(
         "gated": gate is not None,
         "waiting_ms": gate.waiting_ms if gate is not None else 0.0,
     }
+
+
+def check_head_parameters(
+    *,
+    serial: str,
+    nominal_ul_min: int,
+    capacity_ul: int,
+    fill_ul: int,
+    residual_ul: int,
+    fw_version: tuple[int, int, int],
+    hw_rev: int,
+) -> None:
+    """Raise ValueError naming the first head parameter outside the ICD's field ranges."""
+    if not serial.isascii() or len(serial) > SERIAL_MAX_LEN:
+        raise ValueError(f"serial {serial!r} must be at most 12 ASCII characters")
+    if not 1 <= nominal_ul_min <= 0xFFFF:
+        raise ValueError(f"nominal_ul_min must be 1..65535 µL/min, got {nominal_ul_min}")
+    if not 1 <= capacity_ul <= 0xFFFF:
+        raise ValueError(f"capacity_ul must be 1..65535 µL, got {capacity_ul}")
+    if not 0 <= fill_ul <= capacity_ul:
+        raise ValueError(f"fill_ul must be 0..capacity_ul ({capacity_ul}), got {fill_ul}")
+    if not 0 <= residual_ul < capacity_ul:
+        raise ValueError(f"residual_ul must be 0..{capacity_ul - 1} µL, got {residual_ul}")
+    if len(fw_version) != 3 or not all(0 <= part <= 0xFF for part in fw_version):
+        raise ValueError(f"fw_version must be three numbers 0..255, got {fw_version}")
+    if not 0 <= hw_rev <= 0xFF:
+        raise ValueError(f"hw_rev must be 0..255, got {hw_rev}")

@@ -8,9 +8,10 @@ in milliseconds); the real-time server drives it from the monotonic clock.
 
 `DeviceModel` is the firmware: timers, faults, sessions, frames in and out. It
 leans on named parts: `_device_types` (constants, the truth snapshot),
-`_host_rules` (how each command is answered, pure), `_physics` (`HeadPhysics`:
-cup, mesh, temperature, clog), `_end_repeats` (SESSION_END repeats),
-`_breath_carry` (BREATH rounding) and `_breathing` (the patient and the gate).
+`_host_rules` (how each command is answered, pure), `_host_intake` (deframing,
+bad-frame counter, repeated commands), `_physics` (`HeadPhysics`: cup, mesh,
+temperature, clog), `_end_repeats` (SESSION_END repeats), `_breath_carry` (BREATH
+rounding), `_breathing` (the patient and the gate) and `_link_faults` (the line).
 
 Timers (all from the ICD, §5):
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict
 from dataclasses import asdict
 from typing import Final
 
@@ -47,12 +47,10 @@ from drivers.mn1 import (
     AckEnd,
     Caps,
     ClearFaults,
-    Deframer,
     DeviceMessage,
     DeviceState,
     FaultBits,
     Frame,
-    FrameError,
     Heartbeat,
     Hello,
     Ident,
@@ -71,23 +69,22 @@ from drivers.mn1 import (
 from ._breath_carry import BreathReporter
 from ._breathing import BreathingModel, Gate
 from ._device_types import (
-    ANSWER_CACHE_SIZE,
-    CRC_ERRORS_MAX,
     DEFECTS,
     FAULT_NAMES,
     REASON_FOR_FAULT,
-    SERIAL_MAX_LEN,
     STATUS_PERIOD_MS,
     WATCHDOG_MS,
     DeviceTruth,
     EndedSession,
     Session,
     breathing_truth,
+    check_head_parameters,
     fault_name,
 )
 from ._end_repeats import SessionEndRepeats
-from ._host_rules import caps_answer, ident_answer, is_host_command, start_refusal, stop_applies
-from ._link_faults import LinkFaults, _Channel
+from ._host_intake import HostIntake
+from ._host_rules import caps_answer, ident_answer, start_refusal, stop_applies
+from ._link_faults import DeviceLine, LinkFaults
 from ._physics import PHYSICS_STEP_MS, HeadPhysics, draw_noise
 
 __all__ = ["DeviceModel"]
@@ -121,20 +118,15 @@ class DeviceModel:
         `breath_gating=False` makes a 1.1 head that senses breaths but NAKs
         START_GATED with UNSUPPORTED.
         """
-        if not serial.isascii() or len(serial) > SERIAL_MAX_LEN:
-            raise ValueError(f"serial {serial!r} must be at most 12 ASCII characters")
-        if not 1 <= nominal_ul_min <= 0xFFFF:
-            raise ValueError(f"nominal_ul_min must be 1..65535 µL/min, got {nominal_ul_min}")
-        if not 1 <= capacity_ul <= 0xFFFF:
-            raise ValueError(f"capacity_ul must be 1..65535 µL, got {capacity_ul}")
-        if not 0 <= fill_ul <= capacity_ul:
-            raise ValueError(f"fill_ul must be 0..capacity_ul ({capacity_ul}), got {fill_ul}")
-        if not 0 <= residual_ul < capacity_ul:
-            raise ValueError(f"residual_ul must be 0..{capacity_ul - 1} µL, got {residual_ul}")
-        if len(fw_version) != 3 or not all(0 <= part <= 0xFF for part in fw_version):
-            raise ValueError(f"fw_version must be three numbers 0..255, got {fw_version}")
-        if not 0 <= hw_rev <= 0xFF:
-            raise ValueError(f"hw_rev must be 0..255, got {hw_rev}")
+        check_head_parameters(
+            serial=serial,
+            nominal_ul_min=nominal_ul_min,
+            capacity_ul=capacity_ul,
+            fill_ul=fill_ul,
+            residual_ul=residual_ul,
+            fw_version=fw_version,
+            hw_rev=hw_rev,
+        )
         self.serial = serial
         self.fw_version = fw_version
         self.hw_rev = hw_rev
@@ -150,9 +142,7 @@ class DeviceModel:
         )
         self._ended: list[EndedSession] = []
         # Link and firmware defects: injected from outside, survive a reboot.
-        self._link = LinkFaults()
-        self._rx = _Channel(rng=random.Random(seed + 1))  # noqa: S311 - simulation noise
-        self._tx = _Channel(rng=random.Random(seed + 2))  # noqa: S311 - simulation noise
+        self._line = DeviceLine(seed=seed)
         self._defects: set[str] = set()
         self._frozen_delivered_ul = 0
         #: The patient and the flow sensor (None: a version-1 head, no sensor).
@@ -193,17 +183,13 @@ class DeviceModel:
         self._last_target_ul = 0
         self._last_output_pct = 0
         self._faults = FaultBits(0)
-        self._crc_errors = 0
         self._last_stop = StopReason.NONE
         self._confirm_count = 0
         self._physics.power_up()
         self._last_host_frame_ms = self._now_ms
         self._end_repeats = SessionEndRepeats()
-        self._answers: OrderedDict[tuple[int, object], bytes] = OrderedDict()
-        self._deframer = Deframer()
-        self._host_frames = 0
-        self._rx.clear()
-        self._tx.clear()
+        self._intake = HostIntake()
+        self._line.clear()
         self._breath_reporter = BreathReporter()
         if self.breathing is not None:
             self.breathing.reset_sensor()
@@ -224,8 +210,8 @@ class DeviceModel:
     def receive(self, data: bytes, now_ms: int) -> None:
         """Bytes from the host that arrived at `now_ms` (any chunking)."""
         self.advance(now_ms)
-        self._rx.push(data, now_ms)
-        self._handle_rx(self._rx.pop_due(now_ms))
+        self._line.host_sent(data, now_ms)
+        self._handle_rx(self._line.host_bytes_due(now_ms))
 
     def advance(self, now_ms: int) -> None:
         """Run physics and timers up to `now_ms` (never backwards)."""
@@ -245,7 +231,7 @@ class DeviceModel:
 
     def take_output(self) -> bytes:
         """Wire bytes the device sends now (empty when it has nothing to say)."""
-        return self._tx.pop_due(self._now_ms)
+        return self._line.device_bytes_due(self._now_ms)
 
     def next_deadline_ms(self) -> int:
         """The latest time at which `advance` must next be called."""
@@ -357,14 +343,12 @@ class DeviceModel:
     def set_link_faults(self, faults: LinkFaults, *, now_ms: int) -> None:
         """Replace every link fault (pass `LinkFaults()` to heal the link)."""
         self.advance(now_ms)
-        self._link = faults
-        self._rx.faults = faults.rx
-        self._tx.faults = faults.tx
+        self._line.set_faults(faults)
 
     @property
     def link_faults(self) -> LinkFaults:
         """The link faults in force."""
-        return self._link
+        return self._line.faults
 
     def set_defect(self, name: str, enabled: bool, *, now_ms: int) -> None:
         """Turn a firmware defect on or off: one of `DEFECTS`."""
@@ -404,15 +388,15 @@ class DeviceModel:
             faults=[fault_name(bit) for bit in FaultBits if bit in self._faults],
             fault_bits=int(self._faults),
             conditions=[fault_name(bit) for bit in FaultBits if physics.condition_present(bit)],
-            crc_errors=self._crc_errors,
+            crc_errors=self._intake.crc_errors,
             last_stop=self._last_stop.name,
             confirm_count=self._confirm_count,
             clog_factor=physics.clog_factor,
             clog_drift_pct_per_min=physics.clog_drift_pct_per_min,
             pending_session_end_seqs=self._end_repeats.seqs,
             defects=sorted(self._defects),
-            link_faults=asdict(self._link),
-            host_frames_received=self._host_frames,
+            link_faults=asdict(self._line.faults),
+            host_frames_received=self._intake.host_frames,
             sessions=[asdict(ended) for ended in self._ended],
             breathing=breathing_truth(
                 self.breathing,
@@ -442,13 +426,7 @@ class DeviceModel:
             if session is not None and session.gate is not None:
                 candidates.extend(session.gate.deadlines(self._now_ms, self.breathing))
         candidates.extend(self._end_repeats.deadlines())
-        rx_release = self._rx.next_release_ms()
-        if rx_release is not None:
-            candidates.append(rx_release)
-        tx_release = self._tx.next_release_ms()
-        if tx_release is not None and tx_release > self._now_ms:
-            # A due chunk waits for take_output; only a future one is a timer.
-            candidates.append(tx_release)
+        candidates.extend(self._line.deadlines(self._now_ms))
         return max(self._now_ms, min(candidates))
 
     def _fire_due(self) -> None:
@@ -459,7 +437,7 @@ class DeviceModel:
             self._booting = False
             self._last_host_frame_ms = now
             self._self_test()
-        rx_due = self._rx.pop_due(now)
+        rx_due = self._line.host_bytes_due(now)
         if rx_due:
             self._handle_rx(rx_due)
         session = self._session
@@ -636,18 +614,9 @@ class DeviceModel:
     def _handle_rx(self, data: bytes) -> None:
         if self._booting or not data:
             return
-        for event in self._deframer.feed(data):
-            if isinstance(event, FrameError):
-                self._count_bad_frame()
-            elif is_host_command(event.message, breath_aware=self.breathing is not None):
-                self._host_frames += 1
-                self._last_host_frame_ms = self._now_ms
-                self._handle_frame(event)
-            else:
-                self._count_bad_frame()  # a device message type is unknown to the device
-
-    def _count_bad_frame(self) -> None:
-        self._crc_errors = min(CRC_ERRORS_MAX, self._crc_errors + 1)
+        for frame in self._intake.commands(data, breath_aware=self.breathing is not None):
+            self._last_host_frame_ms = self._now_ms
+            self._handle_frame(frame)
 
     def _handle_frame(self, frame: Frame) -> None:
         message = frame.message
@@ -656,17 +625,13 @@ class DeviceModel:
         if isinstance(message, AckEnd):
             self._end_repeats.acknowledged(message.end_seq)
             return
-        key = (frame.seq, message)
-        cached = self._answers.get(key)
+        cached = self._intake.cached_answer(frame)
         if cached is not None:
-            self._answers.move_to_end(key)
             self._send_answer(cached)
             return
         answer = self._execute(message, frame.seq)
         encoded = encode_frame(answer, seq=self._next_seq())
-        self._answers[key] = encoded
-        while len(self._answers) > ANSWER_CACHE_SIZE:
-            self._answers.popitem(last=False)
+        self._intake.remember(frame, encoded)
         self._send_answer(encoded)
 
     def _identity(self, message: Hello | QueryCaps, seq: int) -> Ident | Caps:
@@ -731,7 +696,7 @@ class DeviceModel:
             mesh_temp_cC=max(-0x8000, min(0x7FFF, round(physics.mesh_temp_cC))),
             drive_ma=self._drive_ma(),
             faults=self._faults,
-            crc_errors=self._crc_errors,
+            crc_errors=self._intake.crc_errors,
             last_stop=self._last_stop,
             confirm_count=self._confirm_count,
         )
@@ -740,12 +705,9 @@ class DeviceModel:
         self._transmit(encode_frame(message, seq=self._next_seq()))
 
     def _send_answer(self, frame: bytes) -> None:
-        rate = self._link.drop_answer_rate
-        if rate and self._rng.random() < rate:
-            return
-        self._transmit(frame)
+        if not self._line.answer_dropped(self._rng):
+            self._transmit(frame)
 
     def _transmit(self, frame: bytes) -> None:
-        if self._link.silent or self._booting:
-            return
-        self._tx.push(frame, self._now_ms)
+        if not self._booting:
+            self._line.device_sent(frame, self._now_ms)
