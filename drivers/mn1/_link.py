@@ -319,7 +319,6 @@ class HostLink:
 
     def _query_caps(self, now_ms: int) -> None:
         """Start capability discovery (a new seq; repeats reuse it)."""
-        self._caps.reset()
         seq = self._new_seq()
         frame = encode_frame(QueryCaps(), seq=seq)
         self._write(frame, now_ms)

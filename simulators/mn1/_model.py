@@ -10,8 +10,9 @@ in milliseconds); the real-time server drives it from the monotonic clock.
 leans on named parts: `_device_types` (constants, the truth snapshot),
 `_host_rules` (how each command is answered, pure), `_host_intake` (deframing,
 bad-frame counter, repeated commands), `_physics` (`HeadPhysics`: cup, mesh,
-temperature, clog), `_end_repeats` (SESSION_END repeats), `_breath_carry` (BREATH
-rounding), `_breathing` (the patient and the gate) and `_link_faults` (the line).
+temperature, clog), `_session_slot` (the running or last session),
+`_end_repeats` (SESSION_END repeats), `_breath_carry` (BREATH rounding),
+`_breathing` (the patient and the gate) and `_link_faults` (the line).
 
 Timers (all from the ICD, §5):
 
@@ -37,7 +38,6 @@ head that drops QUERY_CAPS and START_GATED as unknown types):
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict
 from typing import Final
@@ -67,7 +67,7 @@ from drivers.mn1 import (
 )
 
 from ._breath_carry import BreathReporter
-from ._breathing import BreathingModel, Gate
+from ._breathing import BreathingModel
 from ._device_types import (
     DEFECTS,
     FAULT_NAMES,
@@ -86,6 +86,7 @@ from ._host_intake import HostIntake
 from ._host_rules import caps_answer, ident_answer, start_refusal, stop_applies
 from ._link_faults import DeviceLine, LinkFaults
 from ._physics import PHYSICS_STEP_MS, HeadPhysics, draw_noise
+from ._session_slot import SessionSlot
 
 __all__ = ["DeviceModel"]
 
@@ -177,13 +178,8 @@ class DeviceModel:
         self._booting = boot_done_ms > self._now_ms
         self._next_status_ms = boot_done_ms
         self._seq = 0
-        self._session_id = 0
-        self._session: Session | None = None
-        self._last_delivered_ul = 0.0
-        self._last_target_ul = 0
-        self._last_output_pct = 0
+        self._slot = SessionSlot()
         self._faults = FaultBits(0)
-        self._last_stop = StopReason.NONE
         self._confirm_count = 0
         self._physics.power_up()
         self._last_host_frame_ms = self._now_ms
@@ -242,7 +238,7 @@ class DeviceModel:
     def press_stop_button(self, *, now_ms: int) -> None:
         """The head's STOP button: aerosol off now, session ends with BUTTON_STOP."""
         self.advance(now_ms)
-        if self._session is not None and not self._booting:
+        if self._slot.session is not None and not self._booting:
             self._end_session(StopReason.BUTTON_STOP, self._now_ms)
 
     def press_confirm_button(self, *, now_ms: int) -> None:
@@ -302,8 +298,8 @@ class DeviceModel:
         if not 0 <= boot_ms <= 60_000:
             raise ValueError(f"boot_ms must be 0..60000, got {boot_ms}")
         self.advance(now_ms)
-        if self._session is not None:
-            self._record_end(self._session, "POWER_LOSS", float(self._now_ms))
+        if self._slot.session is not None:
+            self._record_end(self._slot.session, "POWER_LOSS", float(self._now_ms))
         self._power_up(boot_done_ms=self._now_ms + boot_ms)
 
     # --- the patient (addendum 1.1 heads only) ---------------------------------------
@@ -357,7 +353,7 @@ class DeviceModel:
         self.advance(now_ms)
         if enabled:
             if name == "frozen_delivered" and name not in self._defects:
-                self._frozen_delivered_ul = self._reported_delivered_now()
+                self._frozen_delivered_ul = self._slot.reported_delivered_ul()
             self._defects.add(name)
         else:
             self._defects.discard(name)
@@ -366,17 +362,17 @@ class DeviceModel:
 
     def truth(self) -> DeviceTruth:
         """Everything the model knows, including what the device does not report."""
-        session, physics = self._session, self._physics
+        session, physics, slot = self._slot.session, self._physics, self._slot
         return DeviceTruth(
             now_ms=self._now_ms,
             uptime_ms=max(0, self._now_ms - self._boot_ms),
             booting=self._booting,
             state=self._state().name,
-            session_id=self._session_id,
+            session_id=slot.session_id,
             nebulising=session is not None,
-            target_ul=session.target_ul if session else self._last_target_ul,
-            output_pct=session.output_pct if session else self._last_output_pct,
-            delivered_ul=session.delivered_ul if session else self._last_delivered_ul,
+            target_ul=slot.target_ul,
+            output_pct=slot.output_pct,
+            delivered_ul=slot.delivered_ul,
             reported_delivered_ul=self._reported_delivered(),
             total_delivered_ul=physics.total_delivered_ul,
             flow_ul_min=physics.flow_ul_min,
@@ -389,7 +385,7 @@ class DeviceModel:
             fault_bits=int(self._faults),
             conditions=[fault_name(bit) for bit in FaultBits if physics.condition_present(bit)],
             crc_errors=self._intake.crc_errors,
-            last_stop=self._last_stop.name,
+            last_stop=slot.last_stop.name,
             confirm_count=self._confirm_count,
             clog_factor=physics.clog_factor,
             clog_drift_pct_per_min=physics.clog_drift_pct_per_min,
@@ -416,7 +412,7 @@ class DeviceModel:
         if self._booting:
             return self._boot_ms
         candidates = [self._next_status_ms]
-        session = self._session
+        session = self._slot.session
         if session is not None:
             candidates.append(self._now_ms + PHYSICS_STEP_MS)
             candidates.append(session.started_ms + session.max_duration_ms)
@@ -440,10 +436,10 @@ class DeviceModel:
         rx_due = self._line.host_bytes_due(now)
         if rx_due:
             self._handle_rx(rx_due)
-        session = self._session
+        session = self._slot.session
         if session is not None and now >= session.started_ms + session.max_duration_ms:
             self._end_session(StopReason.MAX_DURATION, float(now))
-        if self._session is not None and now >= self._last_host_frame_ms + WATCHDOG_MS:
+        if self._slot.session is not None and now >= self._last_host_frame_ms + WATCHDOG_MS:
             self._raise_fault(FaultBits.WATCHDOG)
         self._fire_breathing(now)
         for frame in self._end_repeats.due(now):
@@ -460,7 +456,7 @@ class DeviceModel:
         breathing = self.breathing
         if breathing is None:
             return
-        session = self._session
+        session = self._slot.session
         detections_before = breathing.detections
         reports = breathing.fire(now, session_id=session.session_id if session else 0)
         for report in reports:
@@ -478,7 +474,7 @@ class DeviceModel:
         dt_ms = end_ms - start_ms
         if dt_ms <= 0:
             return
-        session = self._session
+        session = self._slot.session
         output_pct: int | None = None
         gate = session.gate if session is not None else None
         if (
@@ -512,7 +508,7 @@ class DeviceModel:
             self._faults &= ~FaultBits.RESERVOIR_EMPTY
 
     def _drive_ma(self) -> int:
-        session = self._session
+        session = self._slot.session
         return self._physics.drive_ma(session.output_pct if session is not None else None)
 
     # --- faults --------------------------------------------------------------------------
@@ -521,7 +517,7 @@ class DeviceModel:
         if self._booting:
             return
         self._faults |= bit
-        if self._session is not None:
+        if self._slot.session is not None:
             reason = REASON_FOR_FAULT.get(bit, StopReason.FAULT)
             self._end_session(reason, float(self._now_ms) if at_ms is None else at_ms)
 
@@ -533,7 +529,7 @@ class DeviceModel:
         return not self._faults
 
     def _state(self) -> DeviceState:
-        session = self._session
+        session = self._slot.session
         if session is not None:
             gate, breathing = session.gate, self.breathing
             if gate is not None and breathing is not None and gate.waiting(self._now_ms, breathing):
@@ -544,22 +540,7 @@ class DeviceModel:
     # --- sessions ------------------------------------------------------------------------
 
     def _start_session(self, start: Start | StartGated) -> None:
-        self._session_id = start.session_id
-        self._session = Session(
-            session_id=start.session_id,
-            target_ul=start.target_ul,
-            max_duration_ms=start.max_duration_s * 1000,
-            output_pct=start.output_pct,
-            started_ms=self._now_ms,
-            gate=Gate(
-                gate_pct=start.gate_pct,
-                lead_breaths=start.lead_breaths,
-                apnoea_ms=start.apnoea_s * 1000,
-                started_ms=self._now_ms,
-            )
-            if isinstance(start, StartGated)
-            else None,
-        )
+        self._slot.start(start, self._now_ms)
         self._last_host_frame_ms = self._now_ms
         if "frozen_delivered" in self._defects:
             self._frozen_delivered_ul = 0
@@ -579,14 +560,8 @@ class DeviceModel:
         del self._ended[:-100]
 
     def _end_session(self, reason: StopReason, ended_at_ms: float) -> None:
-        session = self._session
-        assert session is not None
-        self._session = None
+        session = self._slot.end(reason)
         self._physics.flow_ul_min = 0.0
-        self._last_delivered_ul = session.delivered_ul
-        self._last_target_ul = session.target_ul
-        self._last_output_pct = session.output_pct
-        self._last_stop = reason
         self._record_end(session, reason.name, ended_at_ms)
         end = SessionEnd(
             session_id=session.session_id,
@@ -599,15 +574,10 @@ class DeviceModel:
         self._transmit(frame)
         self._end_repeats.sent(seq=seq, frame=frame, now_ms=self._now_ms)
 
-    def _reported_delivered_now(self) -> int:
-        session = self._session
-        delivered = session.delivered_ul if session else self._last_delivered_ul
-        return min(0xFFFFFFFF, math.floor(delivered + 1e-9))
-
     def _reported_delivered(self) -> int:
         if "frozen_delivered" in self._defects:
             return self._frozen_delivered_ul
-        return self._reported_delivered_now()
+        return self._slot.reported_delivered_ul()
 
     # --- host frames -----------------------------------------------------------------------
 
@@ -648,7 +618,7 @@ class DeviceModel:
         )
 
     def _execute(self, message: object, seq: int) -> DeviceMessage:
-        session = self._session
+        session = self._slot.session
         running_session_id = session.session_id if session is not None else None
         if isinstance(message, Hello | QueryCaps):
             return self._identity(message, seq)
@@ -689,7 +659,7 @@ class DeviceModel:
         return Status(
             uptime_ms=(self._now_ms - self._boot_ms) & 0xFFFFFFFF,
             state=self._state(),
-            session_id=self._session_id,
+            session_id=self._slot.session_id,
             delivered_ul=self._reported_delivered(),
             flow_ul_min=min(0xFFFF, round(physics.flow_ul_min)),
             reservoir_ul=min(0xFFFF, max(0, round(physics.reservoir_ul))),
@@ -697,7 +667,7 @@ class DeviceModel:
             drive_ma=self._drive_ma(),
             faults=self._faults,
             crc_errors=self._intake.crc_errors,
-            last_stop=self._last_stop,
+            last_stop=self._slot.last_stop,
             confirm_count=self._confirm_count,
         )
 
