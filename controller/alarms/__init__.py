@@ -3,22 +3,13 @@
 See docs/alarms.md for the table with causes and nurse actions.
 """
 
+from ._alarm_inputs import DEFAULT_ALARM_SETTINGS, AlarmInputs, AlarmSettings, SessionProgress
+from ._alarm_state import ActiveAlarm, AlarmEvent, AlarmEventKind, AlarmNotActiveError, AlarmState
+from ._alarm_types import AlarmCategory, AlarmCode, AlarmPriority, AlarmRule
 from ._breathing import BreathingFacts
-from ._evaluate import (
-    DEFAULT_ALARM_SETTINGS,
-    FAULT_BIT_ALARMS,
-    ActiveAlarm,
-    AlarmEvent,
-    AlarmEventKind,
-    AlarmInputs,
-    AlarmNotActiveError,
-    AlarmSettings,
-    AlarmState,
-    SessionProgress,
-    acknowledge,
-    evaluate,
-)
-from ._rules import ALARM_RULES, AlarmCategory, AlarmCode, AlarmPriority, AlarmRule
+from ._conditions import FAULT_BIT_ALARMS
+from ._evaluate import acknowledge, evaluate
+from ._rules import ALARM_RULES
 
 __all__ = [
     "ALARM_RULES",

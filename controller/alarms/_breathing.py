@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Final
 
-from ._rules import AlarmCode
+from ._alarm_types import AlarmCode
 
 __all__ = [
     "GATING_INEFFECTIVE_EXP_PCT",

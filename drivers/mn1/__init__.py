@@ -20,13 +20,7 @@ from ._codec import (
     encode_payload,
 )
 from ._deframer import Deframer
-from ._link import (
-    CAPS_QUERY_INTERVAL_MS,
-    CAPS_QUERY_TRIES,
-    HEARTBEAT_INTERVAL_MAX_MS,
-    MAX_RETRANSMITS,
-    RETRANSMIT_AFTER_MS,
-    STATUS_TIMEOUT_MS,
+from ._events import (
     BreathReceived,
     CapabilitiesDiscovered,
     CapabilityMissingError,
@@ -38,7 +32,6 @@ from ._link import (
     DeviceRebooted,
     DeviceSwapped,
     HandshakeFailed,
-    HostLink,
     Identified,
     LinkEvent,
     LinkLost,
@@ -51,6 +44,7 @@ from ._link import (
     SessionEndReceived,
     StatusReceived,
 )
+from ._link import HostLink
 from ._messages import (
     GATED_APNOEA_S,
     GATED_GATE_PCT,
@@ -92,6 +86,14 @@ from ._serial import (
     PortInUseError,
     SerialLink,
     port_holders,
+)
+from ._timing import (
+    CAPS_QUERY_INTERVAL_MS,
+    CAPS_QUERY_TRIES,
+    HEARTBEAT_INTERVAL_MAX_MS,
+    MAX_RETRANSMITS,
+    RETRANSMIT_AFTER_MS,
+    STATUS_TIMEOUT_MS,
 )
 
 __all__ = [

@@ -15,6 +15,8 @@ corrupted frames):
 - a device that speaks another protocol version → its frames fail to decode
   (`VersionError`), HELLO gets no IDENT, and `HandshakeFailed` says why.
 
+The ICD's timing constants live in `_timing.py`.
+
 Time is passed in as `now_ms` (any monotonic millisecond counter). Timers are
 data: the caller asks `next_deadline_ms()` and calls `handle_timers(now_ms)` then.
 Every input method queues bytes to write (`take_writes()`) and events
@@ -25,39 +27,35 @@ Host obligations implemented (ICD §6 and §5.5, §5.7):
 | obligation | where |
 |---|---|
 | HELLO first, IDENT before any START or CLEAR_FAULTS | `connection_made`, `send_command` |
-| seq +1 per new frame, wraps 255 → 0 | `_new_frame` |
-| retransmit after 50 ms, same seq, ≤ 5 times, then failed | `handle_timers` |
-| answers matched by `ack_seq` | `_on_answer` |
+| seq +1 per new frame, wraps 255 → 0 | `_new_seq` |
+| retransmit after 50 ms, same seq, ≤ 5 times, then failed | `handle_timers` (`_retransmit.py`) |
+| answers matched by `ack_seq` | `_on_answer` (`_retransmit.py`) |
 | a frame at least every 250 ms (HEARTBEAT if nothing else) | `handle_timers` |
 | ACK_END for every SESSION_END (each repeat, with its seq) | `_on_session_end` |
 | 300 ms without STATUS → link lost; next STATUS → restored | `handle_timers`, `_on_status` |
 
-Addendum 1.1 (breath-aware heads) obligations:
+Addendum 1.1 (breath-aware heads) obligations (discovery state: `_caps_discovery.py`):
 
 | obligation | where |
 |---|---|
 | QUERY_CAPS after every IDENT (every (re)connect) and after a reboot | `_on_ident`, `_on_status` |
-| repeat it every 50 ms, same seq; 3 unanswered → version 1, NOT link loss | `handle_timers` |
+| repeat it every 50 ms, same seq; 3 unanswered → version 1, not link loss | `_caps_timer` |
 | never START_GATED to a head whose CAPS lacked BREATH_GATED | `send_command` |
 | BREATH reports passed on as events, never acknowledged | `_on_frame` |
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
+from ._caps_discovery import CapsDiscoverer
 from ._codec import FrameError, VersionError, encode_frame
 from ._deframer import Deframer
 from ._events import (
     BreathReceived,
-    CapabilitiesDiscovered,
-    CapabilityMissingError,
     CapsDiscovery,
     Command,
     CommandAnswered,
-    CommandFailed,
-    CommandOutcome,
     DeviceRebooted,
     DeviceSwapped,
     HandshakeFailed,
@@ -67,7 +65,6 @@ from ._events import (
     LinkNotReadyError,
     LinkPhase,
     LinkRestored,
-    NoCapabilities,
     PortClosed,
     PortOpened,
     SessionEndReceived,
@@ -90,75 +87,20 @@ from ._messages import (
     StartGated,
     Status,
 )
+from ._retransmit import Outstanding, OutstandingCommands
+from ._timing import (
+    HEARTBEAT_INTERVAL_MAX_MS,
+    MAX_RETRANSMITS,
+    RETRANSMIT_AFTER_MS,
+    STATUS_TIMEOUT_MS,
+    uptime_shows_reboot,
+)
 
-__all__ = [
-    "CAPS_QUERY_INTERVAL_MS",
-    "CAPS_QUERY_TRIES",
-    "HEARTBEAT_INTERVAL_MAX_MS",
-    "MAX_RETRANSMITS",
-    "RETRANSMIT_AFTER_MS",
-    "STATUS_TIMEOUT_MS",
-    "BreathReceived",
-    "CapabilitiesDiscovered",
-    "CapabilityMissingError",
-    "CapsDiscovery",
-    "Command",
-    "CommandAnswered",
-    "CommandFailed",
-    "CommandOutcome",
-    "DeviceRebooted",
-    "DeviceSwapped",
-    "HandshakeFailed",
-    "HostLink",
-    "Identified",
-    "LinkEvent",
-    "LinkLost",
-    "LinkNotReadyError",
-    "LinkPhase",
-    "LinkRestored",
-    "NoCapabilities",
-    "PortClosed",
-    "PortOpened",
-    "SessionEndReceived",
-    "StatusReceived",
-]
+__all__ = ["HostLink"]
 
-#: ICD §6: an unanswered command is sent again after this long.
-RETRANSMIT_AFTER_MS: Final = 50
-#: ICD §6: retransmissions after the first transmission, then the command has failed.
-MAX_RETRANSMITS: Final = 5
-#: ICD §5.5: the host sends some frame at least this often (device watchdog is 1000 ms).
-HEARTBEAT_INTERVAL_MAX_MS: Final = 250
-#: ICD §6: this long without a valid STATUS is link loss.
-STATUS_TIMEOUT_MS: Final = 300
-#: Addendum 1.1 §1: QUERY_CAPS is repeated, same seq, this often while unanswered...
-CAPS_QUERY_INTERVAL_MS: Final = 50
-#: ...and after this many unanswered transmissions the head is version 1 (no capabilities).
-CAPS_QUERY_TRIES: Final = 3
-
-# A drop of uptime_ms from within this distance of 2**32 to a small value is the
-# counter wrapping (every 49.7 days), not a reboot.
-_UPTIME_MODULUS: Final = 1 << 32
-_UPTIME_WRAP_WINDOW_MS: Final = 60_000
 # Remember this many (seq, session_id) SESSION_ENDs to drop repeats (a device sends
 # at most 50 repeats of one, and sessions are minutes apart).
 _SESSION_END_MEMORY: Final = 16
-
-
-@dataclass(slots=True, kw_only=True)
-class _CapsQuery:
-    seq: int
-    frame: bytes
-    transmissions: int
-    due_ms: int  # next repeat, or the version-1 verdict once transmissions == CAPS_QUERY_TRIES
-
-
-@dataclass(slots=True, kw_only=True)
-class _Outstanding:
-    command: Command
-    frame: bytes
-    transmissions: int
-    due_ms: int  # next retransmission, or failure once transmissions > MAX_RETRANSMITS
 
 
 class HostLink:
@@ -186,8 +128,6 @@ class HostLink:
             )
         if not 0 <= first_seq <= 0xFF:
             raise ValueError(f"first_seq={first_seq} does not fit in u8; use 0..255")
-        self._retransmit_after_ms = retransmit_after_ms
-        self._max_retransmits = max_retransmits
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._status_timeout_ms = status_timeout_ms
         self._handshake_retry_ms = handshake_retry_ms
@@ -197,7 +137,9 @@ class HostLink:
         self._phase = LinkPhase.PORT_CLOSED
         self._writes: list[bytes] = []
         self._events: list[LinkEvent] = []
-        self._outstanding: dict[int, _Outstanding] = {}
+        self._outstanding = OutstandingCommands(
+            retransmit_after_ms=retransmit_after_ms, max_retransmits=max_retransmits
+        )
         self._last_tx_ms: int | None = None
         self._hello_seq: int | None = None
         self._hello_due_ms: int | None = None  # handshake retry after a failed HELLO
@@ -207,10 +149,7 @@ class HostLink:
         self._last_uptime_ms: int | None = None
         self._ident: Ident | None = None
         self._session_ends_seen: list[tuple[int, int]] = []
-        self._caps_discovery = CapsDiscovery.PENDING
-        self._caps: Caps | None = None
-        self._caps_query: _CapsQuery | None = None
-        self._caps_query_seq: int | None = None  # last QUERY_CAPS seq (a late CAPS still counts)
+        self._caps = CapsDiscoverer()
 
     # --- read-only state ---------------------------------------------------------
 
@@ -232,22 +171,23 @@ class HostLink:
     @property
     def caps_discovery(self) -> CapsDiscovery:
         """PENDING until CAPS arrives (DISCOVERED) or the queries run out (VERSION_1)."""
-        return self._caps_discovery
+        return self._caps.discovery
 
     @property
     def capabilities(self) -> Caps | None:
         """The head's CAPS, or None (version-1 head, or discovery still pending)."""
-        return self._caps
+        return self._caps.caps
 
     @property
     def breath_gating_supported(self) -> bool:
         """True once CAPS with BREATH_GATED arrived from the head on the port now."""
-        return self._caps is not None and self._caps.breath_gated
+        caps = self._caps.caps
+        return caps is not None and caps.breath_gated
 
     @property
     def outstanding_seqs(self) -> tuple[int, ...]:
         """Seqs of commands still waiting for an answer."""
-        return tuple(self._outstanding)
+        return self._outstanding.seqs
 
     # --- outputs -----------------------------------------------------------------
 
@@ -263,14 +203,15 @@ class HostLink:
 
     def next_deadline_ms(self) -> int | None:
         """The earliest time `handle_timers` has work to do, or None if none is pending."""
-        deadlines = [entry.due_ms for entry in self._outstanding.values()]
+        deadlines = self._outstanding.deadlines()
         if self._phase is not LinkPhase.PORT_CLOSED:
             last_tx = self._last_tx_ms if self._last_tx_ms is not None else 0
             deadlines.append(last_tx + self._heartbeat_interval_ms)
             if self._hello_due_ms is not None:
                 deadlines.append(self._hello_due_ms)
-            if self._caps_query is not None:
-                deadlines.append(self._caps_query.due_ms)
+            caps_due_ms = self._caps.deadline_ms()
+            if caps_due_ms is not None:
+                deadlines.append(caps_due_ms)
         if self._link_up and self._last_status_ms is not None:
             deadlines.append(self._last_status_ms + self._status_timeout_ms)
         return min(deadlines, default=None)
@@ -296,7 +237,7 @@ class HostLink:
         self._hello_due_ms = None
         self._last_tx_ms = None
         # The next head on this port may be another one: ask again after its IDENT.
-        self._reset_caps()
+        self._caps.reset()
         if self._link_up:
             self._link_up = False
             self._events.append(
@@ -330,7 +271,7 @@ class HostLink:
                 "with IDENT (ICD §6); wait for Identified"
             )
         if isinstance(command, StartGated):
-            self._check_gating_capability()
+            self._caps.check_gating()
         if isinstance(command, Hello):
             return self._send_hello(now_ms)
         return self._send_tracked(command, now_ms)
@@ -346,22 +287,11 @@ class HostLink:
 
     def handle_timers(self, now_ms: int) -> None:
         """Run every timer due at or before `now_ms` (retransmit, heartbeat, link loss)."""
-        for seq, entry in list(self._outstanding.items()):
-            if entry.due_ms > now_ms:
-                continue
-            if entry.transmissions > self._max_retransmits:
-                del self._outstanding[seq]
-                self._on_command_failed(
-                    seq,
-                    entry,
-                    now_ms,
-                    reason=f"no answer after {entry.transmissions} transmissions "
-                    f"{self._retransmit_after_ms} ms apart",
-                )
-                continue
-            self._write(entry.frame, now_ms)
-            entry.transmissions += 1
-            entry.due_ms = now_ms + self._retransmit_after_ms
+        resend, failed = self._outstanding.due(now_ms)
+        for frame in resend:
+            self._write(frame, now_ms)
+        for seq, entry, why in failed:
+            self._on_command_failed(seq, entry, now_ms, reason=why)
         if self._hello_due_ms is not None and self._hello_due_ms <= now_ms:
             self._send_hello(now_ms)
         self._caps_timer(now_ms)
@@ -387,64 +317,19 @@ class HostLink:
 
     # --- internals ---------------------------------------------------------------
 
-    def _check_gating_capability(self) -> None:
-        if self._caps_discovery is CapsDiscovery.PENDING:
-            raise LinkNotReadyError(
-                "cannot send StartGated before the head's capabilities are known "
-                "(addendum 1.1 §1); wait for CapabilitiesDiscovered or NoCapabilities"
-            )
-        if self._caps is None:
-            raise CapabilityMissingError(
-                "cannot send StartGated: the head did not answer QUERY_CAPS, so it is a "
-                "version-1 head without breath-gated delivery; use a continuous prescription "
-                "or a breath-aware (ICD 1.1) head"
-            )
-        if not self._caps.breath_gated:
-            raise CapabilityMissingError(
-                f"cannot send StartGated: the head's CAPS (caps=0x{int(self._caps.caps):04x}) "
-                "lack BREATH_GATED; use a continuous prescription or another head"
-            )
-
-    def _reset_caps(self) -> None:
-        self._caps_discovery = CapsDiscovery.PENDING
-        self._caps = None
-        self._caps_query = None
-
     def _query_caps(self, now_ms: int) -> None:
         """Start capability discovery (a new seq; repeats reuse it)."""
-        self._reset_caps()
         seq = self._new_seq()
         frame = encode_frame(QueryCaps(), seq=seq)
         self._write(frame, now_ms)
-        self._caps_query_seq = seq
-        self._caps_query = _CapsQuery(
-            seq=seq, frame=frame, transmissions=1, due_ms=now_ms + CAPS_QUERY_INTERVAL_MS
-        )
+        self._caps.asked(seq=seq, frame=frame, now_ms=now_ms)
 
     def _caps_timer(self, now_ms: int) -> None:
-        query = self._caps_query
-        if query is None or query.due_ms > now_ms:
-            return
-        if query.transmissions >= CAPS_QUERY_TRIES:
-            # Addendum 1.1 §1: a version-1 head drops QUERY_CAPS. Not link loss.
-            self._caps_query = None
-            self._caps_discovery = CapsDiscovery.VERSION_1
-            self._events.append(NoCapabilities(at_ms=now_ms, tries=query.transmissions))
-            return
-        self._write(query.frame, now_ms)
-        query.transmissions += 1
-        query.due_ms = now_ms + CAPS_QUERY_INTERVAL_MS
-
-    def _on_caps(self, caps: Caps, now_ms: int) -> None:
-        if caps.ack_seq != self._caps_query_seq or self._phase is not LinkPhase.IDENTIFIED:
-            return  # not an answer to our latest query (noise, or from before a reconnect)
-        if self._caps_discovery is CapsDiscovery.DISCOVERED and self._caps == caps:
-            return  # the answer to a repeat we already have
-        # A late CAPS after the version-1 verdict still upgrades: capabilities only add.
-        self._caps_query = None
-        self._caps = caps
-        self._caps_discovery = CapsDiscovery.DISCOVERED
-        self._events.append(CapabilitiesDiscovered(at_ms=now_ms, caps=caps))
+        due = self._caps.due(now_ms)
+        if isinstance(due, bytes):
+            self._write(due, now_ms)
+        elif due is not None:
+            self._events.append(due)
 
     def _new_seq(self) -> int:
         seq = self._next_seq
@@ -459,12 +344,7 @@ class HostLink:
         seq = self._new_seq()
         frame = encode_frame(command, seq=seq)
         self._write(frame, now_ms)
-        self._outstanding[seq] = _Outstanding(
-            command=command,
-            frame=frame,
-            transmissions=1,
-            due_ms=now_ms + self._retransmit_after_ms,
-        )
+        self._outstanding.track(seq, command, frame, now_ms)
         return seq
 
     def _send_hello(self, now_ms: int) -> int:
@@ -475,30 +355,11 @@ class HostLink:
         return seq
 
     def _fail_all(self, now_ms: int, *, reason: str) -> None:
-        outstanding, self._outstanding = self._outstanding, {}
-        for seq, entry in outstanding.items():
-            self._events.append(
-                CommandFailed(
-                    at_ms=now_ms,
-                    seq=seq,
-                    command=entry.command,
-                    reason=reason,
-                    transmissions=entry.transmissions,
-                )
-            )
+        for seq, entry in self._outstanding.take_all().items():
+            self._events.append(entry.failed(seq, now_ms, reason=reason))
 
-    def _on_command_failed(
-        self, seq: int, entry: _Outstanding, now_ms: int, *, reason: str
-    ) -> None:
-        self._events.append(
-            CommandFailed(
-                at_ms=now_ms,
-                seq=seq,
-                command=entry.command,
-                reason=reason,
-                transmissions=entry.transmissions,
-            )
-        )
+    def _on_command_failed(self, seq: int, entry: Outstanding, now_ms: int, *, reason: str) -> None:
+        self._events.append(entry.failed(seq, now_ms, reason=reason))
         if seq == self._hello_seq and self._phase is LinkPhase.HANDSHAKING:
             self._hello_seq = None
             why = (
@@ -521,26 +382,24 @@ class HostLink:
         elif isinstance(message, Ack | Nak | Ident):
             self._on_answer(message, now_ms)
         elif isinstance(message, Caps):
-            self._on_caps(message, now_ms)
+            identified = self._phase is LinkPhase.IDENTIFIED
+            discovered = self._caps.answered(message, identified=identified, now_ms=now_ms)
+            if discovered is not None:
+                self._events.append(discovered)
         elif isinstance(message, Breath):
             self._events.append(BreathReceived(at_ms=now_ms, seq=frame.seq, breath=message))
         # Host-to-device types arriving here (a loopback or a crossed cable) are ignored.
 
     def _on_status(self, seq: int, status: Status, now_ms: int) -> None:
         previous = self._last_uptime_ms
-        if previous is not None and status.uptime_ms < previous:
-            wrapped = (
-                previous >= _UPTIME_MODULUS - _UPTIME_WRAP_WINDOW_MS
-                and status.uptime_ms < _UPTIME_WRAP_WINDOW_MS
-            )
-            if not wrapped:
-                self._events.append(
-                    DeviceRebooted(
-                        at_ms=now_ms, previous_uptime_ms=previous, uptime_ms=status.uptime_ms
-                    )
+        if previous is not None and uptime_shows_reboot(previous, status.uptime_ms):
+            self._events.append(
+                DeviceRebooted(
+                    at_ms=now_ms, previous_uptime_ms=previous, uptime_ms=status.uptime_ms
                 )
-                if self._phase is LinkPhase.IDENTIFIED:
-                    self._query_caps(now_ms)  # addendum 1.1 §4: the head kept nothing
+            )
+            if self._phase is LinkPhase.IDENTIFIED:
+                self._query_caps(now_ms)  # addendum 1.1 §4: the head kept nothing
         self._last_uptime_ms = status.uptime_ms
         self._last_status_ms = now_ms
         if not self._link_up:
@@ -559,12 +418,9 @@ class HostLink:
         self._events.append(SessionEndReceived(at_ms=now_ms, seq=seq, session_end=session_end))
 
     def _on_answer(self, answer: Ack | Nak | Ident, now_ms: int) -> None:
-        entry = self._outstanding.get(answer.ack_seq)
+        entry = self._outstanding.match(answer)
         if entry is None:
-            return  # a late answer to a retransmission we already matched, or noise
-        if isinstance(entry.command, Hello) != isinstance(answer, Ident):
-            return  # IDENT answers only HELLO; ACK/NAK never do
-        del self._outstanding[answer.ack_seq]
+            return
         self._events.append(
             CommandAnswered(
                 at_ms=now_ms,

@@ -32,14 +32,13 @@ from typing import Final, Self
 import serial
 import serial_asyncio_fast
 
-from ._link import (
+from ._events import (
     CapabilitiesDiscovered,
     CapsDiscovery,
     Command,
     CommandAnswered,
     CommandFailed,
     CommandOutcome,
-    HostLink,
     Identified,
     LinkEvent,
     LinkNotReadyError,
@@ -47,6 +46,7 @@ from ._link import (
     NoCapabilities,
     PortClosed,
 )
+from ._link import HostLink
 from ._messages import Caps, Ident, Stop
 
 __all__ = ["PendingCommand", "PortInUseError", "SerialLink", "port_holders"]

@@ -16,16 +16,16 @@ from ._control import (
     control_request_sync,
     execute_control,
 )
-from ._harness import Received, SimulatedHost
-from ._link_faults import ChannelFaults, LinkFaults
-from ._model import (
+from ._device_types import (
     DEFECTS,
     FAULT_NAMES,
     STATUS_PERIOD_MS,
-    DeviceModel,
     DeviceTruth,
     EndedSession,
 )
+from ._harness import Received, SimulatedHost
+from ._link_faults import ChannelFaults, LinkFaults
+from ._model import DeviceModel
 from ._server import RunningSimulator, run_pty_simulator, run_simulator
 
 __all__ = [

@@ -38,8 +38,9 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from ._breathing import PATTERN_NAMES
+from ._device_types import DEFECTS, FAULT_NAMES
 from ._link_faults import ChannelFaults, LinkFaults
-from ._model import DEFECTS, FAULT_NAMES, DeviceModel
+from ._model import DeviceModel
 
 __all__ = [
     "CONTROL_COMMANDS",

@@ -4,6 +4,10 @@ Each direction (`rx` host → device, `tx` device → host) can flip bits, drop
 bytes, duplicate bytes and delay bytes by a fixed time. A delayed chunk keeps
 its order. Everything is driven by the caller's clock, so it runs in simulated
 time like the rest of the model.
+
+`DeviceLine` is the device's end of the line: both directions with the faults in
+force, plus the two faults that act on whole frames (answers dropped, a silent
+device).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["ChannelFaults", "LinkFaults"]
+__all__ = ["ChannelFaults", "DeviceLine", "LinkFaults"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,3 +115,61 @@ class _Channel:
     def clear(self) -> None:
         """Forget every held byte (a power cycle empties the UART buffers)."""
         self._queue.clear()
+
+
+class DeviceLine:
+    """The device's end of the serial line: host bytes in, device frames out, with faults."""
+
+    __slots__ = ("_rx", "_tx", "faults")
+
+    def __init__(self, *, seed: int) -> None:
+        """A healthy line; each direction's fault noise is seeded from `seed`."""
+        self.faults = LinkFaults()
+        self._rx = _Channel(rng=random.Random(seed + 1))  # noqa: S311 - simulation noise
+        self._tx = _Channel(rng=random.Random(seed + 2))  # noqa: S311 - simulation noise
+
+    def set_faults(self, faults: LinkFaults) -> None:
+        """Replace every link fault (`LinkFaults()` heals the line)."""
+        self.faults = faults
+        self._rx.faults = faults.rx
+        self._tx.faults = faults.tx
+
+    def clear(self) -> None:
+        """Forget every byte in flight (a power cycle empties the UART buffers)."""
+        self._rx.clear()
+        self._tx.clear()
+
+    def host_sent(self, data: bytes, now_ms: int) -> None:
+        """Bytes the host wrote at `now_ms` (they reach the device after the rx faults)."""
+        self._rx.push(data, now_ms)
+
+    def host_bytes_due(self, now_ms: int) -> bytes:
+        """Host bytes that reach the device by `now_ms`, in order."""
+        return self._rx.pop_due(now_ms)
+
+    def answer_dropped(self, rng: random.Random) -> bool:
+        """True if this answer is lost whole (`drop_answer_rate`; draws only when set)."""
+        rate = self.faults.drop_answer_rate
+        return bool(rate) and rng.random() < rate
+
+    def device_sent(self, frame: bytes, now_ms: int) -> None:
+        """A frame the device sends at `now_ms` (nothing goes out while the line is silent)."""
+        if self.faults.silent:
+            return
+        self._tx.push(frame, now_ms)
+
+    def device_bytes_due(self, now_ms: int) -> bytes:
+        """Device bytes that reach the host by `now_ms`, in order."""
+        return self._tx.pop_due(now_ms)
+
+    def deadlines(self, now_ms: int) -> list[int]:
+        """When held bytes are next released (a due device chunk waits for the caller)."""
+        deadlines: list[int] = []
+        rx_release = self._rx.next_release_ms()
+        if rx_release is not None:
+            deadlines.append(rx_release)
+        tx_release = self._tx.next_release_ms()
+        if tx_release is not None and tx_release > now_ms:
+            # A due chunk waits for take_output; only a future one is a timer.
+            deadlines.append(tx_release)
+        return deadlines

@@ -6,30 +6,29 @@ The model has no clock and does no I/O. The caller feeds it host bytes with
 `next_deadline_ms()`. Tests drive it in simulated time (a 10-minute session runs
 in milliseconds); the real-time server drives it from the monotonic clock.
 
+`DeviceModel` is the firmware: timers, faults, sessions, frames in and out. It
+leans on named parts: `_device_types` (constants, the truth snapshot),
+`_host_rules` (how each command is answered, pure), `_host_intake` (deframing,
+bad-frame counter, repeated commands), `_physics` (`HeadPhysics`: cup, mesh,
+temperature, clog), `_session_slot` (the running or last session),
+`_end_repeats` (SESSION_END repeats), `_breath_carry` (BREATH rounding),
+`_breathing` (the patient and the gate) and `_link_faults` (the line).
+
 Timers (all from the ICD, §5):
 
 - STATUS every 100 ms from boot, in every state.
 - Answers (IDENT, ACK, NAK) inside the `receive` call that completed the command.
 - Watchdog: 1000 ms without a valid host frame while nebulising → stop, WATCHDOG.
 - SESSION_END resent every 200 ms with the same seq until ACK_END, 50 sends at most.
-- Physics is integrated in steps of at most 10 ms while nebulising; the target cap
-  and a dry cup are found inside a step by interpolation, so the cap is exact.
+- Physics is integrated in steps of at most 10 ms while nebulising.
 
-Choices the ICD leaves open (documented in docs/simulator.md):
-
-- START checks in this order: BAD_VALUE, same session already nebulising → ACK,
-  WRONG_STATE, FAULT_ACTIVE for any fault bit but RESERVOIR_EMPTY, NO_MEDICATION
-  when no liquid above the residual volume, FAULT_ACTIVE for RESERVOIR_EMPTY.
-- STOP with a session_id other than 0 or the running one is ACKed and stops nothing.
-- CLEAR_FAULTS NAKs FAULT_PERSISTS while any bit stays set afterwards (including
-  RESERVOIR_EMPTY with a dry cup).
-- A host frame of a device type (0x81..0x87) is dropped and counted like a bad frame.
+Choices the ICD leaves open are listed in `_host_rules` and docs/simulator.md;
+CLEAR_FAULTS NAKs FAULT_PERSISTS while any bit stays set afterwards (including
+RESERVOIR_EMPTY with a dry cup).
 
 Addendum 1.1 (only with a `BreathingModel`; without one the device is a version-1
 head that drops QUERY_CAPS and START_GATED as unknown types):
 
-- QUERY_CAPS → CAPS (BREATH_SENSING, and BREATH_GATED unless `breath_gating=False`).
-- START_GATED checks UNSUPPORTED first, then START's checks and the gated ranges.
 - A gated session's mesh runs from each detected inspiration for `gate_pct` of the
   expected inspiratory time, or until expiration is seen; WAITING during the lead
   breaths and after `apnoea_s` without an inspiration; NO_BREATHING after 3 ×
@@ -39,32 +38,19 @@ head that drops QUERY_CAPS and START_GATED as unknown types):
 
 from __future__ import annotations
 
-import math
 import random
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import asdict
+from typing import Final
 
 from drivers.mn1 import (
-    GATED_APNOEA_S,
-    GATED_GATE_PCT,
-    GATED_LEAD_BREATHS,
-    ICD_MINOR_BREATH,
-    START_MAX_DURATION_S,
-    START_OUTPUT_PCT,
-    START_TARGET_UL,
     Ack,
     AckEnd,
-    Breath,
-    CapBits,
     Caps,
     ClearFaults,
-    Deframer,
     DeviceMessage,
     DeviceState,
     FaultBits,
     Frame,
-    FrameError,
     Heartbeat,
     Hello,
     Ident,
@@ -80,154 +66,34 @@ from drivers.mn1 import (
     encode_frame,
 )
 
-from ._breathing import BreathingModel, BreathReport, Gate
-from ._link_faults import LinkFaults, _Channel
-
-__all__ = [
-    "DEFECTS",
-    "FAULT_NAMES",
-    "STATUS_PERIOD_MS",
-    "DeviceModel",
-    "DeviceTruth",
-    "EndedSession",
-]
-
-STATUS_PERIOD_MS: Final = 100
-WATCHDOG_MS: Final = 1000
-SESSION_END_REPEAT_MS: Final = 200
-SESSION_END_MAX_SENDS: Final = 50
-PHYSICS_STEP_MS: Final = 10
-CLOG_DETECT_MS: Final = 3000
-CLOG_DETECT_FRACTION: Final = 0.5
-OVER_TEMPERATURE_CC: Final = 4500
-CRC_ERRORS_MAX: Final = 0xFFFF
-# Only the last answered command counts as "repeated": a host retransmits one
-# unanswered command at a time (ICD §6), and a longer memory would wrongly swallow
-# a new command from a restarted host that happens to reuse an old seq and body.
-_ANSWER_CACHE_SIZE: Final = 1
-_AMBIENT_CC: Final = 2500
-_HEATING_AT_FULL_OUTPUT_CC: Final = 1500  # equilibrium 40.00 °C at 100 % output
-_COOLING_FAILURE_CC: Final = 3000  # an injected cooling failure settles near 55 °C
-_THERMAL_TAU_MS: Final = 20_000.0
-_INJECTED_OVER_TEMPERATURE_CC: Final = 4550
-_SEVERE_CLOG_FACTOR: Final = 0.3
-_MIN_CLOG_FACTOR: Final = 0.05
-_NOISE_SD: Final = 0.02
-_NOISE_LIMIT: Final = 0.05
-_DRIVE_IDLE_MA: Final = 60
-_DRIVE_FULL_MA: Final = 120
-_SERIAL_MAX_LEN: Final = 12
-
-#: Fault names accepted by `set_condition`, the control socket and the CLI.
-FAULT_NAMES: Final = (
-    "reservoir_empty",
-    "head_disconnected",
-    "mesh_clogged",
-    "over_temperature",
-    "supply_low",
-    "internal",
+from ._breath_carry import BreathReporter
+from ._breathing import BreathingModel
+from ._device_types import (
+    DEFECTS,
+    FAULT_NAMES,
+    REASON_FOR_FAULT,
+    STATUS_PERIOD_MS,
+    WATCHDOG_MS,
+    DeviceTruth,
+    EndedSession,
+    Session,
+    breathing_truth,
+    check_head_parameters,
+    fault_name,
 )
-#: Firmware defect modes accepted by `set_defect`.
-DEFECTS: Final = ("ignore_target_cap", "ignore_stop", "frozen_delivered")
+from ._end_repeats import SessionEndRepeats
+from ._host_intake import HostIntake
+from ._host_rules import caps_answer, ident_answer, start_refusal, stop_applies
+from ._link_faults import DeviceLine, LinkFaults
+from ._physics import PHYSICS_STEP_MS, HeadPhysics, draw_noise
+from ._session_slot import SessionSlot
 
-Defect = Literal["ignore_target_cap", "ignore_stop", "frozen_delivered"]
+__all__ = ["DeviceModel"]
 
-# Fault name → the attribute that holds its physical cause (simple on/off causes).
-_CAUSE_ATTRIBUTE: Final = {
-    "head_disconnected": "_head_disconnected",
-    "supply_low": "_supply_low",
-    "internal": "_internal_failure",
-    "over_temperature": "_cooling_failed",
+_FAULT_FOR_STEP_END: Final = {
+    "cup_dry": FaultBits.RESERVOIR_EMPTY,
+    "mesh_clogged": FaultBits.MESH_CLOGGED,
 }
-
-_REASON_FOR_FAULT: Final = {
-    FaultBits.RESERVOIR_EMPTY: StopReason.RESERVOIR_EMPTY,
-    FaultBits.WATCHDOG: StopReason.WATCHDOG,
-}
-
-
-@dataclass(slots=True, kw_only=True)
-class _Session:
-    session_id: int
-    target_ul: int
-    max_duration_ms: int
-    output_pct: int
-    started_ms: int
-    delivered_ul: float = 0.0
-    low_flow_since_ms: float | None = None
-    #: The gating of a START_GATED session; None for a continuous one.
-    gate: Gate | None = None
-
-
-@dataclass(slots=True, kw_only=True)
-class _PendingEnd:
-    seq: int
-    frame: bytes
-    sends: int
-    next_ms: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EndedSession:
-    """A session as it really went (truth, not what the device reported)."""
-
-    session_id: int
-    target_ul: int
-    output_pct: int
-    started_ms: int
-    ended_ms: int
-    delivered_ul: float
-    #: An ICD stop reason name, or "POWER_LOSS" when the device rebooted mid-session.
-    reason: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceTruth:
-    """The model's internal truth at one instant (what a test wants to check against)."""
-
-    now_ms: int
-    uptime_ms: int
-    booting: bool
-    state: str
-    session_id: int
-    nebulising: bool
-    target_ul: int
-    output_pct: int
-    #: True volume nebulised in the current or last session (µL, not rounded).
-    delivered_ul: float
-    #: The `delivered_ul` that STATUS carries (may be frozen by a defect).
-    reported_delivered_ul: int
-    #: True volume nebulised since the model was created, across reboots.
-    total_delivered_ul: float
-    flow_ul_min: float
-    reservoir_ul: float
-    residual_ul: int
-    capacity_ul: int
-    mesh_temp_cC: int  # noqa: N815 - the ICD's field name; hundredths of °C
-    drive_ma: int
-    faults: list[str]
-    fault_bits: int
-    conditions: list[str]
-    crc_errors: int
-    last_stop: str
-    confirm_count: int
-    clog_factor: float
-    clog_drift_pct_per_min: float
-    pending_session_end_seqs: list[int]
-    defects: list[str]
-    link_faults: dict[str, Any]
-    host_frames_received: int
-    sessions: list[dict[str, Any]] = field(default_factory=list)
-    #: Addendum 1.1 only: the patient and the sensor (None for a version-1 head).
-    breathing: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
-        return asdict(self)
-
-
-def _fault_name(bit: FaultBits) -> str:
-    return (bit.name or str(int(bit))).lower()
 
 
 class DeviceModel:
@@ -253,51 +119,57 @@ class DeviceModel:
         `breath_gating=False` makes a 1.1 head that senses breaths but NAKs
         START_GATED with UNSUPPORTED.
         """
-        if not serial.isascii() or len(serial) > _SERIAL_MAX_LEN:
-            raise ValueError(f"serial {serial!r} must be at most 12 ASCII characters")
-        if not 1 <= nominal_ul_min <= 0xFFFF:
-            raise ValueError(f"nominal_ul_min must be 1..65535 µL/min, got {nominal_ul_min}")
-        if not 1 <= capacity_ul <= 0xFFFF:
-            raise ValueError(f"capacity_ul must be 1..65535 µL, got {capacity_ul}")
-        if not 0 <= fill_ul <= capacity_ul:
-            raise ValueError(f"fill_ul must be 0..capacity_ul ({capacity_ul}), got {fill_ul}")
-        if not 0 <= residual_ul < capacity_ul:
-            raise ValueError(f"residual_ul must be 0..{capacity_ul - 1} µL, got {residual_ul}")
-        if len(fw_version) != 3 or not all(0 <= part <= 0xFF for part in fw_version):
-            raise ValueError(f"fw_version must be three numbers 0..255, got {fw_version}")
-        if not 0 <= hw_rev <= 0xFF:
-            raise ValueError(f"hw_rev must be 0..255, got {hw_rev}")
+        check_head_parameters(
+            serial=serial,
+            nominal_ul_min=nominal_ul_min,
+            capacity_ul=capacity_ul,
+            fill_ul=fill_ul,
+            residual_ul=residual_ul,
+            fw_version=fw_version,
+            hw_rev=hw_rev,
+        )
         self.serial = serial
-        self.nominal_ul_min = nominal_ul_min
-        self.capacity_ul = capacity_ul
-        self.fill_ul = fill_ul
-        self.residual_ul = residual_ul
         self.fw_version = fw_version
         self.hw_rev = hw_rev
         # Seeded noise for a reproducible simulation, not for security.
         self._rng = random.Random(seed)  # noqa: S311
         self._now_ms = start_ms
         # Physical state: survives a reboot.
-        self._reservoir_ul = float(fill_ul)
-        self._mesh_temp_cC = float(_AMBIENT_CC)
-        self._clog_factor = 1.0
-        self._clog_drift_pct_per_min = 0.0
-        self._head_disconnected = False
-        self._supply_low = False
-        self._internal_failure = False
-        self._cooling_failed = False
-        self._total_delivered_ul = 0.0
+        self._physics = HeadPhysics(
+            nominal_ul_min=nominal_ul_min,
+            fill_ul=fill_ul,
+            capacity_ul=capacity_ul,
+            residual_ul=residual_ul,
+        )
         self._ended: list[EndedSession] = []
         # Link and firmware defects: injected from outside, survive a reboot.
-        self._link = LinkFaults()
-        self._rx = _Channel(rng=random.Random(seed + 1))  # noqa: S311 - simulation noise
-        self._tx = _Channel(rng=random.Random(seed + 2))  # noqa: S311 - simulation noise
+        self._line = DeviceLine(seed=seed)
         self._defects: set[str] = set()
         self._frozen_delivered_ul = 0
         #: The patient and the flow sensor (None: a version-1 head, no sensor).
         self.breathing = breathing
         self.breath_gating = breath_gating
         self._power_up(boot_done_ms=start_ms)
+
+    @property
+    def nominal_ul_min(self) -> int:
+        """Output at 100 % with a clean mesh (µL/min), as IDENT reports it."""
+        return self._physics.nominal_ul_min
+
+    @property
+    def capacity_ul(self) -> int:
+        """The cup's capacity (µL)."""
+        return self._physics.capacity_ul
+
+    @property
+    def fill_ul(self) -> int:
+        """The volume poured in at power-up and by a refill after a dry cup (µL)."""
+        return self._physics.fill_ul
+
+    @property
+    def residual_ul(self) -> int:
+        """The volume the mesh cannot nebulise (µL): below it the cup is dry."""
+        return self._physics.residual_ul
 
     # --- power ---------------------------------------------------------------------
 
@@ -306,27 +178,15 @@ class DeviceModel:
         self._booting = boot_done_ms > self._now_ms
         self._next_status_ms = boot_done_ms
         self._seq = 0
-        self._session_id = 0
-        self._session: _Session | None = None
-        self._last_delivered_ul = 0.0
-        self._last_target_ul = 0
-        self._last_output_pct = 0
+        self._slot = SessionSlot()
         self._faults = FaultBits(0)
-        self._crc_errors = 0
-        self._last_stop = StopReason.NONE
         self._confirm_count = 0
-        self._flow_ul_min = 0.0
-        self._noise = 1.0
+        self._physics.power_up()
         self._last_host_frame_ms = self._now_ms
-        self._pending_ends: list[_PendingEnd] = []
-        self._answers: OrderedDict[tuple[int, object], bytes] = OrderedDict()
-        self._deframer = Deframer()
-        self._host_frames = 0
-        self._rx.clear()
-        self._tx.clear()
-        # BREATH aerosol reported so far (µL, true / tenths of µL, sent), by phase.
-        self._aerosol_ul = [0.0, 0.0]
-        self._aerosol_dul = [0, 0]
+        self._end_repeats = SessionEndRepeats()
+        self._intake = HostIntake()
+        self._line.clear()
+        self._breath_reporter = BreathReporter()
         if self.breathing is not None:
             self.breathing.reset_sensor()
         if not self._booting:
@@ -334,14 +194,7 @@ class DeviceModel:
 
     def _self_test(self) -> None:
         """Faults whose condition is present at boot are raised at once."""
-        for bit, present in (
-            (FaultBits.HEAD_DISCONNECTED, self._head_disconnected),
-            (FaultBits.SUPPLY_LOW, self._supply_low),
-            (FaultBits.INTERNAL, self._internal_failure),
-            (FaultBits.OVER_TEMPERATURE, self._mesh_temp_cC > OVER_TEMPERATURE_CC),
-        ):
-            if present:
-                self._faults |= bit
+        self._faults |= self._physics.self_test_faults()
 
     # --- the sans-IO surface -----------------------------------------------------
 
@@ -353,8 +206,8 @@ class DeviceModel:
     def receive(self, data: bytes, now_ms: int) -> None:
         """Bytes from the host that arrived at `now_ms` (any chunking)."""
         self.advance(now_ms)
-        self._rx.push(data, now_ms)
-        self._handle_rx(self._rx.pop_due(now_ms))
+        self._line.host_sent(data, now_ms)
+        self._handle_rx(self._line.host_bytes_due(now_ms))
 
     def advance(self, now_ms: int) -> None:
         """Run physics and timers up to `now_ms` (never backwards)."""
@@ -374,7 +227,7 @@ class DeviceModel:
 
     def take_output(self) -> bytes:
         """Wire bytes the device sends now (empty when it has nothing to say)."""
-        return self._tx.pop_due(self._now_ms)
+        return self._line.device_bytes_due(self._now_ms)
 
     def next_deadline_ms(self) -> int:
         """The latest time at which `advance` must next be called."""
@@ -385,7 +238,7 @@ class DeviceModel:
     def press_stop_button(self, *, now_ms: int) -> None:
         """The head's STOP button: aerosol off now, session ends with BUTTON_STOP."""
         self.advance(now_ms)
-        if self._session is not None and not self._booting:
+        if self._slot.session is not None and not self._booting:
             self._end_session(StopReason.BUTTON_STOP, self._now_ms)
 
     def press_confirm_button(self, *, now_ms: int) -> None:
@@ -408,17 +261,13 @@ class DeviceModel:
         self.advance(now_ms)
         if name == "reservoir_empty":
             if active:
-                self._reservoir_ul = min(self._reservoir_ul, float(self.residual_ul))
+                self._physics.drain_to_residual()
             else:
                 self._add_liquid(self.fill_ul)
         elif name == "mesh_clogged":
-            self._clog_factor = _SEVERE_CLOG_FACTOR if active else 1.0
-            if not active:
-                self._clog_drift_pct_per_min = 0.0
+            self._physics.set_severe_clog(active)
         else:
-            if name == "over_temperature" and active:
-                self._mesh_temp_cC = max(self._mesh_temp_cC, float(_INJECTED_OVER_TEMPERATURE_CC))
-            setattr(self, _CAUSE_ATTRIBUTE[name], active)
+            self._physics.set_cause(name, active)
             if active:
                 self._raise_fault(FaultBits[name.upper()])
 
@@ -427,7 +276,7 @@ class DeviceModel:
         if not 0.0 <= pct_per_min <= 100.0:
             raise ValueError(f"clog drift must be 0..100 % per minute, got {pct_per_min}")
         self.advance(now_ms)
-        self._clog_drift_pct_per_min = pct_per_min
+        self._physics.clog_drift_pct_per_min = pct_per_min
 
     def refill(self, volume_ul: float, *, now_ms: int) -> None:
         """Pour `volume_ul` into the cup (the excess over capacity spills)."""
@@ -441,7 +290,7 @@ class DeviceModel:
         if not 0 <= volume_ul <= self.capacity_ul:
             raise ValueError(f"reservoir volume must be 0..{self.capacity_ul} µL, got {volume_ul}")
         self.advance(now_ms)
-        self._reservoir_ul = float(volume_ul)
+        self._physics.reservoir_ul = float(volume_ul)
         self._clear_dry_cup()
 
     def reboot(self, *, now_ms: int, boot_ms: int = 0) -> None:
@@ -449,8 +298,8 @@ class DeviceModel:
         if not 0 <= boot_ms <= 60_000:
             raise ValueError(f"boot_ms must be 0..60000, got {boot_ms}")
         self.advance(now_ms)
-        if self._session is not None:
-            self._record_end(self._session, "POWER_LOSS", float(self._now_ms))
+        if self._slot.session is not None:
+            self._record_end(self._slot.session, "POWER_LOSS", float(self._now_ms))
         self._power_up(boot_done_ms=self._now_ms + boot_ms)
 
     # --- the patient (addendum 1.1 heads only) ---------------------------------------
@@ -490,14 +339,12 @@ class DeviceModel:
     def set_link_faults(self, faults: LinkFaults, *, now_ms: int) -> None:
         """Replace every link fault (pass `LinkFaults()` to heal the link)."""
         self.advance(now_ms)
-        self._link = faults
-        self._rx.faults = faults.rx
-        self._tx.faults = faults.tx
+        self._line.set_faults(faults)
 
     @property
     def link_faults(self) -> LinkFaults:
         """The link faults in force."""
-        return self._link
+        return self._line.faults
 
     def set_defect(self, name: str, enabled: bool, *, now_ms: int) -> None:
         """Turn a firmware defect on or off: one of `DEFECTS`."""
@@ -506,7 +353,7 @@ class DeviceModel:
         self.advance(now_ms)
         if enabled:
             if name == "frozen_delivered" and name not in self._defects:
-                self._frozen_delivered_ul = self._reported_delivered_now()
+                self._frozen_delivered_ul = self._slot.reported_delivered_ul()
             self._defects.add(name)
         else:
             self._defects.discard(name)
@@ -515,63 +362,44 @@ class DeviceModel:
 
     def truth(self) -> DeviceTruth:
         """Everything the model knows, including what the device does not report."""
-        session = self._session
+        session, physics, slot = self._slot.session, self._physics, self._slot
         return DeviceTruth(
             now_ms=self._now_ms,
             uptime_ms=max(0, self._now_ms - self._boot_ms),
             booting=self._booting,
             state=self._state().name,
-            session_id=self._session_id,
+            session_id=slot.session_id,
             nebulising=session is not None,
-            target_ul=session.target_ul if session else self._last_target_ul,
-            output_pct=session.output_pct if session else self._last_output_pct,
-            delivered_ul=session.delivered_ul if session else self._last_delivered_ul,
+            target_ul=slot.target_ul,
+            output_pct=slot.output_pct,
+            delivered_ul=slot.delivered_ul,
             reported_delivered_ul=self._reported_delivered(),
-            total_delivered_ul=self._total_delivered_ul,
-            flow_ul_min=self._flow_ul_min,
-            reservoir_ul=self._reservoir_ul,
+            total_delivered_ul=physics.total_delivered_ul,
+            flow_ul_min=physics.flow_ul_min,
+            reservoir_ul=physics.reservoir_ul,
             residual_ul=self.residual_ul,
             capacity_ul=self.capacity_ul,
-            mesh_temp_cC=round(self._mesh_temp_cC),
+            mesh_temp_cC=round(physics.mesh_temp_cC),
             drive_ma=self._drive_ma(),
-            faults=[_fault_name(bit) for bit in FaultBits if bit in self._faults],
+            faults=[fault_name(bit) for bit in FaultBits if bit in self._faults],
             fault_bits=int(self._faults),
-            conditions=[_fault_name(bit) for bit in FaultBits if self._condition_present(bit)],
-            crc_errors=self._crc_errors,
-            last_stop=self._last_stop.name,
+            conditions=[fault_name(bit) for bit in FaultBits if physics.condition_present(bit)],
+            crc_errors=self._intake.crc_errors,
+            last_stop=slot.last_stop.name,
             confirm_count=self._confirm_count,
-            clog_factor=self._clog_factor,
-            clog_drift_pct_per_min=self._clog_drift_pct_per_min,
-            pending_session_end_seqs=[pending.seq for pending in self._pending_ends],
+            clog_factor=physics.clog_factor,
+            clog_drift_pct_per_min=physics.clog_drift_pct_per_min,
+            pending_session_end_seqs=self._end_repeats.seqs,
             defects=sorted(self._defects),
-            link_faults=asdict(self._link),
-            host_frames_received=self._host_frames,
+            link_faults=asdict(self._line.faults),
+            host_frames_received=self._intake.host_frames,
             sessions=[asdict(ended) for ended in self._ended],
-            breathing=self._breathing_truth(),
+            breathing=breathing_truth(
+                self.breathing,
+                gate=session.gate if session is not None else None,
+                breath_gating=self.breath_gating,
+            ),
         )
-
-    def _breathing_truth(self) -> dict[str, Any] | None:
-        breathing = self.breathing
-        if breathing is None:
-            return None
-        gate = self._session.gate if self._session is not None else None
-        return {
-            "pattern": breathing.pattern.name,
-            "trigger_ml_s": breathing.trigger_ml_s,
-            "detect_latency_ms": breathing.detect_latency_ms,
-            "breath_gating": self.breath_gating,
-            "mask_off": breathing.mask_off,
-            "sensor_stuck": breathing.sensor_stuck,
-            "detections": breathing.detections,
-            "last_detect_ms": breathing.last_detect_ms,
-            "true_inspiring": breathing.true_inspiring,
-            # Aerosol (µL, since the model was created) by what the patient really did.
-            "aerosol_true_insp_ul": breathing.truth.insp_ul,
-            "aerosol_true_exp_ul": breathing.truth.exp_ul,
-            "aerosol_mask_off_ul": breathing.truth.mask_off_ul,
-            "gated": gate is not None,
-            "waiting_ms": gate.waiting_ms if gate is not None else 0.0,
-        }
 
     @property
     def ended_sessions(self) -> list[EndedSession]:
@@ -584,7 +412,7 @@ class DeviceModel:
         if self._booting:
             return self._boot_ms
         candidates = [self._next_status_ms]
-        session = self._session
+        session = self._slot.session
         if session is not None:
             candidates.append(self._now_ms + PHYSICS_STEP_MS)
             candidates.append(session.started_ms + session.max_duration_ms)
@@ -593,14 +421,8 @@ class DeviceModel:
             candidates.append(self.breathing.next_event_ms())
             if session is not None and session.gate is not None:
                 candidates.extend(session.gate.deadlines(self._now_ms, self.breathing))
-        candidates.extend(pending.next_ms for pending in self._pending_ends)
-        rx_release = self._rx.next_release_ms()
-        if rx_release is not None:
-            candidates.append(rx_release)
-        tx_release = self._tx.next_release_ms()
-        if tx_release is not None and tx_release > self._now_ms:
-            # A due chunk waits for take_output; only a future one is a timer.
-            candidates.append(tx_release)
+        candidates.extend(self._end_repeats.deadlines())
+        candidates.extend(self._line.deadlines(self._now_ms))
         return max(self._now_ms, min(candidates))
 
     def _fire_due(self) -> None:
@@ -611,22 +433,19 @@ class DeviceModel:
             self._booting = False
             self._last_host_frame_ms = now
             self._self_test()
-        rx_due = self._rx.pop_due(now)
+        rx_due = self._line.host_bytes_due(now)
         if rx_due:
             self._handle_rx(rx_due)
-        session = self._session
+        session = self._slot.session
         if session is not None and now >= session.started_ms + session.max_duration_ms:
             self._end_session(StopReason.MAX_DURATION, float(now))
-        if self._session is not None and now >= self._last_host_frame_ms + WATCHDOG_MS:
+        if self._slot.session is not None and now >= self._last_host_frame_ms + WATCHDOG_MS:
             self._raise_fault(FaultBits.WATCHDOG)
         self._fire_breathing(now)
-        for pending in list(self._pending_ends):
-            if now >= pending.next_ms:
-                self._resend_end(pending)
+        for frame in self._end_repeats.due(now):
+            self._transmit(frame)
         if now >= self._next_status_ms:
-            self._noise = 1.0 + max(
-                -_NOISE_LIMIT, min(_NOISE_LIMIT, self._rng.gauss(0.0, _NOISE_SD))
-            )
+            self._physics.noise = draw_noise(self._rng)
             self._send(self._status())
             # Keep the 100 ms grid when a real-time caller is a little late.
             self._next_status_ms += STATUS_PERIOD_MS
@@ -637,11 +456,11 @@ class DeviceModel:
         breathing = self.breathing
         if breathing is None:
             return
-        session = self._session
+        session = self._slot.session
         detections_before = breathing.detections
         reports = breathing.fire(now, session_id=session.session_id if session else 0)
         for report in reports:
-            self._send(self._breath_message(report))
+            self._send(self._breath_reporter.message(report))
         gate = session.gate if session is not None else None
         if session is None or gate is None:
             return
@@ -649,46 +468,14 @@ class DeviceModel:
         if now >= gate.no_breathing_at_ms(breathing):
             self._end_session(StopReason.NO_BREATHING, float(now))
 
-    def _dul(self, phase: int, volume_ul: float) -> int:
-        """µL → tenths of a µL, carrying the rounding remainder to the next breath.
-
-        Rounding each breath on its own would drift by up to 0.05 µL per breath
-        (40 µL over 800 breaths); carrying it keeps the sum of the reports within
-        0.05 µL of the truth, as addendum 1.1 §3 promises (within 1 µL).
-        """
-        self._aerosol_ul[phase] += volume_ul
-        due = round(self._aerosol_ul[phase] * 10) - self._aerosol_dul[phase]
-        dul = min(0xFFFF, max(0, due))
-        self._aerosol_dul[phase] += dul
-        return dul
-
-    def _breath_message(self, report: BreathReport) -> Breath:
-        return Breath(
-            session_id=report.session_id,
-            breath_no=report.breath_no,
-            insp_ms=report.insp_ms,
-            exp_ms=report.exp_ms,
-            tidal_ml=report.tidal_ml,
-            peak_flow_ml_s=report.peak_flow_ml_s,
-            aerosol_insp_dul=self._dul(0, report.aerosol_insp_ul),
-            aerosol_exp_dul=self._dul(1, report.aerosol_exp_ul),
-        )
-
-    def _resend_end(self, pending: _PendingEnd) -> None:
-        self._transmit(pending.frame)
-        pending.sends += 1
-        pending.next_ms = self._now_ms + SESSION_END_REPEAT_MS
-        if pending.sends >= SESSION_END_MAX_SENDS:
-            self._pending_ends.remove(pending)
-
     # --- physics -----------------------------------------------------------------------
 
     def _integrate(self, start_ms: int, end_ms: int) -> None:
         dt_ms = end_ms - start_ms
         if dt_ms <= 0:
             return
-        session = self._session
-        heating = 0.0
+        session = self._slot.session
+        output_pct: int | None = None
         gate = session.gate if session is not None else None
         if (
             gate is not None
@@ -697,105 +484,52 @@ class DeviceModel:
         ):
             gate.waiting_ms += dt_ms
         if session is not None:
-            heating = _HEATING_AT_FULL_OUTPUT_CC * session.output_pct / 100
-            self._nebulise(session, start_ms, end_ms)
-        equilibrium = _AMBIENT_CC + heating + (_COOLING_FAILURE_CC if self._cooling_failed else 0)
-        decay = math.exp(-dt_ms / _THERMAL_TAU_MS)
-        self._mesh_temp_cC = equilibrium + (self._mesh_temp_cC - equilibrium) * decay
-        if self._mesh_temp_cC > OVER_TEMPERATURE_CC:
+            output_pct = session.output_pct
+            step_end = self._physics.nebulise(
+                session,
+                start_ms,
+                end_ms,
+                honour_cap="ignore_target_cap" not in self._defects,
+                breathing=self.breathing,
+            )
+            if step_end is not None and step_end.cause == "target_reached":
+                self._end_session(StopReason.TARGET_REACHED, step_end.at_ms)
+            elif step_end is not None:
+                self._raise_fault(_FAULT_FOR_STEP_END[step_end.cause], at_ms=step_end.at_ms)
+        if self._physics.heat(dt_ms, output_pct=output_pct):
             self._raise_fault(FaultBits.OVER_TEMPERATURE, at_ms=float(end_ms))
 
-    def _expected_flow(self, session: _Session) -> float:
-        return self.nominal_ul_min * session.output_pct / 100
-
-    def _nebulise(self, session: _Session, start_ms: int, end_ms: int) -> None:
-        dt_ms = end_ms - start_ms
-        if session.gate is not None and not session.gate.mesh_on(start_ms):
-            self._flow_ul_min = 0.0  # between pulses (a step never straddles a gate edge)
-            return
-        if self._clog_drift_pct_per_min:
-            drop = self._clog_drift_pct_per_min / 100 * dt_ms / 60_000
-            self._clog_factor = max(_MIN_CLOG_FACTOR, self._clog_factor - drop)
-        expected = self._expected_flow(session)
-        flow = expected * self._clog_factor * self._noise
-        self._flow_ul_min = flow
-        volume = flow * dt_ms / 60_000
-        to_target = session.target_ul - session.delivered_ul
-        available = max(0.0, self._reservoir_ul - self.residual_ul)
-        cap = "ignore_target_cap" not in self._defects
-        if cap and volume >= to_target:
-            self._deliver(session, to_target)
-            session.delivered_ul = float(session.target_ul)  # exact, not a float sum
-            self._end_session(
-                StopReason.TARGET_REACHED, start_ms + dt_ms * (to_target / volume if volume else 0)
-            )
-            return
-        if volume >= available:
-            self._deliver(session, available)
-            end_at = start_ms + dt_ms * (available / volume if volume else 0)
-            self._raise_fault(FaultBits.RESERVOIR_EMPTY, at_ms=end_at)
-            return
-        self._deliver(session, volume)
-        if flow < CLOG_DETECT_FRACTION * expected:
-            if session.low_flow_since_ms is None:
-                session.low_flow_since_ms = float(start_ms)
-            elif end_ms - session.low_flow_since_ms >= CLOG_DETECT_MS:
-                self._raise_fault(FaultBits.MESH_CLOGGED, at_ms=float(end_ms))
-        else:
-            session.low_flow_since_ms = None
-
-    def _deliver(self, session: _Session, volume_ul: float) -> None:
-        if self.breathing is not None:
-            self.breathing.add_aerosol(volume_ul, session_id=session.session_id)
-        session.delivered_ul += volume_ul
-        self._reservoir_ul -= volume_ul
-        self._total_delivered_ul += volume_ul
-
     def _add_liquid(self, volume_ul: float) -> None:
-        self._reservoir_ul = min(float(self.capacity_ul), self._reservoir_ul + volume_ul)
+        self._physics.add_liquid(volume_ul)
         self._clear_dry_cup()
 
     def _clear_dry_cup(self) -> None:
-        if not self._condition_present(FaultBits.RESERVOIR_EMPTY):
+        if not self._physics.condition_present(FaultBits.RESERVOIR_EMPTY):
             self._faults &= ~FaultBits.RESERVOIR_EMPTY
 
     def _drive_ma(self) -> int:
-        session = self._session
-        if session is None or self._head_disconnected:
-            return 0
-        return round(_DRIVE_IDLE_MA + _DRIVE_FULL_MA * session.output_pct / 100)
+        session = self._slot.session
+        return self._physics.drive_ma(session.output_pct if session is not None else None)
 
     # --- faults --------------------------------------------------------------------------
-
-    def _condition_present(self, bit: FaultBits) -> bool:
-        present = {
-            FaultBits.RESERVOIR_EMPTY: self._reservoir_ul <= self.residual_ul + 1e-9,
-            FaultBits.HEAD_DISCONNECTED: self._head_disconnected,
-            FaultBits.MESH_CLOGGED: self._clog_factor < CLOG_DETECT_FRACTION,
-            FaultBits.OVER_TEMPERATURE: self._mesh_temp_cC > OVER_TEMPERATURE_CC,
-            FaultBits.SUPPLY_LOW: self._supply_low,
-            FaultBits.INTERNAL: self._internal_failure,
-        }
-        # WATCHDOG's cause (host silence) is over once the host talks again.
-        return present.get(bit, False)
 
     def _raise_fault(self, bit: FaultBits, *, at_ms: float | None = None) -> None:
         if self._booting:
             return
         self._faults |= bit
-        if self._session is not None:
-            reason = _REASON_FOR_FAULT.get(bit, StopReason.FAULT)
+        if self._slot.session is not None:
+            reason = REASON_FOR_FAULT.get(bit, StopReason.FAULT)
             self._end_session(reason, float(self._now_ms) if at_ms is None else at_ms)
 
     def _clear_faults(self) -> bool:
         """CLEAR_FAULTS: drop latched bits whose cause is gone; True if none remain."""
         for bit in FaultBits:
-            if bit in self._faults and not self._condition_present(bit):
+            if bit in self._faults and not self._physics.condition_present(bit):
                 self._faults &= ~bit
         return not self._faults
 
     def _state(self) -> DeviceState:
-        session = self._session
+        session = self._slot.session
         if session is not None:
             gate, breathing = session.gate, self.breathing
             if gate is not None and breathing is not None and gate.waiting(self._now_ms, breathing):
@@ -806,27 +540,12 @@ class DeviceModel:
     # --- sessions ------------------------------------------------------------------------
 
     def _start_session(self, start: Start | StartGated) -> None:
-        self._session_id = start.session_id
-        self._session = _Session(
-            session_id=start.session_id,
-            target_ul=start.target_ul,
-            max_duration_ms=start.max_duration_s * 1000,
-            output_pct=start.output_pct,
-            started_ms=self._now_ms,
-            gate=Gate(
-                gate_pct=start.gate_pct,
-                lead_breaths=start.lead_breaths,
-                apnoea_ms=start.apnoea_s * 1000,
-                started_ms=self._now_ms,
-            )
-            if isinstance(start, StartGated)
-            else None,
-        )
+        self._slot.start(start, self._now_ms)
         self._last_host_frame_ms = self._now_ms
         if "frozen_delivered" in self._defects:
             self._frozen_delivered_ul = 0
 
-    def _record_end(self, session: _Session, reason: str, ended_at_ms: float) -> None:
+    def _record_end(self, session: Session, reason: str, ended_at_ms: float) -> None:
         self._ended.append(
             EndedSession(
                 session_id=session.session_id,
@@ -841,14 +560,8 @@ class DeviceModel:
         del self._ended[:-100]
 
     def _end_session(self, reason: StopReason, ended_at_ms: float) -> None:
-        session = self._session
-        assert session is not None
-        self._session = None
-        self._flow_ul_min = 0.0
-        self._last_delivered_ul = session.delivered_ul
-        self._last_target_ul = session.target_ul
-        self._last_output_pct = session.output_pct
-        self._last_stop = reason
+        session = self._slot.end(reason)
+        self._physics.flow_ul_min = 0.0
         self._record_end(session, reason.name, ended_at_ms)
         end = SessionEnd(
             session_id=session.session_id,
@@ -859,98 +572,72 @@ class DeviceModel:
         seq = self._next_seq()
         frame = encode_frame(end, seq=seq)
         self._transmit(frame)
-        self._pending_ends.append(
-            _PendingEnd(seq=seq, frame=frame, sends=1, next_ms=self._now_ms + SESSION_END_REPEAT_MS)
-        )
-
-    def _reported_delivered_now(self) -> int:
-        session = self._session
-        delivered = session.delivered_ul if session else self._last_delivered_ul
-        return min(0xFFFFFFFF, math.floor(delivered + 1e-9))
+        self._end_repeats.sent(seq=seq, frame=frame, now_ms=self._now_ms)
 
     def _reported_delivered(self) -> int:
         if "frozen_delivered" in self._defects:
             return self._frozen_delivered_ul
-        return self._reported_delivered_now()
+        return self._slot.reported_delivered_ul()
 
     # --- host frames -----------------------------------------------------------------------
 
     def _handle_rx(self, data: bytes) -> None:
         if self._booting or not data:
             return
-        for event in self._deframer.feed(data):
-            if isinstance(event, FrameError):
-                self._count_bad_frame()
-            elif isinstance(
-                event.message, Hello | Heartbeat | Start | Stop | ClearFaults | AckEnd
-            ) or (self.breathing is not None and isinstance(event.message, QueryCaps | StartGated)):
-                self._host_frames += 1
-                self._last_host_frame_ms = self._now_ms
-                self._handle_frame(event)
-            else:
-                self._count_bad_frame()  # a device message type is unknown to the device
-
-    def _count_bad_frame(self) -> None:
-        self._crc_errors = min(CRC_ERRORS_MAX, self._crc_errors + 1)
+        for frame in self._intake.commands(data, breath_aware=self.breathing is not None):
+            self._last_host_frame_ms = self._now_ms
+            self._handle_frame(frame)
 
     def _handle_frame(self, frame: Frame) -> None:
         message = frame.message
         if isinstance(message, Heartbeat):
             return
         if isinstance(message, AckEnd):
-            self._pending_ends = [p for p in self._pending_ends if p.seq != message.end_seq]
+            self._end_repeats.acknowledged(message.end_seq)
             return
-        key = (frame.seq, message)
-        cached = self._answers.get(key)
+        cached = self._intake.cached_answer(frame)
         if cached is not None:
-            self._answers.move_to_end(key)
             self._send_answer(cached)
             return
         answer = self._execute(message, frame.seq)
         encoded = encode_frame(answer, seq=self._next_seq())
-        self._answers[key] = encoded
-        while len(self._answers) > _ANSWER_CACHE_SIZE:
-            self._answers.popitem(last=False)
+        self._intake.remember(frame, encoded)
         self._send_answer(encoded)
 
     def _identity(self, message: Hello | QueryCaps, seq: int) -> Ident | Caps:
         if isinstance(message, QueryCaps):
-            breathing = self.breathing
-            assert breathing is not None  # a version-1 head drops QUERY_CAPS before this
-            bits = CapBits.BREATH_SENSING | (CapBits.BREATH_GATED if self.breath_gating else 0)
-            return Caps(
-                ack_seq=seq,
-                icd_minor=ICD_MINOR_BREATH,
-                caps=CapBits(bits),
-                trigger_ml_s=breathing.trigger_ml_s,
-                detect_latency_ms=breathing.detect_latency_ms,
-            )
-        return Ident(
-            ack_seq=seq,
+            assert self.breathing is not None  # a version-1 head drops QUERY_CAPS before this
+            return caps_answer(seq, breathing=self.breathing, breath_gating=self.breath_gating)
+        return ident_answer(
+            seq,
             serial=self.serial,
-            fw_major=self.fw_version[0],
-            fw_minor=self.fw_version[1],
-            fw_patch=self.fw_version[2],
+            fw_version=self.fw_version,
             hw_rev=self.hw_rev,
             nominal_ul_min=self.nominal_ul_min,
-            reservoir_capacity_ul=self.capacity_ul,
+            capacity_ul=self.capacity_ul,
         )
 
     def _execute(self, message: object, seq: int) -> DeviceMessage:
+        session = self._slot.session
+        running_session_id = session.session_id if session is not None else None
         if isinstance(message, Hello | QueryCaps):
             return self._identity(message, seq)
         if isinstance(message, Start | StartGated):
-            reason = self._start_refusal(message)
+            reason = start_refusal(
+                message,
+                running_session_id=running_session_id,
+                faults=self._faults,
+                cup_dry=self._physics.condition_present(FaultBits.RESERVOIR_EMPTY),
+                breath_gating=self.breath_gating,
+            )
             if reason is not None:
                 return Nak(ack_seq=seq, reason=reason)
-            if self._session is None:
+            if session is None:
                 self._start_session(message)
             return Ack(ack_seq=seq)
         if isinstance(message, Stop):
-            session = self._session
             if (
-                session is not None
-                and message.session_id in (0, session.session_id)
+                stop_applies(message, running_session_id=running_session_id)
                 and "ignore_stop" not in self._defects
             ):
                 self._end_session(StopReason.HOST_STOP, float(self._now_ms))
@@ -960,37 +647,6 @@ class DeviceModel:
             return Ack(ack_seq=seq)
         return Nak(ack_seq=seq, reason=NakReason.FAULT_PERSISTS)
 
-    def _gated_refusal(self, start: StartGated) -> NakReason | None:
-        if not self.breath_gating:
-            return NakReason.UNSUPPORTED  # before any range check: the head cannot gate
-        if (
-            start.gate_pct not in GATED_GATE_PCT
-            or start.lead_breaths not in GATED_LEAD_BREATHS
-            or start.apnoea_s not in GATED_APNOEA_S
-        ):
-            return NakReason.BAD_VALUE
-        return None
-
-    def _start_refusal(self, start: Start | StartGated) -> NakReason | None:
-        if isinstance(start, StartGated) and (gated := self._gated_refusal(start)) is not None:
-            return gated
-        if (
-            start.session_id < 1
-            or start.target_ul not in START_TARGET_UL
-            or start.max_duration_s not in START_MAX_DURATION_S
-            or start.output_pct not in START_OUTPUT_PCT
-        ):
-            return NakReason.BAD_VALUE
-        if self._session is not None:
-            # The same session again: ACK and change nothing; another one: refuse.
-            same = self._session.session_id == start.session_id
-            return None if same else NakReason.WRONG_STATE
-        if self._faults & ~FaultBits.RESERVOIR_EMPTY:
-            return NakReason.FAULT_ACTIVE
-        if self._condition_present(FaultBits.RESERVOIR_EMPTY):
-            return NakReason.NO_MEDICATION
-        return NakReason.FAULT_ACTIVE if self._faults else None
-
     # --- output ----------------------------------------------------------------------------
 
     def _next_seq(self) -> int:
@@ -999,18 +655,19 @@ class DeviceModel:
         return seq
 
     def _status(self) -> Status:
+        physics = self._physics
         return Status(
             uptime_ms=(self._now_ms - self._boot_ms) & 0xFFFFFFFF,
             state=self._state(),
-            session_id=self._session_id,
+            session_id=self._slot.session_id,
             delivered_ul=self._reported_delivered(),
-            flow_ul_min=min(0xFFFF, round(self._flow_ul_min)),
-            reservoir_ul=min(0xFFFF, max(0, round(self._reservoir_ul))),
-            mesh_temp_cC=max(-0x8000, min(0x7FFF, round(self._mesh_temp_cC))),
+            flow_ul_min=min(0xFFFF, round(physics.flow_ul_min)),
+            reservoir_ul=min(0xFFFF, max(0, round(physics.reservoir_ul))),
+            mesh_temp_cC=max(-0x8000, min(0x7FFF, round(physics.mesh_temp_cC))),
             drive_ma=self._drive_ma(),
             faults=self._faults,
-            crc_errors=self._crc_errors,
-            last_stop=self._last_stop,
+            crc_errors=self._intake.crc_errors,
+            last_stop=self._slot.last_stop,
             confirm_count=self._confirm_count,
         )
 
@@ -1018,12 +675,9 @@ class DeviceModel:
         self._transmit(encode_frame(message, seq=self._next_seq()))
 
     def _send_answer(self, frame: bytes) -> None:
-        rate = self._link.drop_answer_rate
-        if rate and self._rng.random() < rate:
-            return
-        self._transmit(frame)
+        if not self._line.answer_dropped(self._rng):
+            self._transmit(frame)
 
     def _transmit(self, frame: bytes) -> None:
-        if self._link.silent or self._booting:
-            return
-        self._tx.push(frame, self._now_ms)
+        if not self._booting:
+            self._line.device_sent(frame, self._now_ms)

@@ -29,7 +29,8 @@ from typing import Any, Final
 from controller.logging import get_logger
 
 from ._control import ControlServer, execute_control
-from ._model import DeviceModel, DeviceTruth
+from ._device_types import DeviceTruth
+from ._model import DeviceModel
 
 __all__ = ["RunningSimulator", "run_pty_simulator", "run_simulator"]
 
