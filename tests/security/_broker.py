@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +182,15 @@ class Peer:
                 lambda: any(t == topic for t, _ in self.received), timeout=TIMEOUT_S
             )
         assert ok, f"marker on {topic} never arrived; got {self.received}"
+        return list(self.received)
+
+    def wait_until(
+        self, done: Callable[[list[tuple[str, bytes]]], bool], what: str
+    ) -> list[tuple[str, bytes]]:
+        """Wait until `done(received)` holds; return everything received so far."""
+        with self._got:
+            ok = self._got.wait_for(lambda: done(self.received), timeout=TIMEOUT_S)
+        assert ok, f"{what} never arrived; got {self.received}"
         return list(self.received)
 
     def close(self) -> None:
