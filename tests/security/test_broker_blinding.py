@@ -170,3 +170,8 @@ def test_acl_read_grants_cover_every_bed_topic_and_no_command_topic(
         for topic in (f"{base}/{suffix}", f"{base}/{suffix}/anything"):
             if topic != f"{base}/command/reply":
                 assert not readable(topic), f"{user} may read {topic}"
+
+
+@pytest.mark.parametrize("acl", [ACL_FILE, HOSPITAL_ACL], ids=["ward", "hospital"])
+def test_the_pharmacy_reads_only_command_replies(acl: Path) -> None:
+    assert _read_grants(acl, "pharmacy.hospital") == ["nebuliser/v1/+/+/command/reply"]
