@@ -69,7 +69,27 @@ async def store_prescription(
     try:
         prescription = prescription_from_toml_bytes(data, Path("prescription.update"))
     except PrescriptionSourceError as exc:
-        return CommandResult(status="refused", reason_code="invalid_prescription", reason=str(exc))
+        # The detail quotes the file (drug, lot, arm): it goes to the bed's audit log
+        # only. Command replies are read by the ward (blinding, issue 20).
+        audit.record(
+            AuditKind.PRESCRIPTION,
+            {
+                "event": "received_invalid",
+                "sha256": body.prescription_sha256,
+                "signed_by": body.pharmacy_key_id,
+                "sender_id": accepted.sender_id,
+                "command_id": accepted.command_id,
+                "error": str(exc),
+            },
+        )
+        return CommandResult(
+            status="refused",
+            reason_code="invalid_prescription",
+            reason="the prescription file does not pass the controller's checks; the "
+            "detail is in the bed's audit log (kind prescription, event received_invalid); "
+            "check the file "
+            "with `nebuliser config check` before signing it",
+        )
     signature = PrescriptionSignature(
         key_id=body.pharmacy_key_id,
         sha256=body.prescription_sha256,

@@ -402,6 +402,38 @@ async def test_prescription_update_ward_key_refused_pharmacy_stored_for_restart(
     assert record["signed_by"] == "pharmacy-1"
 
 
+async def test_an_invalid_prescription_update_is_refused_without_quoting_the_file(
+    tmp_path: Path,
+) -> None:
+    """The ward reads command replies: the refusal names no drug or arm (issue 20); the
+    detail (which quotes the file) is kept in the bed's audit log."""
+    keys = Keys()
+    async with bed(tmp_path, keys) as b:
+        text = _prescription_toml((tmp_path / "controller.toml").read_text("utf-8"))
+        text = text.replace('subject_id = "TEST-001"', 'subject_id = "TEST-002"')
+        text = text.replace("[prescription.arm]", '[prescription.arm]\nsecret_arm = "Zelvanorin"')
+        data = text.encode()
+        signature = sign_prescription_bytes(data, key=keys.pharmacy, key_id="pharmacy-1")
+        body = PrescriptionUpdateBody(
+            prescription_toml=text,
+            pharmacy_key_id="pharmacy-1",
+            prescription_sha256=signature.sha256,
+            prescription_signature=signature.signature,
+        )
+        command = signed(
+            keys.pharmacy, CommandName.PRESCRIPTION_UPDATE, body, counter=1, sender="pharmacy-1"
+        )
+        reply = await b.station.command(command)
+    assert reply["status"] == "refused", reply
+    assert reply["reason_code"] == "invalid_prescription"
+    assert "Zelvanorin" not in json.dumps(reply)
+    assert "audit log" in reply["reason"]
+    [record] = [p for p in audit_bodies(b.config, "prescription") if p["event"] != "in_force"]
+    assert record["event"] == "received_invalid"
+    assert "secret_arm" in record["error"]
+    assert not (b.config.storage.data_dir / "prescriptions").exists()
+
+
 def _hostile_payloads(rng: random.Random) -> list[bytes]:
     payloads = [
         b"",
