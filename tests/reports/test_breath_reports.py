@@ -311,7 +311,10 @@ def write_file_config(directory: Path, data_dir: Path, *, blinded: bool) -> Path
     rx = directory / f"rx-{'blinded' if blinded else 'open'}.toml"
     rx.write_text("[prescription]" + prescription, encoding="utf-8")
     path = directory / f"ward-{'blinded' if blinded else 'open'}.toml"
-    path.write_text(f'prescription_file = "{rx}"\n{device}', encoding="utf-8")
+    # Unsigned here (a report checks the file as `serve` does: an unsigned file where
+    # signatures are required would blind the report, which another test shows).
+    security = "[security]\nrequire_signed_prescriptions = false\n"
+    path.write_text(f'prescription_file = "{rx}"\n{device}{security}', encoding="utf-8")
     return path
 
 
