@@ -153,7 +153,7 @@ def _serve(config_path: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "controller.cli", "serve", "--config", str(config_path)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=30,
         check=False,
     )
 
