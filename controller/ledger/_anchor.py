@@ -333,7 +333,7 @@ def check_continuity(  # noqa: PLR0911, PLR0912 - one return per finding, in ord
 
 def _ward_confirms(
     ward: WardEvidence, facts: LedgerFacts, device_id: str
-) -> list[tuple[str, LedgerAnchor | None]]:
+) -> list[tuple[str, LedgerAnchor]]:
     """The ward's anchor as a confirming source (not if an audited restore or init
     superseded it, or it is another device's)."""
     anchor = ward.anchor

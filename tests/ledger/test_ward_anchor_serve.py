@@ -168,7 +168,8 @@ def _refused(result: subprocess.CompletedProcess[str], data_dir: Path) -> str:
     out = result.stdout + result.stderr
     assert result.returncode == EXIT_LEDGER, out
     assert "Traceback" not in out
-    assert "ward ledger anchor" in out and ": anchor: ledger" in out, out
+    assert "ward ledger anchor" in out, out
+    assert ": anchor: ledger" in out, out
     assert "ledger refusal alarm published" in out, out
     [alarm] = [a for a in _audited_alarms(data_dir) if a["action"] == "raised"]
     assert (alarm["alarm_code"], alarm["priority"]) == ("ledger_discontinuity", "high")

@@ -11,6 +11,7 @@ from controller.ledger import (
     AnchorReading,
     ChainHead,
     ContinuityCode,
+    ContinuityVerdict,
     LedgerAnchor,
     LedgerFacts,
     LedgerFileState,
@@ -48,7 +49,9 @@ LOCAL_5 = _anchor(seq=5, digest=HASH_5)
 WARD_9 = _anchor(seq=9, digest=HASH_9)
 
 
-def _facts(*, head_seq: int = 5, hashes: dict[int, str] | None = None, ledger_id: str = LEDGER):
+def _facts(
+    *, head_seq: int = 5, hashes: dict[int, str] | None = None, ledger_id: str = LEDGER
+) -> LedgerFacts:
     return LedgerFacts(
         state=LedgerFileState.PRESENT,
         ledger_id=ledger_id,
@@ -62,7 +65,9 @@ def _ward(anchor: LedgerAnchor = WARD_9, *supersessions: Supersession) -> WardEv
     return WardEvidence(anchor=anchor, topic=TOPIC, supersessions=supersessions)
 
 
-def _check(facts: LedgerFacts, ward: WardEvidence | None, local: LedgerAnchor | None = LOCAL_5):
+def _check(
+    facts: LedgerFacts, ward: WardEvidence | None, local: LedgerAnchor | None = LOCAL_5
+) -> ContinuityVerdict:
     readings = [
         AnchorReading(source="anchor file", anchor=local),
         AnchorReading(source="audit log", anchor=local),
@@ -76,7 +81,8 @@ def test_a_whole_data_dir_rolled_back_is_refused_by_the_ward_anchor() -> None:
     verdict = _check(_facts(), _ward())
     assert not verdict.ok
     assert verdict.code is ContinuityCode.OLDER_THAN_ANCHOR
-    assert TOPIC in verdict.reason and "event 9" in verdict.reason
+    assert TOPIC in verdict.reason
+    assert "event 9" in verdict.reason
     assert "ledger restore BACKUP --ward-anchor" in verdict.action
 
 
@@ -102,7 +108,8 @@ def test_a_ward_anchor_behind_the_ledger_is_accepted() -> None:
 def test_a_missing_ledger_with_a_ward_anchor_names_restore_with_the_ward_anchor() -> None:
     facts = LedgerFacts(state=LedgerFileState.MISSING)
     without = _check(facts, None, local=None)
-    assert not without.ok and "ledger init" in without.action  # a new install, as before
+    assert not without.ok
+    assert "ledger init" in without.action
     verdict = _check(facts, _ward(), local=None)
     assert (verdict.ok, verdict.code) == (False, ContinuityCode.LEDGER_MISSING)
     assert "ledger restore BACKUP --ward-anchor" in verdict.action
@@ -162,7 +169,8 @@ def test_a_ledger_of_another_id_than_the_ward_anchor_is_refused() -> None:
     plain_init = _init(accepted=False, known=(), ledger_id=OTHER_LEDGER)
     verdict = _check(facts, _ward(WARD_9, plain_init), local=local)
     assert (verdict.ok, verdict.code) == (False, ContinuityCode.REPLACED)
-    assert "--ward-anchor" in verdict.action and "--accept-empty-history" in verdict.action
+    assert "--ward-anchor" in verdict.action
+    assert "--accept-empty-history" in verdict.action
 
 
 def test_an_accepted_init_that_accounted_for_the_ward_anchor_supersedes_it() -> None:
