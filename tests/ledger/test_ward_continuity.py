@@ -7,16 +7,29 @@ audited restore or accepted init accounted for the ward's anchor.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from controller.ledger import (
     AnchorReading,
+    AnchorWriter,
     ChainHead,
     ContinuityCode,
     ContinuityVerdict,
+    EmptyHistoryAcceptance,
     LedgerAnchor,
+    LedgerDiscontinuityError,
     LedgerFacts,
     LedgerFileState,
+    LedgerLocation,
+    anchor_to_json,
+    audit_record,
     check_continuity,
+    init_ledger,
+    open_checked,
 )
+from controller.ledger._continuity import read_supersessions
 from controller.ledger._ward_check import (
     Supersession,
     SupersessionKind,
@@ -192,3 +205,51 @@ def test_another_devices_anchor_on_the_bed_topic_is_ignored() -> None:
     assert _check(_facts(), _ward(foreign)).ok
     missing = LedgerFacts(state=LedgerFileState.MISSING)
     assert "ledger init" in _check(missing, _ward(foreign), local=None).action
+
+
+def _restore_record(location: LedgerLocation, newest: LedgerAnchor) -> None:
+    audit_record(
+        location,
+        "ledger_restore",
+        {"ledger_id": LEDGER, "by": "CE", "newest_anchor": anchor_to_json(newest)},
+    )
+
+
+def test_the_audit_log_shows_which_anchors_a_restore_accounted_for(tmp_path: Path) -> None:
+    """Read from a real audit log: the ward's anchor counts as known to a restore when
+    the restore record lists it, or when the audit log held it before the record; an
+    anchor written after the restore (the restored ledger's own) is not known to it."""
+    location = LedgerLocation(data_dir=tmp_path)
+    writer = AnchorWriter(location)
+    try:
+        writer(WARD_9)  # the bed anchored event 9 and published it
+        _restore_record(location, LOCAL_5)  # a restore whose newest anchor was older
+        later = _anchor(seq=12, digest="c" * 64)
+        writer(later)  # the restored ledger's anchor, after the restore
+    finally:
+        writer.close()
+    [before] = read_supersessions(location.audit_path, WARD_9)
+    assert before.kind is SupersessionKind.RESTORE
+    assert point_of(WARD_9) in before.known
+    assert point_of(LOCAL_5) in before.known
+    [after] = read_supersessions(location.audit_path, later)
+    assert point_of(later) not in after.known
+    # So a ledger rolled back to event 5 passes against the old chain's event 9 (the
+    # restore accounted for it), but not against the anchor written after the restore.
+    facts = _facts()
+    assert _check(facts, _ward(WARD_9, before)).ok
+    assert not _check(facts, _ward(later, after)).ok
+
+
+def test_an_init_with_the_ward_anchor_is_recorded_as_accounting_for_it(tmp_path: Path) -> None:
+    wiped = LedgerLocation(data_dir=tmp_path / "data")
+    accept = EmptyHistoryAcceptance(by="Dr A. Jones", reason="no backup; ward record checked")
+    init_ledger(wiped, device_id=DEVICE, subject_id="S-1", accept=accept, ward_anchors=[WARD_9])
+    [init] = read_supersessions(wiped.audit_path, WARD_9)
+    assert (init.kind, init.accepted_empty_history) == (SupersessionKind.INIT, True)
+    assert point_of(WARD_9) in init.known
+    open_checked(wiped, device_id=DEVICE, ward_anchor=WARD_9, ward_topic=TOPIC).close()
+    plain = LedgerLocation(data_dir=tmp_path / "plain")
+    init_ledger(plain, device_id=DEVICE, subject_id="S-1")  # no trace here: no acceptance
+    with pytest.raises(LedgerDiscontinuityError, match="ward station's retained anchor"):
+        open_checked(plain, device_id=DEVICE, ward_anchor=WARD_9, ward_topic=TOPIC)
