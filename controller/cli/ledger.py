@@ -228,6 +228,7 @@ def _init(args: argparse.Namespace) -> int:
             if args.accept_empty_history
             else None
         )
+        ward = [_ward_anchor(Path(path)) for path in args.ward_anchor or ()]
     except (ConfigError, ValueError) as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_CONFIG
@@ -237,6 +238,7 @@ def _init(args: argparse.Namespace) -> int:
             device_id=device_id,
             subject_id=subject,
             accept=accept,
+            ward_anchors=ward,
         )
     except (LedgerError, OSError) as exc:
         sys.stderr.write(f"ledger init refused: {exc}\n")
@@ -367,6 +369,14 @@ def register(subparsers: Any) -> None:
     )
     init.add_argument("--by", metavar="NAME", help="who accepts the empty history")
     init.add_argument("--reason", metavar="TEXT", help="why an empty history is acceptable")
+    init.add_argument(
+        "--ward-anchor",
+        metavar="FILE",
+        action="append",
+        help="the bed's retained `ledger/anchor` message of the earlier ledger, saved to a "
+        "file: recorded as accepted, so `serve` starts despite it (needs "
+        "--accept-empty-history; repeatable)",
+    )
     _add_location(init)
     init.set_defaults(handler=_init)
     show = sub.add_parser(

@@ -27,10 +27,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from controller.ledger._chain import GENESIS_HASH, ChainHead
 from controller.ledger._database import fsync_dir
+
+if TYPE_CHECKING:
+    from controller.ledger._ward_check import WardEvidence
 
 __all__ = [
     "ANCHOR_FILE_NAME",
@@ -43,6 +46,7 @@ __all__ = [
     "LedgerAnchor",
     "LedgerFacts",
     "LedgerFileState",
+    "anchor_against",
     "anchor_from_json",
     "anchor_to_json",
     "check_continuity",
@@ -250,8 +254,12 @@ def _refuse(code: ContinuityCode, reason: str, action: str = _RESTORE) -> Contin
     return ContinuityVerdict(ok=False, code=code, reason=reason, action=action)
 
 
-def check_continuity(  # noqa: PLR0911 - one return per distinct finding, in order
-    *, readings: Sequence[AnchorReading], facts: LedgerFacts, device_id: str
+def check_continuity(  # noqa: PLR0911, PLR0912 - one return per finding, in order
+    *,
+    readings: Sequence[AnchorReading],
+    facts: LedgerFacts,
+    device_id: str,
+    ward: WardEvidence | None = None,
 ) -> ContinuityVerdict:
     """Is the ledger file the continuation of the ledger its anchors describe?
 
@@ -260,7 +268,17 @@ def check_continuity(  # noqa: PLR0911 - one return per distinct finding, in ord
     is older than an anchor (deleted WAL, restored old backup), one whose history at
     the anchored event differs, and — when no anchor is readable — an unreadable anchor.
     A ledger may be *newer* than its anchors (a crash between commit and anchor write).
+
+    `ward` is the ward station's retained anchor (fetched by `serve` with `[mqtt]`), the
+    third source, judged after the local ones by `check_ward_anchor` (controller.ledger.
+    _ward_check): it sees a data directory lost or rolled back as a whole.
     """
+    from controller.ledger._ward_check import check_ward_anchor  # noqa: PLC0415 - cycle
+
+    if ward is not None and facts.state is LedgerFileState.MISSING:
+        verdict = check_ward_anchor(ward=ward, facts=facts, device_id=device_id)
+        if verdict is not None:
+            return verdict
     anchors = [(r.source, r.anchor) for r in readings if r.anchor is not None]
     broken = [r for r in readings if r.problem is not None]
     evidence = bool(anchors or broken or facts.earlier_use)
@@ -286,7 +304,7 @@ def check_continuity(  # noqa: PLR0911 - one return per distinct finding, in ord
         )
     for source, anchor in anchors:
         assert anchor is not None
-        verdict = _against(source, anchor, facts)
+        verdict = anchor_against(source, anchor, facts)
         if verdict is not None:
             return verdict
     if broken and not anchors:
@@ -295,6 +313,11 @@ def check_continuity(  # noqa: PLR0911 - one return per distinct finding, in ord
             "; ".join(f"{r.source} is {r.problem}" for r in broken)
             + ", and no other anchor confirms the ledger",
         )
+    if ward is not None:
+        verdict = check_ward_anchor(ward=ward, facts=facts, device_id=device_id)
+        if verdict is not None:
+            return verdict
+        anchors.extend(_ward_confirms(ward, facts, device_id))
     if not anchors:
         return ContinuityVerdict(
             ok=True,
@@ -308,7 +331,21 @@ def check_continuity(  # noqa: PLR0911 - one return per distinct finding, in ord
     )
 
 
-def _against(source: str, anchor: LedgerAnchor, facts: LedgerFacts) -> ContinuityVerdict | None:
+def _ward_confirms(
+    ward: WardEvidence, facts: LedgerFacts, device_id: str
+) -> list[tuple[str, LedgerAnchor]]:
+    """The ward's anchor as a confirming source (not if an audited restore or init
+    superseded it, or it is another device's)."""
+    anchor = ward.anchor
+    if anchor.device_id != device_id or anchor_against(ward.source, anchor, facts):
+        return []
+    return [(ward.source, anchor)]
+
+
+def anchor_against(
+    source: str, anchor: LedgerAnchor, facts: LedgerFacts
+) -> ContinuityVerdict | None:
+    """One anchor's objection to a PRESENT ledger of the same device (None: none)."""
     if anchor.device_id and facts.device_id is None:
         pass  # a ledger from before device ids were recorded: judged by id and chain
     elif anchor.device_id != facts.device_id:

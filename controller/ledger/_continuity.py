@@ -10,6 +10,7 @@ log and raises a `LedgerError` whose message ends with what to do.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -20,11 +21,13 @@ from typing import TYPE_CHECKING, Final
 
 from controller.dosing import Instant
 from controller.ledger._anchor import (
+    AUDIT_ANCHOR_KIND,
     AnchorReading,
     ContinuityVerdict,
     LedgerAnchor,
     LedgerFacts,
     LedgerFileState,
+    anchor_from_json,
     anchor_to_json,
     check_continuity,
     read_anchor_file,
@@ -42,6 +45,13 @@ from controller.ledger._errors import (
 from controller.ledger._ledger import DEFAULT_OUTBOX_BUDGET_BYTES, LEDGER_FILE_NAME, Ledger
 from controller.ledger._model import OutboxMessage
 from controller.ledger._storage import ReserveFile
+from controller.ledger._ward_check import (
+    AnchorPoint,
+    Supersession,
+    SupersessionKind,
+    WardEvidence,
+    point_of,
+)
 
 if TYPE_CHECKING:
     from controller.security import AuditLog
@@ -55,6 +65,8 @@ __all__ = [
     "ledger_facts",
     "open_checked",
     "read_readings",
+    "read_supersessions",
+    "ward_evidence",
 ]
 
 #: `controller.security.AUDIT_DB_NAME`, repeated so that importing the ledger stays
@@ -166,9 +178,82 @@ def earlier_use(location: LedgerLocation) -> bool:
     return True  # an audit log that cannot be read is a trace too
 
 
-def ledger_facts(ledger: Ledger, readings: Sequence[AnchorReading]) -> LedgerFacts:
+def _listed_points(body: dict[str, object], *keys: str) -> set[AnchorPoint]:
+    points: set[AnchorPoint] = set()
+    for key in keys:
+        value = body.get(key)
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, dict):
+                with contextlib.suppress(ValueError):
+                    points.add(point_of(anchor_from_json(item)))
+    return points
+
+
+def read_supersessions(audit_path: Path, ward: LedgerAnchor) -> tuple[Supersession, ...]:
+    """The audit log's `ledger_restore` and `ledger_init` records, oldest first, each with
+    the anchor points it accounted for: those it lists, and the ward's anchor if the audit
+    log held that exact anchor before the record. Unreadable: none (nothing supersedes)."""
+    if not audit_path.exists():
+        return ()
+    kinds = (str(SupersessionKind.RESTORE), str(SupersessionKind.INIT))
+    try:
+        with contextlib.closing(sqlite3.connect(audit_path, timeout=5.0)) as connection:
+            (first_seen,) = connection.execute(
+                "SELECT MIN(idx) FROM audit_log WHERE kind = ? "
+                "AND json_extract(body_json, '$.ledger_id') = ? "
+                "AND json_extract(body_json, '$.last_event_seq') = ? "
+                "AND json_extract(body_json, '$.last_event_hash') = ?",
+                (AUDIT_ANCHOR_KIND, *point_of(ward)),
+            ).fetchone()
+            rows = connection.execute(
+                "SELECT idx, kind, body_json FROM audit_log WHERE kind IN (?, ?) ORDER BY idx",
+                kinds,
+            ).fetchall()
+    except sqlite3.Error:
+        return ()
+    found: list[Supersession] = []
+    for idx, kind, text in rows:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(body, dict) or not isinstance(body.get("ledger_id"), str):
+            continue
+        known = _listed_points(body, "newest_anchor", "previous_anchors", "ward_anchors")
+        if first_seen is not None and first_seen < idx:
+            known.add(point_of(ward))
+        found.append(
+            Supersession(
+                kind=SupersessionKind(kind),
+                ledger_id=body["ledger_id"],
+                accepted_empty_history=body.get("accepted_empty_history") is True,
+                known=frozenset(known),
+            )
+        )
+    return tuple(found)
+
+
+def ward_evidence(
+    location: LedgerLocation, anchor: LedgerAnchor | None, topic: str
+) -> WardEvidence | None:
+    """The ward station's retained anchor with the audit facts `check_ward_anchor` needs."""
+    if anchor is None:
+        return None
+    return WardEvidence(
+        anchor=anchor,
+        topic=topic,
+        supersessions=read_supersessions(location.audit_path, anchor),
+    )
+
+
+def ledger_facts(
+    ledger: Ledger, readings: Sequence[AnchorReading], ward: WardEvidence | None = None
+) -> LedgerFacts:
     """What an open ledger shows, with the chain hash at every anchored event id."""
     seqs = {r.anchor.last_event_seq for r in readings if r.anchor is not None}
+    if ward is not None:
+        seqs.add(ward.anchor.last_event_seq)
     hashes = {seq: h for seq in seqs if seq > 0 and (h := ledger.chain_hash_at(seq)) is not None}
     return LedgerFacts(
         state=LedgerFileState.PRESENT,
@@ -223,6 +308,8 @@ def open_checked(
     reserve_bytes: int = 0,
     anchor_message: Callable[[LedgerAnchor], OutboxMessage] | None = None,
     seq_floor: int = 0,
+    ward_anchor: LedgerAnchor | None = None,
+    ward_topic: str = "",
 ) -> Ledger:
     """Open the ledger only if it continues its anchors; never creates one.
 
@@ -230,21 +317,26 @@ def open_checked(
     its own outbox for MQTT) after every session event, and one now ("startup"); the
     end-record reserve is allocated. `seq_floor` is the highest device message seq
     used outside this ledger (`Outbox.raise_seq_floor`): its outbox continues above it.
+    `ward_anchor` is this bed's retained anchor the ward station kept (fetched from
+    `ward_topic` by `serve`), the third source (controller.ledger._ward_check).
     On refusal the suspect file is moved aside (`ledger.sqlite3.suspect-<utc>`), a
     HIGH `ledger_discontinuity` alarm is recorded in the audit log, and a `LedgerError`
     (usually `LedgerDiscontinuityError`) is raised whose message says what to do.
     """
     readings = read_readings(location)
+    ward = ward_evidence(location, ward_anchor, ward_topic)
     path = location.ledger_path
     pre = _pre_open_facts(location)
     if pre is not None:
         moved = None
         if pre.state is LedgerFileState.EMPTY:
             moved = quarantine(path, label="suspect")
-        verdict = check_continuity(readings=readings, facts=pre, device_id=device_id)
+        verdict = check_continuity(readings=readings, facts=pre, device_id=device_id, ward=ward)
         # A new install that skipped `ledger init` is not a loss: no alarm record, which
         # would also make the data directory look used and `init` refuse.
         fresh = not pre.earlier_use and not any(r.anchor or r.problem for r in readings)
+        # The ward's anchor of this device is a trace of an earlier ledger too.
+        fresh = fresh and (ward is None or ward.anchor.device_id != device_id)
         raise _refuse(location, verdict, quarantined_to=moved, audit=not fresh)
     try:
         ledger = Ledger.open(
@@ -254,13 +346,16 @@ def open_checked(
         )
     except LedgerCorruptError as exc:
         facts = LedgerFacts(state=LedgerFileState.UNREADABLE, detail=exc.detail)
-        verdict = check_continuity(readings=readings, facts=facts, device_id=device_id)
+        verdict = check_continuity(readings=readings, facts=facts, device_id=device_id, ward=ward)
         raise _refuse(location, verdict, quarantined_to=exc.quarantined_to) from None
     except (LedgerMissingError, LedgerQuarantinedError):
         raise  # handled by _pre_open_facts; a race with another process
     try:
         verdict = check_continuity(
-            readings=readings, facts=ledger_facts(ledger, readings), device_id=device_id
+            readings=readings,
+            facts=ledger_facts(ledger, readings, ward),
+            device_id=device_id,
+            ward=ward,
         )
     except BaseException:
         ledger.close()

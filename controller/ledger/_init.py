@@ -9,6 +9,7 @@ purpose (`accept_empty_history` with a name and a reason), and that is audited.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from controller.ledger._anchor import LedgerAnchor, anchor_to_json
@@ -45,16 +46,26 @@ def init_ledger(
     device_id: str,
     subject_id: str,
     accept: EmptyHistoryAcceptance | None = None,
+    ward_anchors: Sequence[LedgerAnchor] = (),
 ) -> LedgerAnchor:
     """Create the ledger once, anchor it (file + audit log), audit the init; its anchor.
 
+    `ward_anchors` (the bed's retained `ledger/anchor` the ward station kept) are traces
+    of an earlier ledger too: they need `accept`, and the audit record lists them, so
+    that `serve` then accepts the ward's anchor of the old ledger (docs/ledger.md).
     The files are created group-readable at most (0640), whatever the caller's umask.
     Raises `LedgerExistsError` naming what was found and what to do instead.
     """
     previous = os.umask(DATA_UMASK)
     os.umask(previous | DATA_UMASK)
     try:
-        return _init_ledger(location, device_id=device_id, subject_id=subject_id, accept=accept)
+        return _init_ledger(
+            location,
+            device_id=device_id,
+            subject_id=subject_id,
+            accept=accept,
+            ward_anchors=ward_anchors,
+        )
     finally:
         os.umask(previous)
 
@@ -65,6 +76,7 @@ def _init_ledger(
     device_id: str,
     subject_id: str,
     accept: EmptyHistoryAcceptance | None,
+    ward_anchors: Sequence[LedgerAnchor],
 ) -> LedgerAnchor:
     if location.ledger_path.exists():
         raise LedgerExistsError(
@@ -83,7 +95,7 @@ def _init_ledger(
         )
     readings = read_readings(location) if location.data_dir.is_dir() else []
     previous = [r.anchor for r in readings if r.anchor is not None]
-    traces = bool(previous) or any(r.problem for r in readings)
+    traces = bool(previous) or bool(ward_anchors) or any(r.problem for r in readings)
     if location.data_dir.is_dir():
         traces = traces or earlier_use(location)
     if traces and accept is None:
@@ -107,6 +119,7 @@ def _init_ledger(
             "by": None if accept is None else accept.by,
             "reason": None if accept is None else accept.reason,
             "previous_anchors": [anchor_to_json(a) for a in previous],
+            "ward_anchors": [anchor_to_json(a) for a in ward_anchors],
         },
     )
     writer = AnchorWriter(location)

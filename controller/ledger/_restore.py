@@ -283,6 +283,9 @@ def restore_ledger(
             else anchor_to_json(plan.newest_anchor),
             "missing_events": plan.missing_events,
             "sessions_restored_uncertain": [s.session_id for s in plan.missing_sessions],
+            # The ward station's anchors this restore accounted for: `serve` then accepts
+            # the ward's (older) retained anchor of this ledger (controller.ledger._ward_check).
+            "ward_anchors": [anchor_to_json(a) for a in ward_anchors],
         },
     )
     writer = AnchorWriter(location)

@@ -51,6 +51,7 @@ from ._refusal_alarm import clear_refusal_on_ward, device_seq_floor, publish_ref
 from ._supervisor import Supervisor
 from ._systemd import systemd_notify_task
 from ._telemetry import run_telemetry, telemetry_publications
+from ._ward_anchor import WardAnchorFetch, fetch_ward_anchor
 
 __all__ = [
     "EXIT_LEDGER",
@@ -74,13 +75,14 @@ EXIT_STOP_UNCONFIRMED = ExitCode.STOP_UNCONFIRMED
 SHUTDOWN_STOP_WAIT_S = 3.0
 
 
-def _open_ledger(config: NebuliserConfig) -> Ledger:
+def _open_ledger(config: NebuliserConfig, ward: WardAnchorFetch | None = None) -> Ledger:
     """Open the existing ledger only if it continues its anchors (docs/ledger.md).
 
     Never creates one (`nebuliser ledger init` does); a missing, empty, unreadable,
     rolled-back, swapped or foreign ledger raises a `LedgerError` (exit 4) after the
     suspect file was set aside and the `ledger_discontinuity` alarm was audited.
     A refusal alarm an earlier start-up published is cleared on the ward.
+    `ward` is this bed's retained ledger anchor as the broker gave it at start-up.
     """
     location = LedgerLocation(data_dir=config.storage.data_dir)
     ledger = open_checked(
@@ -95,6 +97,10 @@ def _open_ledger(config: NebuliserConfig) -> Ledger:
         # Seqs used outside this ledger (acknowledged messages, a refusal's alarm):
         # a restored or new ledger's messages continue above them, never repeat them.
         seq_floor=device_seq_floor(config.storage.data_dir),
+        # With [mqtt]: the ward station's retained anchor, the third continuity source
+        # (a data directory lost or rolled back as a whole: issue 12).
+        ward_anchor=None if ward is None else ward.anchor,
+        ward_topic="" if ward is None else ward.topic,
     )
     try:
         clear_refusal_on_ward(config, ledger, location)
@@ -384,8 +390,9 @@ async def run_service(
             retrust_after_s=config.clock.retrust_after_s,
         ),
     )
+    ward = await fetch_ward_anchor(config)  # bounded; never refuses by itself
     recorder: Recorder[Ledger] = Recorder(
-        opener=lambda: _open_ledger(config), closer=lambda ledger: ledger.close()
+        opener=lambda: _open_ledger(config, ward), closer=lambda ledger: ledger.close()
     )
     if stop_requested is None:
         stop_requested = asyncio.Event()

@@ -58,6 +58,9 @@ class MqttSettings(BaseModel):
     reconnect_max_s: Annotated[float, Field(gt=0, le=300)] = DEFAULT_RECONNECT_MAX_S
     # How long to wait for a PUBACK before treating the connection as broken.
     publish_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # At `serve` start-up: how long to wait for the bed's retained ledger anchor
+    # (docs/ledger.md, "Continuity"); past it the start-up goes on with the local anchors.
+    ward_anchor_timeout_s: Annotated[float, Field(gt=0, le=30)] = 3.0
 
     @field_validator("client_id")
     @classmethod
