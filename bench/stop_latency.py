@@ -149,7 +149,12 @@ async def main() -> None:
         p99_text = f"{p99:10.3f}" if len(values) >= 1000 else f"{'max of n':>10s}"
         label = f"{kind} STATUS → STOP on wire (n={len(values)})"
         print(f"{label:36s} {p50:8.3f} {p99_text} {worst:8.3f} {p50 / ref[0]:8.1f}")
-        print(f"  largest: {', '.join(f'{v:.2f}' for v in sorted(values)[-5:])} ms")
+        largest = sorted(range(len(values)), key=values.__getitem__)[-5:]
+        print(f"  largest: {', '.join(f'{values[i]:.2f} (#{i})' for i in largest)} ms")
+        if len(values) >= 200:  # does it grow with the sessions in the ledger?
+            fifths = [values[i * len(values) // 5 : (i + 1) * len(values) // 5] for i in range(5)]
+            print("  p50 / max by fifth of the run: " + "; ".join(
+                f"{statistics.median(f):.2f} / {max(f):.2f}" for f in fifths) + " ms")  # fmt: skip
     faults = results["fault"]
     if len(faults) >= 1000:
         p99 = summary_ms(faults)[1]

@@ -166,33 +166,8 @@ def advance_outbox_seq(ledger_path: Path, last_seq: int) -> None:
         db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'", (last_seq,))
 
 
-@dataclass
-class Bed:
-    """One controller with its scripted head; latencies (ms) per trigger kind."""
-
-    label: str
-    rows: int
-    head: ScriptedHead
-    config: NebuliserConfig
-    latencies: dict[str, list[float]] = field(default_factory=lambda: {"cap": [], "fault": []})
-
-
-@contextlib.asynccontextmanager
-async def running_bed(
-    directory: Path, broker: MosquittoBroker, label: str, rows: int, days: int
-) -> AsyncIterator[Bed]:
-    """Start a controller (MQTT at 10 Hz) and its head; stop both afterwards.
-
-    `rows` acknowledged messages in its sent archive, `days` of sessions in its ledger."""
-    master_fd, slave_fd, path = new_pty()
-    head = ScriptedHead(master_fd)
-    head.start()
-    mqtt = bench_mqtt_section(
-        host=broker.host, port=broker.port, client_id=f"uptime-{label}", telemetry_hz=10
-    )
-    config_path, config = write_bench_config(
-        directory, port=path, session_ul=100, mqtt=mqtt, min_interval_s=None
-    )
+def prefill(config: NebuliserConfig, *, label: str, rows: int, days: int) -> None:
+    """`days` of a once-daily course in the bed's ledger, `rows` in its sent archive."""
     if days:
         assert config.prescription is not None
         events, took_s = fill_ledger(
@@ -220,6 +195,36 @@ async def running_bed(
         )
         advance_outbox_seq(config.storage.data_dir / LEDGER_FILE_NAME, rows)
         print(f"  {label}: archive pre-filled with {rows} rows in {took_s:.1f} s")
+
+
+@dataclass
+class Bed:
+    """One controller with its scripted head; latencies (ms) per trigger kind."""
+
+    label: str
+    rows: int
+    head: ScriptedHead
+    config: NebuliserConfig
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"cap": [], "fault": []})
+
+
+@contextlib.asynccontextmanager
+async def running_bed(
+    directory: Path, broker: MosquittoBroker, label: str, rows: int, days: int
+) -> AsyncIterator[Bed]:
+    """Start a controller (MQTT at 10 Hz) and its head; stop both afterwards.
+
+    `rows` acknowledged messages in its sent archive, `days` of sessions in its ledger."""
+    master_fd, slave_fd, path = new_pty()
+    head = ScriptedHead(master_fd)
+    head.start()
+    mqtt = bench_mqtt_section(
+        host=broker.host, port=broker.port, client_id=f"uptime-{label}", telemetry_hz=10
+    )
+    config_path, config = write_bench_config(
+        directory, port=path, session_ul=100, mqtt=mqtt, min_interval_s=None
+    )
+    prefill(config, label=label, rows=rows, days=days)
     process = await controller_process(config_path)
     try:
         await wait_status(config, lambda s: s["link_up"] and s["state"] == "idle", 30)
