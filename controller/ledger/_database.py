@@ -305,6 +305,9 @@ class Database:
     def reading(self) -> Iterator[sqlite3.Connection]:
         """The connection, held exclusively for a read (consistent snapshot)."""
         with self.lock:
+            if self._batching:  # inside `batch()` (this thread): its transaction is the snapshot
+                yield self.connection
+                return
             self.connection.execute("BEGIN")
             try:
                 yield self.connection
