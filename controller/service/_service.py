@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -251,6 +252,16 @@ class _Handlers:
         )
 
 
+def _freeze_start_up_objects() -> None:
+    """Take what start-up made (modules, models, configuration) out of the cyclic
+    collector's reach: it lives as long as the service. A full (generation 2)
+    collection otherwise walks all of it — 12-17 ms measured, on whichever thread
+    happens to allocate, the event loop included — and a STOP due meanwhile waits
+    (issue 14; docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _pump_events(link: SerialLink, supervisor: Supervisor) -> None:
     async for event in link.events():
         supervisor.handle_event(event)
@@ -325,6 +336,7 @@ async def run_service(
                         ),
                     )
                     await supervisor.recover()
+                    _freeze_start_up_objects()
                     context = ServiceContext(
                         config=config,
                         supervisor=supervisor,
