@@ -13,7 +13,7 @@ import gc
 import signal
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Final
 
 from controller.alarms import AlarmCode, AlarmNotActiveError, AlarmSettings
 from controller.clock import Clock, ClockTrustMonitor, ClockTrustPolicy, SystemClock
@@ -253,15 +253,18 @@ class _Handlers:
         )
 
 
-_GIL_SWITCH_INTERVAL_S = 0.0005
+#: How long another thread may hold the GIL while the event loop waits for it.
+_GIL_SWITCH_INTERVAL_S: Final = 0.0005
 
 
-def _freeze_start_up_objects() -> None:
-    """Take what start-up made (modules, models, configuration) out of the cyclic
-    collector's reach: it lives as long as the service. A full (generation 2)
-    collection otherwise walks all of it — 12-17 ms measured, on whichever thread
-    happens to allocate, the event loop included — and a STOP due meanwhile waits
-    (issue 14; docs/performance.md)."""
+def _clear_the_stop_path() -> None:
+    """After start-up, keep the interpreter out of the STOP path's way (issue 14;
+    figures in docs/performance.md).
+
+    What start-up made (modules, models, configuration) lives as long as the service:
+    it is taken out of the cyclic collector's reach. A full (generation 2) collection
+    otherwise walks all of it — 12-17 ms measured, on whichever thread happens to
+    allocate, the event loop included — and a STOP due meanwhile waits."""
     gc.collect()
     gc.freeze()
     # The event loop shares the GIL with the ledger, audit and MQTT threads: hand it
@@ -343,7 +346,7 @@ async def run_service(
                         ),
                     )
                     await supervisor.recover()
-                    _freeze_start_up_objects()
+                    _clear_the_stop_path()
                     context = ServiceContext(
                         config=config,
                         supervisor=supervisor,
