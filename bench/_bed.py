@@ -65,9 +65,17 @@ def machine() -> str:
 
 
 def write_bench_config(
-    directory: Path, *, port: str, session_ul: int, mqtt: str = "", extra_session: str = ""
+    directory: Path,
+    *,
+    port: str,
+    session_ul: int,
+    mqtt: str = "",
+    extra_session: str = "",
+    min_interval_s: int | None = 1,
+    max_sessions: int = 1000,
 ) -> tuple[Path, NebuliserConfig]:
-    """A controller config for benchmarks: many sessions allowed, 1 s interval."""
+    """A controller config for benchmarks: many sessions allowed, 1 s interval
+    (`min_interval_s=None`: sessions back to back, for samples in quick succession)."""
     return bench_config.write_bench_config(
         directory,
         port=port,
@@ -76,10 +84,10 @@ def write_bench_config(
             lot_id="LOT-B",
             session_ul=session_ul,
             with_session_dose=False,
-            min_interval_s=1,
-            rolling_24h_max_sessions=1000,
+            min_interval_s=min_interval_s,
+            rolling_24h_max_sessions=max_sessions,
             rolling_24h_max_ul=12000,
-            course_max_sessions=1000,
+            course_max_sessions=max_sessions,
         ),
         device='device_id = "neb-bench"',
         session=f"confirm_timeout_s = 10\n{extra_session}",

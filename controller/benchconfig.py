@@ -37,7 +37,8 @@ class BenchPrescription:
     lot_id: str = "LOT-BENCH"
     session_ul: int = 200
     with_session_dose: bool = True
-    min_interval_s: int = 60
+    min_interval_s: int | None = 60
+    """None: no minimum interval (benchmarks that start sessions back to back)."""
     rolling_24h_max_sessions: int = 3
     rolling_24h_max_ul: int | None = None
     course_max_sessions: int = 5
@@ -113,7 +114,7 @@ def _prescription_text(rx: BenchPrescription) -> str:
         "[prescription.limits]",
         f"session_ul = {rx.session_ul}",
         *([f"session_dose = {rx.session_ul * 2.0e8 / 3000}"] if rx.with_session_dose else []),
-        f"min_interval_s = {rx.min_interval_s}",
+        *([f"min_interval_s = {rx.min_interval_s}"] if rx.min_interval_s is not None else []),
         f"rolling_24h_max_sessions = {rx.rolling_24h_max_sessions}",
         f"rolling_24h_max_ul = {min(rolling_ul, 12000)}",
         f"course_max_sessions = {rx.course_max_sessions}",

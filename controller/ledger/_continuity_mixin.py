@@ -33,6 +33,8 @@ class ContinuityMixin:
     anchor_sink: AnchorSink | None
     anchor_failures: int
     reserve: ReserveFile | None
+    #: Inside `Ledger.batch()`: anchors wait here for the batch's commit.
+    _deferred_anchors: list[tuple[int, str, bool]] | None
 
     def meta(self, key: str) -> str | None:
         """A `ledger_meta` value (`device_id`, `subject_id`, `created_utc`, ...), or None."""
@@ -103,6 +105,9 @@ class ContinuityMixin:
         counted and the next anchor catches up (a ledger newer than its anchors is fine).
         """
         if self.anchor_sink is None:
+            return
+        if self._deferred_anchors is not None:  # not committed yet: after the batch
+            self._deferred_anchors.append((session_id, reason, strict))
             return
         try:
             self.anchor_sink(self.anchor(reason=reason, session_id=session_id))

@@ -197,6 +197,7 @@ class Database:
         self.head: ChainHead | None = None
         """The newest committed event (seq and chain hash); set by `writing`."""
         self._pending_head: ChainHead | None = None
+        self._batching = False
 
     @classmethod
     def open(
@@ -314,6 +315,9 @@ class Database:
     def reading(self) -> Iterator[sqlite3.Connection]:
         """The connection, held exclusively for a read (consistent snapshot)."""
         with self.lock:
+            if self._batching:  # inside `batch()` (this thread): its transaction is the snapshot
+                yield self.connection
+                return
             self.connection.execute("BEGIN")
             try:
                 yield self.connection
@@ -331,6 +335,9 @@ class Database:
             raise LedgerError(f"ledger {self.path} was opened read-only; writes are not allowed")
         with self.lock:
             connection = self.connection
+            if self._batching:  # inside `batch()`: part of its one transaction
+                yield connection
+                return
             try:
                 self._pending_head = None
                 connection.execute("BEGIN IMMEDIATE")
@@ -350,6 +357,20 @@ class Database:
                         f"ledger write to {self.path} failed and was rolled back: {exc}"
                     ) from exc
                 raise
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Several `writing` blocks (on this thread) as one transaction: one commit and
+        one fsync for all of them, and all of them recorded or none (a crash between
+        them cannot keep one without the others)."""
+        with self.lock, self.writing():
+            if self._batching:
+                raise LedgerError("ledger batches do not nest")
+            self._batching = True
+            try:
+                yield
+            finally:
+                self._batching = False
 
     def _commit_head(self) -> None:
         if self._pending_head is not None:

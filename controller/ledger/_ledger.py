@@ -7,9 +7,10 @@ never waits on it (safe state first, record third).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -130,6 +131,7 @@ class Ledger(ContinuityMixin, ReadingMixin, BreathRowsMixin):
         """Anchors that could not be written after a committed end/refusal (retried next)."""
         self.reserve = reserve
         """Disk space held back for end records (released when the disk is full)."""
+        self._deferred_anchors = None
         with database.reading() as connection:
             database.head = stored_head(connection)
 
@@ -220,6 +222,28 @@ class Ledger(ContinuityMixin, ReadingMixin, BreathRowsMixin):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Record several events in one transaction (one commit, one fsync): all of
+        them or none. The anchors of its session events are written after the commit.
+
+        The shell writes one batch of the runtime's effects this way: a stop decision
+        and its alarm are durable together, never the alarm without the decision.
+        """
+        deferred: list[tuple[int, str, bool]] = []
+        self._deferred_anchors = deferred
+        progress_before = dict(self._last_progress)
+        try:
+            with self._db.batch():
+                yield
+        except BaseException:
+            self._last_progress = progress_before  # rolled back: not written after all
+            raise
+        finally:
+            self._deferred_anchors = None
+        for session_id, reason, strict in deferred:
+            self._anchor_after(session_id, reason, strict=strict)
 
     @property
     def path(self) -> Path:

@@ -23,9 +23,11 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+if TYPE_CHECKING:  # cryptography is imported only where a key is used (_keys.py)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.security._canonical import COMMAND_DOMAIN, canonical_json

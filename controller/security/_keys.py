@@ -12,9 +12,15 @@ import base64
 import binascii
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# cryptography (~10 MiB) is imported where a key is used, not by the service at start-up:
+# a controller without signed commands or prescriptions never loads it (issue 14).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = [
     "KeyFileError",
@@ -35,6 +41,8 @@ class KeyFileError(ValueError):
 
 def public_key_to_text(key: Ed25519PublicKey) -> str:
     """``ed25519:<base64 of the 32 raw bytes>``."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see above
+
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return _PUBLIC_PREFIX + base64.b64encode(raw).decode("ascii")
 
@@ -53,6 +61,10 @@ def public_key_from_text(text: str) -> Ed25519PublicKey:
         raise KeyFileError(f"public key is not valid base64: {exc}") from exc
     if len(raw) != 32:
         raise KeyFileError(f"an Ed25519 public key has 32 bytes, this one has {len(raw)}")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PublicKey,
+    )
+
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
@@ -77,6 +89,11 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         pem = path.read_bytes()[:_MAX_KEY_FILE_BYTES]
     except OSError as exc:
         raise KeyFileError(f"cannot read private key file {path}: {exc}") from exc
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see above
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -99,6 +116,11 @@ def generate_key_files(*, out_dir: Path, name: str) -> tuple[Path, Path]:
     for existing in (private_path, public_path):
         if existing.exists():
             raise KeyFileError(f"{existing} already exists; refusing to overwrite a key")
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see above
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,

@@ -10,8 +10,11 @@ without such a credential lifts nothing.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+if TYPE_CHECKING:  # cryptography is imported only where a key is used (_keys.py)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 
 from controller.dosing import Override
 from controller.security._counters import CounterStore

@@ -19,9 +19,14 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:  # cryptography is imported only where a key is used (_keys.py)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.security._canonical import PRESCRIPTION_DOMAIN, decode_signature_b64
@@ -101,6 +106,8 @@ def verify_prescription_signature(
             "prescription content does not match the signed SHA-256: the file was changed "
             "after the pharmacy signed it; have it signed again"
         )
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - see the imports
+
     try:
         raw_signature = decode_signature_b64(signature.signature)
         key.verify(raw_signature, PRESCRIPTION_DOMAIN + data)

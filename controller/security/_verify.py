@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Final, NoReturn
 
-from cryptography.exceptions import InvalidSignature
 from pydantic import ValidationError
 
 from controller.security._canonical import canonical_json, decode_signature_b64
@@ -269,6 +268,8 @@ def _check_signature(
     if sender is None:
         _refuse(RefusalCode.UNKNOWN_SENDER, f"sender {envelope.sender_id!r} is not configured")
     unsigned = {k: v for k, v in parsed.items() if k != "signature"}
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - see the imports
+
     try:
         signature = decode_signature_b64(envelope.signature)
         sender.public_key.verify(signature, signing_input(unsigned))

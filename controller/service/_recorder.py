@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 from controller.logging import get_logger
@@ -27,6 +28,32 @@ _log = get_logger(__name__)
 
 R = TypeVar("R")
 S = TypeVar("S")
+
+#: What a batch of writes came to: the failed ones (what, error) and whether any succeeded.
+_Outcome = tuple[list[tuple[str, BaseException]], bool]
+
+
+def _write_all(
+    resource: S,
+    writes: Sequence[tuple[Callable[[S], Any], str]],
+    together: Callable[[S], AbstractContextManager[object]],
+) -> _Outcome:
+    """Run on the writer thread: all writes in one transaction, else one by one."""
+    try:
+        with together(resource):
+            for fn, _what in writes:
+                fn(resource)
+    except Exception as exc:  # noqa: BLE001 - rolled back whole; each write is tried alone below
+        _log.warning("ledger batch rolled back; writing its records one by one", error=repr(exc))
+    else:
+        return [], bool(writes)
+    failed: list[tuple[str, BaseException]] = []
+    for fn, what in writes:
+        try:
+            fn(resource)
+        except Exception as exc:  # noqa: BLE001 - counted and reported like `submit`
+            failed.append((what, exc))
+    return failed, len(failed) < len(writes)
 
 
 class Recorder(Generic[S]):
@@ -89,14 +116,51 @@ class Recorder(Generic[S]):
                 self._pending.discard(done)
             error = done.exception()
             if error is not None:
-                self.failures += 1
-                _log.error("ledger write failed", what=what, error=repr(error))
-                if self.on_failure is not None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self.on_failure, self.failures)
+                self._report_failure(what, error)
             elif then is not None and self._loop is not None:
                 self._loop.call_soon_threadsafe(then)
 
         future.add_done_callback(_done)
+
+    def submit_all(
+        self,
+        writes: Sequence[tuple[Callable[[S], Any], str]],
+        *,
+        together: Callable[[S], AbstractContextManager[object]],
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue several writes `(fn, what)` as one hand-off and one transaction.
+
+        On the writer thread they run in order inside `together(resource)` (the
+        ledger's `batch()`: one commit, all or none). Should that fail, each write is
+        tried again on its own, in order, so that one bad record cannot take the
+        others with it; every write that still fails is counted and reported as
+        `submit` does. `then` runs once on the event loop if any write succeeded.
+        Never blocks the caller.
+        """
+        future = self._executor.submit(
+            self._run, lambda resource: _write_all(resource, writes, together)
+        )
+        with self._lock:
+            self._pending.add(future)
+
+        def _done(done: Future[_Outcome]) -> None:
+            with self._lock:
+                self._pending.discard(done)
+            error = done.exception()
+            failed, succeeded = ([("batch", error)], False) if error else done.result()
+            for what, exc in failed:
+                self._report_failure(what, exc)
+            if succeeded and then is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(then)
+
+        future.add_done_callback(_done)
+
+    def _report_failure(self, what: str, error: BaseException) -> None:
+        self.failures += 1
+        _log.error("ledger write failed", what=what, error=repr(error))
+        if self.on_failure is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.on_failure, self.failures)
 
     async def drain(self) -> None:
         """Wait until every submitted write has finished."""

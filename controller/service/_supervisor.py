@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -172,28 +173,41 @@ class Supervisor:
         return Now(self._now_ms(), self._clock.now())
 
     def _perform(self) -> None:
-        """Carry out the runtime's effects in its order: STOP, alarm rows, records, logs."""
+        """Carry out the runtime's effects in its order: STOP, alarm rows, records, logs.
+
+        The records of one batch (a stop decision and its alarm) go to the writer
+        thread in one hand-off and are committed in one transaction, after the STOP
+        bytes are written and before any log line.
+        """
+        writes: list[LedgerWrite] = []
         for effect in self.runtime.take_effects():
             match effect:
                 case SendStop(session_id=sid):
                     if self._link.phase is not LinkPhase.PORT_CLOSED:
                         self._link.send_stop_now(sid)  # re-sent by PortOpened otherwise
                 case LogLine(level=level, message=message, fields=fields):
+                    self._record(writes)
+                    writes = []
                     getattr(_log, level)(message, **fields)
                 case StartSettled(outcome=outcome):
                     self._settled = outcome
                 case _:
-                    self._record(effect)
+                    writes.append(effect)
+        self._record(writes)
         self._changed.set()
         self._wake.set()
 
-    def _record(self, write: LedgerWrite) -> None:
-        publish = messages_for(write, self._pub)  # built here, on the loop
-        self._recorder.submit(
-            lambda ledger: perform_write(ledger, write, publish),
-            what=type(write).__name__,
-            then=self._pub.committed if publish else None,
-        )
+    def _record(self, writes: Sequence[LedgerWrite]) -> None:
+        """Queue the records (with their messages, built here on the loop) as one batch."""
+        if not writes:
+            return
+        batch = [(write, messages_for(write, self._pub)) for write in writes]
+        self._recorder.submit_all(
+            [(partial(perform_write, write=write, publish=publish), type(write).__name__)
+             for write, publish in batch],
+            together=Ledger.batch,
+            then=self._pub.committed if any(publish for _, publish in batch) else None,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ inputs
 
