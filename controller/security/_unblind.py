@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from controller.dosing import UnblindingKey
 from controller.security._counters import CounterStore
@@ -23,6 +22,9 @@ from controller.security._keys import KeyFileError, public_key_from_text
 from controller.security._registry import CommandLimits, Sender, SenderRegistry
 from controller.security._settings import CommandName, Role
 from controller.security._verify import Refused, verify_command
+
+if TYPE_CHECKING:  # cryptography is imported only where a key is used (_keys.py)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "Unblinding",
