@@ -38,7 +38,7 @@ from controller.ledger._model import (
     override_to_json,
 )
 from controller.ledger._outbox import Outbox
-from controller.ledger._reading import ReadingMixin
+from controller.ledger._reading import ReadingMixin, session_filter
 from controller.ledger._schema import SCHEMA_VERSION
 from controller.ledger._storage import ReserveFile
 
@@ -673,15 +673,7 @@ class Ledger(ContinuityMixin, ReadingMixin, BreathRowsMixin):
 
         Sessions without one (continuous on a version-1 head) are absent.
         """
-        clauses: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            clauses.append("s.intent_utc >= ?")
-            params.append(utc_text(since))
-        if subject_id is not None:
-            clauses.append("s.subject_id = ?")
-            params.append(subject_id)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = session_filter(since=since, subject_id=subject_id, table="s.")
         with self._db.reading() as connection:
             rows = connection.execute(
                 # Only fixed clause text is interpolated; every value is a ? parameter.

@@ -127,15 +127,7 @@ class ReadingMixin:
         self, *, since: datetime | None = None, subject_id: str | None = None
     ) -> list[SessionSummary]:
         """Sessions (intent at or after `since`, of `subject_id`) with ends, reasons, alarms."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            clauses.append("intent_utc >= ?")
-            params.append(utc_text(since))
-        if subject_id is not None:
-            clauses.append("subject_id = ?")
-            params.append(subject_id)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = session_filter(since=since, subject_id=subject_id)
         with self._db.reading() as connection:
             rows = select_status(connection, where, params)
             if not rows:
@@ -167,6 +159,23 @@ class ReadingMixin:
                 f"no intent is recorded for session {session_id}; record_intent allocates ids"
             )
         return SessionStatus(row[0]), bool(row[1])
+
+
+def session_filter(
+    *, since: datetime | None, subject_id: str | None, table: str = ""
+) -> tuple[str, list[Any]]:
+    """` WHERE …` over the `session_status` view (intent at or after `since`, of
+    `subject_id`; `table` is its alias, e.g. `"s."`) and its parameters; `""` for all.
+    Only fixed clause text goes into the SQL; every value is a `?` parameter."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        clauses.append(f"{table}intent_utc >= ?")
+        params.append(utc_text(since))
+    if subject_id is not None:
+        clauses.append(f"{table}subject_id = ?")
+        params.append(subject_id)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def _event_from_row(row: tuple[Any, ...]) -> LedgerEvent:
