@@ -143,6 +143,12 @@ class _Handlers:
         if not by:
             raise ControlError("say who clears the faults: --by NAME")
         cleared, reason = await self._sup.clear_faults(by=by)
+        self._sup.control_request(
+            op="device.clear_faults",
+            by=by,
+            peer=_peer(request),
+            outcome={"cleared": cleared, "reason": reason},
+        )
         return {"ok": cleared, "cleared": cleared, "reason": reason}
 
     async def status(self, _request: ControlRequest, _reply: Reply) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Local access is attributable (docs/security.md C28): every start, confirm, stop and
-alarm acknowledgement made through the real control socket leaves a ledger row — and
+"""Local access is attributable (docs/security.md C28): every start, confirm, stop,
+alarm acknowledgement and fault clearing made through the real control socket leaves a ledger row — and
 an audit record — that carries the kernel's word on the asking process (SO_PEERCRED:
 pid, uid, gid, account name), not only the name that was typed."""
 
@@ -19,7 +19,13 @@ from simulators.mn1 import DeviceModel
 
 from .test_service_pty import bed, start_confirmed, wait_status
 
-OPS = {"control.session.start", "control.confirm", "control.session.stop", "control.alarm.ack"}
+OPS = {
+    "control.session.start",
+    "control.confirm",
+    "control.session.stop",
+    "control.alarm.ack",
+    "control.device.clear_faults",
+}
 
 
 def _control_rows(data_dir: Path) -> list[dict[str, Any]]:
@@ -64,6 +70,9 @@ async def test_start_confirm_ack_and_stop_rows_carry_the_socket_peer(tmp_path: P
         async with ControlClient(path=config.control_socket) as client:
             acked = await client.call("alarm.ack", code="device_supply_low", by="nurse B")
             assert acked["ok"], acked
+            # The supply is still low: the head keeps its fault, and the attempt is recorded.
+            cleared = await client.call("device.clear_faults", by="engineer C")
+            assert cleared["cleared"] is False, cleared
 
         def audited() -> bool:
             return {c["command"] for c in _audited_control_commands(config.storage.data_dir)} >= OPS
@@ -78,6 +87,8 @@ async def test_start_confirm_ack_and_stop_rows_carry_the_socket_peer(tmp_path: P
     assert by_op["control.session.stop"]["origin"] == "nurse A"
     assert by_op["control.alarm.ack"]["origin"] == "nurse B"
     assert by_op["control.alarm.ack"]["alarm_code"] == "device_supply_low"
+    assert by_op["control.device.clear_faults"]["origin"] == "engineer C"
+    assert by_op["control.device.clear_faults"]["cleared"] is False
     # The audit log (hash-chained, anchored off the bed) carries the same peer.
     for event in _audited_control_commands(config.storage.data_dir):
         _assert_is_this_process(event["peer"])
