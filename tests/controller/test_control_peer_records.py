@@ -1,7 +1,7 @@
 """Local access is attributable (docs/security.md C28): every start, confirm, stop,
-alarm acknowledgement and fault clearing made through the real control socket leaves a ledger row — and
-an audit record — that carries the kernel's word on the asking process (SO_PEERCRED:
-pid, uid, gid, account name), not only the name that was typed."""
+alarm acknowledgement and fault clearing made through the real control socket leaves
+a ledger row — and an audit record — that carries the kernel's word on the asking
+process (SO_PEERCRED: pid, uid, gid, account name), not only the name that was typed."""
 
 from __future__ import annotations
 
