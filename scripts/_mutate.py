@@ -173,11 +173,16 @@ def main() -> int:
         workers = max(1, min(args.workers, len(mutations)))
         copies = [_copy_tree(scratch, i) for i in range(workers)]
         every_test = tuple(dict.fromkeys(t for m in mutations for t in m.tests))
-        baseline = _pytest(copies[0], every_test)
-        if baseline.returncode != 0:
-            print(baseline.stdout[-3000:])
-            print("the listed tests fail without any mutation: fix them first")
-            return 2
+        # The baseline (every listed test, unmutated) split over the copies, run at once.
+        shares = [every_test[i::workers] for i in range(workers)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            baselines = list(pool.map(_pytest, copies, [t for t in shares if t]))
+        for baseline in baselines:
+            if baseline.returncode != 0:
+                print(baseline.stdout[-3000:])
+                print("the listed tests fail without any mutation: fix them first")
+                return 2
+        print(f"(baseline: {time.monotonic() - started:.0f} s)", flush=True)
         # A copy is lent to one mutation at a time: a fixed copy per index let a fast
         # worker apply its mutation to a copy whose previous mutation was still being
         # tested (same file: one restore undid the other, a false SURVIVED).
@@ -204,7 +209,8 @@ def main() -> int:
                 )
                 print(
                     f"{m.name} | {m.file}:{m.line} | {verdict}"
-                    + ("" if result.verdict == "KILLED" else f" ({result.detail})"),
+                    + ("" if result.verdict == "KILLED" else f" ({result.detail})")
+                    + f" | {result.seconds:.1f} s",
                     flush=True,
                 )
     killed = sum(r.verdict == "KILLED" for r in results)
