@@ -334,7 +334,7 @@ def test_a_silent_broker_does_not_hold_up_the_refusal_beyond_the_bound(
     host, port = silent_broker
     # The client's own timeouts are far longer than the bound: only the bound can end it.
     mqtt = bench_mqtt_section(
-        host=host, port=port, client_id="ctl-neb-mqtt", keepalive_s=120, publish_timeout_s=60
+        host=host, port=port, client_id="ctl-neb-mqtt", keepalive_s=120, publish_timeout_s=20
     )
     config_path, data_dir = _refusing_copy(used_bed, tmp_path / "silent", mqtt=mqtt)
     floor_before = device_seq_floor(data_dir)

@@ -113,7 +113,7 @@ def _serve(config_path: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "controller.cli", "serve", "--config", str(config_path)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=20,  # a refusal takes 1-3 s; a mutant that keeps serving fails fast
         check=False,
     )
 

@@ -153,7 +153,7 @@ def _serve(config_path: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "controller.cli", "serve", "--config", str(config_path)],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=20,
         check=False,
     )
 
@@ -234,7 +234,12 @@ async def _serves_until_link_up(directory: Path, mqtt: str, *, within_s: float =
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
-            output, _ = await asyncio.wait_for(process.communicate(), 20)
+            try:
+                output, _ = await asyncio.wait_for(process.communicate(), 20)
+            except TimeoutError:
+                process.kill()  # never leave a controller behind for the next test
+                await process.wait()
+                raise AssertionError("serve did not exit within 20 s of SIGTERM") from None
         assert process.returncode == 0, output.decode()
         return output.decode()
 

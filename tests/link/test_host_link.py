@@ -97,7 +97,10 @@ class Harness:
 
     def advance_to(self, t_ms: int) -> None:
         """Run every timer up to `t_ms`, exactly at each deadline."""
+        turns = 0
         while (deadline := self.link.next_deadline_ms()) is not None and deadline <= t_ms:
+            turns += 1  # a deadline that handling never moves on is a defect, not a hang
+            assert turns <= 100_000, f"the link's deadline stays at {deadline} ms"
             self.now_ms = max(self.now_ms, deadline)
             self.link.handle_timers(self.now_ms)
             self.collect()
